@@ -1,0 +1,123 @@
+"""Every error salfcbm raises.
+
+Each class subclasses :class:`SalfCBMError` *and* the builtin it refines, so
+``except ValueError`` keeps working for callers who do not know salfcbm. Every
+message says what was received, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "SalfCBMError",
+    "LayerNotFoundError",
+    "NonSpatialLayerError",
+    "UnsupportedOutputError",
+    "ConfigMismatchError",
+    "WeightsFormatError",
+    "ConceptNotFoundError",
+    "StoreMismatchError",
+    "StoreCorruptError",
+    "MissingExtraError",
+    "BackboneSpecError",
+    "InputError",
+    "closest",
+]
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Return up to ``n`` candidates closest to ``name`` (difflib ratio, then substring hits)."""
+    candidates = list(candidates)
+    hits = difflib.get_close_matches(name, candidates, n=n, cutoff=0.4)
+    if len(hits) < n:
+        low = name.lower()
+        for c in candidates:
+            if low and low in c.lower() and c not in hits:
+                hits.append(c)
+            if len(hits) >= n:
+                break
+    return hits
+
+
+class SalfCBMError(Exception):
+    """Base class of every salfcbm error."""
+
+
+class LayerNotFoundError(SalfCBMError, KeyError):
+    """``layer=`` names no module of the backbone."""
+
+    def __init__(self, layer: str, valid: Iterable[str]):
+        valid = list(valid)
+        near = closest(layer, valid)
+        msg = f"The backbone has no module named {layer!r}."
+        if near:
+            msg += f" Closest module names: {', '.join(repr(v) for v in near)}."
+        msg += (
+            " Pass one of the names from `dict(backbone.named_modules())`, or leave `layer=None` "
+            "to use the last spatial stage."
+        )
+        self.layer, self.suggestions = layer, near
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class NonSpatialLayerError(SalfCBMError, ValueError):
+    """The chosen layer emits something that cannot be read as a spatial map."""
+
+
+class UnsupportedOutputError(SalfCBMError, TypeError):
+    """A hooked module returned a type salfcbm cannot turn into a tensor map."""
+
+
+class ConfigMismatchError(SalfCBMError, ValueError):
+    """Saved weights do not fit the configuration (concept count, channels, classes)."""
+
+
+class WeightsFormatError(SalfCBMError, ValueError):
+    """A checkpoint is not in safetensors format (pickle files are refused)."""
+
+
+class ConceptNotFoundError(SalfCBMError, KeyError):
+    """A concept name that is not in the model's concept list."""
+
+    def __init__(self, concept: str, valid: Iterable[str]):
+        near = closest(concept, list(valid))
+        msg = f"Unknown concept {concept!r}."
+        if near:
+            msg += f" Closest concepts: {', '.join(repr(v) for v in near)}."
+        msg += " Use a name from `model.concepts` or an integer index."
+        self.concept, self.suggestions = concept, near
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StoreMismatchError(SalfCBMError, ValueError):
+    """An existing store was computed with different settings than requested."""
+
+
+class StoreCorruptError(SalfCBMError, OSError):
+    """A store on disk is unreadable or inconsistent with its manifest."""
+
+
+class MissingExtraError(SalfCBMError, ImportError):
+    """An optional dependency is missing; the message names the ``pip install``."""
+
+    def __init__(self, package: str, extra: str, feature: str):
+        super().__init__(
+            f"{feature} needs the optional package {package!r}, which is not installed. "
+            f"Install it with: pip install 'salfcbm[{extra}]'"
+        )
+
+
+class BackboneSpecError(SalfCBMError, ValueError):
+    """A backbone spec cannot be built or inferred."""
+
+
+class InputError(SalfCBMError, ValueError):
+    """A tensor or argument of the wrong shape, type or value."""
