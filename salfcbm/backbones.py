@@ -89,24 +89,29 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=None)
-def _torchvision_candidates(cls: type) -> tuple[str, ...]:
+def _torchvision_candidates(cls: type) -> tuple[tuple[str, tuple], ...]:
+    """(builder name, parameter shapes) of every torchvision builder that returns ``cls`` (built on meta)."""
+    import warnings
+
     import torchvision
 
     out = []
     for name in torchvision.models.list_models(module=torchvision.models):
+        if torchvision.models.get_model_builder(name).__module__ != cls.__module__:
+            continue
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 m = torchvision.models.get_model(name)
         except Exception:  # noqa: BLE001 - some builders need arguments; skip them
             continue
         if type(m) is cls:
-            out.append(name)
+            out.append((name, _shapes(m)))
     return tuple(out)
 
 
-def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+def _shapes(m: nn.Module) -> tuple:
+    return tuple((k, tuple(v.shape)) for k, v in m.state_dict().items())
 
 
 def infer_spec(backbone: nn.Module, weights: str | None | bool = "auto") -> dict[str, Any]:
@@ -126,13 +131,9 @@ def infer_spec(backbone: nn.Module, weights: str | None | bool = "auto") -> dict
             kwargs["num_classes"] = num_classes
         return normalize_spec({"source": "timm", "name": cfg["architecture"], "weights": w, "kwargs": kwargs})
     if type(backbone).__module__.startswith("torchvision.models"):
-        import torchvision
-
-        names = _torchvision_candidates(type(backbone))
-        for name in names:
-            with torch.device("meta"):
-                ref = torchvision.models.get_model(name)
-            if _same_shapes(ref, backbone):
+        shapes = _shapes(backbone)
+        for name, ref in _torchvision_candidates(type(backbone)):
+            if ref == shapes:
                 w = "DEFAULT" if weights == "auto" else (None if weights in (None, False) else str(weights))
                 return normalize_spec({"source": "torchvision", "name": name, "weights": w})
     return normalize_spec({"source": "custom", "name": type(backbone).__name__, "weights": None})

@@ -160,7 +160,7 @@ class SALFCBM(
             spec = normalize_spec(backbone)
             backbone = build_backbone(spec)
         elif isinstance(backbone, nn.Module):
-            spec = normalize_spec(backbone_spec) if backbone_spec is not None else infer_spec(backbone)
+            spec = normalize_spec(backbone_spec) if backbone_spec is not None else None  # inferred lazily
         else:
             raise InputError(
                 f"`backbone` must be an nn.Module, a spec dict or a name like 'timm:resnet50', got {type(backbone).__name__}."
@@ -206,6 +206,14 @@ class SALFCBM(
         self.register_buffer("concept_std", torch.ones(len(concepts)))
 
     # ------------------------------------------------------------------ properties
+    @property
+    def backbone_spec(self) -> dict[str, Any]:
+        """The recipe that rebuilds the backbone (inferred from the module on first use)."""
+        if self.config["backbone"] is None:
+            weights = getattr(self, "_spec_weights", "auto")
+            self.config["backbone"] = infer_spec(self._require_backbone(), weights=weights)
+        return self.config["backbone"]
+
     @property
     def concepts(self) -> list[str]:
         return self.config["concepts"]
@@ -387,6 +395,7 @@ class SALFCBM(
         from safetensors.torch import save_file
 
         save_directory = Path(save_directory)
+        self.backbone_spec  # noqa: B018 - resolve the spec before writing config.json
         state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
         _atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps(self.config, indent=2, sort_keys=True)
@@ -396,7 +405,7 @@ class SALFCBM(
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """A model card listing backbone, layer, concepts, grid and head sparsity."""
-        spec = self.config["backbone"]
+        spec = self.backbone_spec
         sp = self.head_sparsity()
         stats = self.config.get("head_stats") or {}
         data = ModelCardData(library_name="salfcbm", tags=list(self._hub_mixin_info.model_card_data.tags or []))
@@ -610,10 +619,8 @@ def wrap(
         )
     elif not isinstance(backbone, nn.Module):
         raise InputError(f"`backbone` must be an nn.Module or a name like 'timm:resnet50', got {type(backbone).__name__}.")
-    else:
-        spec = infer_spec(backbone, weights=backbone_weights)
     concepts = list(getattr(concepts, "concepts", concepts))
-    return SALFCBM(
+    model = SALFCBM(
         backbone,
         concepts=concepts,
         num_classes=num_classes,
@@ -626,3 +633,5 @@ def wrap(
         backbone_spec=spec,
         input_size=list(input_size) if input_size is not None else None,
     )
+    model._spec_weights = backbone_weights  # used when the spec is inferred (on save)
+    return model

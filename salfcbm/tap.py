@@ -164,19 +164,20 @@ def classify_output(
 
 
 def default_input_size(backbone: nn.Module) -> tuple[int, int]:
-    """The input resolution the model expects (timm ``pretrained_cfg``, torchvision ``image_size``), else 224."""
+    """The input resolution the model expects (its patch embedding, torchvision ``image_size``,
+    timm ``pretrained_cfg``), else 224."""
+    pe = getattr(backbone, "patch_embed", None)
+    img = getattr(pe, "img_size", None)
+    if isinstance(img, (tuple, list)) and len(img) == 2 and all(isinstance(v, int) for v in img):
+        return int(img[0]), int(img[1])
+    size = getattr(backbone, "image_size", None)  # torchvision ViT
+    if isinstance(size, int):
+        return size, size
     for attr in ("pretrained_cfg", "default_cfg"):
         cfg = getattr(backbone, attr, None)
         if isinstance(cfg, dict) and cfg.get("input_size"):
             _, h, w = cfg["input_size"]
             return int(h), int(w)
-    size = getattr(backbone, "image_size", None)  # torchvision ViT
-    if isinstance(size, int):
-        return size, size
-    pe = getattr(backbone, "patch_embed", None)
-    img = getattr(pe, "img_size", None)
-    if isinstance(img, (tuple, list)) and len(img) == 2:
-        return int(img[0]), int(img[1])
     return 224, 224
 
 
