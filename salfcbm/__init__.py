@@ -10,10 +10,52 @@ from . import errors
 from .errors import SalfCBMError
 from .model import SALFCBM, SALFCBMOutput, wrap
 from .tap import FeatureTap, default_layer
+from .prompts import PromptGrid
+from .scorers import CLIPScorer, ConceptScorer
+from .store import ShardedStore, SimilarityStore, compute_similarity_store, compute_store
+from .concepts import (
+    ConceptFilterReport,
+    concepts_from_templates,
+    filter_concepts,
+    generate_concepts,
+    load_concepts,
+    save_concepts,
+)
+from .explain import ClassExplanation, Explanation, ExplanationBatch, InterventionResult, RegionExplanation
+from .attribution import SALFCBMAttribution
+from .video import track_concepts
+from .training import BottleneckConfig, FitResult, HeadConfig, fit
+from .head import fit_dense_head, fit_sparse_head
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BottleneckConfig",
+    "CLIPScorer",
+    "ClassExplanation",
+    "ConceptFilterReport",
+    "ConceptScorer",
+    "Explanation",
+    "ExplanationBatch",
+    "FitResult",
+    "HeadConfig",
+    "InterventionResult",
+    "PromptGrid",
+    "RegionExplanation",
+    "SALFCBMAttribution",
+    "ShardedStore",
+    "SimilarityStore",
+    "compute_similarity_store",
+    "compute_store",
+    "concepts_from_templates",
+    "filter_concepts",
+    "fit",
+    "fit_dense_head",
+    "fit_sparse_head",
+    "generate_concepts",
+    "load_concepts",
+    "save_concepts",
+    "track_concepts",
     "SALFCBM",
     "SALFCBMOutput",
     "FeatureTap",

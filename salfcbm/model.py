@@ -290,6 +290,28 @@ class SALFCBM(
         self.tap = None
         return backbone
 
+    def select_concepts(self, keep: Sequence[int | str]) -> SALFCBM:
+        """Keep only the given concepts (in the given order), with their bottleneck rows,
+        head columns and statistics. Returns ``self``."""
+        idx = [self.concept_index(k) for k in keep]
+        if not idx:
+            raise InputError("select_concepts needs at least one concept to keep.")
+        t = torch.tensor(idx, device=self.bottleneck.weight.device)
+        conv = nn.Conv2d(self.bottleneck.in_channels, len(idx), kernel_size=1).to(
+            self.bottleneck.weight.device, self.bottleneck.weight.dtype
+        )
+        head = nn.Linear(len(idx), self.num_classes).to(self.head.weight.device, self.head.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.bottleneck.weight[t])
+            conv.bias.copy_(self.bottleneck.bias[t])
+            head.weight.copy_(self.head.weight[:, t])
+            head.bias.copy_(self.head.bias)
+        self.bottleneck, self.head = conv, head
+        self.concept_mean = self.concept_mean[t].clone()
+        self.concept_std = self.concept_std[t].clone()
+        self.config["concepts"] = [self.concepts[i] for i in idx]
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters an optimiser should see: the adapter, plus the backbone if not frozen."""
         params = list(self.bottleneck.parameters()) + list(self.head.parameters())

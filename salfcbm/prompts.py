@@ -207,11 +207,14 @@ def _check_hw(height: Any, width: Any) -> tuple[int, int]:
 def _ring_masks(prompt: PromptGrid, height: int, width: int, device: str) -> torch.Tensor:
     if device != "cpu":
         return _ring_masks(prompt, height, width, "cpu").to(device)
-    centres = prompt.centres(height, width).view(-1, 2).double()
-    ys = torch.arange(height, dtype=torch.float64)
-    xs = torch.arange(width, dtype=torch.float64)
-    dy2 = (ys[None, :] - centres[:, :1]) ** 2  # (P, H)
-    dx2 = (xs[None, :] - centres[:, 1:]) ** 2  # (P, W)
-    dist = torch.sqrt(dy2[:, :, None] + dx2[:, None, :])  # (P, H, W)
-    half = prompt.line_width / 2.0
-    return (dist >= prompt.radius - half) & (dist < prompt.radius + half)
+    # exact integer arithmetic: r - w/2 <= dist < r + w/2  <=>  (2r - w)^2 <= 4 d^2 < (2r + w)^2
+    centres = prompt.centres(height, width).view(-1, 2)
+    dy2 = (torch.arange(height)[None, :] - centres[:, :1]) ** 2  # (P, H)
+    dx2 = (torch.arange(width)[None, :] - centres[:, 1:]) ** 2  # (P, W)
+    d2x4 = 4 * (dy2[:, :, None] + dx2[:, None, :])  # (P, H, W)
+    inner = 2 * prompt.radius - prompt.line_width
+    outer = 2 * prompt.radius + prompt.line_width
+    ring = d2x4 < outer * outer
+    if inner > 0:
+        ring &= d2x4 >= inner * inner
+    return ring

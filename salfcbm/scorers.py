@@ -152,7 +152,8 @@ class CLIPScorer:
             ``encode_text`` call).
         cache_dir: forwarded to open_clip for downloads.
         model: an already built open_clip model to use instead of building one
-            (``model_name``/``pretrained`` then only label the fingerprint).
+            (``model_name`` then only labels the fingerprint, ``pretrained`` is
+            ignored and the fingerprint holds a sha256 of the model's weights).
 
     Example:
         >>> import open_clip, torch
@@ -197,6 +198,7 @@ class CLIPScorer:
             pretrained = None
         pretrained = os.fspath(pretrained) if pretrained is not None else None
         self._pretrained_fp: Any = None
+        given_model = model is not None
         if model is None:
             if schema is None:
                 if model_name not in open_clip.list_models():
@@ -221,7 +223,9 @@ class CLIPScorer:
             model = model.to(self.device)
         self.model = model.eval()
         self.model.requires_grad_(False)
-        if pretrained is None and schema is None:
+        if given_model:
+            self._pretrained_fp = {"weights_sha256": _state_dict_sha256(self.model)}
+        elif pretrained is None and schema is None:
             self._pretrained_fp = {"random_init_sha256": _state_dict_sha256(self.model)}
         elif schema == "local-dir":
             d = Path(model_name.split(":", 1)[1])
@@ -268,6 +272,17 @@ class CLIPScorer:
             "resize_mode": self.resize_mode,
             "precision": self.precision,
         }
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D``, the size of the image (and text) embeddings."""
+        if getattr(self, "_dim", None) is None:
+            dim = getattr(getattr(self.model, "visual", None), "output_dim", None)
+            if not isinstance(dim, int):
+                with torch.inference_mode():
+                    dim = int(self.encode(self._normalise(torch.zeros(1, 3, *self.image_size, device=self.device))).shape[-1])
+            self._dim = dim
+        return self._dim
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize + centre crop to the model's resolution (values stay in ``[0, 1]``, not normalised)."""
