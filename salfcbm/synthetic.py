@@ -82,6 +82,8 @@ _BACKGROUND_PHRASE = {"sky": "a sky background", "grass": "a grassy background",
 _COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 _COLOUR_RGB = np.asarray([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32)
 _SPLITS = {"train": 0, "val": 1, "test": 2}
+_STRIPE_DIV = 16  # stripe period = image_size / 16 (4 px at 64 px)
+_DOT_DIV = 12  # dot spacing = image_size / 12 (5 px at 64 px)
 _DARK = 0.45  # brightness of the dark half of a texture; hue is kept, so colour masks stay honest
 
 
@@ -213,12 +215,12 @@ def _texture(obj: _Obj, dy: np.ndarray, dx: np.ndarray, size: int) -> np.ndarray
     if obj.texture == "plain":
         return 1.0
     if obj.texture == "striped":
-        period = max(3.0, round(size / 16))
+        period = max(3.0, round(size / _STRIPE_DIV))
         t = math.radians(obj.angle)
         u = dx * math.cos(t) + dy * math.sin(t) + obj.phase
         dark = np.floor(u / (period / 2.0)) % 2 == 1
     else:  # dotted
-        s = max(4.0, round(size / 12))
+        s = max(4.0, round(size / _DOT_DIV))
         my = np.mod(dy + obj.phase, s) - s / 2.0
         mx = np.mod(dx + obj.phase, s) - s / 2.0
         dark = my * my + mx * mx <= (0.32 * s) ** 2

@@ -75,7 +75,8 @@ def cubic_cosine_similarity(pred: torch.Tensor, target: torch.Tensor) -> torch.T
         raise InputError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
     if pred.shape[0] < 2:
         raise InputError("The cubic cosine similarity is taken across the batch; use a batch of at least 2.")
-    return (_cube_unit(pred.float()) * _cube_unit(target.float())).sum(0)
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+    return (_cube_unit(pred.to(dtype)) * _cube_unit(target.to(dtype))).sum(0)
 
 
 def bottleneck_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -251,43 +252,67 @@ def feature_store(
                          desc="Backbone features")
 
 
-def _shard_batches(store: ShardedStore, batch_size: int, rng: random.Random) -> Iterator[torch.Tensor]:
-    """Shuffled index batches, shard by shard so at most two shards are in memory."""
-    order = list(range(store.num_shards))
+def _shard_batches(
+    features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch_size: int, rng: random.Random
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled ``(features, targets)`` batches, one shard in memory at a time.
+
+    Shards are visited in random order and read whole (one contiguous read of each
+    store); rows are shuffled within the shard, and the remainder of a shard is carried
+    into the next one, so every image is used once per epoch.
+    """
+    order = list(range(features.num_shards))
     rng.shuffle(order)
-    pending: list[int] = []
+    carry_x = carry_p = None
     for s in order:
-        a, b = store.shard_range(s)
-        idx = list(range(a, b))
-        rng.shuffle(idx)
-        pending.extend(idx)
-        while len(pending) >= batch_size:
-            yield torch.tensor(pending[:batch_size])
-            pending = pending[batch_size:]
-    if len(pending) >= 2:
-        yield torch.tensor(pending)
+        a, b = features.shard_range(s)
+        x = features.read_shard(s).float()
+        p = targets.targets(torch.arange(a, b), concepts)
+        perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+        x, p = x[perm], p[perm]
+        if carry_x is not None:
+            x, p = torch.cat([carry_x, x]), torch.cat([carry_p, p])
+        n_full = (x.shape[0] // batch_size) * batch_size
+        for i in range(0, n_full, batch_size):
+            yield x[i : i + batch_size], p[i : i + batch_size]
+        carry_x, carry_p = x[n_full:], p[n_full:]
+    if carry_x is not None and carry_x.shape[0] >= 2:
+        yield carry_x, carry_p
 
 
 def _val_similarity(
-    model: SALFCBM, features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch: int = 1024
+    model: SALFCBM, features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str],
+    cache: list | None = None,
 ) -> torch.Tensor:
-    """Cubic cosine similarity over the whole validation set, streamed in two passes: ``(M, Hg, Wg)``."""
+    """Cubic cosine similarity over the whole validation set, streamed in two passes: ``(M, Hg, Wg)``.
+
+    ``cache`` (a list) keeps the per-shard targets between calls when they fit in memory.
+    """
     device = model.bottleneck.weight.device
     n = features.length
+
+    def shards():
+        for s in range(features.num_shards):
+            a, b = features.shard_range(s)
+            if cache is not None and len(cache) > s:
+                p = cache[s]
+            else:
+                p = targets.targets(torch.arange(a, b), concepts)
+                if cache is not None:
+                    cache.append(p)
+            yield features.read_shard(s).to(device, torch.float32), p.to(device)
+
     sum_q = sum_p = None
     with torch.no_grad():
-        for a in range(0, n, batch):
-            idx = torch.arange(a, min(a + batch, n))
-            q = model.bottleneck(features.read(idx).to(device, torch.float32))
-            p = targets.targets(idx, concepts).to(device)
+        for x, p in shards():
+            q = model.bottleneck(x)
             sum_q = q.sum(0) if sum_q is None else sum_q + q.sum(0)
             sum_p = p.sum(0) if sum_p is None else sum_p + p.sum(0)
         mq, mp = sum_q / n, sum_p / n
         qp = qq = pp = 0.0
-        for a in range(0, n, batch):
-            idx = torch.arange(a, min(a + batch, n))
-            q = (model.bottleneck(features.read(idx).to(device, torch.float32)) - mq) ** 3
-            p = (targets.targets(idx, concepts).to(device) - mp) ** 3
+        for x, p in shards():
+            q = (model.bottleneck(x) - mq) ** 3
+            p = (p - mp) ** 3
             qp = qp + (q * p).sum(0)
             qq = qq + (q * q).sum(0)
             pp = pp + (p * p).sum(0)
@@ -332,10 +357,11 @@ def train_bottleneck(
     history: list[dict[str, float]] = []
     bad, step, done = 0, 0, False
     bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
+    val_cache: list | None = [] if val_features.length * model.num_concepts * val_features.item_shape[-1] ** 2 \
+        <= 64_000_000 else None  # keep validation targets in memory when they are small
     while not done:
-        for idx in _shard_batches(train_features, cfg.batch_size, rng):
-            x = train_features.read(idx).to(device, torch.float32)
-            p = train_targets.targets(idx, concepts).to(device)
+        for x, p in _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng):
+            x, p = x.to(device), p.to(device)
             loss = bottleneck_loss(model.bottleneck(x), p)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -343,7 +369,7 @@ def train_bottleneck(
             step += 1
             bar.update(1)
             if step % cfg.val_every == 0 or step == cfg.max_steps:
-                sim = _val_similarity(model, val_features, val_targets, concepts).mean().item()
+                sim = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
                 history.append({"step": step, "train_loss": loss.item(), "val_similarity": sim})
                 bar.set_postfix(loss=f"{loss.item():.3g}", val_sim=f"{sim:.4f}")
                 if sim > best[0] + 1e-6:
@@ -358,7 +384,7 @@ def train_bottleneck(
                 break
     bar.close()
     model.bottleneck.load_state_dict(best[2])
-    per_concept = _val_similarity(model, val_features, val_targets, concepts).flatten(1).mean(1).cpu()
+    per_concept = _val_similarity(model, val_features, val_targets, concepts, val_cache).flatten(1).mean(1).cpu()
     sims = {c: float(s) for c, s in zip(concepts, per_concept)}
     keep = [c for c in concepts if sims[c] >= cfg.cutoff]
     dropped = [(c, sims[c]) for c in concepts if sims[c] < cfg.cutoff]
