@@ -60,10 +60,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _init_distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): one process per GPU, ranks split the shards."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if str(args.device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+        torch.distributed.init_process_group("nccl")
+    else:
+        torch.distributed.init_process_group("gloo")
+
+
 def cmd_similarities(args) -> int:
     from .prompts import PromptGrid
     from .store import compute_similarity_store
 
+    _init_distributed(args)
     data = _image_folder(args.data, args.image_size)
     scorer = _scorer(args)
     prompts = PromptGrid(grid=(args.grid, args.grid), radius=args.radius)

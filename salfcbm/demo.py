@@ -51,10 +51,15 @@ class DemoConfig:
     bottleneck_steps: int = 1500
     seed: int = 0
     report_images: int = 6
+    bottleneck_lr: float = 5e-3
+    cutoff: float = 0.3
 
     def __post_init__(self):
         for k, v in self.__dict__.items():
-            if not isinstance(v, int) or v < (0 if k == "seed" else 1):
+            if k in ("bottleneck_lr", "cutoff"):
+                if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                    raise InputError(f"DemoConfig.{k} must be a number in [0, 1], got {v!r}.")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "seed" else 1):
                 raise InputError(f"DemoConfig.{k} must be a positive int, got {v!r}.")
 
 
@@ -272,7 +277,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
         model, data["train"], data["val"], train_similarities=sims["train"], val_similarities=sims["val"],
         test_data=data["test"], run_dir=out, progress=progress, device=device,
         bottleneck=BottleneckConfig(max_steps=cfg.bottleneck_steps, batch_size=256, val_every=50, patience=8,
-                                    lr=1e-3, cutoff=0.45, seed=cfg.seed),
+                                    lr=cfg.bottleneck_lr, cutoff=cfg.cutoff, seed=cfg.seed),
         head=HeadConfig(n_lambdas=30),
     )
     model = result.model.eval()

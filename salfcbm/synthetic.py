@@ -82,8 +82,8 @@ _BACKGROUND_PHRASE = {"sky": "a sky background", "grass": "a grassy background",
 _COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 _COLOUR_RGB = np.asarray([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32)
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_STRIPE_DIV = 16  # stripe period = image_size / 16 (4 px at 64 px)
-_DOT_DIV = 12  # dot spacing = image_size / 12 (5 px at 64 px)
+_STRIPE_DIV = 12  # stripe period = image_size / 12 (5 px at 64 px)
+_DOT_DIV = 10  # dot spacing = image_size / 10 (6 px at 64 px)
 _DARK = 0.45  # brightness of the dark half of a texture; hue is kept, so colour masks stay honest
 
 
@@ -151,7 +151,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("ring and cross", (_Req("ring"), _Req("cross"))),
     _Rule("dotted square and green triangle", (_Req("square", texture="dotted"), _Req("triangle", "green"))),
     _Rule("two blue objects", (_Req(colour="blue"), _Req(colour="blue"))),
-    _Rule("striped ring and dotted circle", (_Req("ring", texture="striped"), _Req("circle", texture="dotted"))),
+    _Rule("striped square and dotted circle", (_Req("square", texture="striped"), _Req("circle", texture="dotted"))),
     _Rule("green ring on sand", (_Req("ring", "green"),), "sand"),
     _Rule("three plain objects", (_Req(texture="plain"),) * 3),
 )
@@ -203,7 +203,7 @@ def _shape_mask(obj: _Obj, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
         return (dy <= 0.7 * r) & (np.abs(dx) <= (dy + r) * 0.62)
     if obj.shape == "ring":
         d2 = dy * dy + dx * dx
-        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
+        return (d2 <= r * r) & (d2 >= (0.5 * r) ** 2)
     # cross
     ady, adx = np.abs(dy), np.abs(dx)
     arm = 0.3 * r
@@ -769,9 +769,9 @@ class SmallConvNet(nn.Module):
         self.num_classes = num_classes
         self.width = width
         w = width
-        self.stem = nn.Sequential(_Normalize(), *_conv_bn(3, w))
+        self.stem = nn.Sequential(_Normalize(), *_conv_bn(3, w, 2))
         self.stages = nn.Sequential(
-            nn.Sequential(*_conv_bn(w, w, 2)),
+            nn.Sequential(*_conv_bn(w, w)),
             nn.Sequential(*_conv_bn(w, 2 * w, 2), *_conv_bn(2 * w, 2 * w)),
             nn.Sequential(*_conv_bn(2 * w, 4 * w, 2), *_conv_bn(4 * w, 4 * w)),
             nn.Sequential(*_conv_bn(4 * w, 4 * w)),

@@ -164,7 +164,7 @@ def _rule_holds(name: str, objects: list[dict], background: str) -> bool:
         "ring and cross": has([obj("ring"), obj("cross")]),
         "dotted square and green triangle": has([obj("square", texture="dotted"), obj("triangle", "green")]),
         "two blue objects": has(obj(colour="blue"), 2),
-        "striped ring and dotted circle": has([obj("ring", texture="striped"), obj("circle", texture="dotted")]),
+        "striped square and dotted circle": has([obj("square", texture="striped"), obj("circle", texture="dotted")]),
     }
     return table[name]
 
