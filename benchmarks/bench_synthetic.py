@@ -81,8 +81,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small run (< 1 min)")
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthetic.json"))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_train = args.n_train or (600 if args.quick else 3000)
     epochs = args.epochs or (4 if args.quick else 12)
     n_val = 400 if args.quick else 1000

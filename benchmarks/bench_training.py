@@ -5,8 +5,8 @@ real runs) are written first; then a fresh process trains the bottleneck for a f
 number of epochs and reports its peak resident memory. Memory must stay nearly flat
 when N grows ten-fold, because training streams shard by shard.
 
-    python benchmarks/bench_training.py            # N = 4000 and 40000
-    python benchmarks/bench_training.py --quick    # N = 1000 and 10000
+    python benchmarks/bench_training.py            # N = 4096 and 40960
+    python benchmarks/bench_training.py --quick    # N = 2048 and 20480
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 C, GRID, D, M = 256, 7, 64, 200
+VAL_N = 1024  # the validation set stays the same size: only the training set grows
 
 
 class TableScorer:
@@ -65,7 +66,7 @@ def build(root: Path, n: int) -> None:
     from salfcbm.prompts import PromptGrid
     from salfcbm.store import ShardedStore, compute_similarity_store
 
-    for split, size in (("train", n), ("val", max(256, n // 10))):
+    for split, size in (("train", n), ("val", VAL_N)):
         f = ShardedStore(root / split / "features", manifest={"n": size, "split": split}, item_shape=(C, GRID, GRID),
                          length=size, shard_size=1024)
         for i in f.missing_shards():
@@ -90,7 +91,7 @@ def train(root: Path, n: int, epochs: int) -> dict:
                             backbone_spec={"source": "custom", "name": "bench"})
     sets = {}
     for split in ("train", "val"):
-        size = n if split == "train" else max(256, n // 10)
+        size = n if split == "train" else VAL_N
         sets[split] = (ShardedStore.open(root / split / "features"),
                        SimilarityStore.open(root / split / "sims", TableScorer(size)))
     batch = 256
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         print(json.dumps(train(Path(root), int(n), args.epochs)))
         return 0
 
-    n = args.n or (1000 if args.quick else 4000)
+    n = args.n or (2048 if args.quick else 4096)
     rows = []
     with tempfile.TemporaryDirectory(prefix="salfcbm-bench-") as tmp:
         for size in (n, 10 * n):

@@ -47,6 +47,7 @@ __all__ = [
     "compute_similarity_store",
 ]
 
+_MAX_OPEN_SHARDS = 4  # memory-mapped shards kept open (bounded, so RSS does not grow with N)
 _MANIFEST = "manifest.json"
 _FORMAT = "salfcbm.ShardedStore"
 _VERSION = 1
@@ -333,7 +334,7 @@ class ShardedStore:
                 "Delete this shard file and resume the computation."
             )
         self._handles[i] = h
-        while len(self._handles) > 16:
+        while len(self._handles) > _MAX_OPEN_SHARDS:
             self._handles.popitem(last=False)
         return h
 

@@ -266,7 +266,7 @@ def _shard_batches(
     carry_x = carry_p = None
     for s in order:
         a, b = features.shard_range(s)
-        x = features.read_shard(s).float()
+        x = features.read_shard(s)  # storage dtype; converted per batch
         p = targets.targets(torch.arange(a, b), concepts)
         perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
         x, p = x[perm], p[perm]
@@ -274,10 +274,11 @@ def _shard_batches(
             x, p = torch.cat([carry_x, x]), torch.cat([carry_p, p])
         n_full = (x.shape[0] // batch_size) * batch_size
         for i in range(0, n_full, batch_size):
-            yield x[i : i + batch_size], p[i : i + batch_size]
-        carry_x, carry_p = x[n_full:], p[n_full:]
+            yield x[i : i + batch_size].float(), p[i : i + batch_size]
+        carry_x, carry_p = x[n_full:].clone(), p[n_full:].clone()
+        del x, p  # only the carried rows outlive the shard
     if carry_x is not None and carry_x.shape[0] >= 2:
-        yield carry_x, carry_p
+        yield carry_x.float(), carry_p
 
 
 def _val_similarity(
