@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
     n_pass = sum(r["status"] == "pass" for r in rows)
     print()
-    print(f"| source | model | layer | layout | grid | status | reason |")
+    print("| source | model | layer | layout | grid | status | reason |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         grid = "x".join(map(str, r["feature_grid"])) if r["feature_grid"] else "-"

@@ -25,7 +25,8 @@ from .explain import ClassExplanation, Explanation, ExplanationBatch, Interventi
 from .attribution import SALFCBMAttribution
 from .video import track_concepts
 from .training import BottleneckConfig, FitResult, HeadConfig, fit
-from .head import fit_dense_head, fit_sparse_head
+from .head import HeadFit, PathPoint, fit_dense_head, fit_sparse_head
+from .synthetic import GroundTruthScorer, SmallConvNet, SyntheticScenes, pretrain_backbone
 
 __version__ = "0.1.0.dev0"
 
@@ -38,6 +39,12 @@ __all__ = [
     "Explanation",
     "ExplanationBatch",
     "FitResult",
+    "GroundTruthScorer",
+    "HeadFit",
+    "PathPoint",
+    "SmallConvNet",
+    "SyntheticScenes",
+    "pretrain_backbone",
     "HeadConfig",
     "InterventionResult",
     "PromptGrid",

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=int, default=3000)
     d.add_argument("--n-val", type=int, default=600)
     d.add_argument("--n-test", type=int, default=600)
-    d.add_argument("--backbone-epochs", type=int, default=10)
+    d.add_argument("--backbone-epochs", type=int, default=12)
     d.add_argument("--bottleneck-steps", type=int, default=1500)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default=None)

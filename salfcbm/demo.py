@@ -44,7 +44,7 @@ class DemoConfig:
     n_test: int = 600
     image_size: int = 64
     num_classes: int = 8
-    backbone_epochs: int = 10
+    backbone_epochs: int = 12
     backbone_width: int = 16
     grid: int = 7
     radius: int = 9

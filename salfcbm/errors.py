@@ -18,6 +18,7 @@ __all__ = [
     "ConfigMismatchError",
     "WeightsFormatError",
     "ConceptNotFoundError",
+    "ClassNotFoundError",
     "StoreMismatchError",
     "StoreCorruptError",
     "MissingExtraError",
@@ -81,20 +82,38 @@ class WeightsFormatError(SalfCBMError, ValueError):
     """A checkpoint is not in safetensors format (pickle files are refused)."""
 
 
-class ConceptNotFoundError(SalfCBMError, KeyError):
-    """A concept name that is not in the model's concept list."""
+class _UnknownName(SalfCBMError, KeyError):
+    """A name that is not in a list the model knows; the message lists the closest ones."""
 
-    def __init__(self, concept: str, valid: Iterable[str]):
-        near = closest(concept, list(valid))
-        msg = f"Unknown concept {concept!r}."
+    kind, plural, where = "name", "names", "the list"
+
+    def __init__(self, name: str, valid: Iterable[str]):
+        near = closest(name, list(valid))
+        msg = f"Unknown {self.kind} {name!r}."
         if near:
-            msg += f" Closest concepts: {', '.join(repr(v) for v in near)}."
-        msg += " Use a name from `model.concepts` or an integer index."
-        self.concept, self.suggestions = concept, near
+            msg += f" Closest {self.plural}: {', '.join(repr(v) for v in near)}."
+        msg += f" Use a name from {self.where} or an integer index."
+        self.name, self.suggestions = name, near
         super().__init__(msg)
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class ConceptNotFoundError(_UnknownName):
+    """A concept name that is not in the model's concept list."""
+
+    kind, plural, where = "concept", "concepts", "`model.concepts`"
+
+    @property
+    def concept(self) -> str:
+        return self.name
+
+
+class ClassNotFoundError(_UnknownName):
+    """A class name that is not in ``model.class_names``."""
+
+    kind, plural, where = "class", "class names", "`model.class_names`"
 
 
 class StoreMismatchError(SalfCBMError, ValueError):

@@ -23,16 +23,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError, SalfCBMError, closest
+from ._io import atomic_write_text
+from .errors import ClassNotFoundError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SALFCBM, SALFCBMOutput
@@ -61,36 +60,7 @@ HEATMAP_MODES = ("summary", "drop", "full")
 Target = Union[None, int, str, Sequence, torch.Tensor]
 
 
-class ClassNotFoundError(SalfCBMError, KeyError):
-    """A class name that is not in ``model.class_names``."""
-
-    def __init__(self, name: str, valid: Sequence[str]):
-        near = closest(name, list(valid))
-        msg = f"Unknown class {name!r}."
-        if near:
-            msg += f" Closest class names: {', '.join(repr(v) for v in near)}."
-        msg += " Use a name from `model.class_names` or an integer class index."
-        self.name, self.suggestions = name, near
-        super().__init__(msg)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 # ---------------------------------------------------------------------- small helpers
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _floats(t: torch.Tensor) -> list[float]:
     return [float(v) for v in t.detach().cpu().flatten().tolist()]
 
@@ -131,7 +101,7 @@ class _JSONMixin:
         """
         text = json.dumps(self.to_dict(heatmaps=heatmaps), indent=indent)
         if path is not None:
-            _atomic_write_text(path, text)
+            atomic_write_text(path, text)
         return text
 
 
@@ -989,7 +959,10 @@ def intervene(
         concept: a concept name or index, or a list of them.
         region: a mask (input or grid resolution) or a box; ``None`` with no ``mask``/``box``/``points``
             edits the whole map.
-        mask, box, points, radius: the region in the forms :func:`explain_region` takes.
+        mask: the region as a mask, as :func:`explain_region` takes it.
+        box: the region as a box ``(x0, y0, x1, y1)``.
+        points: the region as points (disks of ``radius`` pixels).
+        radius: radius of the point disks.
         beta: correction factor (positive or negative), or one per concept.
         target: class whose contributions are reported (default: the prediction before the edit).
         output: a :class:`~salfcbm.SALFCBMOutput` of ``model(image)`` to reuse.

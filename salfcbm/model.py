@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
 
+from ._io import atomic_write
 from .backbones import build_backbone, infer_spec, input_stats, normalize_spec, parse_backbone_name
 from .errors import (
     ConceptNotFoundError,
@@ -102,12 +102,15 @@ class SALFCBM(
         cls_concat: concatenate the CLS token to every position (appendix B.1).
         class_names: optional names of the classes.
         feature_channels: channels of the tapped map (probed if ``None``).
-        layout, num_prefix_tokens: tap layout (probed if ``None``).
+        layout: tap layout (probed if ``None``).
+        num_prefix_tokens: leading tokens to drop (probed if ``None``).
         input_size: resolution used to probe the backbone.
-        input_mean, input_std: normalisation the backbone expects (used by :meth:`preprocess`).
+        input_mean: mean the backbone's inputs are normalised with (used by :meth:`preprocess`).
+        input_std: std the backbone's inputs are normalised with.
         freeze_backbone: keep the backbone fixed (no grad, eval-mode BN/dropout during calls).
         backbone_spec: the spec to record when ``backbone`` is a module.
         softmax_temperature: temperature of softmax pooling.
+        head_stats: metrics shown on the model card (set by :func:`salfcbm.fit`).
 
     Example:
         >>> import timm, torch, salfcbm
@@ -419,11 +422,11 @@ class SALFCBM(
         save_directory = Path(save_directory)
         self.backbone_spec  # noqa: B018 - resolve the spec before writing config.json
         state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        _atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps(self.config, indent=2, sort_keys=True)
-        _atomic_write(save_directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        atomic_write(save_directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
         card = self.generate_model_card()
-        _atomic_write(save_directory / "README.md", lambda p: card.save(p))
+        atomic_write(save_directory / "README.md", lambda p: card.save(p))
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """A model card listing backbone, layer, concepts, grid and head sparsity."""
@@ -519,18 +522,6 @@ explanation = model.explain(images, top_k=5)
         return model
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _resolve_weights(model_id: str, **hub_kwargs) -> str:
     if os.path.isdir(model_id):
         f = os.path.join(model_id, WEIGHTS_NAME)
@@ -594,7 +585,7 @@ def wrap(
     backbone_weights: str | None = "auto",
     input_size: tuple[int, int] | None = None,
     pretrained: bool = True,
-    **backbone_kwargs,
+    **backbone_kwargs: Any,
 ) -> SALFCBM:
     """Turn any timm or torchvision backbone into a SALF-CBM.
 

@@ -28,13 +28,14 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._io import TMP_MARK as _TMP_MARK
+from ._io import atomic_write_bytes
 from .errors import InputError, StoreCorruptError, StoreMismatchError
 from .prompts import PromptGrid
 from .scorers import ConceptScorer
@@ -52,7 +53,6 @@ _MANIFEST = "manifest.json"
 _FORMAT = "salfcbm.ShardedStore"
 _VERSION = 1
 _SHARD_RE = re.compile(r"^shard_(\d{6,})\.safetensors$")
-_TMP_MARK = ".tmp-"
 _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -102,30 +102,6 @@ def _lookup(d: Any, path: str) -> Any:
             return "<missing>"
         d = d[part]
     return d
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, then ``os.replace``.
-
-    Example:
-        >>> import tempfile, os
-        >>> p = os.path.join(tempfile.mkdtemp(), "a.txt")
-        >>> atomic_write_bytes(p, b"hi"); open(p, "rb").read()
-        b'hi'
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ShardedStore:

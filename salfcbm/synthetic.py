@@ -759,7 +759,8 @@ class SmallConvNet(nn.Module):
         >>> net = SmallConvNet(num_classes=8, width=8)
         >>> net(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 8])
-        >>> net.stages[3](net.stages[2](net.stages[1](net.stages[0](net.stem(torch.rand(1, 3, 64, 64)))))).shape
+        >>> stem = net.stem(torch.rand(1, 3, 64, 64))
+        >>> net.stages(stem).shape
         torch.Size([1, 32, 8, 8])
     """
 

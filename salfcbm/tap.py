@@ -290,7 +290,8 @@ class FeatureTap:
         cls_concat: concatenate the CLS token to every position along channels (appendix B.1).
         stop_early: stop the backbone's forward right after ``layer`` (skips the classifier head).
         input_size: probing resolution; defaults to the model's own.
-        layout, num_prefix_tokens: skip the probe and use these (as saved in a config).
+        layout: skip the probe and use this layout (as saved in a config).
+        num_prefix_tokens: with ``layout``, the number of leading tokens to drop.
 
     Example:
         >>> import timm, torch

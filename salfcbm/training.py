@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -491,15 +491,24 @@ def fit(
 
     Args:
         model: a :class:`SALFCBM` from :func:`salfcbm.wrap` (its concept list is the candidate list).
-        train_data, val_data: datasets of ``(image, label)`` with ``[0, 1]`` images ``(3, H, W)``.
-        scorer: a :class:`~salfcbm.scorers.ConceptScorer` (e.g. CLIP) to compute similarities, or
-        train_similarities, val_similarities: existing similarity stores.
+        train_data: dataset of ``(image, label)`` with ``[0, 1]`` images ``(3, H, W)``.
+        val_data: validation dataset, same format.
+        scorer: a :class:`~salfcbm.scorers.ConceptScorer` (e.g. CLIP) to compute similarities
+            (or pass both similarity stores).
         prompts: the visual prompt grid; its grid must equal the model's.
+        train_similarities: an existing similarity store of ``train_data``.
+        val_similarities: an existing similarity store of ``val_data``.
         run_dir: where artefacts, ``metrics.json`` and the saved model go (a temporary
             directory if ``None``; nothing is resumable then).
-        bottleneck, head: stage hyper-parameters.
+        bottleneck: bottleneck stage hyper-parameters.
+        head: final layer hyper-parameters.
         baseline: also fit the "standard, sparse" head on pooled backbone features.
         test_data: optional held-out dataset; both heads are evaluated on it.
+        batch_size: images per batch when computing stores.
+        shard_size: images per shard of the feature stores.
+        num_workers: DataLoader workers.
+        progress: show tqdm progress bars.
+        device: where to run (default: where the model is).
 
     Returns:
         A :class:`FitResult` with the trained model (saved to ``run_dir/model``) and metrics.

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from .errors import InputError, MissingExtraError
 from .explain import upsample_maps
-from .viz import _atomic_path_write, denormalize, heatmap_to_rgb
+from ._io import atomic_write
+from .viz import denormalize, heatmap_to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SALFCBM
@@ -326,7 +327,7 @@ def save_video_strip(
             sheet.paste(tile, (c * (tw + 2), r * (th + 2)))
     fmt = Path(path).suffix.lstrip(".").upper() or "PNG"
     fmt = {"JPG": "JPEG"}.get(fmt, fmt)
-    return _atomic_path_write(path, lambda tmp: sheet.save(tmp, format=fmt))
+    return atomic_write(path, lambda tmp: sheet.save(tmp, format=fmt))
 
 
 def save_video_gif(
@@ -380,4 +381,4 @@ def save_video_gif(
     def write(tmp: str) -> None:
         out[0].save(tmp, format="GIF", save_all=True, append_images=out[1:], duration=duration, loop=loop, disposal=1)
 
-    return _atomic_path_write(path, write)
+    return atomic_write(path, write)

@@ -16,8 +16,7 @@ import base64
 import html
 import io
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._io import atomic_write
 from .errors import InputError
 from .explain import ClassExplanation, DecisionRule, Explanation, ExplanationBatch, RegionReport
 
@@ -56,24 +56,10 @@ REGION_COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628
 
 
 # ---------------------------------------------------------------------- files
-def _atomic_path_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
     """Save a matplotlib figure atomically; the format comes from the suffix (``.png``, ``.pdf``, ``.svg``)."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    return _atomic_path_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
@@ -495,7 +481,7 @@ def write_html_report(
             else:
                 files_dir.mkdir(parents=True, exist_ok=True)
                 fname = f"img{i:04d}_class{ce.target}.png"
-                _atomic_path_write(files_dir / fname, lambda tmp, png=png: Path(tmp).write_bytes(png))
+                atomic_write(files_dir / fname, lambda tmp, png=png: Path(tmp).write_bytes(png))
                 src = f"{files_dir.name}/{fname}"
             parts.append(
                 f"<h3>Class {esc(ce.class_name)}: logit {ce.logit:.3f} = sum of contributions + bias {ce.bias:.3f}</h3>"
@@ -509,7 +495,7 @@ def write_html_report(
         parts.append("</section>")
     parts.append("</body></html>")
     text = "\n".join(parts)
-    return _atomic_path_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------- Sankey diagrams (paper figure 3)
@@ -716,7 +702,7 @@ def save_sankey(
                 f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title></head>'
                 f"<body style=\"font-family:sans-serif\">\n{svg}\n</body></html>\n"
             )
-        return _atomic_path_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if suffix in (".png", ".pdf", ".jpg", ".jpeg"):
         fig = _sankey_figure(rules, title, max_concepts=max_concepts, **layout_kw)
         return save_figure(fig, path, dpi=dpi)

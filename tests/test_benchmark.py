@@ -12,7 +12,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import salfcbm
 from salfcbm.baselines import list_baselines, make_baseline
@@ -56,7 +55,7 @@ def _finite_row(row: dict) -> bool:
 def test_runner_scores_every_method(scenes, tiny_salfcbm):
     from captum.attr._utils.lrp_rules import IdentityRule
 
-    idx = list(range(4))
+    idx = list(range(3))
     images = torch.stack([scenes[i][0] for i in idx])
     labels = torch.tensor([scenes[i][1] for i in idx])
     masks = class_evidence_masks(scenes, idx)
@@ -77,8 +76,8 @@ def test_runner_scores_every_method(scenes, tiny_salfcbm):
 
     methods["lrp"].attributor = lrp_keeping_rule
     res = run_attribution_benchmark(
-        methods, images, masks, labels=labels, batch_size=2, n_steps=4, timing_repeats=1,
-        deletion_substrate=constant_substrate(tiny_salfcbm.config["input_mean"]), n_examples=3, progress=False,
+        methods, images, masks, labels=labels, batch_size=2, n_steps=4, timing_batch=1, timing_repeats=1,
+        deletion_substrate=constant_substrate(tiny_salfcbm.config["input_mean"]), n_examples=2, progress=False,
     )
     if hasattr(norm, "rule"):
         del norm.rule
@@ -86,17 +85,17 @@ def test_runner_scores_every_method(scenes, tiny_salfcbm):
     for name, row in res.rows.items():
         assert _finite_row(row), (name, row)
         assert 0 <= row["miou"] <= 1 and 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
-        assert row["n_images"] == 4 and 0 <= row["explained_is_label"] <= 1
+        assert row["n_images"] == 3 and 0 <= row["explained_is_label"] <= 1
         assert row["explains"] == ("SALF-CBM" if name == "salfcbm" else "backbone")
     assert res.rows["salfcbm"]["speed_ratio"] == pytest.approx(1.0)
-    assert res.examples["images"].shape == (3, 3, 32, 32) and set(res.examples["heatmaps"]) == set(ALL)
+    assert res.examples["images"].shape == (2, 3, 32, 32) and set(res.examples["heatmaps"]) == set(ALL)
     # JSON and Markdown carry every method; the figure has a column per method plus image and mask
     d = json.loads(json.dumps(res.to_dict()))
-    assert set(d["methods"]) == set(ALL) and d["meta"]["n_images"] == 4
+    assert set(d["methods"]) == set(ALL) and d["meta"]["n_images"] == 3
     md = res.to_markdown()
     assert all(f"| {n} |" in md for n in ALL)
     fig = plot_attribution_examples(res)
-    assert len(fig.axes) == 3 * (2 + len(ALL))
+    assert len(fig.axes) == 2 * (2 + len(ALL))
 
 
 def test_random_floor_below_oracle_and_errors_recorded(scenes):
@@ -173,7 +172,7 @@ def test_real_data_path_end_to_end(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "res" / "attribution.json"
-    methods = ["salfcbm", "gradcam", "integrated_gradients", "gradcam++", "random", "center"]
+    methods = ["salfcbm", "gradcam", "integrated_gradients", "random"]
     d = bench.main([
         "--model", str(tmp_path / "model"), "--imagenet-seg", str(mat), "--size", "32", "--images", "3",
         "--batch-size", "2", "--steps", "4", "--ig-steps", "2", "--timing-repeats", "1", "--examples", "2",
