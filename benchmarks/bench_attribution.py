@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import re
 import shutil
@@ -43,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from salfcbm.baselines import list_baselines  # noqa: E402
-from salfcbm.benchmark import (  # noqa: E402
+from salfcbm._io import atomic_write, atomic_write_text
+from salfcbm.baselines import list_baselines
+from salfcbm.benchmark import (
     build_methods,
     class_evidence_masks,
     constant_substrate,
@@ -108,7 +108,7 @@ def _demo(args, progress: bool):
         cfg = DemoConfig(**{k: v for k, v in BENCH_DEMO.items() if k in fields})
     if not finished:
         out.mkdir(parents=True, exist_ok=True)
-        cfg_file.write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        atomic_write_text(cfg_file, json.dumps(dataclasses.asdict(cfg), indent=2))
         print(f"no finished demo run in {out}; running the demo with {dataclasses.asdict(cfg)}", flush=True)
         t0 = time.perf_counter()
         run_demo(out, cfg, progress=progress, device=args.device)
@@ -161,14 +161,13 @@ def _accuracy(fn, x, y) -> float:
 def _update_docs(md: str, figure: Path, command: str, meta: dict) -> Path:
     docs = ROOT / "docs" / "benchmarks.md"
     img = ROOT / "docs" / "img" / "attribution_examples.png"
-    img.parent.mkdir(parents=True, exist_ok=True)
-    tmp = img.with_suffix(".png.tmp")
-    shutil.copyfile(figure, tmp)
-    os.replace(tmp, img)
+    atomic_write(img, lambda tmp: shutil.copyfile(figure, tmp))
     block = "\n".join([
         DOCS_START,
-        f"Latest run ({meta['date']}, {meta['device_name']}, {meta['n_images']} images, "
-        f"{meta['n_steps']} deletion/insertion steps), produced by:",
+        (
+            f"Latest run ({meta['date']}, {meta['device_name']}, {meta['n_images']} images, "
+            f"{meta['n_steps']} deletion/insertion steps), produced by:"
+        ),
         "",
         "```bash",
         command,
@@ -182,10 +181,8 @@ def _update_docs(md: str, figure: Path, command: str, meta: dict) -> Path:
     text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{DOCS_START}\n{DOCS_END}\n"
     if DOCS_START not in text:
         text = text.rstrip() + f"\n\n{DOCS_START}\n{DOCS_END}\n"
-    text = re.sub(re.escape(DOCS_START) + r".*?" + re.escape(DOCS_END), lambda _: block, text, flags=re.S)
-    tmpd = docs.with_suffix(".md.tmp")
-    tmpd.write_text(text)
-    os.replace(tmpd, docs)
+    text = re.sub(re.escape(DOCS_START) + r".*?" + re.escape(DOCS_END), lambda _: block, text, flags=re.DOTALL)
+    atomic_write_text(docs, text)
     return docs
 
 

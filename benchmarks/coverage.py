@@ -102,7 +102,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=300, help="seconds per model")
     ap.add_argument("--only", choices=["timm", "torchvision"], default=None)
     ap.add_argument("--out", default="benchmarks/results/coverage.json")
+    ap.add_argument("--markdown", default=None, help="also write the table as a Markdown page")
+    ap.add_argument("--from-json", nargs="+", default=None, help="only render these result files (no run)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
+        write_markdown(rows, Path(args.markdown or "docs/coverage.md"))
+        return 0
     torch.set_grad_enabled(False)
 
     rows = []
@@ -144,7 +150,47 @@ def main(argv=None) -> int:
                                "torchvision": torchvision.__version__, "rows": rows}, indent=1))
     os.replace(tmp, out)
     print(f"wrote {out}")
+    if args.markdown:
+        write_markdown(rows, Path(args.markdown))
     return 0
+
+
+def write_markdown(rows: list[dict], path: Path) -> None:
+    """The coverage table as a documentation page."""
+    n_pass = sum(r["status"] == "pass" for r in rows)
+    by_src = {}
+    for r in rows:
+        by_src.setdefault(r["source"], []).append(r)
+    lines = [
+        "# Backbone coverage",
+        "",
+        "`salfcbm.wrap` with the **default layer** on the smallest model of every timm architecture module",
+        "(`timm.list_modules()`) and on every torchvision classification model, randomly initialised, at each",
+        "model's own input size. Produced by:",
+        "",
+        "```bash",
+        "python benchmarks/coverage.py --markdown docs/coverage.md",
+        "```",
+        "",
+        f"**{n_pass} of {len(rows)} models pass** "
+        + ", ".join(f"{src}: {sum(r['status'] == 'pass' for r in rs)}/{len(rs)}" for src, rs in by_src.items())
+        + ". *layout* is what the tapped module emits (NCHW maps, NHWC stages, NLC tokens); *grid* is",
+        "the size of the tapped map before it is resized to the 7 x 7 prompting grid.",
+        "",
+    ]
+    for src, rs in by_src.items():
+        lines += [f"## {src}", "", "| module | model | layer | layout | prefix tokens | grid | status | reason |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rs:
+            grid = "x".join(map(str, r["feature_grid"])) if r.get("feature_grid") else "-"
+            lines.append(f"| {r.get('module', '-')} | `{r['model']}` | `{r['layer'] or '-'}` | {r['layout'] or '-'} | "
+                         f"{r.get('prefix_tokens', '-') if r['layout'] == 'NLC' else '-'} | {grid} | {r['status']} | "
+                         f"{(r['reason'] or '').replace('|', '/')} |")
+        lines.append("")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

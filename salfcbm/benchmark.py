@@ -57,15 +57,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .synthetic import SyntheticScenes
 
 __all__ = [
+    "METRIC_COLUMNS",
     "BenchmarkMethod",
     "BenchmarkResult",
-    "run_attribution_benchmark",
     "build_methods",
     "class_evidence_masks",
     "constant_substrate",
     "forward_speed",
     "plot_attribution_examples",
-    "METRIC_COLUMNS",
+    "run_attribution_benchmark",
 ]
 
 #: Keys of every method's row in :attr:`BenchmarkResult.rows`, in table order.
@@ -410,30 +410,29 @@ class BenchmarkResult:
             f"| s / image | × {ref} |"
         )
         lines = [head, "|" + "---|" * 9]
+
+        def num(r: dict[str, Any], k: str, fmt: str, scale: float = 1.0) -> str:
+            v = r.get(k)
+            return "–" if v is None else format(scale * v, fmt)
+
         for name, r in self.rows.items():
             if "error" in r:
                 lines.append(f"| {name} | {r.get('explains', '')} | n/a: {r['error'][:80]} |" + " |" * 6)
                 continue
-
-            def pct(k: str) -> str:
-                v = r.get(k)
-                return "–" if v is None else f"{100 * v:.1f}"
-
-            def num(k: str, fmt: str) -> str:
-                v = r.get(k)
-                return "–" if v is None else format(v, fmt)
-
             lines.append(
-                f"| {name} | {r.get('explains', '')} | {pct('pixel_accuracy')} | {pct('miou')} | {pct('map')} "
-                f"| {num('deletion_auc', '.3f')} | {num('insertion_auc', '.3f')} "
-                f"| {num('seconds_per_image', '.2e')} | {num('speed_ratio', '.2f')} |"
+                f"| {name} | {r.get('explains', '')} | {num(r, 'pixel_accuracy', '.1f', 100)} "
+                f"| {num(r, 'miou', '.1f', 100)} | {num(r, 'map', '.1f', 100)} "
+                f"| {num(r, 'deletion_auc', '.3f')} | {num(r, 'insertion_auc', '.3f')} "
+                f"| {num(r, 'seconds_per_image', '.2e')} | {num(r, 'speed_ratio', '.2f')} |"
             )
         if self.forward:
             f = self.forward
             lines += [
                 "",
-                f"Forward pass, batch {f['batch_size']}: wrapped SALF-CBM {f['wrapped_seconds']:.2e} s, "
-                f"bare backbone {f['bare_seconds']:.2e} s, ratio **{f['ratio']:.2f}×**.",
+                (
+                    f"Forward pass, batch {f['batch_size']}: wrapped SALF-CBM {f['wrapped_seconds']:.2e} s, "
+                    f"bare backbone {f['bare_seconds']:.2e} s, ratio **{f['ratio']:.2f}×**."
+                ),
             ]
         return "\n".join(lines) + "\n"
 
@@ -441,13 +440,11 @@ class BenchmarkResult:
         """Write :meth:`to_dict` as JSON (and :meth:`to_markdown`), atomically."""
         import json
 
-        from .store import atomic_write_bytes
+        from ._io import atomic_write_text
 
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(json_path, (json.dumps(self.to_dict(), indent=2, default=str) + "\n").encode())
+        atomic_write_text(json_path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
         if markdown_path is not None:
-            Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(markdown_path, self.to_markdown().encode())
+            atomic_write_text(markdown_path, self.to_markdown())
 
 
 # --------------------------------------------------------------------------- runner
@@ -568,11 +565,16 @@ def run_attribution_benchmark(
         >>> methods = {m: BenchmarkMethod(make_baseline(m, net, layer="0"), net) for m in ("gradcam", "random")}
         >>> images, masks = torch.rand(4, 3, 16, 16), torch.rand(4, 16, 16) > 0.5
         >>> res = run_attribution_benchmark(methods, images, masks, n_steps=4, progress=False, reference="random")
-        >>> sorted(res.rows["gradcam"])[:4]
-        ['deletion_auc', 'explains', 'insertion_auc', 'map']
+        >>> [k for k in METRIC_COLUMNS if k in res.rows["gradcam"]] == list(METRIC_COLUMNS)
+        True
     """
     from .baselines import time_attribution
-    from .metrics import DeletionInsertion, SegmentationMetrics, blur_substrate, zeros_substrate
+    from .metrics import (
+        DeletionInsertion,
+        SegmentationMetrics,
+        blur_substrate,
+        zeros_substrate,
+    )
 
     if not isinstance(methods, Mapping) or not methods:
         raise InputError(f"`methods` must be a non-empty mapping name -> BenchmarkMethod, got {methods!r}.")
@@ -693,7 +695,7 @@ def run_attribution_benchmark(
                     faith[name].update(x01, heat, t)
                     if keep_ex:
                         ex_heat[name].extend(heat[:keep_ex].cpu())
-                except Exception as e:  # noqa: BLE001 - recorded per method when asked to
+                except Exception as e:
                     if on_error == "raise":
                         raise
                     errors[name] = f"{type(e).__name__}: {e}"
@@ -745,7 +747,7 @@ def run_attribution_benchmark(
                 rows[name]["seconds_per_image"] = time_attribution(
                     lambda a, b, m=m: m.attribute(a, b), inp, t, repeats=timing_repeats, warmup=1
                 )
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if on_error == "raise":
                     raise
                 rows[name]["timing_error"] = f"{type(e).__name__}: {e}"

@@ -73,7 +73,7 @@ class DemoResult:
 
 
 def _datasets(cfg: DemoConfig) -> dict[str, SyntheticScenes]:
-    kw = dict(image_size=cfg.image_size, seed=cfg.seed, num_classes=cfg.num_classes)
+    kw = dict(image_size=cfg.image_size, seed=cfg.seed, num_classes=cfg.num_classes, compound_concepts=True)
     return {
         "train": SyntheticScenes(n=cfg.n_train, split="train", **kw),
         "val": SyntheticScenes(n=cfg.n_val, split="val", **kw),

@@ -78,6 +78,15 @@ BACKGROUNDS: tuple[str, ...] = ("sky", "grass", "sand")
 _SHAPE_PHRASE = {s: f"a {s}" for s in SHAPES}
 _COLOUR_PHRASE = {c: f"something {c}" for c in COLOURS}
 _TEXTURE_PHRASE = {"plain": "a plain texture", "striped": "a striped texture", "dotted": "a dotted texture"}
+
+
+def _compound_phrases(shape: str, colour: str, texture: str) -> tuple[str, str]:
+    """The two compound concepts of an object: ``"a blue circle"`` and ``"a striped circle"``."""
+    return f"{_article(colour)} {colour} {shape}", f"a {texture} {shape}"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 _BACKGROUND_PHRASE = {"sky": "a sky background", "grass": "a grassy background", "sand": "a sandy background"}
 _COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 _COLOUR_RGB = np.asarray([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32)
@@ -256,6 +265,9 @@ class SyntheticScenes(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         num_classes: Use the first ``num_classes`` rules (2 to 10, default 8).
         pixel_noise: Standard deviation of Gaussian pixel noise added to the whole image.
+        compound_concepts: Also name each object's colour-shape and texture-shape compounds
+            (``"a blue circle"``, ``"a striped circle"``; 40 more concepts), as real concept
+            lists do. The masks of a compound are the pixels of the objects that have both.
 
     Example:
         >>> ds = SyntheticScenes(n=100, image_size=64, seed=0, split="train")
@@ -276,6 +288,7 @@ class SyntheticScenes(Dataset):
         split: str = "train",
         num_classes: int = 8,
         pixel_noise: float = 0.02,
+        compound_concepts: bool = False,
     ) -> None:
         for name, v, lo in (("n", n, 1), ("image_size", image_size, 16), ("num_classes", num_classes, 2)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -294,6 +307,7 @@ class SyntheticScenes(Dataset):
         self.split = split
         self.num_classes = num_classes
         self.pixel_noise = float(pixel_noise)
+        self.compound_concepts = bool(compound_concepts)
         self._rules = _RULES[:num_classes]
         self.concepts: list[str] = (
             [_SHAPE_PHRASE[s] for s in SHAPES]
@@ -301,6 +315,10 @@ class SyntheticScenes(Dataset):
             + [_TEXTURE_PHRASE[t] for t in TEXTURES]
             + [_BACKGROUND_PHRASE[b] for b in BACKGROUNDS]
         )
+        if self.compound_concepts:  # "a blue circle", "a striped circle": what real concept lists look like
+            self.concepts += [f"{_article(c)} {c} {s}" for c in COLOURS for s in SHAPES]
+            self.concepts += [f"a {t} {s}" for t in TEXTURES for s in SHAPES]
+        self._concept_index = {c: k for k, c in enumerate(self.concepts)}
         self.classes: list[str] = [r.name for r in self._rules]
         self.class_concepts: dict[str, list[str]] = {r.name: r.concepts() for r in self._rules}
         self._labels: torch.Tensor | None = None
@@ -312,7 +330,8 @@ class SyntheticScenes(Dataset):
     def __repr__(self) -> str:
         return (
             f"SyntheticScenes(n={self.n}, image_size={self.image_size}, seed={self.seed}, "
-            f"split={self.split!r}, num_classes={self.num_classes}, pixel_noise={self.pixel_noise})"
+            f"split={self.split!r}, num_classes={self.num_classes}, pixel_noise={self.pixel_noise}"
+            + (", compound_concepts=True)" if self.compound_concepts else ")")
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -326,6 +345,7 @@ class SyntheticScenes(Dataset):
             "split": self.split,
             "num_classes": self.num_classes,
             "pixel_noise": self.pixel_noise,
+            **({"compound_concepts": True} if self.compound_concepts else {}),
         }
 
     @property
@@ -337,13 +357,17 @@ class SyntheticScenes(Dataset):
 
     @property
     def concept_groups(self) -> dict[str, list[str]]:
-        """The concepts grouped by kind: ``shape``, ``colour``, ``texture``, ``background``."""
-        return {
+        """The concepts grouped by kind: ``shape``, ``colour``, ``texture``, ``background`` (and ``compound``)."""
+        groups = {
             "shape": [_SHAPE_PHRASE[s] for s in SHAPES],
             "colour": [_COLOUR_PHRASE[c] for c in COLOURS],
             "texture": [_TEXTURE_PHRASE[t] for t in TEXTURES],
             "background": [_BACKGROUND_PHRASE[b] for b in BACKGROUNDS],
         }
+        if self.compound_concepts:
+            base = {c for g in groups.values() for c in g}
+            groups["compound"] = [c for c in self.concepts if c not in base]
+        return groups
 
     # ------------------------------------------------------------------ generation
     def _index(self, i: Any) -> int:
@@ -442,8 +466,11 @@ class SyntheticScenes(Dataset):
         table = np.zeros((len(layout.objects) + 1, k), dtype=bool)
         table[0, self.concepts.index(_BACKGROUND_PHRASE[layout.background])] = True
         for j, obj in enumerate(layout.objects):
-            for phrase in (_SHAPE_PHRASE[obj.shape], _COLOUR_PHRASE[obj.colour], _TEXTURE_PHRASE[obj.texture]):
-                table[j + 1, self.concepts.index(phrase)] = True
+            phrases = [_SHAPE_PHRASE[obj.shape], _COLOUR_PHRASE[obj.colour], _TEXTURE_PHRASE[obj.texture]]
+            if self.compound_concepts:
+                phrases += _compound_phrases(obj.shape, obj.colour, obj.texture)
+            for phrase in phrases:
+                table[j + 1, self._concept_index[phrase]] = True
         return np.ascontiguousarray(table[ids.astype(np.int64) + 1].transpose(2, 0, 1))
 
     # ------------------------------------------------------------------ public access
