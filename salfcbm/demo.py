@@ -116,7 +116,7 @@ def concept_map_miou(
 
     n = len(dataset) if n is None else min(n, len(dataset))
     index = [dataset.concepts.index(c) for c in model.concepts]
-    seg = SegmentationMetrics()
+    seg = SegmentationMetrics(ap_backend="torch")  # the same AP as sklearn's, batched
     g = torch.Generator().manual_seed(seed)
     for a in range(0, n, batch_size):
         idx = list(range(a, min(a + batch_size, n)))

@@ -9,7 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests run tiny ops, for which OpenMP threads cost more than they give,
+# and far more on a busy machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

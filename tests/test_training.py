@@ -147,9 +147,11 @@ def test_fit_end_to_end_on_the_procedural_scenes(tiny_run):
     chance = 1 / 4
     assert m["salfcbm"]["test_accuracy"] > chance + 0.2
     assert m["standard_sparse"]["test_accuracy"] > chance + 0.2
-    # concept maps localise: far above random maps against the ground-truth masks
-    assert m["segmentation"]["miou"] > m["segmentation_random"]["miou"] + 0.1
-    assert m["segmentation"]["map"] > m["segmentation_random"]["map"] + 0.1
+    # loosely: the concept bottleneck costs little accuracy even on this tiny budget
+    assert m["salfcbm"]["test_accuracy"] > m["standard_sparse"]["test_accuracy"] - 0.1
+    # concept maps localise: well above random maps against the ground-truth masks
+    assert m["segmentation"]["miou"] > m["segmentation_random"]["miou"] + 0.05
+    assert m["segmentation"]["map"] > m["segmentation_random"]["map"] + 0.15
     for f in ("report.html", "metrics.json", "model/config.json", "model/model.safetensors", "figures/path.png"):
         assert (res.out / f).exists(), f
     html = (res.out / "report.html").read_text()
