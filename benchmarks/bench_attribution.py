@@ -6,7 +6,7 @@ demo pipeline (``salfcbm.demo.run_demo``; run here with a small configuration if
 ``--demo-dir`` holds no finished run)::
 
     python benchmarks/bench_attribution.py --quick          # 32 images, coarse curves, ~1 min after the demo
-    python benchmarks/bench_attribution.py                  # 200 images, 100-step curves
+    python benchmarks/bench_attribution.py --threads 1      # 200 images, 100-step curves, a few minutes
     python benchmarks/bench_attribution.py --update-docs    # also refresh docs/benchmarks.md and its figure
 
 Real data: a SALF-CBM saved with ``save_pretrained`` (a folder or a Hub repo) whose backbone is
@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="real data: DataLoader workers")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own); 1 gives stable timings on a busy machine")
     p.add_argument("--update-docs", action="store_true",
                    help="copy the table and figure into docs/benchmarks.md and docs/img/")
     p.add_argument("--no-progress", action="store_true")
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     if real and args.target == "label":
         raise SystemExit("--target label needs class labels; the ImageNet-segmentation file has none.")
     torch.manual_seed(args.seed)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     command = " ".join(["python benchmarks/bench_attribution.py", *(sys.argv[1:] if argv is None else argv)])
 
     baseline_kwargs = {"integrated_gradients": {"n_steps": ig_steps, "internal_batch_size": 64}}

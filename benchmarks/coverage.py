@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/coverage.json")
     ap.add_argument("--markdown", default=None, help="also write the table as a Markdown page")
     ap.add_argument("--from-json", nargs="+", default=None, help="only render these result files (no run)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out and run the rest")
     args = ap.parse_args(argv)
     if args.from_json:
         rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
@@ -111,9 +112,20 @@ def main(argv=None) -> int:
         return 0
     torch.set_grad_enabled(False)
 
-    rows = []
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if args.resume and out.exists() else []
+    done = {(r["source"], r.get("module") or r["model"]) for r in rows}
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"passed": sum(r["status"] == "pass" for r in rows), "total": len(rows),
+                                   "timm": timm.__version__, "torchvision": torchvision.__version__, "rows": rows},
+                                  indent=1))
+        os.replace(tmp, out)
+
     if args.only in (None, "timm"):
-        modules = sorted(timm.list_modules())
+        modules = [m for m in sorted(timm.list_modules()) if ("timm", m) not in done]
         if args.quick:
             modules = [m for m in modules if m in {"resnet", "vision_transformer", "swin_transformer", "convnext",
                                                    "efficientnet", "deit", "maxxvit", "levit", "beit", "mobilevit",
@@ -122,15 +134,17 @@ def main(argv=None) -> int:
             r = try_one("timm", name, lambda name=name: timm.create_model(name, pretrained=False), args.timeout)
             r["module"] = mod
             rows.append(r)
+            save()
             print(f"{r['status']:4} timm/{mod}:{name} {r['layer']} {r['layout']} {r['feature_grid']} {r['reason']}",
                   flush=True)
     if args.only in (None, "torchvision"):
         names = torchvision.models.list_models(module=torchvision.models)
         if args.quick:
             names = ["resnet18", "vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_small"]
-        for name in names:
+        for name in [n for n in names if ("torchvision", n) not in done]:
             r = try_one("torchvision", name, lambda name=name: torchvision.models.get_model(name), args.timeout)
             rows.append(r)
+            save()
             print(f"{r['status']:4} torchvision:{name} {r['layer']} {r['layout']} {r['feature_grid']} {r['reason']}",
                   flush=True)
 
@@ -143,12 +157,7 @@ def main(argv=None) -> int:
         print(f"| {r['source']} | {r['model']} | {r['layer'] or '-'} | {r['layout'] or '-'} | {grid} | "
               f"{r['status']} | {r['reason']} |")
     print(f"\n{n_pass}/{len(rows)} models pass")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"passed": n_pass, "total": len(rows), "timm": timm.__version__,
-                               "torchvision": torchvision.__version__, "rows": rows}, indent=1))
-    os.replace(tmp, out)
+    save()
     print(f"wrote {out}")
     if args.markdown:
         write_markdown(rows, Path(args.markdown))

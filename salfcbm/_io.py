@@ -38,7 +38,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, fsy
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "a.txt")
         >>> _ = atomic_write_bytes(p, b"hi"); open(p, "rb").read()

@@ -43,7 +43,7 @@ INTERPOLATE_MODES = ("bilinear", "nearest", "bicubic", "area")
 def class_heatmaps(model: SALFCBM, concept_maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Grid-resolution class maps ``sum_m W[l, m] / std[m] * c[m]``: ``(B, Hg, Wg)`` for ``targets`` ``(B,)``.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)
@@ -70,7 +70,7 @@ class SALFCBMAttribution:
             Captum's ``interpolate`` defaults to ``"nearest"``).
         upsample: return grid-resolution maps ``(B, 1, Hg, Wg)`` when ``False``.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)

@@ -172,7 +172,7 @@ class Attributor:
         model: classifier returning ``(B, num_classes)`` logits.
         eval_mode: run the model in ``eval()`` mode during the call (restored after).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
@@ -598,7 +598,7 @@ _LAYER_METHODS = {"gradcam", "gradcam++", "scorecam"}
 def list_baselines() -> list[str]:
     """Names accepted by :func:`make_baseline`.
 
-    Example:
+    Examples:
         >>> list_baselines()
         ['integrated_gradients', 'gradcam', 'lrp', 'gradcam++', 'scorecam', 'fullgrad', 'random', 'center']
     """
@@ -637,7 +637,7 @@ def make_baseline(
         UnsupportedBaselineError: the method cannot explain this model.
         MissingExtraError: captum or grad-cam is not installed.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
@@ -677,7 +677,7 @@ def time_attribution(
     callable ``f(images, target)``. Runs ``warmup`` untimed calls, then ``repeats`` timed calls (synchronising
     CUDA around each), and divides the median by the batch size.
 
-    Example:
+    Examples:
         >>> import torch
         >>> t = time_attribution(make_baseline("center", None), torch.zeros(4, 3, 8, 8), repeats=2)
         >>> t >= 0

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,7 +103,7 @@ class BenchmarkMethod:
             normalisation); ``None`` feeds them unchanged.
         explains: a short label for the table ("SALF-CBM", "backbone").
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from salfcbm.baselines import make_baseline
@@ -173,7 +174,7 @@ def constant_substrate(colour: Sequence[float]) -> Callable[[torch.Tensor], torc
     With the backbone's normalisation mean this is RISE's "zeros" substrate of a
     mean-normalised model, applied before the normalisation.
 
-    Example:
+    Examples:
         >>> import torch
         >>> constant_substrate([0.5, 0.5, 0.5])(torch.zeros(1, 3, 2, 2)).unique().tolist()
         [0.5]
@@ -237,7 +238,7 @@ def build_methods(
         ``(methods, skipped)``: the methods by name, and ``{name: reason}`` for those
         left out.
 
-    Example:
+    Examples:
         >>> import timm, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)
@@ -330,7 +331,7 @@ def class_evidence_masks(
     Returns:
         ``(B, H, W)`` bool masks.
 
-    Example:
+    Examples:
         >>> from salfcbm.synthetic import SyntheticScenes
         >>> ds = SyntheticScenes(n=4, image_size=32)
         >>> m = class_evidence_masks(ds, [0, 1])
@@ -383,7 +384,8 @@ class BenchmarkResult:
     Attributes:
         rows: per method, ``pixel_accuracy``, ``miou``, ``map`` (segmentation, fractions),
             ``deletion_auc`` (lower is better), ``insertion_auc`` (higher is better),
-            ``seconds_per_image``, ``speed_ratio`` (÷ the reference method's),
+            ``seconds_per_image`` (wall), ``cpu_seconds_per_image``, ``speed_ratio``
+            (÷ the reference method's, on ``meta["speed_clock"]``),
             ``explains``, ``n_images``; or ``error`` for a method that failed with
             ``on_error="record"``.
         meta: the protocol settings (targets, steps, batch sizes, device, ...).
@@ -405,9 +407,10 @@ class BenchmarkResult:
     def to_markdown(self) -> str:
         """The results table (and the forward-pass ratio) as Markdown."""
         ref = self.meta.get("reference", "salfcbm")
+        clock = " (CPU time)" if self.meta.get("speed_clock") == "cpu" else ""
         head = (
             "| method | explains | pixel acc. ↑ | mIoU ↑ | mAP ↑ | deletion AUC ↓ | insertion AUC ↑ "
-            f"| s / image | × {ref} |"
+            f"| s / image | × {ref}{clock} |"
         )
         lines = [head, "|" + "---|" * 9]
 
@@ -431,7 +434,8 @@ class BenchmarkResult:
                 "",
                 (
                     f"Forward pass, batch {f['batch_size']}: wrapped SALF-CBM {f['wrapped_seconds']:.2e} s, "
-                    f"bare backbone {f['bare_seconds']:.2e} s, ratio **{f['ratio']:.2f}×**."
+                    f"bare backbone {f['bare_seconds']:.2e} s (wall); ratio **{f['ratio']:.2f}×**"
+                    + (" (CPU time)." if f.get("clock") == "cpu" else ".")
                 ),
             ]
         return "\n".join(lines) + "\n"
@@ -519,8 +523,8 @@ def run_attribution_benchmark(
       followed (AUC over the fraction of pixels changed).
 
     Then each method is timed on the first ``timing_batch`` images
-    (:func:`~salfcbm.baselines.time_attribution`, median of ``timing_repeats``), and
-    ``speed_ratio`` is its seconds per image divided by the ``reference`` method's.
+    (:func:`~salfcbm.baselines.time_attribution`, median of ``timing_repeats`` rounds), and
+    ``speed_ratio`` is its time per image divided by the ``reference`` method's.
 
     Args:
         methods: name -> :class:`BenchmarkMethod` (see :func:`build_methods`).
@@ -543,7 +547,11 @@ def run_attribution_benchmark(
             zeros; see :func:`constant_substrate`).
         insertion_substrate: the canvas insertion starts from (default: RISE's blur).
         timing_batch: images in the timing batch (default ``batch_size``); ``0`` skips timing.
-        timing_repeats: timed calls per method (after one warm-up call).
+        timing_repeats: timed calls per method, in rounds over all methods after one
+            warm-up round; the median is kept. ``seconds_per_image`` is wall time and
+            ``cpu_seconds_per_image`` the process's CPU time; ``speed_ratio`` uses CPU time
+            on the CPU (robust to other processes on a shared machine) and wall time on CUDA
+            (``meta["speed_clock"]``).
         reference: method the speed ratios divide by (``None`` or absent: no ratios).
         n_examples: images whose heatmaps are kept in :attr:`BenchmarkResult.examples`.
         max_images: stop after this many images (useful with an iterable).
@@ -556,7 +564,7 @@ def run_attribution_benchmark(
     Returns:
         A :class:`BenchmarkResult`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from salfcbm.baselines import make_baseline
@@ -733,10 +741,12 @@ def run_attribution_benchmark(
         rows[name] = row
 
     n_time = batch_size if timing_batch is None else timing_batch
+    clock = "wall"
     if n_time and timing_set is not None:
         x01, y = timing_set
-        x01 = x01[:n_time]
-        y = y[:n_time] if y is not None else None
+        x01, y = x01[:n_time], (y[:n_time] if y is not None else None)
+        clock = "wall" if x01.is_cuda else "cpu"
+        prepared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, m in methods.items():
             if name in errors:
                 continue
@@ -744,18 +754,40 @@ def run_attribution_benchmark(
                 inp = m.inputs(x01)
                 with torch.no_grad():
                     t = m.logits(inp).argmax(1) if targets == "predicted" or y is None else y
-                rows[name]["seconds_per_image"] = time_attribution(
-                    lambda a, b, m=m: m.attribute(a, b), inp, t, repeats=timing_repeats, warmup=1
-                )
+                prepared[name] = (inp, t)
             except Exception as e:
                 if on_error == "raise":
                     raise
                 rows[name]["timing_error"] = f"{type(e).__name__}: {e}"
-        ref_s = rows.get(reference, {}).get("seconds_per_image") if reference is not None else None
+        # Rounds over all methods (round 0 warms up), so a change in the machine's load hits
+        # every method alike; the median round is kept.
+        wall: dict[str, list[float]] = {n: [] for n in prepared}
+        cpu: dict[str, list[float]] = {n: [] for n in prepared}
+        for rnd in range(timing_repeats + 1):
+            for name, (inp, t) in list(prepared.items()):
+                m = methods[name]
+                try:
+                    c0 = time.process_time()
+                    w = time_attribution(lambda a, b, m=m: m.attribute(a, b), inp, t, repeats=1, warmup=0)
+                    c = (time.process_time() - c0) / inp.shape[0]
+                except Exception as e:
+                    if on_error == "raise":
+                        raise
+                    rows[name]["timing_error"] = f"{type(e).__name__}: {e}"
+                    del prepared[name]
+                    continue
+                if rnd:
+                    wall[name].append(w)
+                    cpu[name].append(c)
+        for name in prepared:
+            rows[name]["seconds_per_image"] = statistics.median(wall[name])
+            rows[name]["cpu_seconds_per_image"] = statistics.median(cpu[name])
+        key = "seconds_per_image" if clock == "wall" else "cpu_seconds_per_image"
+        ref_s = rows.get(reference, {}).get(key) if reference is not None else None
         if ref_s:
             for r in rows.values():
-                if r.get("seconds_per_image") is not None:
-                    r["speed_ratio"] = r["seconds_per_image"] / ref_s
+                if r.get(key) is not None:
+                    r["speed_ratio"] = r[key] / ref_s
 
     meta = {
         "n_images": n_seen,
@@ -764,6 +796,7 @@ def run_attribution_benchmark(
         "n_steps": n_steps,
         "timing_batch": n_time,
         "timing_repeats": timing_repeats,
+        "speed_clock": clock,
         "reference": reference,
         "ap_backend": ap_backend,
         "device": str(timing_set[0].device) if timing_set is not None else None,
@@ -798,21 +831,22 @@ def forward_speed(
 
     Both run under ``torch.no_grad()`` on their own inputs (preprocessing is done once,
     outside the timing); the calls are interleaved and the median of ``repeats`` is kept.
+    On the CPU the ratio uses the process's CPU time (all threads), which other processes
+    on a shared machine disturb far less than wall time; on CUDA, wall time.
 
     Returns:
-        ``wrapped_seconds``, ``bare_seconds`` (per batch), ``ratio`` (wrapped ÷ bare),
-        ``batch_size``.
+        ``wrapped_seconds``, ``bare_seconds`` (wall, per batch), ``wrapped_cpu_seconds``,
+        ``bare_cpu_seconds``, ``ratio`` (wrapped ÷ bare, on ``clock``), ``clock``
+        (``"cpu"`` or ``"wall"``), ``batch_size``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> out = forward_speed(net, net, torch.rand(2, 3, 8, 8), repeats=2)
-        >>> sorted(out)
-        ['bare_seconds', 'batch_size', 'ratio', 'wrapped_seconds']
+        >>> sorted(out)[:4]
+        ['bare_cpu_seconds', 'bare_seconds', 'batch_size', 'clock']
     """
-    import statistics
-
     if not callable(wrapped) or not callable(bare):
         raise InputError("`wrapped` and `bare` must be callable models.")
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
@@ -824,15 +858,15 @@ def forward_speed(
     xb = images if bare_preprocess is None else bare_preprocess(images)
     cuda = images.is_cuda
 
-    def once(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
+    def once(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> tuple[float, float]:
         if cuda:
             torch.cuda.synchronize(images.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             fn(x)
         if cuda:
             torch.cuda.synchronize(images.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     for _ in range(warmup):
         once(wrapped, xw)
@@ -841,8 +875,17 @@ def forward_speed(
     for _ in range(repeats):
         tw.append(once(wrapped, xw))
         tb.append(once(bare, xb))
-    w, b = statistics.median(tw), statistics.median(tb)
-    return {"wrapped_seconds": w, "bare_seconds": b, "ratio": w / b if b > 0 else float("inf"), "batch_size": int(images.shape[0])}
+    out: dict[str, Any] = {
+        "wrapped_seconds": statistics.median(t[0] for t in tw),
+        "bare_seconds": statistics.median(t[0] for t in tb),
+        "wrapped_cpu_seconds": statistics.median(t[1] for t in tw),
+        "bare_cpu_seconds": statistics.median(t[1] for t in tb),
+        "batch_size": int(images.shape[0]),
+        "clock": "wall" if cuda else "cpu",
+    }
+    w, b = (out["wrapped_seconds"], out["bare_seconds"]) if cuda else (out["wrapped_cpu_seconds"], out["bare_cpu_seconds"])
+    out["ratio"] = w / b if b > 0 else float("inf")
+    return out
 
 
 # --------------------------------------------------------------------------- figure
@@ -855,7 +898,7 @@ def plot_attribution_examples(
     methods: Sequence[str] | None = None,
     alpha: float = 0.55,
     cmap: str = "jet",
-    dpi: int = 110,
+    dpi: int = 80,
 ) -> Any:
     """Paper figure 4: the same images explained by each method.
 
@@ -871,7 +914,7 @@ def plot_attribution_examples(
     Returns:
         The matplotlib ``Figure``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> ex = {"images": torch.rand(2, 3, 8, 8), "masks": torch.rand(2, 8, 8) > 0.5,
         ...       "heatmaps": {"a": torch.rand(2, 1, 4, 4)}}

@@ -64,7 +64,7 @@ class LLMError(SalfCBMError, RuntimeError):
 def format_concept(text: str) -> str:
     """Normalise one concept as LF-CBM does: lower case, punctuation to spaces, no leading article.
 
-    Example:
+    Examples:
         >>> format_concept("  - A Long-Tail, (striped). ")
         'long tail striped'
     """
@@ -84,7 +84,7 @@ def unique_concepts(concepts: Iterable[str] | Mapping[str, Iterable[str]]) -> li
 
     Accepts a list, or the ``{class: [concepts]}`` dict of :func:`generate_concepts`.
 
-    Example:
+    Examples:
         >>> unique_concepts(["fur", " Fur ", "", "whiskers", "fur"])
         ['fur', 'whiskers']
     """
@@ -107,7 +107,7 @@ def unique_concepts(concepts: Iterable[str] | Mapping[str, Iterable[str]]) -> li
 def load_concepts(path: str | os.PathLike) -> list[str]:
     """Read one concept per line; blank lines, ``#`` comment lines and duplicates are dropped.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "c.txt")
         >>> _ = open(p, "w").write("fur\\n\\n# animals\\nwhiskers\\nfur\\n")
@@ -132,7 +132,7 @@ def save_concepts(path: str | os.PathLike, concepts: Sequence[str]) -> None:
 def concepts_from_templates(classes: Sequence[str], templates: Sequence[str] | str = ("an image of a {class}",)) -> list[str]:
     """One concept per (template, class): ``"{class}"`` in each template is replaced by the class name.
 
-    Example:
+    Examples:
         >>> concepts_from_templates(["cat", "dog"], ["a photo of a {class}", "{class} fur"])
         ['a photo of a cat', 'a photo of a dog', 'cat fur', 'dog fur']
     """
@@ -215,7 +215,7 @@ def generate_concepts(
         MissingExtraError: if the ``openai`` package is not installed.
         LLMError: if a request fails after retries.
 
-    Example:
+    Examples:
         >>> per_class = generate_concepts(["goldfish", "tench"], base_url="http://localhost:8000/v1")  # doctest: +SKIP
         >>> concepts = unique_concepts(per_class)  # doctest: +SKIP
     """
@@ -397,7 +397,7 @@ def filter_concepts(
     Returns:
         A :class:`ConceptFilterReport`.
 
-    Example:
+    Examples:
         >>> r = filter_concepts(["fur", "Fur", "a very long concept that goes on and on", "cat"], classes=["cat"])
         >>> r.kept
         ['fur']

@@ -18,7 +18,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     Images come out as ``[0, 1]`` float tensors: the scorer and the backbone each apply
     their own normalisation. ``classes`` and ``targets`` are torchvision's.
 
-    Example:
+    Examples:
         >>> ds = ImageFolderDataset("data/cub/train", size=224)  # doctest: +SKIP
         >>> image, label = ds[0]  # doctest: +SKIP
     """

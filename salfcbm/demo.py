@@ -253,7 +253,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
 
     Resumable: the backbone, stores and bottleneck are reused when ``out`` already holds them.
 
-    Example:
+    Examples:
         >>> result = run_demo("runs/demo", DemoConfig(n_train=600, n_val=200, n_test=200))  # doctest: +SKIP
         >>> result.metrics["salfcbm"]["test_accuracy"]  # doctest: +SKIP
     """

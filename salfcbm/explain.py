@@ -238,7 +238,7 @@ def box_mask(box: Sequence[float], size: Sequence[int], *, device=None) -> torch
     The box is half-open: it covers columns ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1``;
     fractional corners are widened to whole pixels (floor of ``x0, y0``, ceil of ``x1, y1``).
 
-    Example:
+    Examples:
         >>> box_mask((1, 0, 3, 2), (3, 4)).int().tolist()
         [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
     """
@@ -267,7 +267,7 @@ def points_mask(
     A pixel ``(row i, column j)`` belongs to the disk of ``(x, y)`` when
     ``(j - x)**2 + (i - y)**2 <= radius**2``.
 
-    Example:
+    Examples:
         >>> points_mask([(1, 1)], (3, 3), radius=1).int().tolist()
         [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
     """
@@ -318,7 +318,7 @@ def region_masks(
     Raises:
         InputError: none or several of mask/box/points, a wrong shape, or an empty region.
 
-    Example:
+    Examples:
         >>> region_masks((8, 8), box=[(0, 0, 4, 4), (4, 4, 8, 8)]).shape
         torch.Size([2, 8, 8])
     """
@@ -375,7 +375,7 @@ def mask_to_grid(mask: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     the grid mask's mean equals the region's area fraction). A mask already at grid size is
     returned as float unchanged.
 
-    Example:
+    Examples:
         >>> mask_to_grid(torch.ones(4, 4).tril(), (2, 2)).tolist()
         [[0.75, 0.0], [1.0, 0.75]]
     """
@@ -733,7 +733,7 @@ def explain(
     Returns:
         An :class:`ExplanationBatch`; ``result[i].top`` explains image ``i``'s first target.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["fur", "grass", "sky"],
         ...                  num_classes=2, backbone_weights=None)
@@ -844,7 +844,7 @@ def explain_region(
     Raises:
         InputError: no region, several kinds of region, an empty mask or a box/point outside the image.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["fur", "grass", "sky"],
         ...                  num_classes=2, backbone_weights=None)
@@ -974,7 +974,7 @@ def intervene(
     Raises:
         ConceptNotFoundError: an unknown concept name (the message lists the closest names).
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["fur", "grass", "sky"],
         ...                  num_classes=2, backbone_weights=None)
@@ -1051,7 +1051,7 @@ def decision_rules(
     Returns:
         A :class:`DecisionRule`, or a list of them for a list of targets.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["fur", "grass", "sky"],
         ...                  num_classes=2, backbone_weights=None)

@@ -454,7 +454,7 @@ def elastic_net_objective(
     Returns:
         ``mean CE(W x + b, y) + lam * ((1 - alpha)/2 * ||W||_F^2 + alpha * ||W||_1)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
         >>> round(elastic_net_objective(torch.zeros(2, 3), torch.zeros(2), x, y, 0.1), 4)
@@ -489,7 +489,7 @@ def kkt_violation(
     Returns:
         The largest violation (a non-negative float).
 
-    Example:
+    Examples:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
@@ -522,7 +522,7 @@ def lambda_max(x: Tensor, y: Tensor, num_classes: int | None = None, alpha: floa
     Returns:
         ``max |X^T (pi - Y)| / (N * alpha)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[1.0], [-1.0]]); y = torch.tensor([0, 1])
         >>> lambda_max(x, y, alpha=1.0)
@@ -627,7 +627,7 @@ def fit_sparse_head(
         InputError: On malformed features or labels, NaN/inf features, labels outside
             ``[0, num_classes)``, or inconsistent options.
 
-    Example:
+    Examples:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> x = torch.randn(300, 20); y = x[:, :3].argmax(1)  # 3 classes, 3 informative features
@@ -848,7 +848,7 @@ def fit_dense_head(
     Returns:
         A :class:`HeadFit` with ``criterion="dense"`` (``alpha = 0``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> x = torch.randn(200, 10); y = (x[:, 0] > 0).long()

@@ -71,7 +71,7 @@ class ImagenetSegmentation(torch.utils.data.Dataset):
         InputError: the file is not an HDF5 file with ``value/img`` and ``value/gt``.
         MissingExtraError: ``h5py`` is not installed.
 
-    Example:
+    Examples:
         >>> ds = ImagenetSegmentation("gtsegs_ijcv.mat")  # doctest: +SKIP
         >>> image, mask = ds[0]  # doctest: +SKIP
         >>> image.shape, mask.shape, mask.dtype  # doctest: +SKIP

@@ -186,7 +186,7 @@ class SegmentationMetrics:
             (the same formula, tie handling included, batched on the heatmaps'
             device with no copy to the CPU; equal to sklearn up to float rounding).
 
-    Example:
+    Examples:
         >>> import torch
         >>> metric = SegmentationMetrics()
         >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool)
@@ -326,7 +326,7 @@ def blur_substrate(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5
     are reflected (replicated for images smaller than half the kernel), which avoids
     darkening the image edges.
 
-    Example:
+    Examples:
         >>> import torch
         >>> blur_substrate(torch.ones(1, 3, 16, 16)).allclose(torch.ones(1, 3, 16, 16))
         True
@@ -416,7 +416,7 @@ class DeletionInsertion:
         eval_mode: run the model in ``eval()`` mode during the call (restored after).
         progress: show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
@@ -605,7 +605,7 @@ def deletion_insertion(
 ) -> dict[str, torch.Tensor]:
     """Deletion and insertion AUC of ``saliency`` for ``images`` (RISE); see :class:`DeletionInsertion`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))

@@ -112,7 +112,7 @@ class SALFCBM(
         softmax_temperature: temperature of softmax pooling.
         head_stats: metrics shown on the model card (set by :func:`salfcbm.fit`).
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("test_vit", pretrained=False), concepts=["a wing", "a beak"],
         ...                  num_classes=3, backbone_weights=None)
@@ -613,7 +613,7 @@ def wrap(
     Returns:
         A :class:`SALFCBM` with an untrained bottleneck and head.
 
-    Example:
+    Examples:
         >>> import timm, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet18", pretrained=False), concepts=["fur", "grass"],
         ...                  num_classes=2, backbone_weights=None)

@@ -57,7 +57,7 @@ class PromptGrid:
         line_width: Ring thickness in pixels. Paper: 2.
         color: RGB colour in 0-255. Paper: red ``(255, 0, 0)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> grid = PromptGrid(grid=(2, 3), radius=4)
         >>> grid.centres(30, 40)[0, 0].tolist()   # (y, x) of the first location
@@ -116,7 +116,7 @@ class PromptGrid:
     def centres(self, height: int, width: int) -> torch.Tensor:
         """Prompt centres ``(Hg, Wg, 2)`` long, as ``(y, x)`` pixel coordinates.
 
-        Example:
+        Examples:
             >>> PromptGrid(grid=(7, 7)).centres(224, 224)[:, 0, 0].tolist()
             [28, 56, 84, 112, 140, 168, 196]
         """
@@ -131,7 +131,7 @@ class PromptGrid:
 
         Cached per ``(self, H, W, device)``; treat the result as read-only.
 
-        Example:
+        Examples:
             >>> m = PromptGrid(grid=(1, 1), radius=3).ring_masks(9, 9)
             >>> m.shape, bool(m[0, 4, 4]), bool(m[0, 4, 1])
             (torch.Size([1, 9, 9]), False, True)
@@ -155,7 +155,7 @@ class PromptGrid:
         Returns:
             The prompted images, same dtype and device as ``images``.
 
-        Example:
+        Examples:
             >>> out = PromptGrid(grid=(2, 2), radius=3).draw(torch.zeros(1, 3, 20, 20))
             >>> out.shape, out[0, 0, 0].max().item(), out[0, 0, 1].max().item()
             (torch.Size([1, 4, 3, 20, 20]), 1.0, 0.0)

@@ -38,7 +38,7 @@ _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
 class ConceptScorer(Protocol):
     """What salfcbm needs from a concept scorer (paper 3.2).
 
-    Example:
+    Examples:
         >>> isinstance(object(), ConceptScorer)
         False
     """
@@ -64,7 +64,7 @@ class ConceptScorer(Protocol):
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.NamedTemporaryFile(delete=False) as f:
         ...     _ = f.write(b"abc")
@@ -155,7 +155,7 @@ class CLIPScorer:
             (``model_name`` then only labels the fingerprint, ``pretrained`` is
             ignored and the fingerprint holds a sha256 of the model's weights).
 
-    Example:
+    Examples:
         >>> import open_clip, torch
         >>> open_clip.factory._MODEL_CONFIGS["doc-tiny"] = dict(embed_dim=16,
         ...     vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=8),

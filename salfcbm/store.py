@@ -121,7 +121,7 @@ class ShardedStore:
         shard_size: items per shard (the last shard may be shorter).
         dtype: storage dtype; values are cast on write.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> s = ShardedStore(tempfile.mkdtemp(), manifest={"what": "demo"}, item_shape=(2,), length=5, shard_size=2)
         >>> s.num_shards, s.shard_range(2), s.missing_shards()
@@ -473,7 +473,7 @@ def compute_store(
     Returns:
         ``store``, now complete.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> data = [(torch.full((3, 4, 4), float(n)), n) for n in range(5)]
         >>> s = ShardedStore(tempfile.mkdtemp(), manifest={"fn": "mean"}, item_shape=(1,), length=5, shard_size=2)
@@ -562,7 +562,7 @@ class SimilarityStore:
         store: a complete :class:`ShardedStore` written by :func:`compute_similarity_store`.
         scorer: the scorer that produced it (its fingerprint must match the manifest).
 
-    Example:
+    Examples:
         >>> sims = compute_similarity_store("runs/sims", train_set, CLIPScorer())  # doctest: +SKIP
         >>> sims.targets([0, 1], ["a red roof", "grass"]).shape  # doctest: +SKIP
         torch.Size([2, 2, 7, 7])
@@ -692,7 +692,7 @@ def compute_similarity_store(
     Returns:
         The complete :class:`SimilarityStore`.
 
-    Example:
+    Examples:
         >>> sims = compute_similarity_store("runs/sims", train_set, CLIPScorer(), PromptGrid((7, 7), radius=32))  # doctest: +SKIP
     """
     if not isinstance(prompts, PromptGrid):

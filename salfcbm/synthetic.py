@@ -17,7 +17,7 @@ so it ships three stand-ins that exercise the whole pipeline offline:
 * :class:`SmallConvNet` and :func:`pretrain_backbone` -- a small CNN trained on the
   scenes' labels, standing in for a pretrained backbone (paper 3.3).
 
-Example:
+Examples:
     >>> from salfcbm.synthetic import SyntheticScenes, GroundTruthScorer
     >>> from salfcbm.prompts import PromptGrid
     >>> ds = SyntheticScenes(n=16, seed=0)
@@ -269,7 +269,7 @@ class SyntheticScenes(Dataset):
             (``"a blue circle"``, ``"a striped circle"``; 40 more concepts), as real concept
             lists do. The masks of a compound are the pixels of the objects that have both.
 
-    Example:
+    Examples:
         >>> ds = SyntheticScenes(n=100, image_size=64, seed=0, split="train")
         >>> image, label = ds[3]
         >>> image.shape, image.min() >= 0, image.max() <= 1
@@ -494,7 +494,7 @@ class SyntheticScenes(Dataset):
     def sample(self, i: int) -> SceneSample:
         """Image, label and masks of item ``i``, rendered once.
 
-        Example:
+        Examples:
             >>> image, label, masks = SyntheticScenes(n=4).sample(0)
             >>> masks.dtype, masks.shape[0]
             (torch.bool, 16)
@@ -513,7 +513,7 @@ class SyntheticScenes(Dataset):
     def describe(self, i: int) -> dict[str, Any]:
         """The scene's layout as plain data: label, background and objects (drawing order).
 
-        Example:
+        Examples:
             >>> d = SyntheticScenes(n=4).describe(0)
             >>> sorted(d), sorted(d["objects"][0])
             (['background', 'class', 'label', 'objects'], ['centre', 'colour', 'radius', 'shape', 'texture'])
@@ -589,7 +589,7 @@ class GroundTruthScorer:
             ``present`` is 1 if the concept appears anywhere in the image. Default 0.
         seed: Seed of the noise.
 
-    Example:
+    Examples:
         >>> ds = SyntheticScenes(n=8, image_size=64)
         >>> scorer = GroundTruthScorer(ds)
         >>> images = torch.stack([ds[i][0] for i in range(2)])
@@ -782,7 +782,7 @@ class SmallConvNet(nn.Module):
         num_classes: Output classes.
         width: Channels of the stem; stages have ``width, 2 * width, 4 * width, 4 * width``.
 
-    Example:
+    Examples:
         >>> net = SmallConvNet(num_classes=8, width=8)
         >>> net(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 8])
@@ -881,7 +881,7 @@ def pretrain_backbone(
     Returns:
         The trained model in eval mode, with ``model.history`` (a list of dicts per epoch).
 
-    Example:
+    Examples:
         >>> train = SyntheticScenes(n=64, image_size=32, seed=0)
         >>> net = pretrain_backbone(train, epochs=1, batch_size=32, width=4, progress=False)
         >>> net.training, net(torch.rand(1, 3, 32, 32)).shape

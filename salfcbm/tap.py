@@ -293,7 +293,7 @@ class FeatureTap:
         layout: skip the probe and use this layout (as saved in a config).
         num_prefix_tokens: with ``layout``, the number of leading tokens to drop.
 
-    Example:
+    Examples:
         >>> import timm, torch
         >>> tap = FeatureTap(timm.create_model("test_vit", pretrained=False))
         >>> tap(torch.randn(2, 3, 160, 160)).shape[-2:]

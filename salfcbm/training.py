@@ -26,12 +26,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .errors import InputError, SalfCBMError
 from .head import HeadFit, fit_dense_head, fit_sparse_head
 from .model import SALFCBM
 from .prompts import PromptGrid
+from .scorers import ConceptScorer
 from .store import ShardedStore, SimilarityStore, atomic_write_bytes, compute_similarity_store, compute_store
 
 __all__ = [
@@ -66,7 +68,7 @@ def cubic_cosine_similarity(pred: torch.Tensor, target: torch.Tensor) -> torch.T
     ``p = P[:, m, h, w]`` are mean-centred over the batch, cubed elementwise and
     compared by cosine similarity (LF-CBM's ``cos_similarity_cubed_single``, per cell).
 
-    Example:
+    Examples:
         >>> x = torch.randn(16, 3, 2, 2)
         >>> torch.allclose(cubic_cosine_similarity(x, 2 * x + 1), torch.ones(3, 2, 2), atol=1e-5)
         True
@@ -465,10 +467,10 @@ def _stage_key(obj: Any) -> str:
 
 def fit(
     model: SALFCBM,
-    train_data,
-    val_data,
+    train_data: Dataset,
+    val_data: Dataset,
     *,
-    scorer=None,
+    scorer: ConceptScorer | None = None,
     prompts: PromptGrid | None = None,
     train_similarities: SimilarityStore | None = None,
     val_similarities: SimilarityStore | None = None,
@@ -476,7 +478,7 @@ def fit(
     bottleneck: BottleneckConfig | None = None,
     head: HeadConfig | None = None,
     baseline: bool = True,
-    test_data=None,
+    test_data: Dataset | None = None,
     batch_size: int = 64,
     shard_size: int = 512,
     num_workers: int = 0,
@@ -513,7 +515,7 @@ def fit(
     Returns:
         A :class:`FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
 
-    Example:
+    Examples:
         >>> result = salfcbm.fit(model, train_set, val_set, scorer=salfcbm.CLIPScorer(), run_dir="runs/cub")  # doctest: +SKIP
     """
     import tempfile

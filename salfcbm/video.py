@@ -43,7 +43,7 @@ def read_video_frames(path: str | os.PathLike, *, max_frames: int | None = None,
         max_frames: keep at most this many frames (after ``stride``).
         stride: keep every ``stride``-th frame.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from PIL import Image
         >>> p = tempfile.mkdtemp() + "/v.gif"
@@ -175,7 +175,7 @@ def track_concepts(
     Returns:
         A :class:`ConceptTrack`.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["ball", "grass"],
         ...                  num_classes=2, backbone_weights=None)
@@ -304,12 +304,13 @@ def save_video_strip(
         concepts: which tracked concepts to draw (default all).
         max_frames: at most this many frames, evenly spaced (``None``: all).
         every: take every ``every``-th frame before ``max_frames``.
-        alpha, cmap: overlay settings.
+        alpha: overlay opacity.
+        cmap: matplotlib colormap of the heatmaps.
         normalize: ``"video"`` (one colour scale per concept over the shown frames, so strengths
             compare over time) or ``"frame"``.
         show_frames: add the row of plain frames (with frame index and prediction).
 
-    Example:
+    Examples:
         >>> import tempfile, timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["ball"],
         ...                  num_classes=2, backbone_weights=None)
@@ -351,11 +352,13 @@ def save_video_gif(
         concepts: which tracked concepts to show (default all).
         fps: frames per second.
         every: keep every ``every``-th frame.
-        alpha, cmap, normalize: as in :func:`save_video_strip`.
+        alpha: overlay opacity, as in :func:`save_video_strip`.
+        cmap: colormap, as in :func:`save_video_strip`.
+        normalize: colour scale per video or per frame, as in :func:`save_video_strip`.
         show_frames: put the plain frame first in each GIF frame.
         loop: GIF loop count (0 = forever).
 
-    Example:
+    Examples:
         >>> import tempfile, timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["ball"],
         ...                  num_classes=2, backbone_weights=None)

@@ -90,9 +90,10 @@ def denormalize(
     Args:
         images: ``(B, 3, H, W)`` or ``(3, H, W)`` backbone-ready images.
         model: a SALF-CBM whose ``config["input_mean"]`` / ``config["input_std"]`` are used.
-        mean, std: explicit statistics (override the model's).
+        mean: explicit mean (overrides the model's).
+        std: explicit std (overrides the model's).
 
-    Example:
+    Examples:
         >>> denormalize(torch.zeros(3, 2, 2), mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2]).max().item()
         0.5
     """
@@ -117,7 +118,7 @@ def to_display(image: Any, model: SALFCBM | None = None) -> np.ndarray:
     of one. With ``model``, float tensors are taken as backbone-ready and denormalised; without
     it, floats outside ``[0, 1]`` are min-max rescaled.
 
-    Example:
+    Examples:
         >>> to_display(torch.rand(3, 8, 6)).shape
         (8, 6, 3)
     """
@@ -198,7 +199,7 @@ def overlay_heatmap(
 
     The heatmap is resized (bilinear) to the image if needed.
 
-    Example:
+    Examples:
         >>> overlay_heatmap(torch.rand(3, 16, 16), torch.rand(4, 4)).shape
         (16, 16, 3)
     """
@@ -224,7 +225,7 @@ def plot_overlay(
 ) -> Axes:
     """Draw a heatmap overlay on ``ax`` (a new figure's axes if ``None``), titled with the concept and score.
 
-    Example:
+    Examples:
         >>> ax = plot_overlay(torch.rand(3, 16, 16), torch.rand(4, 4), concept="fur", score=0.3)
         >>> ax.get_title()
         'fur\\nS=+0.300'
@@ -288,13 +289,14 @@ def plot_explanation(
         image: the image (``[0, 1]``, or backbone-ready with ``model=``).
         model: the SALF-CBM, to denormalise backbone-ready images.
         target: which explained class of ``expl`` to draw (index into ``expl.classes``).
-        alpha, cmap: overlay blending and colormap.
+        alpha: overlay opacity.
+        cmap: matplotlib colormap of the heatmaps.
         panel_size: inches per panel.
 
     Returns:
         A matplotlib ``Figure`` (Agg canvas; save it with :func:`save_figure`).
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)
@@ -345,7 +347,7 @@ def save_explanation_grid(
 ) -> Path:
     """Save one row per image (the image, then its top-k overlays) to ``path`` (PNG, PDF or SVG).
 
-    Example:
+    Examples:
         >>> import tempfile, timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)
@@ -376,7 +378,7 @@ def plot_region_report(
 ) -> Figure:
     """Explain Anything (paper figure 5): the regions drawn on the image, and each region's top concepts.
 
-    Example:
+    Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)
@@ -439,9 +441,10 @@ def write_html_report(
         title: page title.
         names: a caption per image (e.g. file names).
         embed: embed PNGs as base64 (one file); ``False`` writes them to ``<stem>_files/`` next to it.
-        alpha, cmap: overlay settings.
+        alpha: overlay opacity.
+        cmap: matplotlib colormap of the heatmaps.
 
-    Example:
+    Examples:
         >>> import tempfile, timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
         ...                  num_classes=2, backbone_weights=None)
@@ -594,7 +597,7 @@ def _band_path(link: dict[str, Any]) -> str:
 def sankey_svg(rules: DecisionRule | Sequence[DecisionRule], *, title: str | None = None, **layout_kw: Any) -> str:
     """An inline SVG Sankey diagram of the classes' decision rules (no JavaScript, no CDN).
 
-    Example:
+    Examples:
         >>> import torch
         >>> r = DecisionRule(0, "crate", 0.0, torch.tensor([0, 1]), ["wood", "box"], torch.tensor([0.8, -0.2]))
         >>> sankey_svg(r).startswith("<svg")
@@ -685,7 +688,7 @@ def save_sankey(
         dpi: resolution for raster formats.
         **layout_kw: passed to :func:`sankey_layout` (``width``, ``height``, ...).
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> r = DecisionRule(0, "crate", 0.0, torch.tensor([0, 1]), ["wood", "box"], torch.tensor([0.8, -0.2]))
         >>> save_sankey(tempfile.mkdtemp() + "/rules.html", r).suffix
