@@ -424,6 +424,7 @@ class _LRP(Attributor):
             self._check_reuse(images)
         leaves = [m for _, m in _leaves(self.model)]
         had = {id(m): {a for a in ("rule", "activations", "activation") if hasattr(m, a)} for m in leaves}
+        user_rules = {id(m): m.rule for m in leaves if hasattr(m, "rule")}  # captum deletes every rule after a call
         inplace = [m for m in leaves if getattr(m, "inplace", False) is True]
         try:
             for m in inplace:  # in-place ReLUs break the backward hooks LRP relies on
@@ -437,6 +438,8 @@ class _LRP(Attributor):
                     if a_name not in had[id(m)] and hasattr(m, a_name):
                         with contextlib.suppress(AttributeError):
                             delattr(m, a_name)
+                if id(m) in user_rules:
+                    m.rule = user_rules[id(m)]
         return _reduce_channels(a, self.channel_reduction)
 
 

@@ -38,6 +38,10 @@ def _image_folder(root: str, size: int):
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = DemoConfig(
         n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, backbone_epochs=args.backbone_epochs,
         bottleneck_steps=args.bottleneck_steps, seed=args.seed,
@@ -159,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default=None)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (1 is fastest for these small models on a busy machine)")
     d.set_defaults(func=cmd_demo)
 
     def scorer_args(q):

@@ -260,13 +260,15 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     cfg = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "demo_config.json", json.dumps(cfg.__dict__, indent=2).encode())
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = _datasets(cfg)
     backbone = _backbone(cfg, data, out, progress)
     size = (cfg.image_size, cfg.image_size)
     model = wrap(backbone, concepts=data["train"].concepts, num_classes=cfg.num_classes,
-                 class_names=data["train"].classes, grid=cfg.grid, input_size=size, backbone_weights=None)
+                 class_names=data["train"].classes, grid=cfg.grid, input_size=size, backbone_weights=None,
+                 input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0))  # the CNN normalises its [0, 1] inputs
     prompts = PromptGrid(grid=(cfg.grid, cfg.grid), radius=cfg.radius)
     sims = {
         split: compute_similarity_store(out / "similarities" / split, data[split], GroundTruthScorer(data[split]),
@@ -318,9 +320,14 @@ def _backbone_accuracy(net: torch.nn.Module, data: SyntheticScenes) -> float:
 
 
 def load_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = None) -> tuple[SALFCBM, dict]:
-    """Load a finished demo run: the SALF-CBM (with its backbone) and the datasets."""
-    cfg = config or DemoConfig()
+    """Load a finished demo run: the SALF-CBM (with its backbone) and the datasets.
+
+    The run's ``demo_config.json`` is used unless ``config`` is given.
+    """
     out = Path(out)
+    if config is None and (out / "demo_config.json").exists():
+        config = DemoConfig(**json.loads((out / "demo_config.json").read_text()))
+    cfg = config or DemoConfig()
     from safetensors.torch import load_file
 
     if not (out / "model" / "model.safetensors").exists():

@@ -584,6 +584,8 @@ def wrap(
     freeze_backbone: bool = True,
     backbone_weights: str | None = "auto",
     input_size: tuple[int, int] | None = None,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
     pretrained: bool = True,
     **backbone_kwargs: Any,
 ) -> SALFCBM:
@@ -607,6 +609,9 @@ def wrap(
         backbone_weights: what to record in the spec for a model passed in: ``"auto"`` assumes its
             source's pretrained weights, ``None`` a random init, or a tag.
         input_size: resolution to probe the backbone at (default: the model's own).
+        input_mean: mean :meth:`SALFCBM.preprocess` normalises ``[0, 1]`` images with (default: timm's
+            ``pretrained_cfg``, else ImageNet's). Use ``(0, 0, 0)`` for a model that normalises itself.
+        input_std: std for :meth:`SALFCBM.preprocess` (default as for ``input_mean``).
         pretrained: with a name, whether to load pretrained weights.
         **backbone_kwargs: passed to ``timm.create_model`` / ``torchvision.models.get_model`` with a name.
 
@@ -645,6 +650,8 @@ def wrap(
         freeze_backbone=freeze_backbone,
         backbone_spec=spec,
         input_size=list(input_size) if input_size is not None else None,
+        input_mean=[float(v) for v in input_mean] if input_mean is not None else None,
+        input_std=[float(v) for v in input_std] if input_std is not None else None,
     )
     model._spec_weights = backbone_weights  # used when the spec is inferred (on save)
     return model

@@ -242,10 +242,14 @@ class ShardedStore:
         return not self.missing_shards()
 
     def clean_tmp(self) -> list[Path]:
-        """Delete leftover temporary files of interrupted writes; returns what was removed."""
+        """Delete leftover temporary files of interrupted writes; returns what was removed.
+
+        A temporary file whose writer is still running (another rank, another process) is
+        left alone: its name carries the writer's process id.
+        """
         removed = []
         for p in self.root.iterdir():
-            if _TMP_MARK in p.name:
+            if _TMP_MARK in p.name and not _writer_alive(p.name):
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p)
@@ -395,6 +399,23 @@ def _read_manifest(root: Path) -> dict:
 
 
 # -- computing ------------------------------------------------------------------------
+def _writer_alive(name: str) -> bool:
+    """Whether the process that is writing temporary file ``name`` (``...tmp-PID-xxxx``) still runs."""
+    try:
+        pid = int(name.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # our own leftovers are never being written while we clean
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

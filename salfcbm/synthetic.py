@@ -798,6 +798,8 @@ class SmallConvNet(nn.Module):
                 raise InputError(f"{name} must be a positive int; got {v!r}.")
         self.num_classes = num_classes
         self.width = width
+        # the contract salfcbm (and timm) read: inputs are [0, 1] images, normalised inside the model
+        self.pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
         w = width
         self.stem = nn.Sequential(_Normalize(), *_conv_bn(3, w, 2))
         self.stages = nn.Sequential(

