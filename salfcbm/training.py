@@ -44,6 +44,7 @@ __all__ = [
     "BottleneckReport",
     "FitResult",
     "feature_store",
+    "OnTheFlyFeatures",
     "train_bottleneck",
     "concept_activations",
     "pooled_features",
@@ -252,6 +253,48 @@ def feature_store(
 
     return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
                          desc="Backbone features")
+
+
+class OnTheFlyFeatures:
+    """Backbone features computed when read, with the read interface of a feature store.
+
+    Use it instead of :func:`feature_store` when caching ``(N, C, Hg, Wg)`` features does not
+    fit on disk: every epoch runs the backbone again, shard by shard, so memory stays bounded
+    by ``shard_size`` (``fit(..., cache_features=False)``).
+    """
+
+    def __init__(self, model: SALFCBM, dataset: Dataset, *, shard_size: int = 512, batch_size: int = 64,
+                 num_workers: int = 0, device: str | torch.device | None = None):
+        self.model, self.dataset = model, dataset
+        self.length, self.shard_size = len(dataset), int(shard_size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.item_shape = (model.config["feature_channels"], *model.grid)
+        self.device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
+        self.meta = {"kind": "features", "on_the_fly": True, "backbone_sha": _backbone_hash(model),
+                     "layer": model.layer, "grid": list(model.grid),
+                     "dataset": _dataset_fingerprint(dataset)}
+
+    @property
+    def num_shards(self) -> int:
+        return max(1, math.ceil(self.length / self.shard_size)) if self.length else 0
+
+    def shard_range(self, i: int) -> tuple[int, int]:
+        return i * self.shard_size, min((i + 1) * self.shard_size, self.length)
+
+    @torch.no_grad()
+    def read_shard(self, i: int) -> torch.Tensor:
+        a, b = self.shard_range(i)
+        subset = torch.utils.data.Subset(self.dataset, range(a, b))
+        loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers)
+        out = []
+        for batch in loader:
+            x = self.model.preprocess(batch[0].to(self.device))
+            out.append(self.model.resize_to_grid(self.model.forward_features(x)).float().cpu())
+        return torch.cat(out)
+
+    def iter_shards(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for i in range(self.num_shards):
+            yield self.shard_range(i)[0], self.read_shard(i)
 
 
 def _shard_batches(
@@ -478,6 +521,7 @@ def fit(
     bottleneck: BottleneckConfig | None = None,
     head: HeadConfig | None = None,
     baseline: bool = True,
+    cache_features: bool = True,
     test_data: Dataset | None = None,
     batch_size: int = 64,
     shard_size: int = 512,
@@ -505,6 +549,8 @@ def fit(
         bottleneck: bottleneck stage hyper-parameters.
         head: final layer hyper-parameters.
         baseline: also fit the "standard, sparse" head on pooled backbone features.
+        cache_features: cache backbone features in sharded stores (fast epochs); ``False``
+            recomputes them on the fly every epoch (:class:`OnTheFlyFeatures`, no disk).
         test_data: optional held-out dataset; both heads are evaluated on it.
         batch_size: images per batch when computing stores.
         shard_size: images per shard of the feature stores.
@@ -550,9 +596,14 @@ def fit(
 
     # 2. features
     t = time.perf_counter()
-    kw = dict(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, progress=progress)
-    f_train = feature_store(model, train_data, run / "features" / "train", **kw)
-    f_val = feature_store(model, val_data, run / "features" / "val", **kw)
+    kw = dict(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers)
+
+    def features(data, split):
+        if cache_features:
+            return feature_store(model, data, run / "features" / split, progress=progress, **kw)
+        return OnTheFlyFeatures(model, data, **kw)
+
+    f_train, f_val = features(train_data, "train"), features(val_data, "val")
     timings["features"] = time.perf_counter() - t
 
     # 3. bottleneck (resumable)
@@ -617,7 +668,7 @@ def fit(
     }
     f_test = y_test = None
     if test_data is not None:
-        f_test = feature_store(model, test_data, run / "features" / "test", **kw)
+        f_test = features(test_data, "test")
         y_test = _labels_of(test_data)
         z_test = model.standardize(concept_activations(model, f_test))
         metrics["salfcbm"]["test_accuracy"] = _accuracy(head_fit.logits(z_test), y_test)

@@ -207,3 +207,26 @@ def test_cli_explain_writes_a_report(tiny_run, tmp_path, capsys):
                  "--out", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").exists()
     assert "x.png" in capsys.readouterr().out
+
+
+def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
+    from salfcbm.synthetic import GroundTruthScorer, SmallConvNet, SyntheticScenes
+    from salfcbm.training import OnTheFlyFeatures, feature_store, fit
+
+    train = SyntheticScenes(n=48, split="train", num_classes=2)
+    val = SyntheticScenes(n=24, split="val", num_classes=2)
+    model = salfcbm.wrap(SmallConvNet(num_classes=2, width=4).eval(), concepts=train.concepts, num_classes=2,
+                         grid=4, input_size=(64, 64))
+    cached = feature_store(model, train, tmp_path / "f", shard_size=16, progress=False)
+    live = OnTheFlyFeatures(model, train, shard_size=16)
+    assert live.num_shards == cached.num_shards == 3
+    assert torch.allclose(live.read_shard(1), cached.read_shard(1).float(), atol=1e-2, rtol=1e-2)
+    prompts = PromptGrid(grid=(4, 4), radius=9)
+    sims = {s: compute_similarity_store(tmp_path / s, d, GroundTruthScorer(d), prompts, progress=False)
+            for s, d in (("train", train), ("val", val))}
+    res = fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=tmp_path / "run",
+              cache_features=False, baseline=True, progress=False,
+              bottleneck=BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-1.0))
+    assert not (tmp_path / "run" / "features").exists()
+    assert res.metrics["salfcbm"]["concepts"] == len(train.concepts)
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
