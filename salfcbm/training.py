@@ -20,7 +20,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,9 @@ class HeadConfig:
         select: ``"val_acc"`` (best validation accuracy) or ``"nec"`` (a target number of
             non-zero weights per class, as in VLG-CBM).
         target_nec: the NEC target with ``select="nec"``.
+        max_iter: solver iterations per path point.
+        val_tolerance: with ``select="val_acc"``, take the sparsest point whose validation
+            accuracy is within this much of the best (like glmnet's ``lambda.1se``); 0 = the best.
     """
 
     sparse: bool = True
@@ -142,10 +145,13 @@ class HeadConfig:
     select: str = "val_acc"
     target_nec: float | None = None
     max_iter: int = 2000
+    val_tolerance: float = 0.0
 
     def __post_init__(self):
         if self.select not in ("val_acc", "nec"):
             raise InputError(f"HeadConfig.select must be 'val_acc' or 'nec', got {self.select!r}.")
+        if not 0 <= self.val_tolerance < 1:
+            raise InputError(f"HeadConfig.val_tolerance must be in [0, 1), got {self.val_tolerance!r}.")
         if self.select == "nec" and not self.target_nec:
             raise InputError("HeadConfig.select='nec' needs target_nec (non-zero weights per class), e.g. 5.")
 
@@ -486,13 +492,20 @@ def fit_head(
 ) -> HeadFit:
     """Fit the final layer on standardised features with the configured solver."""
     cfg = config or HeadConfig()
-    if cfg.sparse:
-        return fit_sparse_head(
-            x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
-            lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,
-            max_iter=cfg.max_iter, progress=progress,
-        )
-    return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
+    if not cfg.sparse:
+        return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
+    fit_ = fit_sparse_head(
+        x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
+        lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,
+        max_iter=cfg.max_iter, progress=progress,
+    )
+    if cfg.select == "val_acc" and cfg.val_tolerance > 0:
+        best = max(p.val_acc for p in fit_.path if p.val_acc is not None)
+        ok = [i for i, p in enumerate(fit_.path) if p.val_acc is not None and p.val_acc >= best - cfg.val_tolerance]
+        i = min(ok, key=lambda j: (fit_.path[j].nnz, -fit_.path[j].val_acc))
+        p = fit_.path[i]
+        fit_ = replace(fit_, weight=p.weight, bias=p.bias, lam=p.lam, selected=i, criterion="val_acc_tolerance")
+    return fit_
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

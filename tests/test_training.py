@@ -230,3 +230,21 @@ def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     assert not (tmp_path / "run" / "features").exists()
     assert res.metrics["salfcbm"]["concepts"] == len(train.concepts)
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_val_tolerance_picks_the_sparsest_point_near_the_best():
+    from salfcbm.training import fit_head
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 30, generator=g)
+    y = (x[:, :3] @ torch.tensor([2.0, -1.5, 1.0]) + 0.3 * torch.randn(600, generator=g) > 0).long()
+    x_val, y_val = x[400:], y[400:]
+    best = fit_head(x[:400], y[:400], x_val, y_val, 2, HeadConfig(n_lambdas=20), progress=False)
+    loose = fit_head(x[:400], y[:400], x_val, y_val, 2, HeadConfig(n_lambdas=20, val_tolerance=0.05), progress=False)
+    top = max(p.val_acc for p in best.path)
+    assert loose.point.val_acc >= top - 0.05
+    assert loose.point.nnz <= best.point.nnz
+    assert torch.equal(loose.weight, loose.point.weight)
+    assert loose.criterion == "val_acc_tolerance"
+    with pytest.raises(salfcbm.errors.InputError, match="val_tolerance"):
+        HeadConfig(val_tolerance=1.5)
