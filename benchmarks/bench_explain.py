@@ -35,7 +35,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import salfcbm  # noqa: E402
+from salfcbm._io import atomic_write_text
 
 
 def _sync(device: torch.device) -> None:
@@ -199,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"post-processing alone = {med['explain post-processing'] / ref_fwd:.4f} x forward")
 
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2))
     print(f"saved {out}")
     return result
 

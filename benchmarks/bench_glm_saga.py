@@ -23,10 +23,8 @@ import contextlib
 import io
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from salfcbm.head import elastic_net_objective, fit_sparse_head, kkt_violation, lambda_max
+from salfcbm._io import atomic_write_text
+from salfcbm.head import (
+    elastic_net_objective,
+    fit_sparse_head,
+    kkt_violation,
+    lambda_max,
+)
 
 
 def make_data(n_train: int, n_val: int, n_test: int, m: int, n_cls: int, k: int, seed: int):
@@ -226,11 +230,7 @@ def main() -> None:
         "ours_50pt_path": fit50.summary(),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2))
     print(f"saved {out}")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from salfcbm._io import atomic_write_text
 from salfcbm.prompts import PromptGrid  # noqa: E402
 from salfcbm.scorers import CLIPScorer  # noqa: E402
 from salfcbm.store import compute_similarity_store  # noqa: E402
@@ -218,10 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v:>12}" for k, v in rows))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2))
     print(f"\nsaved {out}")
     return result
 

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from salfcbm._io import atomic_write_text
 from salfcbm.prompts import PromptGrid  # noqa: E402
 from salfcbm.synthetic import GroundTruthScorer, SyntheticScenes, pretrain_backbone  # noqa: E402
 
@@ -170,11 +170,7 @@ def main() -> None:
         "baselines_val_acc": {"chance": 1 / len(val.classes), "colour_histogram_logreg": hist_acc, "concept_presence_logreg": pres_acc},
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2))
     print(f"\nwrote {out}")
 
 

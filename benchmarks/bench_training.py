@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from salfcbm._io import atomic_write_text
 
 C, GRID, D, M = 256, 7, 64, 200
 VAL_N = 1024  # the validation set stays the same size: only the training set grows
@@ -139,10 +140,8 @@ def main(argv=None) -> int:
         r["peak_ratio"] = r["peak_rss_mb"] / base["peak_rss_mb"]
         print(f"| {r['n']} | {r['steps']} | {r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_ratio']:.2f} |")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpf = out.with_suffix(".json.tmp")
-    tmpf.write_text(json.dumps({"rows": rows, "features": [C, GRID, GRID], "embedding_dim": D, "concepts": M}, indent=1))
-    os.replace(tmpf, out)
+    atomic_write_text(out, json.dumps({"rows": rows, "features": [C, GRID, GRID], "embedding_dim": D, "concepts": M},
+                                      indent=1))
     print(f"wrote {out}")
     return 0
 

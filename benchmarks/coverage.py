@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 import salfcbm  # noqa: E402
+from salfcbm._io import atomic_write_text  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -117,12 +118,9 @@ def main(argv=None) -> int:
     done = {(r["source"], r.get("module") or r["model"]) for r in rows}
 
     def save():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"passed": sum(r["status"] == "pass" for r in rows), "total": len(rows),
-                                   "timm": timm.__version__, "torchvision": torchvision.__version__, "rows": rows},
-                                  indent=1))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps({"passed": sum(r["status"] == "pass" for r in rows), "total": len(rows),
+                                           "timm": timm.__version__, "torchvision": torchvision.__version__,
+                                           "rows": rows}, indent=1))
 
     if args.only in (None, "timm"):
         modules = [m for m in sorted(timm.list_modules()) if ("timm", m) not in done]
@@ -196,9 +194,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
                          f"{r.get('prefix_tokens', '-') if r['layout'] == 'NLC' else '-'} | {grid} | {r['status']} | "
                          f"{(r['reason'] or '').replace('|', '/')} |")
         lines.append("")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 

@@ -25,11 +25,17 @@ from typing import Any
 
 import torch
 
+from ._io import atomic_write, atomic_write_bytes
 from .errors import InputError
 from .model import SALFCBM, wrap
 from .prompts import PromptGrid
-from .store import atomic_write_bytes, compute_similarity_store
-from .synthetic import GroundTruthScorer, SmallConvNet, SyntheticScenes, pretrain_backbone
+from .store import compute_similarity_store
+from .synthetic import (
+    GroundTruthScorer,
+    SmallConvNet,
+    SyntheticScenes,
+    pretrain_backbone,
+)
 from .training import BottleneckConfig, FitResult, HeadConfig, fit
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "load_demo", "concept_map_miou"]
@@ -94,9 +100,8 @@ def _backbone(cfg: DemoConfig, data: dict[str, SyntheticScenes], out: Path, prog
         data["train"], epochs=cfg.backbone_epochs, width=cfg.backbone_width, num_classes=cfg.num_classes,
         val_dataset=data["val"], seed=cfg.seed, progress=progress,
     )
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
     return net.eval()
 
 

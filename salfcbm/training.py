@@ -29,12 +29,18 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ._io import atomic_write, atomic_write_bytes
 from .errors import InputError, SalfCBMError
 from .head import HeadFit, fit_dense_head, fit_sparse_head
 from .model import SALFCBM
 from .prompts import PromptGrid
 from .scorers import ConceptScorer
-from .store import ShardedStore, SimilarityStore, atomic_write_bytes, compute_similarity_store, compute_store
+from .store import (
+    ShardedStore,
+    SimilarityStore,
+    compute_similarity_store,
+    compute_store,
+)
 
 __all__ = [
     "cubic_cosine_similarity",
@@ -641,9 +647,7 @@ def fit(
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
-        tmp = bfile.with_suffix(".tmp")
-        save_file(state, tmp)
-        os.replace(tmp, bfile)
+        atomic_write(bfile, lambda tmp: save_file(state, tmp))
         _write_json(bjson, {"key": key, "report": asdict(report)})
     timings["bottleneck"] = time.perf_counter() - t
 
