@@ -1,8 +1,8 @@
 """SALF-CBM heatmaps against attribution baselines: segmentation, deletion/insertion, speed (paper 4.2, Table 2).
 
-Offline (the default): the procedural scenes of ``salfcbm.synthetic``, whose ground-truth
+Offline (the default): the procedural scenes of ``salfcbm.demo.scenes``, whose ground-truth
 masks say where each class's evidence is, with the backbone and the SALF-CBM trained by the
-demo pipeline (``salfcbm.demo.run_demo``; run here with a small configuration if
+demo pipeline (``salfcbm.demo.run.run_demo``; run here with a small configuration if
 ``--demo-dir`` holds no finished run)::
 
     python benchmarks/bench_attribution.py --quick          # 32 images, coarse curves, ~1 min after the demo
@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from salfcbm._io import atomic_write, atomic_write_text
-from salfcbm.baselines import list_baselines
-from salfcbm.benchmark import (
+from salfcbm._utils.io import atomic_write, atomic_write_text
+from salfcbm.evaluation.baselines import list_baselines
+from salfcbm.evaluation.benchmark import (
     build_methods,
     class_evidence_masks,
     constant_substrate,
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args, progress: bool):
-    from salfcbm.demo import DemoConfig, load_demo, run_demo
+    from salfcbm.demo.run import DemoConfig, load_demo, run_demo
 
     out = Path(args.demo_dir)
     fields = {f.name for f in dataclasses.fields(DemoConfig)}
@@ -142,7 +142,7 @@ def _lrp_rule_for_small_convnet(backbone):
         from captum.attr._utils.lrp_rules import IdentityRule
     except ImportError:  # pragma: no cover - captum is installed with the baselines extra
         return None
-    from salfcbm.synthetic import SmallConvNet
+    from salfcbm.demo.scenes import SmallConvNet
 
     if not isinstance(backbone, SmallConvNet):
         return None
@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     if real:
         from torch.utils.data import DataLoader, Subset
 
-        from salfcbm.imagenet_seg import ImagenetSegmentation
-        from salfcbm.model import SALFCBM
+        from salfcbm.datasets.imagenet_seg import ImagenetSegmentation
+        from salfcbm.core.model import SALFCBM
 
         model = SALFCBM.from_pretrained(args.model).eval().to(device)
         ds = ImagenetSegmentation(args.imagenet_seg, size=args.size)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         first = next(iter(loader))[0][: args.batch_size].to(device)
         setup = {"data": f"ImageNet-segmentation ({args.imagenet_seg})", "model": args.model, "size": args.size}
     else:
-        from salfcbm.synthetic import SmallConvNet
+        from salfcbm.demo.scenes import SmallConvNet
 
         model, test, demo_cfg = _demo(args, progress)
         model = model.eval().to(device)

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import salfcbm  # noqa: E402
-from salfcbm._io import atomic_write_text
+from salfcbm._utils.io import atomic_write_text
 
 
 def _sync(device: torch.device) -> None:

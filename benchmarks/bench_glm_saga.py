@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from salfcbm._io import atomic_write_text
-from salfcbm.head import (
+from salfcbm._utils.io import atomic_write_text
+from salfcbm.head.solver import (
     elastic_net_objective,
     fit_sparse_head,
     kkt_violation,

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from salfcbm._io import atomic_write_text
-from salfcbm.prompts import PromptGrid  # noqa: E402
-from salfcbm.scorers import CLIPScorer  # noqa: E402
-from salfcbm.store import compute_similarity_store  # noqa: E402
+from salfcbm._utils.io import atomic_write_text
+from salfcbm.supervision.prompts import PromptGrid  # noqa: E402
+from salfcbm.supervision.scorers import CLIPScorer  # noqa: E402
+from salfcbm.supervision.store import compute_similarity_store  # noqa: E402
 
 M_IMAGENET = 4741
 

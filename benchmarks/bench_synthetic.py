@@ -1,4 +1,4 @@
-"""Cost and difficulty of the built-in synthetic dataset (``salfcbm.synthetic``).
+"""Cost and difficulty of the built-in synthetic dataset (``salfcbm.demo.scenes``).
 
 All numbers come from one run on one machine:
 
@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from salfcbm._io import atomic_write_text
-from salfcbm.prompts import PromptGrid  # noqa: E402
-from salfcbm.synthetic import GroundTruthScorer, SyntheticScenes, pretrain_backbone  # noqa: E402
+from salfcbm._utils.io import atomic_write_text
+from salfcbm.supervision.prompts import PromptGrid  # noqa: E402
+from salfcbm.demo.scenes import GroundTruthScorer, SyntheticScenes, pretrain_backbone  # noqa: E402
 
 
 def _per_item(fn, n: int, repeats: int = 3) -> tuple[float, float]:

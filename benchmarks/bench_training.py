@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from salfcbm._io import atomic_write_text
+from salfcbm._utils.io import atomic_write_text
 
 C, GRID, D, M = 256, 7, 64, 200
 VAL_N = 1024  # the validation set stays the same size: only the training set grows
@@ -64,8 +64,8 @@ class Blank:
 def build(root: Path, n: int) -> None:
     import torch
 
-    from salfcbm.prompts import PromptGrid
-    from salfcbm.store import ShardedStore, compute_similarity_store
+    from salfcbm.supervision.prompts import PromptGrid
+    from salfcbm.supervision.store import ShardedStore, compute_similarity_store
 
     for split, size in (("train", n), ("val", VAL_N)):
         f = ShardedStore(root / split / "features", manifest={"n": size, "split": split}, item_shape=(C, GRID, GRID),
@@ -82,8 +82,8 @@ def train(root: Path, n: int, epochs: int) -> dict:
     import torch
 
     import salfcbm
-    from salfcbm.store import ShardedStore, SimilarityStore
-    from salfcbm.training import BottleneckConfig, train_bottleneck
+    from salfcbm.supervision.store import ShardedStore, SimilarityStore
+    from salfcbm.training.pipeline import BottleneckConfig, train_bottleneck
 
     torch.set_num_threads(2)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, C, 1))

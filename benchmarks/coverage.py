@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 import salfcbm  # noqa: E402
-from salfcbm._io import atomic_write_text  # noqa: E402
+from salfcbm._utils.io import atomic_write_text  # noqa: E402
 
 warnings.filterwarnings("ignore")
 

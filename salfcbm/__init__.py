@@ -1,74 +1,138 @@
 """salfcbm: spatially-aware, label-free concept bottleneck models for any vision backbone.
 
-Show where, tell what: :func:`wrap` turns a timm or torchvision model into a
-:class:`SALFCBM` whose predictions are explained by concepts and their maps.
+Show where, tell what: `wrap` turns a timm or torchvision model into a `SALFCBM` whose
+predictions are explained by concepts and their maps.
+
+The pipeline, one subpackage per stage (each imports only from the ones before it):
+
+- `salfcbm.core`: backbone specs, the feature tap, the `SALFCBM` module and Hub persistence;
+- `salfcbm.supervision`: concept sets, visual prompts, concept scorers, similarity stores;
+- `salfcbm.datasets`: dataset readers;
+- `salfcbm.training` and `salfcbm.head`: the Eq. 1 bottleneck, the sparse head, `fit`;
+- `salfcbm.explain` and `salfcbm.viz`: explanations, pictures, video;
+- `salfcbm.evaluation`: segmentation and faithfulness metrics, baselines, the benchmark runner;
+- `salfcbm.demo`: the offline demo world (not loaded by ``import salfcbm``).
+
+The names below are the whole public API; they are imported on first use, so
+``import salfcbm`` stays light (no matplotlib, Captum or demo world).
 """
 
 from __future__ import annotations
 
-from . import errors
-from .errors import SalfCBMError
-from .model import SALFCBM, SALFCBMOutput, wrap
-from .tap import FeatureTap, default_layer
-from .prompts import PromptGrid
-from .scorers import CLIPScorer, ConceptScorer
-from .store import ShardedStore, SimilarityStore, compute_similarity_store, compute_store
-from .concepts import (
-    ConceptFilterReport,
-    concepts_from_templates,
-    filter_concepts,
-    generate_concepts,
-    load_concepts,
-    save_concepts,
-)
-from .explain import ClassExplanation, Explanation, ExplanationBatch, InterventionResult, RegionExplanation
-from .attribution import SALFCBMAttribution
-from .video import track_concepts
-from .training import BottleneckConfig, FitResult, HeadConfig, fit
-from .head import HeadFit, PathPoint, fit_dense_head, fit_sparse_head
-from .synthetic import GroundTruthScorer, SmallConvNet, SyntheticScenes, pretrain_backbone
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from salfcbm import errors
+from salfcbm.errors import SalfCBMError
 
 __version__ = "0.1.0.dev0"
 
-__all__ = [
-    "BottleneckConfig",
-    "CLIPScorer",
-    "ClassExplanation",
-    "ConceptFilterReport",
-    "ConceptScorer",
-    "Explanation",
-    "ExplanationBatch",
-    "FitResult",
-    "GroundTruthScorer",
-    "HeadFit",
-    "PathPoint",
-    "SmallConvNet",
-    "SyntheticScenes",
-    "pretrain_backbone",
-    "HeadConfig",
-    "InterventionResult",
-    "PromptGrid",
-    "RegionExplanation",
-    "SALFCBMAttribution",
-    "ShardedStore",
-    "SimilarityStore",
-    "compute_similarity_store",
-    "compute_store",
-    "concepts_from_templates",
-    "filter_concepts",
-    "fit",
-    "fit_dense_head",
-    "fit_sparse_head",
-    "generate_concepts",
-    "load_concepts",
-    "save_concepts",
-    "track_concepts",
-    "SALFCBM",
-    "SALFCBMOutput",
-    "FeatureTap",
-    "SalfCBMError",
-    "default_layer",
-    "errors",
-    "wrap",
-    "__version__",
-]
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # the model
+    "wrap": "salfcbm.core.model",
+    "SALFCBM": "salfcbm.core.model",
+    "SALFCBMOutput": "salfcbm.core.model",
+    "FeatureTap": "salfcbm.core.tap",
+    "default_layer": "salfcbm.core.tap",
+    # supervision
+    "PromptGrid": "salfcbm.supervision.prompts",
+    "ConceptScorer": "salfcbm.supervision.scorers",
+    "CLIPScorer": "salfcbm.supervision.scorers",
+    "load_concepts": "salfcbm.supervision.concepts",
+    "save_concepts": "salfcbm.supervision.concepts",
+    "concepts_from_templates": "salfcbm.supervision.concepts",
+    "generate_concepts": "salfcbm.supervision.concepts",
+    "filter_concepts": "salfcbm.supervision.concepts",
+    "ConceptFilterReport": "salfcbm.supervision.concepts",
+    "compute_similarity_store": "salfcbm.supervision.store",
+    "compute_store": "salfcbm.supervision.store",
+    "SimilarityStore": "salfcbm.supervision.store",
+    "ShardedStore": "salfcbm.supervision.store",
+    # data
+    "ImageFolderDataset": "salfcbm.datasets.folder",
+    # training
+    "fit": "salfcbm.training.pipeline",
+    "BottleneckConfig": "salfcbm.training.pipeline",
+    "HeadConfig": "salfcbm.training.pipeline",
+    "FitResult": "salfcbm.training.pipeline",
+    # explanations
+    "Explanation": "salfcbm.explain.explanations",
+    "ExplanationBatch": "salfcbm.explain.explanations",
+    "ClassExplanation": "salfcbm.explain.explanations",
+    "RegionExplanation": "salfcbm.explain.explanations",
+    "RegionReport": "salfcbm.explain.explanations",
+    "InterventionResult": "salfcbm.explain.explanations",
+    "DecisionRule": "salfcbm.explain.explanations",
+    "SALFCBMAttribution": "salfcbm.explain.attribution",
+    "track_concepts": "salfcbm.viz.video",
+}
+
+# names that moved to a subpackage; still reachable from the top level with a FutureWarning
+_MOVED: dict[str, str] = {
+    "HeadFit": "salfcbm.head",
+    "PathPoint": "salfcbm.head",
+    "fit_sparse_head": "salfcbm.head",
+    "fit_dense_head": "salfcbm.head",
+    "SyntheticScenes": "salfcbm.demo",
+    "GroundTruthScorer": "salfcbm.demo",
+    "SmallConvNet": "salfcbm.demo",
+    "pretrain_backbone": "salfcbm.demo",
+}
+
+_SUBPACKAGES = {"core", "supervision", "datasets", "training", "head", "explain", "viz", "evaluation", "demo", "cli"}
+
+__all__ = sorted([*_LAZY, "SalfCBMError", "errors", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(
+            f"salfcbm.{name} moved to {_MOVED[name]}.{name}; import it from there "
+            "(the top-level alias will be removed in 0.2).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"salfcbm.{name}")
+    raise AttributeError(f"module 'salfcbm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real objects
+    from salfcbm.core.model import SALFCBM, SALFCBMOutput, wrap
+    from salfcbm.core.tap import FeatureTap, default_layer
+    from salfcbm.datasets.folder import ImageFolderDataset
+    from salfcbm.explain.attribution import SALFCBMAttribution
+    from salfcbm.explain.explanations import (
+        ClassExplanation,
+        DecisionRule,
+        Explanation,
+        ExplanationBatch,
+        InterventionResult,
+        RegionExplanation,
+        RegionReport,
+    )
+    from salfcbm.supervision.concepts import (
+        ConceptFilterReport,
+        concepts_from_templates,
+        filter_concepts,
+        generate_concepts,
+        load_concepts,
+        save_concepts,
+    )
+    from salfcbm.supervision.prompts import PromptGrid
+    from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
+    from salfcbm.supervision.store import ShardedStore, SimilarityStore, compute_similarity_store, compute_store
+    from salfcbm.training.pipeline import BottleneckConfig, FitResult, HeadConfig, fit
+    from salfcbm.viz.video import track_concepts

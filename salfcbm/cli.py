@@ -23,20 +23,20 @@ def _grid(s: str) -> int:
 
 
 def _scorer(args):
-    from .scorers import CLIPScorer
+    from salfcbm.supervision.scorers import CLIPScorer
 
     pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
     return CLIPScorer(args.scorer, pretrained=pretrained, device=args.device, precision=args.precision)
 
 
 def _image_folder(root: str, size: int):
-    from .data import ImageFolderDataset
+    from salfcbm.datasets.folder import ImageFolderDataset
 
     return ImageFolderDataset(root, size=size)
 
 
 def cmd_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
+    from salfcbm.demo.run import DemoConfig, run_demo
 
     if args.threads:
         import torch
@@ -80,8 +80,8 @@ def _init_distributed(args) -> None:
 
 
 def cmd_similarities(args) -> int:
-    from .prompts import PromptGrid
-    from .store import compute_similarity_store
+    from salfcbm.supervision.prompts import PromptGrid
+    from salfcbm.supervision.store import compute_similarity_store
 
     _init_distributed(args)
     data = _image_folder(args.data, args.image_size)
@@ -94,10 +94,10 @@ def cmd_similarities(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import wrap
-    from .concepts import load_concepts
-    from .prompts import PromptGrid
-    from .training import BottleneckConfig, HeadConfig, fit
+    from salfcbm.core.model import wrap
+    from salfcbm.supervision.concepts import load_concepts
+    from salfcbm.supervision.prompts import PromptGrid
+    from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
 
     train, val = _image_folder(args.train, args.image_size), _image_folder(args.val, args.image_size)
     concepts = load_concepts(args.concepts)
@@ -120,8 +120,8 @@ def cmd_explain(args) -> int:
     import torch
     from PIL import Image
 
-    from .model import SALFCBM
-    from .viz import write_html_report
+    from salfcbm.core.model import SALFCBM
+    from salfcbm.viz.figures import write_html_report
 
     model = SALFCBM.from_pretrained(args.model).eval()
     size = model.config["input_size"]
@@ -141,7 +141,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .model import SALFCBM
+    from salfcbm.core.model import SALFCBM
 
     model = SALFCBM.from_pretrained(args.model)
     url = model.push_to_hub(args.repo_id, private=args.private)
@@ -226,7 +226,7 @@ def _cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import SalfCBMError
+    from salfcbm.errors import SalfCBMError
 
     try:
         return args.func(args)

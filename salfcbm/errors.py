@@ -24,6 +24,9 @@ __all__ = [
     "MissingExtraError",
     "BackboneSpecError",
     "InputError",
+    "LLMError",
+    "UnsupportedBaselineError",
+    "DatasetNotFoundError",
     "closest",
 ]
 
@@ -140,3 +143,15 @@ class BackboneSpecError(SalfCBMError, ValueError):
 
 class InputError(SalfCBMError, ValueError):
     """A tensor or argument of the wrong shape, type or value."""
+
+
+class DatasetNotFoundError(SalfCBMError, FileNotFoundError):
+    """The dataset file does not exist."""
+
+
+class UnsupportedBaselineError(SalfCBMError, NotImplementedError):
+    """A baseline cannot explain this model (e.g. LRP on a layer type it has no rule for)."""
+
+
+class LLMError(SalfCBMError, RuntimeError):
+    """The language-model endpoint failed or answered something unusable."""

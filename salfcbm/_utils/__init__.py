@@ -1,0 +1,1 @@
+"""Private helpers shared by every layer (one home per mechanism). Not public API."""

@@ -1,0 +1,21 @@
+"""The model: backbone specs, the feature tap, the ``SALFCBM`` module and its Hub persistence.
+
+Paper section 3.3 (bottleneck) and 3.4 (head at inference). Imports only from ``salfcbm.errors``
+and ``salfcbm._utils``.
+"""
+
+from salfcbm.core.backbones import build_backbone, infer_spec, parse_backbone_name
+from salfcbm.core.model import SALFCBM, SALFCBMOutput, wrap
+from salfcbm.core.tap import FeatureTap, default_layer, token_grid
+
+__all__ = [
+    "SALFCBM",
+    "SALFCBMOutput",
+    "FeatureTap",
+    "build_backbone",
+    "default_layer",
+    "infer_spec",
+    "parse_backbone_name",
+    "token_grid",
+    "wrap",
+]

@@ -1,0 +1,147 @@
+"""Backbone specs: a JSON-able recipe to rebuild a timm or torchvision model.
+
+A spec is a plain dict ``{"source": "timm" | "torchvision" | "custom", "name": str,
+"weights": str | None, "kwargs": dict}`` stored in ``config.json``; the weights of
+the backbone itself are never saved by salfcbm.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from salfcbm.errors import BackboneSpecError
+
+__all__ = ["build_backbone", "infer_spec", "normalize_spec", "parse_backbone_name", "input_stats"]
+
+_SOURCES = ("timm", "torchvision", "custom")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Validate a spec dict and fill defaults."""
+    if not isinstance(spec, dict):
+        raise BackboneSpecError(f"A backbone spec must be a dict, got {type(spec).__name__}.")
+    unknown = set(spec) - {"source", "name", "weights", "kwargs"}
+    if unknown:
+        raise BackboneSpecError(
+            f"Unknown backbone spec keys {sorted(unknown)}; expected source, name, weights, kwargs."
+        )
+    source = spec.get("source")
+    if source not in _SOURCES:
+        raise BackboneSpecError(f"Backbone spec source must be one of {_SOURCES}, got {source!r}.")
+    return {
+        "source": source,
+        "name": spec.get("name"),
+        "weights": spec.get("weights"),
+        "kwargs": dict(spec.get("kwargs") or {}),
+    }
+
+
+def parse_backbone_name(name: str, *, pretrained: bool = True) -> dict[str, Any]:
+    """``"timm:resnet50.a1_in1k"`` / ``"torchvision:resnet50"`` / ``"resnet50"`` (timm) -> spec."""
+    source, _, rest = name.partition(":")
+    if not rest:
+        source, rest = "timm", name
+    if source == "timm":
+        arch, _, tag = rest.partition(".")
+        return normalize_spec(
+            {"source": "timm", "name": arch, "weights": (tag or "default") if pretrained else None}
+        )
+    if source == "torchvision":
+        return normalize_spec({"source": "torchvision", "name": rest, "weights": "DEFAULT" if pretrained else None})
+    raise BackboneSpecError(
+        f"Backbone name {name!r} has an unknown source {source!r}; use 'timm:NAME' or 'torchvision:NAME'."
+    )
+
+
+def build_backbone(spec: dict[str, Any]) -> nn.Module:
+    """Create the backbone a spec describes (downloads pretrained weights if the spec names them)."""
+    spec = normalize_spec(spec)
+    src, name, weights, kwargs = spec["source"], spec["name"], spec["weights"], spec["kwargs"]
+    if src == "custom":
+        raise BackboneSpecError(
+            f"This model was saved with a custom backbone ({name or 'unnamed'}), which salfcbm cannot rebuild. "
+            "Build it yourself and pass it: SALFCBM.from_pretrained(path, backbone=my_backbone)."
+        )
+    try:
+        if src == "timm":
+            import timm
+
+            if weights is None:
+                return timm.create_model(name, pretrained=False, **kwargs)
+            full = name if weights == "default" else f"{name}.{weights}"
+            return timm.create_model(full, pretrained=True, **kwargs)
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
+    except BackboneSpecError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with advice
+        raise BackboneSpecError(
+            f"Could not build the {src} backbone {name!r} (weights={weights!r}): {type(e).__name__}: {e}. "
+            "If the weights cannot be downloaded here, build the backbone yourself and pass `backbone=`."
+        ) from e
+
+
+@functools.lru_cache(maxsize=None)
+def _torchvision_candidates(cls: type) -> tuple[tuple[str, tuple], ...]:
+    """(builder name, parameter shapes) of every torchvision builder that returns ``cls`` (built on meta)."""
+    import warnings
+
+    import torchvision
+
+    out = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        if torchvision.models.get_model_builder(name).__module__ != cls.__module__:
+            continue
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = torchvision.models.get_model(name)
+        except Exception:  # noqa: BLE001 - some builders need arguments; skip them
+            continue
+        if type(m) is cls:
+            out.append((name, _shapes(m)))
+    return tuple(out)
+
+
+def _shapes(m: nn.Module) -> tuple:
+    return tuple((k, tuple(v.shape)) for k, v in m.state_dict().items())
+
+
+def infer_spec(backbone: nn.Module, weights: str | None | bool = "auto") -> dict[str, Any]:
+    """Guess the spec of a model built by timm or torchvision.
+
+    ``weights="auto"`` assumes the model carries its source's pretrained weights
+    (timm: the ``pretrained_cfg`` tag; torchvision: ``"DEFAULT"``); pass ``None``
+    for a randomly initialised backbone or a tag to be explicit.
+    """
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture"):
+        tag = cfg.get("tag") or "default"
+        w = tag if weights == "auto" else (None if weights in (None, False) else str(weights))
+        kwargs = {}
+        num_classes = getattr(backbone, "num_classes", None)
+        if isinstance(num_classes, int) and num_classes != cfg.get("num_classes", num_classes):
+            kwargs["num_classes"] = num_classes
+        return normalize_spec({"source": "timm", "name": cfg["architecture"], "weights": w, "kwargs": kwargs})
+    if type(backbone).__module__.startswith("torchvision.models"):
+        shapes = _shapes(backbone)
+        for name, ref in _torchvision_candidates(type(backbone)):
+            if ref == shapes:
+                w = "DEFAULT" if weights == "auto" else (None if weights in (None, False) else str(weights))
+                return normalize_spec({"source": "torchvision", "name": name, "weights": w})
+    return normalize_spec({"source": "custom", "name": type(backbone).__name__, "weights": None})
+
+
+def input_stats(backbone: nn.Module) -> tuple[list[float], list[float]]:
+    """The mean/std the backbone expects its inputs normalised with."""
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+        return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)

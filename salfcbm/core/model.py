@@ -1,0 +1,657 @@
+"""The SALF-CBM module: backbone -> spatial concept bottleneck -> sparse head.
+
+Paper section 3.3-3.4 (Benou & Riklin-Raviv, "Show and Tell", CVPR 2025).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
+from torch import nn
+
+from salfcbm._utils.io import atomic_write
+from salfcbm.core.backbones import build_backbone, infer_spec, input_stats, normalize_spec, parse_backbone_name
+from salfcbm.errors import (
+    ConceptNotFoundError,
+    ConfigMismatchError,
+    InputError,
+    SalfCBMError,
+    WeightsFormatError,
+)
+from salfcbm.core.tap import FeatureTap, default_input_size
+
+__all__ = ["SALFCBM", "SALFCBMOutput", "wrap"]
+
+logger = logging.getLogger("salfcbm")
+
+POOLINGS = ("mean", "softmax", "max")
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+
+
+@dataclass
+class SALFCBMOutput:
+    """What :meth:`SALFCBM.forward` returns.
+
+    Attributes:
+        logits: ``(B, L)`` class scores.
+        concept_maps: ``(B, M, Hg, Wg)`` one map per concept on the prompting grid, c(x).
+        concept_activations: ``(B, M)`` pooled maps c*(x), before standardisation.
+    """
+
+    logits: torch.Tensor
+    concept_maps: torch.Tensor
+    concept_activations: torch.Tensor
+
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
+def _as_grid(grid) -> tuple[int, int]:
+    if isinstance(grid, int):
+        grid = (grid, grid)
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
+        raise InputError(f"`grid` must be an int or a pair of positive ints (H~, W~), got {grid!r}.")
+    return int(grid[0]), int(grid[1])
+
+
+class SALFCBM(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="salfcbm",
+    tags=["salfcbm", "concept-bottleneck", "explainability", "image-classification"],
+    repo_url="https://github.com/salfcbm/salfcbm",
+    paper_url="https://arxiv.org/abs/2502.20134",
+    docs_url="https://salfcbm.readthedocs.io",
+):
+    """A spatially-aware, label-free concept bottleneck model (SALF-CBM).
+
+    Implements paper sections 3.3-3.4: the backbone's feature map at ``layer`` is
+    resized bilinearly to the prompting grid, projected to ``M`` concept maps by a
+    1x1 convolution (the concept bottleneck layer), pooled, standardised with
+    training statistics and classified by a (sparse) linear head. Deviations: the
+    pooling can also be softmax-weighted (as in the authors' released inference
+    code) or max; the backbone runs in eval mode under ``no_grad`` while frozen,
+    without changing the user's module.
+
+    Use :func:`salfcbm.wrap` to build one around a model; this constructor takes
+    plain JSON-able arguments so the Hub mixin can save and rebuild it.
+
+    Args:
+        backbone: a spec dict (see :mod:`salfcbm.core.backbones`), a name such as
+            ``"timm:resnet50"``, or an ``nn.Module``.
+        concepts: the concept names, one per bottleneck channel.
+        num_classes: number of classes of the head.
+        layer: module to tap; ``None`` = the last spatial stage.
+        grid: prompting grid ``(H~, W~)``.
+        pooling: ``"mean"`` (paper), ``"softmax"`` or ``"max"``.
+        cls_concat: concatenate the CLS token to every position (appendix B.1).
+        class_names: optional names of the classes.
+        feature_channels: channels of the tapped map (probed if ``None``).
+        layout: tap layout (probed if ``None``).
+        num_prefix_tokens: leading tokens to drop (probed if ``None``).
+        input_size: resolution used to probe the backbone.
+        input_mean: mean the backbone's inputs are normalised with (used by :meth:`preprocess`).
+        input_std: std the backbone's inputs are normalised with.
+        freeze_backbone: keep the backbone fixed (no grad, eval-mode BN/dropout during calls).
+        backbone_spec: the spec to record when ``backbone`` is a module.
+        softmax_temperature: temperature of softmax pooling.
+        head_stats: metrics shown on the model card (set by :func:`salfcbm.fit`).
+
+    Examples:
+        >>> import timm, torch, salfcbm
+        >>> m = salfcbm.wrap(timm.create_model("test_vit", pretrained=False), concepts=["a wing", "a beak"],
+        ...                  num_classes=3, backbone_weights=None)
+        >>> m(torch.randn(1, 3, 160, 160)).concept_maps.shape
+        torch.Size([1, 2, 7, 7])
+    """
+
+    def __init__(
+        self,
+        backbone: dict | str | nn.Module,
+        *,
+        concepts: list[str],
+        num_classes: int,
+        layer: str | None = None,
+        grid: list[int] | tuple[int, int] = (7, 7),
+        pooling: str = "mean",
+        cls_concat: bool = False,
+        class_names: list[str] | None = None,
+        feature_channels: int | None = None,
+        layout: str | None = None,
+        num_prefix_tokens: int | None = None,
+        input_size: list[int] | None = None,
+        input_mean: list[float] | None = None,
+        input_std: list[float] | None = None,
+        freeze_backbone: bool = True,
+        backbone_spec: dict | None = None,
+        softmax_temperature: float = 1.0,
+        head_stats: dict | None = None,
+    ):
+        super().__init__()
+        if isinstance(concepts, str) or not isinstance(concepts, Sequence) or not concepts:
+            raise InputError(f"`concepts` must be a non-empty list of strings, got {concepts!r}.")
+        concepts = [str(c) for c in concepts]
+        dupes = sorted({c for c in concepts if concepts.count(c) > 1})
+        if dupes:
+            raise InputError(f"Concept names must be unique; repeated: {dupes}. Deduplicate the list.")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise InputError(f"`num_classes` must be a positive int, got {num_classes!r}.")
+        if pooling not in POOLINGS:
+            raise InputError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise InputError(f"{len(class_names)} class_names given for num_classes={num_classes}; pass one per class.")
+        grid = _as_grid(grid)
+
+        if isinstance(backbone, str):
+            backbone = parse_backbone_name(backbone)
+        if isinstance(backbone, dict):
+            spec = normalize_spec(backbone)
+            backbone = build_backbone(spec)
+        elif isinstance(backbone, nn.Module):
+            spec = normalize_spec(backbone_spec) if backbone_spec is not None else None  # inferred lazily
+        else:
+            raise InputError(
+                f"`backbone` must be an nn.Module, a spec dict or a name like 'timm:resnet50', got {type(backbone).__name__}."
+            )
+        self.backbone = backbone
+        input_size = tuple(input_size) if input_size is not None else default_input_size(backbone)
+        self.tap = FeatureTap(
+            backbone,
+            layer,
+            cls_concat=cls_concat,
+            input_size=input_size,
+            layout=layout,
+            num_prefix_tokens=num_prefix_tokens,
+        )
+        channels = feature_channels if feature_channels is not None else self.tap.channels
+        if channels is None:
+            with torch.no_grad(), self._frozen_backbone():
+                channels = self.tap(self._probe_input(input_size)).shape[1]
+        mean, std = input_stats(backbone)
+        self.config = {
+            "backbone": spec,
+            "concepts": concepts,
+            "num_classes": num_classes,
+            "layer": self.tap.layer,
+            "grid": list(grid),
+            "pooling": pooling,
+            "cls_concat": bool(cls_concat),
+            "class_names": list(class_names) if class_names is not None else None,
+            "feature_channels": int(channels),
+            "layout": self.tap.layout,
+            "num_prefix_tokens": self.tap.num_prefix_tokens,
+            "input_size": list(input_size),
+            "input_mean": list(input_mean) if input_mean is not None else mean,
+            "input_std": list(input_std) if input_std is not None else std,
+            "freeze_backbone": bool(freeze_backbone),
+            "softmax_temperature": float(softmax_temperature),
+            "head_stats": head_stats,
+        }
+        self._hub_mixin_config = self.config
+        self.bottleneck = nn.Conv2d(channels, len(concepts), kernel_size=1)
+        self.head = nn.Linear(len(concepts), num_classes)
+        self.register_buffer("concept_mean", torch.zeros(len(concepts)))
+        self.register_buffer("concept_std", torch.ones(len(concepts)))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def backbone_spec(self) -> dict[str, Any]:
+        """The recipe that rebuilds the backbone (inferred from the module on first use)."""
+        if self.config["backbone"] is None:
+            weights = getattr(self, "_spec_weights", "auto")
+            self.config["backbone"] = infer_spec(self._require_backbone(), weights=weights)
+        return self.config["backbone"]
+
+    @property
+    def concepts(self) -> list[str]:
+        return self.config["concepts"]
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.config["class_names"]
+        return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
+
+    @property
+    def num_classes(self) -> int:
+        return self.config["num_classes"]
+
+    @property
+    def num_concepts(self) -> int:
+        return len(self.concepts)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.config["grid"])
+
+    @property
+    def layer(self) -> str:
+        return self.config["layer"]
+
+    def concept_index(self, concept: int | str) -> int:
+        """Index of a concept given by name or index; unknown names list the closest ones."""
+        if isinstance(concept, bool):
+            raise InputError(f"A concept is a name or an index, got {concept!r}.")
+        if isinstance(concept, int):
+            if not -self.num_concepts <= concept < self.num_concepts:
+                raise InputError(f"Concept index {concept} is out of range for {self.num_concepts} concepts.")
+            return concept % self.num_concepts
+        try:
+            return self.concepts.index(concept)
+        except ValueError:
+            raise ConceptNotFoundError(concept, self.concepts) from None
+
+    # ------------------------------------------------------------------ backbone handling
+    def _probe_input(self, input_size) -> torch.Tensor:
+        p = next(self.backbone.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        dtype = p.dtype if p is not None else torch.float32
+        return torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
+
+    @contextmanager
+    def _frozen_backbone(self):
+        """Eval-mode backbone for the duration of a call; the user's train/eval flags are restored."""
+        if not self.config["freeze_backbone"]:
+            yield
+            return
+        training = [m for m in self.backbone.modules() if m.training]
+        for m in training:
+            m.training = False
+        try:
+            yield
+        finally:
+            for m in training:
+                m.training = True
+
+    def _require_backbone(self) -> nn.Module:
+        if self.backbone is None:
+            raise SalfCBMError("This SALFCBM was unwrapped; its backbone was handed back. Wrap the backbone again.")
+        return self.backbone
+
+    def unwrap(self) -> nn.Module:
+        """Hand back the backbone, untouched, and detach it from this model.
+
+        salfcbm keeps no hooks on the backbone between calls, so what comes back is
+        exactly the module that was wrapped.
+        """
+        backbone = self._require_backbone()
+        self.backbone = None
+        self.tap = None
+        return backbone
+
+    def select_concepts(self, keep: Sequence[int | str]) -> SALFCBM:
+        """Keep only the given concepts (in the given order), with their bottleneck rows,
+        head columns and statistics. Returns ``self``."""
+        idx = [self.concept_index(k) for k in keep]
+        if not idx:
+            raise InputError("select_concepts needs at least one concept to keep.")
+        t = torch.tensor(idx, device=self.bottleneck.weight.device)
+        conv = nn.Conv2d(self.bottleneck.in_channels, len(idx), kernel_size=1).to(
+            self.bottleneck.weight.device, self.bottleneck.weight.dtype
+        )
+        head = nn.Linear(len(idx), self.num_classes).to(self.head.weight.device, self.head.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.bottleneck.weight[t])
+            conv.bias.copy_(self.bottleneck.bias[t])
+            head.weight.copy_(self.head.weight[:, t])
+            head.bias.copy_(self.head.bias)
+        self.bottleneck, self.head = conv, head
+        self.concept_mean = self.concept_mean[t].clone()
+        self.concept_std = self.concept_std[t].clone()
+        self.config["concepts"] = [self.concepts[i] for i in idx]
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters an optimiser should see: the adapter, plus the backbone if not frozen."""
+        params = list(self.bottleneck.parameters()) + list(self.head.parameters())
+        if not self.config["freeze_backbone"]:
+            params = list(self.backbone.parameters()) + params
+        return params
+
+    # ------------------------------------------------------------------ forward pieces
+    def preprocess(self, images: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        """Resize ``[0, 1]`` images to the backbone's input size and normalise them with its mean/std."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"Expected (B, 3, H, W) images in [0, 1], got shape {tuple(images.shape)}.")
+        size = tuple(size) if size is not None else tuple(self.config["input_size"])
+        x = images
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.config["input_mean"], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.config["input_std"], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The tapped backbone map f(x), ``(B, C, h, w)``."""
+        self._require_backbone()
+        frozen = self.config["freeze_backbone"]
+        with self._frozen_backbone(), torch.set_grad_enabled(torch.is_grad_enabled() and (not frozen or x.requires_grad)):
+            return self.tap(x)
+
+    def resize_to_grid(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Bilinear resize of a feature map to the prompting grid (paper 3.3)."""
+        if tuple(fmap.shape[-2:]) == self.grid:
+            return fmap
+        return F.interpolate(fmap, size=self.grid, mode="bilinear", align_corners=False)
+
+    def concept_maps_from_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """c(x) = g(resize(f(x))): ``(B, M, Hg, Wg)``."""
+        w = self.bottleneck.weight
+        return self.bottleneck(self.resize_to_grid(fmap).to(w.dtype))
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pool concept maps to global activations c*(x), ``(B, M)``."""
+        flat = maps.flatten(2)
+        kind = self.config["pooling"]
+        if kind == "mean":
+            return flat.mean(-1)
+        if kind == "max":
+            return flat.amax(-1)
+        t = self.config["softmax_temperature"]
+        return (torch.softmax(flat / t, dim=-1) * flat).sum(-1)
+
+    def standardize(self, activations: torch.Tensor) -> torch.Tensor:
+        """(c* - mean) / std with the training statistics."""
+        return (activations - self.concept_mean) / self.concept_std
+
+    def head_from_maps(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pool, standardise and classify concept maps: ``(activations, normalised, logits)``."""
+        act = self.pool(maps)
+        norm = self.standardize(act)
+        return act, norm, self.head(norm)
+
+    def forward(self, x: torch.Tensor) -> SALFCBMOutput:
+        """Run the model on backbone-ready images ``(B, 3, H, W)`` (normalised as the backbone expects)."""
+        maps = self.concept_maps_from_features(self.forward_features(x))
+        act, _, logits = self.head_from_maps(maps)
+        return SALFCBMOutput(logits=logits, concept_maps=maps, concept_activations=act)
+
+    # ------------------------------------------------------------------ explanations (salfcbm.explain.explanations)
+    def explain(self, images: torch.Tensor, target=None, top_k: int = 5, **kwargs):
+        """Top-k concept contributions and their heatmaps; see :func:`salfcbm.explain.explanations.explain`."""
+        from salfcbm.explain.explanations import explain
+
+        return explain(self, images, target=target, top_k=top_k, **kwargs)
+
+    def explain_region(self, image: torch.Tensor, **kwargs):
+        """Concepts inside a mask, box or points; see :func:`salfcbm.explain.explanations.explain_region`."""
+        from salfcbm.explain.explanations import explain_region
+
+        return explain_region(self, image, **kwargs)
+
+    def intervene(self, image: torch.Tensor, concept, **kwargs):
+        """Edit concept maps locally and re-run the head; see :func:`salfcbm.explain.explanations.intervene`."""
+        from salfcbm.explain.explanations import intervene
+
+        return intervene(self, image, concept, **kwargs)
+
+    def decision_rules(self, target, **kwargs):
+        """Non-zero weights of a class; see :func:`salfcbm.explain.explanations.decision_rules`."""
+        from salfcbm.explain.explanations import decision_rules
+
+        return decision_rules(self, target, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights salfcbm saves: bottleneck, head and statistics (never the backbone)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def head_sparsity(self) -> dict[str, float]:
+        """Non-zeros of the head: total, per class (NEC) and density."""
+        w = self.head.weight.detach()
+        nnz = int((w != 0).sum())
+        return {"nnz": nnz, "nec": nnz / w.shape[0], "density": nnz / w.numel()}
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_directory = Path(save_directory)
+        self.backbone_spec  # noqa: B018 - resolve the spec before writing config.json
+        state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        text = json.dumps(self.config, indent=2, sort_keys=True)
+        atomic_write(save_directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        card = self.generate_model_card()
+        atomic_write(save_directory / "README.md", lambda p: card.save(p))
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """A model card listing backbone, layer, concepts, grid and head sparsity."""
+        spec = self.backbone_spec
+        sp = self.head_sparsity()
+        stats = self.config.get("head_stats") or {}
+        data = ModelCardData(library_name="salfcbm", tags=list(self._hub_mixin_info.model_card_data.tags or []))
+        shown = self.concepts[:50]
+        more = f"\n- ... and {self.num_concepts - 50} more (see config.json)" if self.num_concepts > 50 else ""
+        metrics = "".join(f"| {k} | {v} |\n" for k, v in stats.items())
+        content = f"""---
+{data.to_yaml()}
+---
+
+# SALF-CBM on {spec['source']}:{spec['name']}
+
+A spatially-aware, label-free concept bottleneck model ([paper]({self._hub_mixin_info.paper_url})),
+built with [salfcbm]({self._hub_mixin_info.repo_url}). It explains each prediction by the concepts
+that drove it and shows where each concept is in the image.
+
+| | |
+|---|---|
+| Backbone | `{spec['source']}:{spec['name']}` (weights: `{spec['weights']}`) |
+| Tapped layer | `{self.layer}` ({self.config['layout']}, {self.config['feature_channels']} channels) |
+| Concepts | {self.num_concepts} |
+| Prompting grid | {self.grid[0]} x {self.grid[1]} |
+| Pooling | {self.config['pooling']} |
+| Classes | {self.num_classes} |
+| Head non-zeros | {sp['nnz']} ({sp['nec']:.2f} per class, density {sp['density']:.3f}) |
+{metrics}
+The weights file holds the adapter only (concept bottleneck, head, statistics); the backbone is
+rebuilt from its spec.
+
+```python
+import salfcbm
+model = salfcbm.SALFCBM.from_pretrained("<this repo or folder>")
+explanation = model.explain(images, top_k=5)
+```
+
+## Concepts
+
+""" + "\n".join(f"- {c}" for c in shown) + more + "\n"
+        return ModelCard(content)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        config: dict | None = None,
+        **model_kwargs,
+    ) -> SALFCBM:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        weights_file = _resolve_weights(
+            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token,
+        )
+        if not config:
+            raise ConfigMismatchError(
+                f"No config.json was found for {model_id!r}; salfcbm needs it to rebuild the model. "
+                "Save with `model.save_pretrained(dir)`, which writes both files."
+            )
+        kwargs = {**config, **model_kwargs}
+        if "backbone" in model_kwargs and isinstance(model_kwargs["backbone"], nn.Module):
+            kwargs.setdefault("backbone_spec", config.get("backbone"))
+        try:
+            state = load_file(weights_file, device=str(map_location))
+        except (SafetensorError, OSError) as e:
+            raise WeightsFormatError(f"Could not read {weights_file} as safetensors: {e}") from e
+        _check_state_against_config(state, config, model_id)
+        model = cls(**kwargs)
+        if model.config["feature_channels"] != state["bottleneck.weight"].shape[1]:
+            raise ConfigMismatchError(
+                f"The backbone gives {model.config['feature_channels']} channels at layer {model.layer!r}, but the "
+                f"saved bottleneck expects {state['bottleneck.weight'].shape[1]}. Pass the backbone (and layer) "
+                "the model was trained with."
+            )
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if strict and (missing or unexpected):
+            raise ConfigMismatchError(
+                f"Weights in {model_id!r} do not match the model: missing {missing}, unexpected {unexpected}."
+            )
+        return model
+
+
+def _resolve_weights(model_id: str, **hub_kwargs) -> str:
+    if os.path.isdir(model_id):
+        f = os.path.join(model_id, WEIGHTS_NAME)
+        if os.path.isfile(f):
+            return f
+        pickles = [n for n in _PICKLE_NAMES if os.path.isfile(os.path.join(model_id, n))]
+        if pickles:
+            raise WeightsFormatError(
+                f"{model_id!r} holds {pickles[0]} (a pickle file), which salfcbm refuses to load because unpickling "
+                "can run arbitrary code. Convert it to safetensors (safetensors.torch.save_file) as model.safetensors."
+            )
+        raise WeightsFormatError(f"No {WEIGHTS_NAME} in {model_id!r}. Save the model with `save_pretrained`.")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, **hub_kwargs)
+    except EntryNotFoundError as e:
+        raise WeightsFormatError(
+            f"The Hub repo {model_id!r} has no {WEIGHTS_NAME}; salfcbm loads safetensors only and refuses pickle "
+            "checkpoints. Re-upload the model with `push_to_hub`."
+        ) from e
+
+
+def _check_state_against_config(state: dict[str, torch.Tensor], config: dict[str, Any], model_id: str) -> None:
+    need = ("bottleneck.weight", "bottleneck.bias", "head.weight", "head.bias", "concept_mean", "concept_std")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise ConfigMismatchError(f"{model_id!r}: the weights file lacks {missing}; it was not saved by salfcbm.")
+    m_w = state["bottleneck.weight"].shape[0]
+    m_c = len(config.get("concepts") or [])
+    if m_w != m_c:
+        raise ConfigMismatchError(
+            f"{model_id!r}: config.json lists {m_c} concepts but the bottleneck has {m_w} rows. The concept list and "
+            "the weights come from different runs; use the config.json saved with these weights."
+        )
+    l_w = state["head.weight"].shape[0]
+    if l_w != config.get("num_classes"):
+        raise ConfigMismatchError(
+            f"{model_id!r}: config.json says num_classes={config.get('num_classes')} but the head has {l_w} rows."
+        )
+    fc = config.get("feature_channels")
+    if fc is not None and fc != state["bottleneck.weight"].shape[1]:
+        raise ConfigMismatchError(
+            f"{model_id!r}: config.json says the backbone gives {fc} channels but the bottleneck takes "
+            f"{state['bottleneck.weight'].shape[1]}."
+        )
+
+
+def wrap(
+    backbone: nn.Module | str,
+    *,
+    concepts: Sequence[str],
+    num_classes: int,
+    layer: str | None = None,
+    grid: int | tuple[int, int] = (7, 7),
+    pooling: str = "mean",
+    cls_concat: bool = False,
+    class_names: Sequence[str] | None = None,
+    freeze_backbone: bool = True,
+    backbone_weights: str | None = "auto",
+    input_size: tuple[int, int] | None = None,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
+    pretrained: bool = True,
+    **backbone_kwargs: Any,
+) -> SALFCBM:
+    """Turn any timm or torchvision backbone into a SALF-CBM.
+
+    The backbone is used as it is: salfcbm registers no lasting hook, never calls
+    ``.eval()`` on it and never changes ``requires_grad``. While frozen (the
+    default) it runs in eval mode and without gradients *during* salfcbm's calls
+    only, and its flags are restored afterwards.
+
+    Args:
+        backbone: a model, or a name (``"timm:resnet50"``, ``"torchvision:vit_b_16"``, ``"resnet50"``).
+        concepts: concept names (one bottleneck channel each).
+        num_classes: classes of the head.
+        layer: module to tap; ``None`` picks the last spatial stage.
+        grid: prompting grid, e.g. ``7`` or ``(7, 7)``.
+        pooling: ``"mean"``, ``"softmax"`` or ``"max"``.
+        cls_concat: concatenate the CLS token to every position (ViTs).
+        class_names: names of the classes.
+        freeze_backbone: keep the backbone fixed.
+        backbone_weights: what to record in the spec for a model passed in: ``"auto"`` assumes its
+            source's pretrained weights, ``None`` a random init, or a tag.
+        input_size: resolution to probe the backbone at (default: the model's own).
+        input_mean: mean :meth:`SALFCBM.preprocess` normalises ``[0, 1]`` images with (default: timm's
+            ``pretrained_cfg``, else ImageNet's). Use ``(0, 0, 0)`` for a model that normalises itself.
+        input_std: std for :meth:`SALFCBM.preprocess` (default as for ``input_mean``).
+        pretrained: with a name, whether to load pretrained weights.
+        **backbone_kwargs: passed to ``timm.create_model`` / ``torchvision.models.get_model`` with a name.
+
+    Returns:
+        A :class:`SALFCBM` with an untrained bottleneck and head.
+
+    Examples:
+        >>> import timm, salfcbm
+        >>> m = salfcbm.wrap(timm.create_model("resnet18", pretrained=False), concepts=["fur", "grass"],
+        ...                  num_classes=2, backbone_weights=None)
+        >>> m.layer
+        'layer4'
+    """
+    spec = None
+    if isinstance(backbone, str):
+        spec = parse_backbone_name(backbone, pretrained=pretrained)
+        spec["kwargs"].update(backbone_kwargs)
+        backbone = build_backbone(spec)
+    elif backbone_kwargs:
+        raise InputError(
+            f"Unknown keyword arguments {sorted(backbone_kwargs)}; backbone keyword arguments are only "
+            "accepted with a backbone name."
+        )
+    elif not isinstance(backbone, nn.Module):
+        raise InputError(f"`backbone` must be an nn.Module or a name like 'timm:resnet50', got {type(backbone).__name__}.")
+    concepts = list(getattr(concepts, "concepts", concepts))
+    model = SALFCBM(
+        backbone,
+        concepts=concepts,
+        num_classes=num_classes,
+        layer=layer,
+        grid=_as_grid(grid),
+        pooling=pooling,
+        cls_concat=cls_concat,
+        class_names=list(class_names) if class_names is not None else None,
+        freeze_backbone=freeze_backbone,
+        backbone_spec=spec,
+        input_size=list(input_size) if input_size is not None else None,
+        input_mean=[float(v) for v in input_mean] if input_mean is not None else None,
+        input_std=[float(v) for v in input_std] if input_std is not None else None,
+    )
+    model._spec_weights = backbone_weights  # used when the spec is inferred (on save)
+    return model

@@ -1,0 +1,417 @@
+"""Read a spatial feature map out of any backbone.
+
+:class:`FeatureTap` hooks one module of a timm or torchvision model and turns
+whatever it emits into a ``(B, C, h, w)`` map (paper section 3.3: "for ViTs, the
+patch tokens are reshaped into their original spatial formation"):
+
+* ``NCHW`` maps (CNNs) are taken as they are;
+* ``NHWC`` stages (Swin in timm and torchvision, some timm stages) are permuted;
+* token sequences ``(B, N, C)`` lose their ``num_prefix_tokens`` leading tokens
+  (CLS, distillation, register tokens) and are folded into the grid that the
+  actual input size implies, so non-square and dynamic-size inputs work;
+* optionally the CLS token is concatenated to every position along channels
+  (paper appendix B.1).
+
+The layout and the number of prefix tokens are found once, when the tap is
+built, from the model's own contract (timm ``feature_info``,
+``num_prefix_tokens``, torchvision ``class_token``) and from one probing forward
+pass; nothing is hard-coded per architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from salfcbm.errors import (
+    InputError,
+    LayerNotFoundError,
+    NonSpatialLayerError,
+    UnsupportedOutputError,
+)
+
+__all__ = ["FeatureTap", "LayerInfo", "probe_layers", "default_layer", "default_input_size"]
+
+_HEAD_NAMES = {"head", "heads", "fc", "classifier", "last_linear", "aux_logits", "AuxLogits", "fc_norm", "head_drop"}
+_MAX_PREFIX = 16
+
+
+class _StopForward(Exception):
+    """Raised by the hook to skip the rest of the backbone once the map is captured."""
+
+
+def _first_tensor(out) -> torch.Tensor:
+    """The tensor a module emitted: itself, the first tensor of a tuple/list, or ``last_hidden_state``."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    for attr in ("last_hidden_state", "hidden_states", "features"):
+        v = getattr(out, attr, None)
+        if isinstance(v, torch.Tensor):
+            return v
+    raise UnsupportedOutputError(
+        f"The hooked module returned {type(out).__name__}, which holds no tensor salfcbm can read. "
+        "Choose a `layer=` whose output is a tensor (a stage, block or norm layer)."
+    )
+
+
+def _stride_fits(h: int, w: int, H: int, W: int) -> bool:
+    """True if an ``h x w`` map is a down-sampling of an ``H x W`` input by one integer stride."""
+    if h < 1 or w < 1 or h > H or w > W:
+        return False
+    for s in {max(1, round(H / h)), max(1, round(W / w)), max(1, H // h), max(1, W // w)}:
+        if abs(h - H / s) <= 1.0 and abs(w - W / s) <= 1.0:
+            return True
+    return False
+
+
+def token_grid(n: int, H: int, W: int) -> tuple[int, int] | None:
+    """The ``(h, w)`` grid with ``h * w == n`` that matches an ``H x W`` input, or ``None``."""
+    if n < 1:
+        return None
+    best, best_err = None, math.inf
+    for h in range(1, int(math.isqrt(n)) + 1):
+        if n % h:
+            continue
+        for hh, ww in ((h, n // h), (n // h, h)):
+            if _stride_fits(hh, ww, H, W):
+                err = abs(math.log((hh / ww) / (H / W)))
+                if err < best_err:
+                    best, best_err = (hh, ww), err
+    return best
+
+
+@dataclass
+class LayerInfo:
+    """What one module emits on a probing input."""
+
+    name: str
+    shape: tuple[int, ...]
+    layout: str | None  # "NCHW", "NHWC", "NLC" or None (not spatial)
+    grid: tuple[int, int] | None
+    channels: int | None
+    num_prefix_tokens: int = 0
+    reason: str = ""
+
+    @property
+    def spatial(self) -> bool:
+        return self.layout is not None and self.grid is not None and self.grid[0] * self.grid[1] > 1
+
+
+def contract_prefix_tokens(backbone: nn.Module) -> int | None:
+    """Prefix tokens the model declares: timm ``num_prefix_tokens``, torchvision ``class_token``."""
+    n = getattr(backbone, "num_prefix_tokens", None)
+    if isinstance(n, int):
+        return n
+    if isinstance(getattr(backbone, "class_token", None), torch.Tensor):  # torchvision ViT
+        return 1
+    return None
+
+
+def has_class_token(backbone: nn.Module) -> bool:
+    """Whether the model's first token is a CLS token (timm ``cls_token``, torchvision ``class_token``)."""
+    for attr in ("cls_token", "class_token"):
+        if isinstance(getattr(backbone, attr, None), torch.Tensor):
+            return True
+    return bool(getattr(backbone, "has_class_token", False))
+
+
+def classify_output(
+    name: str,
+    t: torch.Tensor,
+    input_hw: tuple[int, int],
+    *,
+    prefix_tokens: int | None = None,
+    channels_hint: int | None = None,
+    prefer_nhwc: bool = False,
+) -> LayerInfo:
+    """Decide whether ``t`` (emitted by module ``name`` for an ``H x W`` input) is a spatial map."""
+    H, W = input_hw
+    shape = tuple(t.shape)
+    if t.dim() == 4:
+        _, a, b, c = shape
+        nchw, nhwc = _stride_fits(b, c, H, W), _stride_fits(a, b, H, W)
+        if nchw and nhwc:  # e.g. (B, 7, 7, 7): use the model's channel count or output format
+            if channels_hint is not None and c == channels_hint and a != channels_hint:
+                nchw = False
+            elif not prefer_nhwc:
+                nhwc = False
+            else:
+                nchw = False
+        if nchw:
+            return LayerInfo(name, shape, "NCHW", (b, c), a)
+        if nhwc:
+            return LayerInfo(name, shape, "NHWC", (a, b), c)
+        return LayerInfo(name, shape, None, None, None, reason=f"4-D output {shape} is not a down-sampled {H}x{W} map")
+    if t.dim() == 3:
+        _, N, C = shape
+        ks = [prefix_tokens] if prefix_tokens is not None else range(0, min(_MAX_PREFIX, N - 1) + 1)
+        for k in ks:
+            grid = token_grid(N - k, H, W)
+            if grid is not None:
+                return LayerInfo(name, shape, "NLC", grid, C, num_prefix_tokens=k)
+        return LayerInfo(
+            name, shape, None, None, None, reason=f"{N} tokens do not fold into a grid for a {H}x{W} input"
+        )
+    return LayerInfo(name, shape, None, None, None, reason=f"{t.dim()}-D output {shape} has no spatial axes")
+
+
+def default_input_size(backbone: nn.Module) -> tuple[int, int]:
+    """The input resolution the model expects (its patch embedding, torchvision ``image_size``,
+    timm ``pretrained_cfg``), else 224."""
+    pe = getattr(backbone, "patch_embed", None)
+    img = getattr(pe, "img_size", None)
+    if isinstance(img, (tuple, list)) and len(img) == 2 and all(isinstance(v, int) for v in img):
+        return int(img[0]), int(img[1])
+    size = getattr(backbone, "image_size", None)  # torchvision ViT
+    if isinstance(size, int):
+        return size, size
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(backbone, attr, None)
+        if isinstance(cfg, dict) and cfg.get("input_size"):
+            _, h, w = cfg["input_size"]
+            return int(h), int(w)
+    return 224, 224
+
+
+def _model_device_dtype(backbone: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in backbone.parameters():
+        return p.device, p.dtype
+    for b in backbone.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def probe_layers(
+    backbone: nn.Module, input_size: tuple[int, int] | None = None, names: Sequence[str] | None = None
+) -> list[LayerInfo]:
+    """Run one forward pass and describe what every module (or the given ``names``) emits.
+
+    Modules are listed in the order their forward *finished*, so the last spatial
+    entry is the deepest spatial stage. The model's train/eval mode is restored.
+    """
+    H, W = input_size or default_input_size(backbone)
+    modules = dict(backbone.named_modules())
+    wanted = list(names) if names is not None else [n for n in modules if n]
+    prefix = contract_prefix_tokens(backbone)
+    prefer_nhwc = str(getattr(backbone, "output_fmt", "")).upper() == "NHWC"
+    seen: dict[str, LayerInfo] = {}
+    order: list[str] = []
+
+    def make_hook(name):
+        def hook(_m, _i, out):
+            if name in seen:  # modules called twice (shared blocks): keep the first call
+                return
+            try:
+                t = _first_tensor(out)
+            except UnsupportedOutputError as e:
+                seen[name] = LayerInfo(name, (), None, None, None, reason=str(e))
+            else:
+                seen[name] = classify_output(name, t, (H, W), prefix_tokens=prefix, prefer_nhwc=prefer_nhwc)
+            order.append(name)
+
+        return hook
+
+    handles = []
+    was_training = backbone.training
+    device, dtype = _model_device_dtype(backbone)
+    try:
+        for n in wanted:
+            handles.append(modules[n].register_forward_hook(make_hook(n)))
+        backbone.eval()
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, H, W, device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        backbone.train(was_training)
+    return [seen[n] for n in order]
+
+
+def _under_head(name: str) -> bool:
+    return name.split(".")[0] in _HEAD_NAMES
+
+
+def default_layer(backbone: nn.Module, input_size: tuple[int, int] | None = None) -> str:
+    """The last spatial stage of ``backbone``.
+
+    timm's ``feature_info`` contract is read first (its last entry); otherwise every
+    module is probed and the deepest one with a spatial output (outside the
+    classifier head) wins.
+    """
+    modules = dict(backbone.named_modules())
+    fi = getattr(backbone, "feature_info", None)
+    candidates: list[str] = []
+    if isinstance(fi, list) and fi and isinstance(fi[-1], dict) and fi[-1].get("module"):
+        name = fi[-1]["module"].replace("_", ".") if fi[-1]["module"] not in modules else fi[-1]["module"]
+        if name in modules:
+            candidates.append(name)
+    elif hasattr(fi, "module_name"):  # timm FeatureInfo object (features_only models)
+        try:
+            candidates.append(fi.module_name()[-1])
+        except Exception:  # noqa: BLE001 - fall back to probing
+            pass
+    infos = probe_layers(backbone, input_size)
+    spatial = {i.name: i for i in infos if i.spatial}
+    for c in candidates:
+        if c in spatial:
+            return c
+    body = [i for i in infos if i.spatial and not _under_head(i.name)]
+    pick = body or [i for i in infos if i.spatial]
+    if not pick:
+        raise NonSpatialLayerError(
+            f"No module of {type(backbone).__name__} emits a spatial map for a "
+            f"{input_size or default_input_size(backbone)} input, so there is nothing to build concept maps "
+            "from. Pass `layer=` explicitly, or use a backbone with convolutional stages or patch tokens."
+        )
+    return pick[-1].name
+
+
+class FeatureTap:
+    """Capture a ``(B, C, h, w)`` feature map from one module of a backbone.
+
+    Construct, then call: configuration goes in the constructor (which probes the
+    layer once to learn its layout), data in the call. The forward hook lives only
+    inside :meth:`__call__` and is removed in ``finally``, so no hook outlives a
+    call, whether it succeeds or raises. The user's model is never switched to
+    ``eval()`` here and its parameters are never touched.
+
+    Args:
+        backbone: any ``nn.Module`` taking ``(B, 3, H, W)`` images.
+        layer: module name (as in ``named_modules()``); ``None`` picks :func:`default_layer`.
+        cls_concat: concatenate the CLS token to every position along channels (appendix B.1).
+        stop_early: stop the backbone's forward right after ``layer`` (skips the classifier head).
+        input_size: probing resolution; defaults to the model's own.
+        layout: skip the probe and use this layout (as saved in a config).
+        num_prefix_tokens: with ``layout``, the number of leading tokens to drop.
+
+    Examples:
+        >>> import timm, torch
+        >>> tap = FeatureTap(timm.create_model("test_vit", pretrained=False))
+        >>> tap(torch.randn(2, 3, 160, 160)).shape[-2:]
+        torch.Size([10, 10])
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        layer: str | None = None,
+        *,
+        cls_concat: bool = False,
+        stop_early: bool = True,
+        input_size: tuple[int, int] | None = None,
+        layout: str | None = None,
+        num_prefix_tokens: int | None = None,
+    ):
+        if not isinstance(backbone, nn.Module):
+            raise InputError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
+        self.backbone = backbone
+        modules = dict(backbone.named_modules())
+        if layer is None:
+            layer = default_layer(backbone, input_size)
+        if layer not in modules or layer == "":
+            raise LayerNotFoundError(layer, [n for n in modules if n])
+        self.layer = layer
+        self.module = modules[layer]
+        self.stop_early = stop_early
+        self.cls_concat = bool(cls_concat)
+        if layout is None:
+            (info,) = probe_layers(backbone, input_size, names=[layer]) or [None]
+            if info is None:
+                raise NonSpatialLayerError(
+                    f"Module {layer!r} never ran during a forward pass of {type(backbone).__name__}; "
+                    f"choose a module on the forward path, e.g. {default_layer(backbone, input_size)!r}."
+                )
+            if not info.spatial:
+                suggestion = default_layer(backbone, input_size)
+                raise NonSpatialLayerError(
+                    f"Module {layer!r} emits {info.shape or 'no tensor'}, which is not a spatial map "
+                    f"({info.reason or 'a single position'}). SALF-CBM needs a map with several positions; "
+                    f"try layer={suggestion!r} (the last spatial stage)."
+                )
+            layout, num_prefix_tokens, self.channels = info.layout, info.num_prefix_tokens, info.channels
+        else:
+            self.channels = None
+        if layout not in ("NCHW", "NHWC", "NLC"):
+            raise InputError(f"`layout` must be 'NCHW', 'NHWC' or 'NLC', got {layout!r}.")
+        self.layout = layout
+        self.num_prefix_tokens = int(num_prefix_tokens or 0)
+        if self.cls_concat:
+            if layout != "NLC" or self.num_prefix_tokens < 1 or not has_class_token(backbone):
+                raise InputError(
+                    f"cls_concat=True needs a token layer whose first token is a CLS token; {layer!r} "
+                    f"emits {layout} with {self.num_prefix_tokens} prefix tokens"
+                    f"{'' if has_class_token(backbone) else ' and the model has no CLS token'}. "
+                    "Use cls_concat=False for this layer."
+                )
+        if self.channels is not None and self.cls_concat:
+            self.channels *= 2
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureTap(layer={self.layer!r}, layout={self.layout!r}, "
+            f"num_prefix_tokens={self.num_prefix_tokens}, cls_concat={self.cls_concat})"
+        )
+
+    def to_map(self, out, input_hw: tuple[int, int]) -> torch.Tensor:
+        """Turn what the hooked module emitted into ``(B, C, h, w)``."""
+        t = _first_tensor(out)
+        if self.layout == "NCHW":
+            if t.dim() != 4:
+                raise InputError(f"Expected a 4-D NCHW map from {self.layer!r}, got shape {tuple(t.shape)}.")
+            return t
+        if self.layout == "NHWC":
+            if t.dim() != 4:
+                raise InputError(f"Expected a 4-D NHWC map from {self.layer!r}, got shape {tuple(t.shape)}.")
+            return t.permute(0, 3, 1, 2)
+        if t.dim() != 3:
+            raise InputError(f"Expected (B, N, C) tokens from {self.layer!r}, got shape {tuple(t.shape)}.")
+        B, N, C = t.shape
+        k = self.num_prefix_tokens
+        grid = token_grid(N - k, *input_hw)
+        if grid is None:
+            raise InputError(
+                f"{N - k} patch tokens from {self.layer!r} (after {k} prefix tokens) do not fold into a grid "
+                f"for a {input_hw[0]}x{input_hw[1]} input. Use an input size the model's patch size divides."
+            )
+        h, w = grid
+        fmap = t[:, k:].transpose(1, 2).reshape(B, C, h, w)
+        if self.cls_concat:
+            cls = t[:, 0, :, None, None].expand(B, C, h, w)
+            fmap = torch.cat([fmap, cls], dim=1)
+        return fmap
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the backbone on ``x`` and return the tapped map ``(B, C, h, w)``."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise InputError(
+                f"Expected images as a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}."
+            )
+        captured: list[torch.Tensor] = []
+        input_hw = (int(x.shape[-2]), int(x.shape[-1]))
+
+        def hook(_m, _i, out):
+            captured.append(self.to_map(out, input_hw))
+            if self.stop_early:
+                raise _StopForward
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            self.backbone(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise NonSpatialLayerError(
+                f"Module {self.layer!r} did not run during the forward pass; choose a module on the forward path."
+            )
+        return captured[0]

@@ -1,0 +1,13 @@
+"""Evaluation: zero-shot segmentation and faithfulness metrics, attribution baselines, the benchmark runner."""
+
+from salfcbm.evaluation.baselines import Attributor, list_baselines, make_baseline
+from salfcbm.evaluation.metrics import DeletionInsertion, SegmentationMetrics, deletion_insertion
+
+__all__ = [
+    "Attributor",
+    "DeletionInsertion",
+    "SegmentationMetrics",
+    "deletion_insertion",
+    "list_baselines",
+    "make_baseline",
+]

@@ -1,0 +1,175 @@
+"""A Captum-style attribution adapter for SALF-CBM heatmaps.
+
+Benchmark code written for Captum (``LayerGradCam(model, layer).attribute(x, target=...)``
+followed by ``LayerAttribution.interpolate``) can use :class:`SALFCBMAttribution` unchanged:
+it returns ``(B, 1, H, W)`` heatmaps at input resolution, and needs no gradients.
+
+Class mode (default) returns the spatial decomposition of the class logit (paper 3.5):
+
+.. math::
+
+    A_l(x)[h, w] = \\sum_m \\frac{W[l, m]}{\\sigma_m} \\, c_{up}(x)[m][h, w]
+
+where ``W`` is the head's weight, ``sigma`` the training std of the pooled activations and
+``c_up`` the concept maps upsampled (bilinear by default) to the input size. It is computed at
+grid resolution and then upsampled once, which is the same thing because upsampling is linear.
+With mean pooling its grid-resolution mean plus a constant gives the logit exactly:
+``logit_l = mean_{h,w} A_l^{grid} + b_l - sum_m W[l, m] mu_m / sigma_m``.
+
+Concept mode returns the (upsampled) concept map ``c_up(x)[m]`` of one concept per image.
+Captum is not needed to use the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from salfcbm.errors import InputError
+from salfcbm.explain.explanations import _as_batch, class_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    from salfcbm.core.model import SALFCBM
+
+__all__ = ["SALFCBMAttribution", "class_heatmaps"]
+
+MODES = ("class", "concept")
+INTERPOLATE_MODES = ("bilinear", "nearest", "bicubic", "area")
+
+
+def class_heatmaps(model: SALFCBM, concept_maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Grid-resolution class maps ``sum_m W[l, m] / std[m] * c[m]``: ``(B, Hg, Wg)`` for ``targets`` ``(B,)``.
+
+    Examples:
+        >>> import timm, torch, salfcbm
+        >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
+        ...                  num_classes=2, backbone_weights=None)
+        >>> class_heatmaps(m, torch.randn(3, 2, 7, 7), torch.tensor([0, 1, 1])).shape
+        torch.Size([3, 7, 7])
+    """
+    w = model.head.weight.detach()[targets] / model.concept_std.detach()  # (B, M)
+    return torch.einsum("bm,bmhw->bhw", w.to(concept_maps.dtype), concept_maps)
+
+
+class SALFCBMAttribution:
+    """SALF-CBM heatmaps behind Captum's ``attribute`` interface.
+
+    Construct, then call: options go in the constructor, data in :meth:`attribute`.
+    Like ``LayerGradCam(...).attribute`` followed by ``LayerAttribution.interpolate(attr, (H, W))``,
+    the result is ``(B, 1, H, W)``; unlike Grad-CAM it costs one forward pass and no backward.
+
+    Args:
+        model: a :class:`~salfcbm.SALFCBM`.
+        mode: ``"class"`` (the logit's spatial decomposition, see the module docstring) or
+            ``"concept"`` (one concept's map; then ``target`` names the concept).
+        relu: clamp negative values to 0 (Grad-CAM's ``relu_attributions``).
+        interpolate_mode: how to upsample from the grid to the input (``"bilinear"`` as in the paper;
+            Captum's ``interpolate`` defaults to ``"nearest"``).
+        upsample: return grid-resolution maps ``(B, 1, Hg, Wg)`` when ``False``.
+
+    Examples:
+        >>> import timm, torch, salfcbm
+        >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
+        ...                  num_classes=2, backbone_weights=None)
+        >>> SALFCBMAttribution(m).attribute(torch.randn(2, 3, 64, 64), target=1).shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    def __init__(
+        self,
+        model: SALFCBM,
+        *,
+        mode: str = "class",
+        relu: bool = False,
+        interpolate_mode: str = "bilinear",
+        upsample: bool = True,
+    ):
+        if not hasattr(model, "head_from_maps") or not hasattr(model, "concept_maps_from_features"):
+            raise InputError(f"`model` must be a salfcbm.SALFCBM, got {type(model).__name__}.")
+        if mode not in MODES:
+            raise InputError(f"`mode` must be one of {MODES}, got {mode!r}.")
+        if interpolate_mode not in INTERPOLATE_MODES:
+            raise InputError(f"`interpolate_mode` must be one of {INTERPOLATE_MODES}, got {interpolate_mode!r}.")
+        self.model = model
+        self.mode = mode
+        self.relu = bool(relu)
+        self.interpolate_mode = interpolate_mode
+        self.upsample = bool(upsample)
+
+    def __repr__(self) -> str:
+        return f"SALFCBMAttribution(mode={self.mode!r}, relu={self.relu}, interpolate_mode={self.interpolate_mode!r})"
+
+    @property
+    def multiplies_by_inputs(self) -> bool:  # Captum attribute, for code that inspects it
+        return False
+
+    def _targets(self, target: Any, B: int, logits: torch.Tensor) -> torch.Tensor:
+        resolve = (
+            (lambda t: class_index(self.model, t)) if self.mode == "class" else self.model.concept_index
+        )
+        if target is None:
+            if self.mode == "concept":
+                raise InputError("mode='concept' needs `target`: a concept name or index (or one per image).")
+            return logits.argmax(-1)
+        if isinstance(target, torch.Tensor):
+            if target.dim() == 0:
+                target = int(target)
+            elif target.dim() == 1 and target.shape[0] == B:
+                target = target.tolist()
+            else:
+                raise InputError(f"A `target` tensor must be a scalar or (B,) with B={B}, got {tuple(target.shape)}.")
+        if isinstance(target, (int, str)) and not isinstance(target, bool):
+            return torch.full((B,), resolve(target), dtype=torch.long, device=logits.device)
+        if isinstance(target, Sequence) and len(target) == B:
+            return torch.tensor([resolve(t) for t in target], dtype=torch.long, device=logits.device)
+        raise InputError(
+            f"`target` must be an int, a name, or one per image (length {B}); got {target!r}."
+        )
+
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        relu_attributions: bool | None = None,
+    ) -> torch.Tensor:
+        """Heatmaps ``(B, 1, H, W)`` for backbone-ready ``inputs`` ``(B, 3, H, W)``.
+
+        Args:
+            inputs: backbone-ready images (a 1-tuple, as Captum allows, is accepted).
+            target: class mode: class index/name, one per image, a ``(B,)`` tensor, or ``None`` for
+                the prediction; concept mode: a concept name/index, or one per image.
+            additional_forward_args: must be ``None`` (SALF-CBM takes only images).
+            relu_attributions: overrides the constructor's ``relu`` for this call.
+
+        Returns:
+            A detached float tensor ``(B, 1, H, W)`` (``(B, 1, Hg, Wg)`` with ``upsample=False``).
+        """
+        if isinstance(inputs, tuple):
+            if len(inputs) != 1:
+                raise InputError(f"SALF-CBM takes one input tensor, got a tuple of {len(inputs)}.")
+            inputs = inputs[0]
+        if additional_forward_args is not None:
+            raise InputError("SALF-CBM takes no additional forward arguments; pass `additional_forward_args=None`.")
+        x = _as_batch(inputs, "inputs")
+        B = x.shape[0]
+        with torch.no_grad():
+            out = self.model(x)
+            maps = out.concept_maps.detach().float()
+            t = self._targets(target, B, out.logits)
+            if self.mode == "class":
+                attr = class_heatmaps(self.model, maps, t)
+            else:
+                attr = maps[torch.arange(B, device=maps.device), t]
+            attr = attr.unsqueeze(1)
+            if self.upsample and tuple(attr.shape[-2:]) != tuple(x.shape[-2:]):
+                kw = {"align_corners": False} if self.interpolate_mode in ("bilinear", "bicubic") else {}
+                attr = F.interpolate(attr, size=tuple(x.shape[-2:]), mode=self.interpolate_mode, **kw)
+            relu = self.relu if relu_attributions is None else bool(relu_attributions)
+            if relu:
+                attr = attr.clamp_min(0)
+        return attr

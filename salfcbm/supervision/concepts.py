@@ -1,0 +1,523 @@
+"""Concept sets: load, template, generate with an LLM, and filter (paper 3.1).
+
+The paper follows LF-CBM [19]: an initial list comes from prompting a language
+model with three questions per class, then concepts that are too long, too
+similar to a class name or to another concept, or that never appear in the
+training data are discarded. This module does each step, and
+:func:`filter_concepts` reports every dropped concept with its reason.
+
+* :func:`load_concepts` / :func:`save_concepts`: one concept per line.
+* :func:`concepts_from_templates`: ``"an image of a {class}"`` for every class.
+* :func:`generate_concepts`: any OpenAI-compatible chat endpoint (OpenAI, vLLM,
+  Ollama, llama.cpp server, ...), with LF-CBM's three prompts
+  (:data:`LF_CBM_PROMPTS`). Needs ``pip install 'salfcbm[llm]'``.
+* :func:`filter_concepts`: length cap, class / concept near-duplicates (text
+  embeddings from the scorer) and activation on training images.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salfcbm.errors import InputError, LLMError, MissingExtraError, SalfCBMError
+
+__all__ = [
+    "LF_CBM_PROMPTS",
+    "ConceptFilterReport",
+    "LLMError",
+    "concepts_from_templates",
+    "filter_concepts",
+    "format_concept",
+    "generate_concepts",
+    "load_concepts",
+    "save_concepts",
+    "unique_concepts",
+]
+
+#: LF-CBM's three concept-generation prompts (paper 3.1); ``{class}`` is replaced by the class name.
+LF_CBM_PROMPTS: dict[str, str] = {
+    "important": 'List the most important features for recognizing something as a "{class}":',
+    "around": 'List the things most commonly seen around a "{class}":',
+    "superclass": 'Give superclasses for the word "{class}":',
+}
+
+_SYSTEM_PROMPT = (
+    "You answer with a plain list: one short visual concept per line (at most a few words each), "
+    "no numbering, no explanations, no sentences."
+)
+
+
+# -- plain lists ------------------------------------------------------------------------
+def format_concept(text: str) -> str:
+    """Normalise one concept as LF-CBM does: lower case, punctuation to spaces, no leading article.
+
+    Examples:
+        >>> format_concept("  - A Long-Tail, (striped). ")
+        'long tail striped'
+    """
+    s = text.strip().lower()
+    s = re.sub(r"^\s*(?:[-*\u2022]+|\d+[.)]|[a-z][.)](?=\s))\s*", "", s)  # bullets, "1.", "a)"
+    s = re.sub(r"[-,.;:()\[\]\"'`_/]", " ", s)
+    s = " ".join(s.split())
+    for article in ("a ", "an ", "the "):
+        if s.startswith(article):
+            s = s[len(article) :]
+            break
+    return s
+
+
+def unique_concepts(concepts: Iterable[str] | Mapping[str, Iterable[str]]) -> list[str]:
+    """Strip, drop blanks and duplicates (case-insensitive), keep first-seen order.
+
+    Accepts a list, or the ``{class: [concepts]}`` dict of :func:`generate_concepts`.
+
+    Examples:
+        >>> unique_concepts(["fur", " Fur ", "", "whiskers", "fur"])
+        ['fur', 'whiskers']
+    """
+    if isinstance(concepts, Mapping):
+        concepts = [c for v in concepts.values() for c in v]
+    if isinstance(concepts, str):
+        raise InputError("concepts must be a list of strings, not a single string.")
+    seen: set[str] = set()
+    out = []
+    for c in concepts:
+        if not isinstance(c, str):
+            raise InputError(f"concepts must be strings; got {type(c).__name__} ({c!r}).")
+        c = " ".join(c.split())
+        if c and c.lower() not in seen:
+            seen.add(c.lower())
+            out.append(c)
+    return out
+
+
+def load_concepts(path: str | os.PathLike) -> list[str]:
+    """Read one concept per line; blank lines, ``#`` comment lines and duplicates are dropped.
+
+    Examples:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "c.txt")
+        >>> _ = open(p, "w").write("fur\\n\\n# animals\\nwhiskers\\nfur\\n")
+        >>> load_concepts(p)
+        ['fur', 'whiskers']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Concept file {str(path)!r} does not exist; expected a text file with one concept per line.")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return unique_concepts(line for line in lines if not line.lstrip().startswith("#"))
+
+
+def save_concepts(path: str | os.PathLike, concepts: Sequence[str]) -> None:
+    """Write one concept per line, atomically."""
+    from salfcbm.supervision.store import atomic_write_bytes
+
+    concepts = unique_concepts(concepts)
+    atomic_write_bytes(path, ("\n".join(concepts) + "\n").encode("utf-8"), fsync=False)
+
+
+def concepts_from_templates(classes: Sequence[str], templates: Sequence[str] | str = ("an image of a {class}",)) -> list[str]:
+    """One concept per (template, class): ``"{class}"`` in each template is replaced by the class name.
+
+    Examples:
+        >>> concepts_from_templates(["cat", "dog"], ["a photo of a {class}", "{class} fur"])
+        ['a photo of a cat', 'a photo of a dog', 'cat fur', 'dog fur']
+    """
+    if isinstance(templates, str):
+        templates = [templates]
+    classes = _check_classes(classes)
+    for t in templates:
+        if not isinstance(t, str) or "{class}" not in t:
+            raise InputError(f"Each template must be a string containing '{{class}}'; got {t!r}.")
+    return unique_concepts(t.replace("{class}", c) for t in templates for c in classes)
+
+
+def _check_classes(classes: Any) -> list[str]:
+    if isinstance(classes, str) or not isinstance(classes, Iterable):
+        raise InputError(f"classes must be a list of class names; got {type(classes).__name__}.")
+    classes = list(classes)
+    if not all(isinstance(c, str) and c.strip() for c in classes):
+        raise InputError("classes must be non-empty strings.")
+    return classes
+
+
+# -- LLM generation ------------------------------------------------------------------------
+def _parse_answer(text: str) -> list[str]:
+    items = []
+    for line in (text or "").splitlines():
+        # one line may hold a comma-separated list
+        for part in line.split(",") if line.count(",") >= 2 else [line]:
+            c = format_concept(part)
+            if c:
+                items.append(c)
+    return items
+
+
+def generate_concepts(
+    classes: Sequence[str],
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    prompts: Mapping[str, str] | None = None,
+    temperature: float = 0.7,
+    max_tokens: int = 256,
+    max_concurrency: int = 8,
+    timeout: float = 60.0,
+    max_retries: int = 2,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Ask an OpenAI-compatible chat endpoint for concepts of every class (paper 3.1, LF-CBM prompts).
+
+    For every class and every prompt of ``prompts`` (default :data:`LF_CBM_PROMPTS`:
+    important features, things seen around, superclasses) one chat completion is
+    requested; answers are split into lines and normalised with
+    :func:`format_concept`. Pass the result to :func:`unique_concepts` for a
+    flat list, then to :func:`filter_concepts`.
+
+    The endpoint and key come from the arguments, else the environment:
+    ``SALFCBM_BASE_URL`` / ``SALFCBM_API_KEY`` / ``SALFCBM_LLM_MODEL``, else
+    ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``. A local server needs no key.
+
+    Args:
+        classes: class names.
+        model: chat model name (default ``SALFCBM_LLM_MODEL`` or ``"gpt-4o-mini"``).
+        base_url: endpoint, e.g. ``"http://localhost:8000/v1"``.
+        api_key: API key.
+        prompts: ``{name: template}`` with ``{class}`` placeholders.
+        temperature: sampling temperature.
+        max_tokens: answer length cap.
+        max_concurrency: parallel requests.
+        timeout: per-request timeout in seconds.
+        max_retries: retries per request (openai client's backoff).
+        cache: optional JSON file of answers; answered (class, prompt) pairs are
+            not asked again, so an interrupted run resumes.
+        progress: tqdm bar.
+
+    Returns:
+        ``{class: [concepts]}`` (per class, deduplicated, all prompts merged).
+
+    Raises:
+        MissingExtraError: if the ``openai`` package is not installed.
+        LLMError: if a request fails after retries.
+
+    Examples:
+        >>> per_class = generate_concepts(["goldfish", "tench"], base_url="http://localhost:8000/v1")  # doctest: +SKIP
+        >>> concepts = unique_concepts(per_class)  # doctest: +SKIP
+    """
+    try:
+        import openai
+    except ImportError:
+        raise MissingExtraError("openai", "llm", "LLM concept generation") from None
+    from tqdm.auto import tqdm
+
+    classes = _check_classes(classes)
+    prompts = dict(prompts if prompts is not None else LF_CBM_PROMPTS)
+    for name, t in prompts.items():
+        if not isinstance(t, str) or "{class}" not in t:
+            raise InputError(f"Prompt {name!r} must be a string containing '{{class}}'; got {t!r}.")
+    if not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise InputError(f"max_concurrency must be a positive int; got {max_concurrency!r}.")
+    base_url = base_url or os.environ.get("SALFCBM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    api_key = api_key or os.environ.get("SALFCBM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    model = model or os.environ.get("SALFCBM_LLM_MODEL") or "gpt-4o-mini"
+    if not api_key:
+        if not base_url:
+            raise InputError(
+                "No LLM endpoint configured: pass base_url= and/or api_key=, or set SALFCBM_BASE_URL / "
+                "SALFCBM_API_KEY (or OPENAI_BASE_URL / OPENAI_API_KEY)."
+            )
+        api_key = "not-needed"  # local OpenAI-compatible servers ignore it, the client insists on one
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+
+    cache_path = Path(cache) if cache is not None else None
+    answers: dict[str, str] = {}
+    if cache_path is not None and cache_path.is_file():
+        try:
+            answers = dict(json.loads(cache_path.read_text(encoding="utf-8")))
+        except ValueError:
+            raise InputError(f"The LLM cache {str(cache_path)!r} is not valid JSON; delete it to start over.") from None
+
+    def key(c: str, p: str) -> str:
+        return json.dumps([model, c, prompts[p]])
+
+    todo = [(c, p) for c in classes for p in prompts if key(c, p) not in answers]
+
+    def ask(item: tuple[str, str]) -> tuple[str, str]:
+        cls, p = item
+        try:
+            resp = client.chat.completions.create(
+                model=model,
+                messages=[
+                    {"role": "system", "content": _SYSTEM_PROMPT},
+                    {"role": "user", "content": prompts[p].replace("{class}", cls)},
+                ],
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
+            text = resp.choices[0].message.content or ""
+        except openai.OpenAIError as e:
+            raise LLMError(
+                f"The chat endpoint {base_url or 'https://api.openai.com/v1'} failed for class {cls!r}, prompt {p!r}: {e}. "
+                "Check base_url, api_key and model."
+            ) from e
+        except (IndexError, AttributeError) as e:
+            raise LLMError(f"The chat endpoint returned no message for class {cls!r}, prompt {p!r}.") from e
+        return key(cls, p), text
+
+    if todo:
+        from salfcbm.supervision.store import atomic_write_bytes
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency) as pool, tqdm(
+            total=len(todo), desc="LLM concepts", unit="req", disable=not progress
+        ) as bar:
+            futures = [pool.submit(ask, item) for item in todo]
+            try:
+                for f in concurrent.futures.as_completed(futures):
+                    k, text = f.result()
+                    answers[k] = text
+                    bar.update(1)
+            finally:
+                for f in futures:
+                    f.cancel()
+                if cache_path is not None:
+                    atomic_write_bytes(cache_path, json.dumps(answers, indent=1).encode("utf-8"), fsync=False)
+    return {c: unique_concepts(x for p in prompts for x in _parse_answer(answers[key(c, p)])) for c in classes}
+
+
+# -- filtering ------------------------------------------------------------------------
+@dataclass
+class ConceptFilterReport:
+    """The outcome of :func:`filter_concepts`: what was kept, and every dropped concept with why.
+
+    Attributes:
+        kept: surviving concepts, in input order.
+        dropped: ``(concept, reason)`` for every removed concept, in the order removed.
+        settings: the filter settings used.
+    """
+
+    kept: list[str] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """How many concepts each filter removed (keyed by the reason's first word group)."""
+        out: dict[str, int] = {}
+        for _, r in self.dropped:
+            k = r.split(":")[0]
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    def reason(self, concept: str) -> str | None:
+        """Why ``concept`` was dropped, or ``None`` if it was kept or never given."""
+        for c, r in self.dropped:
+            if c == concept:
+                return r
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"kept": list(self.kept), "dropped": [list(d) for d in self.dropped], "settings": dict(self.settings)}
+
+    def __str__(self) -> str:
+        lines = [f"kept {len(self.kept)} concepts, dropped {len(self.dropped)}"]
+        lines += [f"  {k}: {v}" for k, v in self.reasons.items()]
+        return "\n".join(lines)
+
+
+def _text_embeddings(scorer: Any, texts: Sequence[str]) -> torch.Tensor | None:
+    if scorer is None or not texts:
+        return None
+    try:
+        emb = scorer.text_embeddings(list(texts))
+    except NotImplementedError:
+        return None
+    return torch.nn.functional.normalize(emb.detach().float().cpu(), dim=-1)
+
+
+def filter_concepts(
+    concepts: Sequence[str],
+    *,
+    classes: Sequence[str] = (),
+    scorer: Any = None,
+    max_length: int = 30,
+    class_similarity: float = 0.85,
+    concept_similarity: float = 0.9,
+    activations: Any = None,
+    activation_cutoff: float = 0.25,
+    top_k: int = 5,
+) -> ConceptFilterReport:
+    """LF-CBM's concept filters (paper 3.1), each dropped concept reported with its reason.
+
+    In order:
+
+    1. blanks and case-insensitive duplicates (``"duplicate of ..."``);
+    2. longer than ``max_length`` characters (``"too long: ..."``);
+    3. equal to a class name, or cosine similarity of text embeddings
+       ``>= class_similarity`` to a class name (``"too similar to class: ..."``);
+    4. cosine similarity ``>= concept_similarity`` to an earlier kept concept
+       (``"too similar to concept: ..."``); the first of a near-duplicate pair is kept;
+    5. never fires on the training images: the mean of its ``top_k`` highest
+       image similarities is ``<= activation_cutoff`` (``"never fires: ..."``).
+
+    Steps 3-4 need ``scorer.text_embeddings`` (skipped, except exact class
+    matches, when ``scorer`` is ``None`` or raises ``NotImplementedError``);
+    step 5 needs ``activations``.
+
+    Args:
+        concepts: candidate concepts.
+        classes: class names.
+        scorer: a :class:`~salfcbm.supervision.scorers.ConceptScorer` providing text embeddings.
+        max_length: length cap in characters (LF-CBM: 30).
+        class_similarity: class-name similarity cutoff (LF-CBM: 0.85).
+        concept_similarity: concept-concept similarity cutoff (LF-CBM: 0.9).
+        activations: a :class:`~salfcbm.supervision.store.SimilarityStore` (image similarity =
+            max over the prompt grid), an ``(N, M)`` tensor of image-concept
+            similarities for the given concepts, an ``(M,)`` tensor of precomputed
+            top-k means, or a callable ``concepts -> (M,)``.
+        activation_cutoff: a concept is dropped if its top-k mean is ``<=`` this
+            (LF-CBM: 0.25 for CLIP ViT-B/16).
+        top_k: ``k`` of the top-k mean.
+
+    Returns:
+        A :class:`ConceptFilterReport`.
+
+    Examples:
+        >>> r = filter_concepts(["fur", "Fur", "a very long concept that goes on and on", "cat"], classes=["cat"])
+        >>> r.kept
+        ['fur']
+        >>> r.reasons
+        {'duplicate': 1, 'too long': 1, 'too similar to class': 1}
+    """
+    if isinstance(concepts, str):
+        raise InputError("concepts must be a list of strings, not a single string.")
+    classes = list(classes)
+    if not all(isinstance(c, str) for c in classes):
+        raise InputError("classes must be strings.")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise InputError(f"max_length must be a positive int; got {max_length!r}.")
+    for name, v in (("class_similarity", class_similarity), ("concept_similarity", concept_similarity)):
+        if not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0:
+            raise InputError(f"{name} must be a cosine similarity cutoff in [-1, 1]; got {v!r}.")
+    report = ConceptFilterReport(
+        settings=dict(
+            max_length=max_length,
+            class_similarity=class_similarity,
+            concept_similarity=concept_similarity,
+            activation_cutoff=activation_cutoff,
+            top_k=top_k,
+            text_embeddings=scorer is not None,
+            activations=activations is not None,
+        )
+    )
+
+    # 1. blanks / duplicates
+    seen: dict[str, str] = {}
+    kept: list[str] = []
+    for c in concepts:
+        if not isinstance(c, str):
+            raise InputError(f"concepts must be strings; got {type(c).__name__} ({c!r}).")
+        norm = " ".join(c.split())
+        if not norm:
+            report.dropped.append((c, "empty: blank concept"))
+        elif norm.lower() in seen:
+            report.dropped.append((c, f"duplicate: of {seen[norm.lower()]!r}"))
+        else:
+            seen[norm.lower()] = norm
+            kept.append(norm)
+
+    # 2. length
+    survivors = []
+    for c in kept:
+        if len(c) > max_length:
+            report.dropped.append((c, f"too long: {len(c)} > {max_length} characters"))
+        else:
+            survivors.append(c)
+    kept = survivors
+
+    # 3. class names
+    class_lower = {c.strip().lower(): c for c in classes}
+    survivors = []
+    for c in kept:
+        if c.lower() in class_lower:
+            report.dropped.append((c, f"too similar to class: equals class {class_lower[c.lower()]!r}"))
+        else:
+            survivors.append(c)
+    kept = survivors
+    cemb = _text_embeddings(scorer, kept)
+    if cemb is not None and classes:
+        clemb = _text_embeddings(scorer, classes)
+        sims = cemb @ clemb.T  # (M, L)
+        best, which = sims.max(dim=1)
+        survivors, rows = [], []
+        for j, c in enumerate(kept):
+            if best[j] >= class_similarity:
+                report.dropped.append((c, f"too similar to class: {classes[int(which[j])]!r} (cosine {best[j]:.3f} >= {class_similarity})"))
+            else:
+                survivors.append(c)
+                rows.append(j)
+        kept, cemb = survivors, cemb[rows]
+
+    # 4. concept near-duplicates (greedy, first kept wins)
+    if cemb is not None and len(kept) > 1:
+        sims = cemb @ cemb.T
+        keep_rows: list[int] = []
+        survivors = []
+        for j, c in enumerate(kept):
+            if keep_rows:
+                s = sims[j, keep_rows]
+                k = int(s.argmax())
+                if s[k] >= concept_similarity:
+                    report.dropped.append((c, f"too similar to concept: {kept[keep_rows[k]]!r} (cosine {s[k]:.3f} >= {concept_similarity})"))
+                    continue
+            keep_rows.append(j)
+            survivors.append(c)
+        kept = survivors
+
+    # 5. activation on training images
+    if activations is not None and kept:
+        act = _activations(activations, kept, concepts, top_k)
+        survivors = []
+        for j, c in enumerate(kept):
+            if act[j] <= activation_cutoff:
+                report.dropped.append((c, f"never fires: mean top-{top_k} similarity {float(act[j]):.3f} <= {activation_cutoff}"))
+            else:
+                survivors.append(c)
+        kept = survivors
+    report.kept = kept
+    return report
+
+
+def _activations(activations: Any, kept: list[str], original: Sequence[str], top_k: int) -> torch.Tensor:
+    if hasattr(activations, "concept_activity"):
+        return activations.concept_activity(kept, top_k=top_k)
+    if callable(activations):
+        out = torch.as_tensor(activations(kept)).float().cpu()
+        if out.shape != (len(kept),):
+            raise InputError(f"The activations callable must return ({len(kept)},) values; got {tuple(out.shape)}.")
+        return out
+    t = torch.as_tensor(activations).float().cpu()
+    # tensors are given for the *original* concept list; pick the kept columns
+    index = {" ".join(c.split()): i for i, c in reversed(list(enumerate(original)))}
+    cols = [index[c] for c in kept]
+    if t.ndim == 1 and t.shape[0] == len(original):
+        return t[cols]
+    if t.ndim == 2 and t.shape[1] == len(original):
+        k = min(top_k, t.shape[0])
+        return t[:, cols].topk(k, dim=0).values.mean(dim=0)
+    raise InputError(
+        f"activations must be a SimilarityStore, a callable, an (N, {len(original)}) tensor of image-concept "
+        f"similarities or a ({len(original)},) tensor of top-k means; got shape {tuple(t.shape)}."
+    )
+

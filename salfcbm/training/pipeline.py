@@ -1,0 +1,717 @@
+"""Training a SALF-CBM: concept bottleneck (paper 3.3, Eq. 1) and sparse head (3.4, Eq. 2).
+
+The pipeline, each stage resumable from its artefact in a run directory:
+
+1. prompted similarities of the training and validation images (:mod:`salfcbm.supervision.store`);
+2. backbone features, resized to the grid, cached in a sharded store (or computed on the fly);
+3. the 1x1-conv bottleneck, trained with the cubic cosine loss, early stopping on validation,
+   then the interpretability cutoff removes concepts that the bottleneck cannot follow;
+4. the sparse elastic-net head on the pooled, standardised concept activations, and the
+   "standard, sparse" baseline: the same head on the backbone's pooled features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from salfcbm._utils.io import atomic_write, atomic_write_bytes
+from salfcbm.errors import InputError, SalfCBMError
+from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
+from salfcbm.core.model import SALFCBM
+from salfcbm.supervision.prompts import PromptGrid
+from salfcbm.supervision.scorers import ConceptScorer
+from salfcbm.supervision.store import (
+    ShardedStore,
+    SimilarityStore,
+    compute_similarity_store,
+    compute_store,
+)
+
+__all__ = [
+    "cubic_cosine_similarity",
+    "bottleneck_loss",
+    "BottleneckConfig",
+    "HeadConfig",
+    "BottleneckReport",
+    "FitResult",
+    "feature_store",
+    "OnTheFlyFeatures",
+    "train_bottleneck",
+    "concept_activations",
+    "pooled_features",
+    "fit_head",
+    "fit",
+]
+
+logger = logging.getLogger("salfcbm")
+
+
+# ----------------------------------------------------------------------------- the loss
+def _cube_unit(x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    x = x - (x.mean(0, keepdim=True) if mean is None else mean)
+    x = x**3
+    return x / x.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+
+def cubic_cosine_similarity(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sim(q, p) of Eq. 1 for every concept and grid cell: ``(B, M, Hg, Wg) -> (M, Hg, Wg)``.
+
+    For each ``(m, h, w)`` the batch vectors ``q = C[:, m, h, w]`` and
+    ``p = P[:, m, h, w]`` are mean-centred over the batch, cubed elementwise and
+    compared by cosine similarity (LF-CBM's ``cos_similarity_cubed_single``, per cell).
+
+    Examples:
+        >>> x = torch.randn(16, 3, 2, 2)
+        >>> torch.allclose(cubic_cosine_similarity(x, 2 * x + 1), torch.ones(3, 2, 2), atol=1e-5)
+        True
+    """
+    if pred.shape != target.shape:
+        raise InputError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
+    if pred.shape[0] < 2:
+        raise InputError("The cubic cosine similarity is taken across the batch; use a batch of at least 2.")
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+    return (_cube_unit(pred.to(dtype)) * _cube_unit(target.to(dtype))).sum(0)
+
+
+def bottleneck_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: ``-sum_{m,h,w} sim(C[:, m, h, w], P[:, m, h, w])``."""
+    return -cubic_cosine_similarity(pred, target).sum()
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class BottleneckConfig:
+    """Hyper-parameters of the concept bottleneck stage (paper 3.3).
+
+    Attributes:
+        lr: Adam learning rate.
+        batch_size: images per step (the cubic cosine is taken across the batch).
+        max_steps: upper bound on optimisation steps.
+        val_every: steps between validation checks.
+        patience: validation checks without improvement before stopping.
+        weight_decay: Adam weight decay.
+        cutoff: interpretability cutoff: concepts whose mean validation similarity is below it are removed.
+        seed: seed of the initialisation and the batch order.
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_steps: int = 5000
+    val_every: int = 50
+    patience: int = 10
+    weight_decay: float = 0.0
+    cutoff: float = 0.45
+    seed: int = 0
+
+    def __post_init__(self):
+        for k in ("lr", "batch_size", "max_steps", "val_every", "patience"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise InputError(f"BottleneckConfig.{k} must be positive, got {v!r}.")
+        if self.batch_size < 2:
+            raise InputError("BottleneckConfig.batch_size must be at least 2 (the loss is taken across the batch).")
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of the final layer (paper 3.4).
+
+    Attributes:
+        sparse: elastic-net path (GLM-SAGA objective) if True, else a dense L2 head.
+        alpha: elastic-net mixing (0.99 in the paper).
+        n_lambdas: points on the regularisation path.
+        lambda_min_ratio: end of the path relative to ``lam_max``.
+        select: ``"val_acc"`` (best validation accuracy) or ``"nec"`` (a target number of
+            non-zero weights per class, as in VLG-CBM).
+        target_nec: the NEC target with ``select="nec"``.
+        max_iter: solver iterations per path point.
+        val_tolerance: with ``select="val_acc"``, take the sparsest point whose validation
+            accuracy is within this much of the best (like glmnet's ``lambda.1se``); 0 = the best.
+    """
+
+    sparse: bool = True
+    alpha: float = 0.99
+    n_lambdas: int = 40
+    lambda_min_ratio: float = 1e-3
+    select: str = "val_acc"
+    target_nec: float | None = None
+    max_iter: int = 2000
+    val_tolerance: float = 0.0
+
+    def __post_init__(self):
+        if self.select not in ("val_acc", "nec"):
+            raise InputError(f"HeadConfig.select must be 'val_acc' or 'nec', got {self.select!r}.")
+        if not 0 <= self.val_tolerance < 1:
+            raise InputError(f"HeadConfig.val_tolerance must be in [0, 1), got {self.val_tolerance!r}.")
+        if self.select == "nec" and not self.target_nec:
+            raise InputError("HeadConfig.select='nec' needs target_nec (non-zero weights per class), e.g. 5.")
+
+
+@dataclass
+class BottleneckReport:
+    """What the bottleneck stage measured."""
+
+    steps: int
+    best_step: int
+    best_val_similarity: float
+    concept_similarity: dict[str, float]
+    kept: list[str]
+    dropped: list[tuple[str, float]]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class FitResult:
+    """The trained model and everything measured on the way."""
+
+    model: SALFCBM
+    bottleneck: BottleneckReport
+    head: HeadFit
+    baseline: HeadFit | None
+    metrics: dict[str, Any]
+    run_dir: Path | None = None
+
+
+# ----------------------------------------------------------------------------- data helpers
+def _labels_of(dataset) -> torch.Tensor:
+    lab = getattr(dataset, "labels", None)
+    if callable(lab):
+        lab = lab()
+    if lab is None:
+        lab = getattr(dataset, "targets", None)
+    if lab is not None:
+        return torch.as_tensor(lab).long()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def _backbone_hash(model: SALFCBM) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.backbone.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _dataset_fingerprint(dataset) -> dict[str, Any]:
+    fp = getattr(dataset, "fingerprint", None)
+    if callable(fp):
+        return fp()
+    first = dataset[0][0] if len(dataset) else torch.zeros(0)
+    digest = hashlib.sha256(torch.as_tensor(first).float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"type": type(dataset).__name__, "length": len(dataset), "first_item_sha": digest}
+
+
+def feature_store(
+    model: SALFCBM,
+    dataset,
+    root: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    shard_size: int = 512,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> ShardedStore:
+    """Cache the backbone features of ``dataset`` resized to the grid: ``(N, C, Hg, Wg)`` fp16.
+
+    The manifest records the backbone (spec and a hash of its weights), layer, grid and
+    preprocessing, so a different backbone never reads a stale cache; computation is
+    resumable shard by shard. Images are ``[0, 1]`` tensors; :meth:`SALFCBM.preprocess`
+    resizes and normalises them for the backbone.
+    """
+    device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
+    cfg = model.config
+    manifest = {
+        "kind": "features",
+        "backbone": model.backbone_spec,
+        "backbone_sha": _backbone_hash(model),
+        "layer": cfg["layer"],
+        "cls_concat": cfg["cls_concat"],
+        "grid": list(model.grid),
+        "input_size": cfg["input_size"],
+        "input_mean": cfg["input_mean"],
+        "input_std": cfg["input_std"],
+        "dataset": _dataset_fingerprint(dataset),
+    }
+    store = ShardedStore(
+        root,
+        manifest=manifest,
+        item_shape=(cfg["feature_channels"], *model.grid),
+        length=len(dataset),
+        shard_size=shard_size,
+        dtype=torch.float16,
+    )
+
+    @torch.no_grad()
+    def fn(images: torch.Tensor, _indices: torch.Tensor) -> torch.Tensor:
+        x = model.preprocess(images.to(device))
+        return model.resize_to_grid(model.forward_features(x)).float().cpu()
+
+    return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                         desc="Backbone features")
+
+
+class OnTheFlyFeatures:
+    """Backbone features computed when read, with the read interface of a feature store.
+
+    Use it instead of :func:`feature_store` when caching ``(N, C, Hg, Wg)`` features does not
+    fit on disk: every epoch runs the backbone again, shard by shard, so memory stays bounded
+    by ``shard_size`` (``fit(..., cache_features=False)``).
+    """
+
+    def __init__(self, model: SALFCBM, dataset: Dataset, *, shard_size: int = 512, batch_size: int = 64,
+                 num_workers: int = 0, device: str | torch.device | None = None):
+        self.model, self.dataset = model, dataset
+        self.length, self.shard_size = len(dataset), int(shard_size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.item_shape = (model.config["feature_channels"], *model.grid)
+        self.device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
+        self.meta = {"kind": "features", "on_the_fly": True, "backbone_sha": _backbone_hash(model),
+                     "layer": model.layer, "grid": list(model.grid),
+                     "dataset": _dataset_fingerprint(dataset)}
+
+    @property
+    def num_shards(self) -> int:
+        return max(1, math.ceil(self.length / self.shard_size)) if self.length else 0
+
+    def shard_range(self, i: int) -> tuple[int, int]:
+        return i * self.shard_size, min((i + 1) * self.shard_size, self.length)
+
+    @torch.no_grad()
+    def read_shard(self, i: int) -> torch.Tensor:
+        a, b = self.shard_range(i)
+        subset = torch.utils.data.Subset(self.dataset, range(a, b))
+        loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers)
+        out = []
+        for batch in loader:
+            x = self.model.preprocess(batch[0].to(self.device))
+            out.append(self.model.resize_to_grid(self.model.forward_features(x)).float().cpu())
+        return torch.cat(out)
+
+    def iter_shards(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for i in range(self.num_shards):
+            yield self.shard_range(i)[0], self.read_shard(i)
+
+
+def _shard_batches(
+    features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch_size: int, rng: random.Random
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled ``(features, targets)`` batches, one shard in memory at a time.
+
+    Shards are visited in random order and read whole (one contiguous read of each
+    store); rows are shuffled within the shard, and the remainder of a shard is carried
+    into the next one, so every image is used once per epoch.
+    """
+    order = list(range(features.num_shards))
+    rng.shuffle(order)
+    carry_x = carry_p = None
+    for s in order:
+        a, b = features.shard_range(s)
+        x = features.read_shard(s)  # storage dtype; converted per batch
+        p = targets.targets(torch.arange(a, b), concepts)
+        perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+        x, p = x[perm], p[perm]
+        if carry_x is not None:
+            x, p = torch.cat([carry_x, x]), torch.cat([carry_p, p])
+        n_full = (x.shape[0] // batch_size) * batch_size
+        for i in range(0, n_full, batch_size):
+            yield x[i : i + batch_size].float(), p[i : i + batch_size]
+        carry_x, carry_p = x[n_full:].clone(), p[n_full:].clone()
+        del x, p  # only the carried rows outlive the shard
+    if carry_x is not None and carry_x.shape[0] >= 2:
+        yield carry_x.float(), carry_p
+
+
+def _val_similarity(
+    model: SALFCBM, features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str],
+    cache: list | None = None,
+) -> torch.Tensor:
+    """Cubic cosine similarity over the whole validation set, streamed in two passes: ``(M, Hg, Wg)``.
+
+    ``cache`` (a list) keeps the per-shard targets between calls when they fit in memory.
+    """
+    device = model.bottleneck.weight.device
+    n = features.length
+
+    def shards():
+        for s in range(features.num_shards):
+            a, b = features.shard_range(s)
+            if cache is not None and len(cache) > s:
+                p = cache[s]
+            else:
+                p = targets.targets(torch.arange(a, b), concepts)
+                if cache is not None:
+                    cache.append(p)
+            yield features.read_shard(s).to(device, torch.float32), p.to(device)
+
+    sum_q = sum_p = None
+    with torch.no_grad():
+        for x, p in shards():
+            q = model.bottleneck(x)
+            sum_q = q.sum(0) if sum_q is None else sum_q + q.sum(0)
+            sum_p = p.sum(0) if sum_p is None else sum_p + p.sum(0)
+        mq, mp = sum_q / n, sum_p / n
+        qp = qq = pp = 0.0
+        for x, p in shards():
+            q = (model.bottleneck(x) - mq) ** 3
+            p = (p - mp) ** 3
+            qp = qp + (q * p).sum(0)
+            qq = qq + (q * q).sum(0)
+            pp = pp + (p * p).sum(0)
+    return qp / (qq.sqrt() * pp.sqrt()).clamp_min(1e-12)
+
+
+def train_bottleneck(
+    model: SALFCBM,
+    train_features: ShardedStore,
+    train_targets: SimilarityStore,
+    val_features: ShardedStore,
+    val_targets: SimilarityStore,
+    config: BottleneckConfig | None = None,
+    *,
+    progress: bool = True,
+    prune: bool = True,
+) -> BottleneckReport:
+    """Train the 1x1-conv bottleneck with Eq. 1, keep the best weights, apply the cutoff.
+
+    Only the bottleneck's parameters change. Memory is bounded by the batch size and the
+    shard size, not by the number of images. With ``prune=True`` concepts whose mean
+    validation similarity is below ``config.cutoff`` are removed from the model (conv rows
+    and all) and reported.
+    """
+    cfg = config or BottleneckConfig()
+    concepts = list(model.concepts)
+    if train_targets.grid != model.grid:
+        raise InputError(
+            f"The similarity store's grid {train_targets.grid} differs from the model's grid {model.grid}; "
+            "wrap the backbone with the same grid the similarities were computed on."
+        )
+    if train_features.length != train_targets.length or val_features.length != val_targets.length:
+        raise InputError("Feature and similarity stores must cover the same images (lengths differ).")
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    device = model.bottleneck.weight.device
+    nn.init.normal_(model.bottleneck.weight, std=1.0 / math.sqrt(model.bottleneck.in_channels))
+    nn.init.zeros_(model.bottleneck.bias)
+    opt = torch.optim.Adam(model.bottleneck.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best = (-math.inf, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
+    history: list[dict[str, float]] = []
+    bad, step, done = 0, 0, False
+    bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
+    val_cache: list | None = [] if val_features.length * model.num_concepts * val_features.item_shape[-1] ** 2 \
+        <= 64_000_000 else None  # keep validation targets in memory when they are small
+    while not done:
+        for x, p in _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng):
+            x, p = x.to(device), p.to(device)
+            loss = bottleneck_loss(model.bottleneck(x), p)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.val_every == 0 or step == cfg.max_steps:
+                sim = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
+                history.append({"step": step, "train_loss": loss.item(), "val_similarity": sim})
+                bar.set_postfix(loss=f"{loss.item():.3g}", val_sim=f"{sim:.4f}")
+                if sim > best[0] + 1e-6:
+                    best = (sim, step, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
+                    bad = 0
+                else:
+                    bad += 1
+                if bad >= cfg.patience:
+                    done = True
+            if done or step >= cfg.max_steps:
+                done = True
+                break
+    bar.close()
+    model.bottleneck.load_state_dict(best[2])
+    per_concept = _val_similarity(model, val_features, val_targets, concepts, val_cache).flatten(1).mean(1).cpu()
+    sims = {c: float(s) for c, s in zip(concepts, per_concept)}
+    keep = [c for c in concepts if sims[c] >= cfg.cutoff]
+    dropped = [(c, sims[c]) for c in concepts if sims[c] < cfg.cutoff]
+    if prune:
+        if not keep:
+            raise SalfCBMError(
+                f"Every concept fell below the interpretability cutoff {cfg.cutoff} (best validation similarity "
+                f"{max(sims.values()):.3f}). Lower `cutoff`, train longer, or check that the similarities match "
+                "the images."
+            )
+        if dropped:
+            model.select_concepts(keep)
+            logger.info("Interpretability cutoff removed %d concepts: %s", len(dropped), [d[0] for d in dropped])
+    return BottleneckReport(
+        steps=step,
+        best_step=best[1],
+        best_val_similarity=float(best[0]),
+        concept_similarity=sims,
+        kept=keep if prune else concepts,
+        dropped=dropped if prune else [],
+        history=history,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@torch.no_grad()
+def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 1024) -> torch.Tensor:
+    """Pooled concept activations c*(x) ``(N, M)`` from cached features (before standardisation)."""
+    device = model.bottleneck.weight.device
+    out = []
+    for a, values in features.iter_shards():
+        for s in range(0, values.shape[0], batch):
+            maps = model.bottleneck(values[s : s + batch].to(device, torch.float32))
+            out.append(model.pool(maps).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def pooled_features(features: ShardedStore) -> torch.Tensor:
+    """Spatially averaged backbone features ``(N, C)``: the "standard" model's input."""
+    return torch.cat([v.float().mean((2, 3)) for _, v in features.iter_shards()])
+
+
+def _standardize(train: torch.Tensor, *others: torch.Tensor):
+    mean = train.mean(0)
+    std = train.std(0).clamp_min(1e-6)
+    return mean, std, [(x - mean) / std for x in (train, *others)]
+
+
+def fit_head(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
+    config: HeadConfig | None = None, *, progress: bool = True,
+) -> HeadFit:
+    """Fit the final layer on standardised features with the configured solver."""
+    cfg = config or HeadConfig()
+    if not cfg.sparse:
+        return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
+    fit_ = fit_sparse_head(
+        x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
+        lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,
+        max_iter=cfg.max_iter, progress=progress,
+    )
+    if cfg.select == "val_acc" and cfg.val_tolerance > 0:
+        best = max(p.val_acc for p in fit_.path if p.val_acc is not None)
+        ok = [i for i, p in enumerate(fit_.path) if p.val_acc is not None and p.val_acc >= best - cfg.val_tolerance]
+        i = min(ok, key=lambda j: (fit_.path[j].nnz, -fit_.path[j].val_acc))
+        p = fit_.path[i]
+        fit_ = replace(fit_, weight=p.weight, bias=p.bias, lam=p.lam, selected=i, criterion="val_acc_tolerance")
+    return fit_
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+# ----------------------------------------------------------------------------- the one call
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def _stage_key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fit(
+    model: SALFCBM,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    scorer: ConceptScorer | None = None,
+    prompts: PromptGrid | None = None,
+    train_similarities: SimilarityStore | None = None,
+    val_similarities: SimilarityStore | None = None,
+    run_dir: str | os.PathLike | None = None,
+    bottleneck: BottleneckConfig | None = None,
+    head: HeadConfig | None = None,
+    baseline: bool = True,
+    cache_features: bool = True,
+    test_data: Dataset | None = None,
+    batch_size: int = 64,
+    shard_size: int = 512,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> FitResult:
+    """Train a wrapped model end to end: similarities, features, bottleneck, head (+ baseline).
+
+    Every stage writes its artefact under ``run_dir`` (similarity and feature stores,
+    ``bottleneck.safetensors``, ``head.safetensors``) and is skipped when the run is
+    started again with the same settings, so an interrupted run resumes where it stopped.
+
+    Args:
+        model: a :class:`SALFCBM` from :func:`salfcbm.wrap` (its concept list is the candidate list).
+        train_data: dataset of ``(image, label)`` with ``[0, 1]`` images ``(3, H, W)``.
+        val_data: validation dataset, same format.
+        scorer: a :class:`~salfcbm.supervision.scorers.ConceptScorer` (e.g. CLIP) to compute similarities
+            (or pass both similarity stores).
+        prompts: the visual prompt grid; its grid must equal the model's.
+        train_similarities: an existing similarity store of ``train_data``.
+        val_similarities: an existing similarity store of ``val_data``.
+        run_dir: where artefacts, ``metrics.json`` and the saved model go (a temporary
+            directory if ``None``; nothing is resumable then).
+        bottleneck: bottleneck stage hyper-parameters.
+        head: final layer hyper-parameters.
+        baseline: also fit the "standard, sparse" head on pooled backbone features.
+        cache_features: cache backbone features in sharded stores (fast epochs); ``False``
+            recomputes them on the fly every epoch (:class:`OnTheFlyFeatures`, no disk).
+        test_data: optional held-out dataset; both heads are evaluated on it.
+        batch_size: images per batch when computing stores.
+        shard_size: images per shard of the feature stores.
+        num_workers: DataLoader workers.
+        progress: show tqdm progress bars.
+        device: where to run (default: where the model is).
+
+    Returns:
+        A :class:`FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
+
+    Examples:
+        >>> result = salfcbm.fit(model, train_set, val_set, scorer=salfcbm.CLIPScorer(), run_dir="runs/cub")  # doctest: +SKIP
+    """
+    import tempfile
+
+    bcfg, hcfg = bottleneck or BottleneckConfig(), head or HeadConfig()
+    if run_dir is None:
+        run_dir = tempfile.mkdtemp(prefix="salfcbm-run-")
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    if device is not None:
+        model.to(device)
+    prompts = prompts or PromptGrid(grid=model.grid)
+    if tuple(prompts.grid) != model.grid:
+        raise InputError(f"prompts.grid {prompts.grid} must equal the model's grid {model.grid}.")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # 1. similarities
+    t = time.perf_counter()
+    if train_similarities is None or val_similarities is None:
+        if scorer is None:
+            raise InputError("fit() needs a `scorer` (e.g. CLIPScorer()) or both train/val similarity stores.")
+        train_similarities = train_similarities or compute_similarity_store(
+            run / "similarities" / "train", train_data, scorer, prompts, batch_size=batch_size, progress=progress,
+            num_workers=num_workers,
+        )
+        val_similarities = val_similarities or compute_similarity_store(
+            run / "similarities" / "val", val_data, scorer, prompts, batch_size=batch_size, progress=progress,
+            num_workers=num_workers,
+        )
+    timings["similarities"] = time.perf_counter() - t
+
+    # 2. features
+    t = time.perf_counter()
+    kw = dict(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers)
+
+    def features(data, split):
+        if cache_features:
+            return feature_store(model, data, run / "features" / split, progress=progress, **kw)
+        return OnTheFlyFeatures(model, data, **kw)
+
+    f_train, f_val = features(train_data, "train"), features(val_data, "val")
+    timings["features"] = time.perf_counter() - t
+
+    # 3. bottleneck (resumable)
+    t = time.perf_counter()
+    candidates = list(model.concepts)
+    key = _stage_key({"b": asdict(bcfg), "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta})
+    bfile, bjson = run / "bottleneck.safetensors", run / "bottleneck.json"
+    report = None
+    if bfile.exists() and bjson.exists():
+        saved = json.loads(bjson.read_text())
+        if saved.get("key") == key:
+            from safetensors.torch import load_file
+
+            state = load_file(bfile)
+            model.select_concepts(saved["report"]["kept"])
+            model.bottleneck.load_state_dict(state)
+            r = saved["report"]
+            report = BottleneckReport(**{**r, "dropped": [tuple(d) for d in r["dropped"]]})
+            logger.info("Resumed the bottleneck stage from %s", bfile)
+    if report is None:
+        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg, progress=progress)
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
+        atomic_write(bfile, lambda tmp: save_file(state, tmp))
+        _write_json(bjson, {"key": key, "report": asdict(report)})
+    timings["bottleneck"] = time.perf_counter() - t
+
+    # 4. head on standardised pooled concept activations
+    t = time.perf_counter()
+    y_train, y_val = _labels_of(train_data), _labels_of(val_data)
+    a_train, a_val = concept_activations(model, f_train), concept_activations(model, f_val)
+    mean, std, (z_train, z_val) = _standardize(a_train, a_val)
+    head_fit = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress)
+    with torch.no_grad():
+        model.concept_mean.copy_(mean)
+        model.concept_std.copy_(std)
+        model.head.weight.copy_(head_fit.weight)
+        model.head.bias.copy_(head_fit.bias)
+    timings["head"] = time.perf_counter() - t
+
+    base_fit = None
+    metrics: dict[str, Any] = {
+        "salfcbm": {
+            "train_accuracy": _accuracy(head_fit.logits(z_train), y_train),
+            "val_accuracy": _accuracy(head_fit.logits(z_val), y_val),
+            "nnz": int((head_fit.weight != 0).sum()),
+            "nec": float((head_fit.weight != 0).sum() / head_fit.weight.shape[0]),
+            "lambda": head_fit.lam,
+            "concepts": model.num_concepts,
+            "concepts_dropped": len(report.dropped),
+        },
+        "bottleneck": {
+            "steps": report.steps,
+            "best_step": report.best_step,
+            "val_similarity": report.best_val_similarity,
+            "dropped": report.dropped,
+        },
+        "path": head_fit.summary(),
+    }
+    f_test = y_test = None
+    if test_data is not None:
+        f_test = features(test_data, "test")
+        y_test = _labels_of(test_data)
+        z_test = model.standardize(concept_activations(model, f_test))
+        metrics["salfcbm"]["test_accuracy"] = _accuracy(head_fit.logits(z_test), y_test)
+    if baseline:
+        t = time.perf_counter()
+        g_train, g_val = pooled_features(f_train), pooled_features(f_val)
+        g_mean, g_std, (s_train, s_val) = _standardize(g_train, g_val)
+        base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg, progress=progress)
+        name = "standard_sparse" if hcfg.sparse else "standard_dense"
+        metrics[name] = {
+            "train_accuracy": _accuracy(base_fit.logits(s_train), y_train),
+            "val_accuracy": _accuracy(base_fit.logits(s_val), y_val),
+            "nnz": int((base_fit.weight != 0).sum()),
+            "nec": float((base_fit.weight != 0).sum() / base_fit.weight.shape[0]),
+            "features": int(g_train.shape[1]),
+        }
+        if f_test is not None:
+            s_test = (pooled_features(f_test) - g_mean) / g_std
+            metrics[name]["test_accuracy"] = _accuracy(base_fit.logits(s_test), y_test)
+        timings["baseline"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    metrics["seconds"] = timings
+    model.config["head_stats"] = {
+        "val_accuracy": round(metrics["salfcbm"]["val_accuracy"], 4),
+        "nec": round(metrics["salfcbm"]["nec"], 2),
+    }
+    model.save_pretrained(run / "model")
+    _write_json(run / "metrics.json", metrics)
+    return FitResult(model=model, bottleneck=report, head=head_fit, baseline=base_fit, metrics=metrics, run_dir=run)
