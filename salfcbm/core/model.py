@@ -20,6 +20,7 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
 
 from salfcbm._utils.io import atomic_write
+from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.core.backbones import build_backbone, infer_spec, input_stats, normalize_spec, parse_backbone_name
 from salfcbm.errors import (
     ConceptNotFoundError,
@@ -257,9 +258,7 @@ class SALFCBM(
 
     # ------------------------------------------------------------------ backbone handling
     def _probe_input(self, input_size) -> torch.Tensor:
-        p = next(self.backbone.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-        dtype = p.dtype if p is not None else torch.float32
+        device, dtype = module_device_dtype(self.backbone)
         return torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
 
     @contextmanager
@@ -268,14 +267,8 @@ class SALFCBM(
         if not self.config["freeze_backbone"]:
             yield
             return
-        training = [m for m in self.backbone.modules() if m.training]
-        for m in training:
-            m.training = False
-        try:
+        with preserved_modes(self.backbone, mode=False):
             yield
-        finally:
-            for m in training:
-                m.training = True
 
     def _require_backbone(self) -> nn.Module:
         if self.backbone is None:

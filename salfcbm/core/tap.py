@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
+from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.errors import (
     InputError,
     LayerNotFoundError,
@@ -181,15 +183,6 @@ def default_input_size(backbone: nn.Module) -> tuple[int, int]:
     return 224, 224
 
 
-def _model_device_dtype(backbone: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in backbone.parameters():
-        return p.device, p.dtype
-    for b in backbone.buffers():
-        if b.is_floating_point():
-            return b.device, b.dtype
-    return torch.device("cpu"), torch.float32
-
-
 def probe_layers(
     backbone: nn.Module, input_size: tuple[int, int] | None = None, names: Sequence[str] | None = None
 ) -> list[LayerInfo]:
@@ -221,18 +214,15 @@ def probe_layers(
         return hook
 
     handles = []
-    was_training = backbone.training
-    device, dtype = _model_device_dtype(backbone)
+    device, dtype = module_device_dtype(backbone)
     try:
         for n in wanted:
             handles.append(modules[n].register_forward_hook(make_hook(n)))
-        backbone.eval()
-        with torch.no_grad():
+        with preserved_modes(backbone, mode=False), torch.no_grad():
             backbone(torch.zeros(1, 3, H, W, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
-        backbone.train(was_training)
     return [seen[n] for n in order]
 
 
@@ -371,7 +361,7 @@ class FeatureTap:
         if self.layout == "NHWC":
             if t.dim() != 4:
                 raise InputError(f"Expected a 4-D NHWC map from {self.layer!r}, got shape {tuple(t.shape)}.")
-            return t.permute(0, 3, 1, 2)
+            return rearrange(t, "b h w c -> b c h w")
         if t.dim() != 3:
             raise InputError(f"Expected (B, N, C) tokens from {self.layer!r}, got shape {tuple(t.shape)}.")
         B, N, C = t.shape
@@ -383,7 +373,7 @@ class FeatureTap:
                 f"for a {input_hw[0]}x{input_hw[1]} input. Use an input size the model's patch size divides."
             )
         h, w = grid
-        fmap = t[:, k:].transpose(1, 2).reshape(B, C, h, w)
+        fmap = rearrange(t[:, k:], "b (h w) c -> b c h w", h=h, w=w)
         if self.cls_concat:
             cls = t[:, 0, :, None, None].expand(B, C, h, w)
             fmap = torch.cat([fmap, cls], dim=1)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from salfcbm.errors import DatasetNotFoundError, InputError, MissingExtraError, SalfCBMError
+from salfcbm.errors import DatasetNotFoundError, InputError, MissingExtraError
 
 __all__ = ["ImagenetSegmentation", "DatasetNotFoundError"]
 

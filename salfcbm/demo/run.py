@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from salfcbm._utils.io import atomic_write, atomic_write_bytes
+from salfcbm._utils.modes import preserved_modes
+from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
 from salfcbm.core.model import SALFCBM, wrap
 from salfcbm.supervision.prompts import PromptGrid
@@ -130,7 +132,7 @@ def concept_map_miou(
         maps = model(model.preprocess(images)).concept_maps.float()
         if random_maps:
             maps = torch.rand(maps.shape, generator=g)
-        up = torch.nn.functional.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        up = upsample_bilinear(maps, images.shape[-2:])
         present = masks.flatten(2).any(-1)  # (B, M)
         b, m = present.nonzero(as_tuple=True)
         if len(b):
@@ -312,15 +314,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
 
 @torch.no_grad()
 def _backbone_accuracy(net: torch.nn.Module, data: SyntheticScenes) -> float:
-    was = net.training
-    net.eval()
     correct = 0
-    for a in range(0, len(data), 128):
-        idx = range(a, min(a + 128, len(data)))
-        x = torch.stack([data[i][0] for i in idx])
-        y = torch.tensor([data[i][1] for i in idx])
-        correct += int((net(x).argmax(1) == y).sum())
-    net.train(was)
+    with preserved_modes(net, mode=False):
+        for a in range(0, len(data), 128):
+            idx = range(a, min(a + 128, len(data)))
+            x = torch.stack([data[i][0] for i in idx])
+            y = torch.tensor([data[i][1] for i in idx])
+            correct += int((net(x).argmax(1) == y).sum())
     return correct / len(data)
 
 

@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from salfcbm.errors import InputError, LayerNotFoundError, MissingExtraError, SalfCBMError, UnsupportedBaselineError
-from salfcbm.evaluation.metrics import _logits, _resolve_target, model_mode
+from salfcbm._utils.modes import preserved_modes
+from salfcbm.evaluation.metrics import _logits, _resolve_target
 
 __all__ = [
     "Attributor",
@@ -207,7 +208,7 @@ class Attributor:
         if self.model is None:
             heat = self._attribute(images.detach(), tgt)
         else:
-            with model_mode(self.model, self.eval_mode), _no_leftovers(self.model):
+            with preserved_modes(self.model, False if self.eval_mode else None), _no_leftovers(self.model):
                 if tgt is None:
                     with torch.no_grad():
                         tgt = _logits(self.model, images).argmax(1)
@@ -467,13 +468,11 @@ class _PGCAM(_LayerMixin, Attributor):
 
     def _run(self, images: torch.Tensor, target: torch.Tensor, reshape: Any) -> torch.Tensor:
         pgc, ClassifierOutputTarget = _grad_cam(self.name)
-        flags = [(m, m.training) for m in self.model.modules()]
         cam = None
         try:
             cam_class = getattr(pgc, self.cam_class)
-            cam = cam_class(model=self.model, target_layers=self._target_layers(), reshape_transform=reshape)
-            for m, t in flags:  # BaseCAM calls model.eval(); keep the mode chosen by `eval_mode`
-                m.training = t
+            with preserved_modes(self.model):  # BaseCAM calls model.eval(); keep the mode chosen by `eval_mode`
+                cam = cam_class(model=self.model, target_layers=self._target_layers(), reshape_transform=reshape)
             self._extra(cam)
             out = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in target.tolist()])
         finally:

@@ -48,9 +48,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from salfcbm._utils.modes import module_device
+from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError, SalfCBMError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,7 +286,7 @@ def build_methods(
             continue
         kw = dict(baseline_kwargs.get(name, {}))
         if name == "integrated_gradients" and "baseline" not in kw:
-            dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+            dev = module_device(backbone)
             ref = constant_substrate(colour)(torch.zeros(1, len(colour), 8, 8, device=dev))
             ref = ref if bpre is None else bpre(ref)
             kw["baseline"] = ref.mean(dim=(2, 3), keepdim=True)  # (1, 3, 1, 1), broadcast over the images
@@ -945,8 +946,7 @@ def plot_attribution_examples(
             c += 1
         for name in names:
             h = heat[name][i].detach().float().cpu().squeeze(0)
-            if h.shape != img.shape[-2:]:
-                h = F.interpolate(h[None, None], size=img.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+            h = upsample_bilinear(h, img.shape[-2:])
             axes[i, c].imshow(overlay_heatmap(img, h, alpha=alpha, cmap=cmap))
             c += 1
     titles = ["image"] + (["target mask"] if masks is not None else []) + names

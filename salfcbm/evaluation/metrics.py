@@ -19,9 +19,8 @@ Both take heatmaps from any method (SALF-CBM concept maps, the baselines in
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salfcbm._utils.modes import preserved_modes
+from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
 
 __all__ = [
@@ -40,27 +41,6 @@ __all__ = [
 ]
 
 _EPS = float(np.spacing(1, dtype=np.float64))  # the epsilon of Chefer's pixAcc / IoU denominators
-
-
-@contextlib.contextmanager
-def model_mode(model: Any, eval_mode: bool = True) -> Iterator[None]:
-    """Run a block with ``model`` in ``eval()`` mode (if ``eval_mode``), then restore every module's flag.
-
-    Each submodule's own ``training`` flag is recorded and put back, so models
-    with a mix of train and eval submodules come back exactly as they were, even
-    if the block raises. Non-``nn.Module`` callables are left alone.
-    """
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        if eval_mode:
-            model.eval()
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
 
 
 
@@ -240,7 +220,7 @@ class SegmentationMetrics:
             raise InputError("`heatmaps` and `masks` are empty (batch size 0).")
         g = g.to(h.device)
         if h.shape[-2:] != g.shape[-2:]:
-            h = F.interpolate(h[:, None], size=tuple(g.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+            h = upsample_bilinear(h, tuple(g.shape[-2:]))
 
         r, constant = _normalise(h)
         pred = r > r.flatten(1).mean(1).view(-1, 1, 1)
@@ -523,11 +503,11 @@ class DeletionInsertion:
         if sal.shape[0] != B:
             raise InputError(f"`saliency` has {sal.shape[0]} maps for {B} images; pass one map per image.")
         if sal.shape[-2:] != (H, W):
-            sal = F.interpolate(sal[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+            sal = upsample_bilinear(sal, (H, W))
         tgt = _resolve_target(target, B, images.device)
 
         images = images.detach()
-        with model_mode(self.model, self.eval_mode), torch.no_grad():
+        with preserved_modes(self.model, False if self.eval_mode else None), torch.no_grad():
             if tgt is None:
                 tgt = _logits(self.model, images).argmax(1)
             # rank[b, p] = position of pixel p in decreasing-saliency order (stable: ties in raster order)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from salfcbm._utils.io import atomic_write_text
+from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import ClassNotFoundError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -207,14 +208,7 @@ def _check_top_k(top_k: Any, limit: int) -> int:
 
 def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear upsampling of ``(..., Hg, Wg)`` maps to ``size`` (paper 3.5), ``align_corners=False``."""
-    size = (int(size[0]), int(size[1]))
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-    if tuple(flat.shape[-2:]) == size:
-        up = flat
-    else:
-        up = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return up.reshape(*lead, *size)
+    return upsample_bilinear(maps.float(), (int(size[0]), int(size[1])))
 
 
 def _interp_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:

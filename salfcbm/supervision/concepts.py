@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from salfcbm.errors import InputError, LLMError, MissingExtraError, SalfCBMError
+from salfcbm.errors import InputError, LLMError, MissingExtraError
 
 __all__ = [
     "LF_CBM_PROMPTS",

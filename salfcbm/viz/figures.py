@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from salfcbm._utils.io import atomic_write
+from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
 from salfcbm.explain.explanations import ClassExplanation, DecisionRule, Explanation, ExplanationBatch, RegionReport
 
@@ -180,9 +180,7 @@ def heatmap_to_rgb(
 def _resize2d(h: Any, size: tuple[int, int]) -> torch.Tensor:
     t = h.detach().float().cpu() if isinstance(h, torch.Tensor) else torch.as_tensor(np.asarray(h), dtype=torch.float32)
     t = t.squeeze()
-    if tuple(t.shape) == size:
-        return t
-    return F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return upsample_bilinear(t, size)
 
 
 def overlay_heatmap(

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from salfcbm.errors import InputError, MissingExtraError
 from salfcbm.explain.explanations import upsample_maps
 from salfcbm._utils.io import atomic_write
+from salfcbm._utils.modes import module_device
 from salfcbm.viz.figures import denormalize, heatmap_to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,8 +191,7 @@ def track_concepts(
     idx = [model.concept_index(c) for c in names]
     x, need_pre = _frames_to_batch(model, frames, preprocess)
     T = x.shape[0]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = module_device(model)
     dtype = model.bottleneck.weight.dtype
     sel = torch.tensor(idx, device=device)
     heat, logits, disp = [], [], []
