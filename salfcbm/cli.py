@@ -1,47 +1,168 @@
 """The ``salfcbm`` command line: ``demo``, ``similarities``, ``train``, ``explain``, ``push``.
 
-Every subcommand has ``--help``; long steps show tqdm progress bars; training writes a
-run directory with the config, ``metrics.json`` and the saved model.
+Every subcommand has ``--help`` (with defaults) and ``--quiet``; long steps show one
+labelled progress bar per stage; training writes a run directory with ``args.json``,
+``metrics.json`` and the saved model. A user error (a missing file, a bad argument, a
+corrupt image, any `SalfCBMError`) ends with one line, ``salfcbm: error: ...``, and exit
+code 2; set ``SALFCBM_DEBUG=1`` to see the Python traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ADAPTER_FILES = ("config.json", "model.safetensors", "README.md")
 
-def _grid(s: str) -> int:
-    v = int(s)
+
+# ----------------------------------------------------------------------------- argument types
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
     if v < 1:
-        raise argparse.ArgumentTypeError("the grid must be a positive integer")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
     return v
 
 
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
+    return v
+
+
+_grid = _positive_int  # kept for callers of the old name
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def _set_threads(args) -> None:
+    n = getattr(args, "threads", 0)
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _scorer(args):
+    """The CLIP scorer; a random init (``--pretrained none``) is seeded so a rerun resumes its stores."""
+    import torch
+
     from salfcbm.supervision.scorers import CLIPScorer
 
     pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
+    if pretrained is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            return CLIPScorer(args.scorer, pretrained=None, device=args.device, precision=args.precision)
     return CLIPScorer(args.scorer, pretrained=pretrained, device=args.device, precision=args.precision)
 
 
-def _image_folder(root: str, size: int):
+def _image_folder(root: str, size: int, skip_corrupt: bool = False):
     from salfcbm.datasets.folder import ImageFolderDataset
 
-    return ImageFolderDataset(root, size=size)
+    return ImageFolderDataset(root, size=size, skip_corrupt=skip_corrupt)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_state_file(path: Path) -> dict:
+    """A state dict from ``.safetensors`` (or a torch file, loaded with ``weights_only=True``)."""
+    import torch
+
+    from salfcbm.errors import WeightsFormatError
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise WeightsFormatError(f"Could not read backbone weights from {str(path)!r}: {type(e).__name__}: {e}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def build_cli_backbone(name: str, weights: str | None):
+    """The backbone named ``name`` with ``weights``: a tag, ``"default"``, ``"none"`` or a local file.
+
+    Returns ``(module, spec_weights)``: what the saved config records as the spec's weights
+    (``None`` for a random init, the tag, or ``"file:<sha256>"`` for a local file, which
+    ``salfcbm explain --backbone-weights FILE`` checks when it rebuilds the backbone).
+    """
+    from salfcbm.core.backbones import build_backbone, parse_backbone_name
+    from salfcbm.errors import BackboneSpecError, WeightsFormatError
+
+    weights = "default" if weights in (None, "") else weights
+    local = Path(weights).expanduser()
+    is_file = local.is_file() or weights.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    if weights == "none" or is_file:
+        spec = parse_backbone_name(name, pretrained=False)
+    else:
+        spec = parse_backbone_name(name, pretrained=True)
+        if weights != "default":
+            spec["weights"] = weights
+    module = build_backbone(spec)
+    if not is_file:
+        return module, spec["weights"]
+    if not local.is_file():
+        raise FileNotFoundError(f"Backbone weights file {weights!r} does not exist; pass a tag, 'none' or a file.")
+    state = _load_state_file(local)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise WeightsFormatError(f"{str(local)!r} does not fit the backbone {name!r}: {str(e).splitlines()[0]}") from e
+    if missing:
+        raise BackboneSpecError(
+            f"{str(local)!r} lacks {len(missing)} weights of {name!r} (e.g. {missing[:3]}); pass the file saved "
+            "from this architecture."
+        )
+    return module, f"file:{_sha256(local)}"
+
+
+def _write_args(run: Path, args) -> None:
+    from salfcbm._utils.io import atomic_write_bytes
+
+    plain = {k: v for k, v in vars(args).items() if k != "func"}
+    atomic_write_bytes(run / "args.json", (json.dumps(plain, indent=2, default=str) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
     from salfcbm.demo.run import DemoConfig, run_demo
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     cfg = DemoConfig(
         n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, backbone_epochs=args.backbone_epochs,
         bottleneck_steps=args.bottleneck_steps, seed=args.seed,
@@ -83,53 +204,124 @@ def cmd_similarities(args) -> int:
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.store import compute_similarity_store
 
+    _set_threads(args)
     _init_distributed(args)
-    data = _image_folder(args.data, args.image_size)
+    data = _image_folder(args.data, args.image_size, args.skip_corrupt)
     scorer = _scorer(args)
     prompts = PromptGrid(grid=(args.grid, args.grid), radius=args.radius)
     store = compute_similarity_store(args.out, data, scorer, prompts, batch_size=args.batch_size,
-                                     num_workers=args.num_workers)
+                                     num_workers=args.num_workers, progress=not args.quiet)
     print(f"{store} complete")
     return 0
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from salfcbm.core.model import wrap
     from salfcbm.supervision.concepts import load_concepts
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
 
-    train, val = _image_folder(args.train, args.image_size), _image_folder(args.val, args.image_size)
+    _set_threads(args)
+    torch.manual_seed(args.seed)
+    folders = {"train": args.train, "val": args.val, "test": args.test}
+    data = {k: _image_folder(v, args.image_size, args.skip_corrupt) for k, v in folders.items() if v is not None}
     concepts = load_concepts(args.concepts)
-    model = wrap(args.backbone, concepts=concepts, num_classes=len(train.classes), class_names=train.classes,
-                 layer=args.layer, grid=args.grid, pooling=args.pooling, cls_concat=args.cls_concat)
+    backbone, spec_weights = build_cli_backbone(args.backbone, args.backbone_weights)
+    size = (args.image_size, args.image_size)
+    model = wrap(backbone, concepts=concepts, num_classes=len(data["train"].classes),
+                 class_names=data["train"].classes, layer=args.layer, grid=args.grid, pooling=args.pooling,
+                 cls_concat=args.cls_concat, input_size=size, backbone_weights=spec_weights)
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+    _write_args(run, args)
     head = HeadConfig(sparse=not args.dense, select="nec" if args.target_nec else "val_acc",
-                      target_nec=args.target_nec)
-    res = fit(model, train, val, scorer=_scorer(args), prompts=PromptGrid(grid=(args.grid, args.grid),
-              radius=args.radius), run_dir=run, bottleneck=BottleneckConfig(cutoff=args.cutoff), head=head,
-              batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
-    print(json.dumps({k: v for k, v in res.metrics.items() if k != "path"}, indent=2, default=str))
+                      target_nec=args.target_nec, n_lambdas=args.path_points)
+    bottleneck = BottleneckConfig(cutoff=args.cutoff, max_steps=args.steps, lr=args.lr, seed=args.seed)
+    res = fit(model, data["train"], data["val"], scorer=_scorer(args), test_data=data.get("test"),
+              prompts=PromptGrid(grid=(args.grid, args.grid), radius=args.radius), run_dir=run,
+              bottleneck=bottleneck, head=head, batch_size=args.batch_size, num_workers=args.num_workers,
+              device=args.device, progress=not args.quiet)
+    if not args.quiet:
+        print(json.dumps({k: v for k, v in res.metrics.items() if k != "path"}, indent=2, default=str))
     print(f"saved to {run / 'model'}")
     return 0
 
 
-def cmd_explain(args) -> int:
-    import torch
-    from PIL import Image
+def _model_source(path: str) -> tuple[str, Path | None]:
+    """``("demo", run_dir)``, ``("dir", model_dir)`` or ``("hub", None)`` for ``--model``; bad paths fail here."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "demo_config.json").is_file() and (p / "model").is_dir():
+            return "demo", p
+        if p.name == "model" and (p.parent / "demo_config.json").is_file() and (p.parent / "backbone.safetensors").is_file():
+            return "demo", p.parent
+        if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"{path!r} is a directory but holds no saved SALF-CBM (config.json + model.safetensors); pass the "
+                "directory written by `save_pretrained`, a `salfcbm train` run's model/ folder or a demo run folder."
+            )
+        return "dir", p
+    if p.exists():
+        raise FileNotFoundError(f"--model {path!r} is a file; pass the directory that holds config.json and model.safetensors.")
+    if not _HUB_ID.match(path) or Path(path.split("/")[0]).is_dir():
+        raise FileNotFoundError(f"No model directory {path!r} (and it is not a Hub repo id like 'user/name').")
+    return "hub", None
 
+
+def _load_model(args):
     from salfcbm.core.model import SALFCBM
+
+    kind, path = _model_source(args.model)
+    if kind == "demo":
+        if args.backbone:
+            raise FileNotFoundError("--backbone does not apply to a demo run; its backbone is in the run folder.")
+        from salfcbm.demo.run import load_demo
+
+        return load_demo(path)[0]
+    kwargs = {}
+    if args.backbone or args.backbone_weights:
+        name = args.backbone or _spec_name(path)
+        kwargs["backbone"], _ = build_cli_backbone(name, args.backbone_weights)
+    return SALFCBM.from_pretrained(str(path) if path else args.model, **kwargs).eval()
+
+
+def _spec_name(path: Path | None) -> str:
+    from salfcbm.errors import BackboneSpecError
+
+    spec = json.loads((path / "config.json").read_text()).get("backbone") if path else None
+    if not spec or spec.get("source") not in ("timm", "torchvision"):
+        raise BackboneSpecError("--backbone-weights needs --backbone NAME for this model (its backbone is not named).")
+    return f"{spec['source']}:{spec['name']}"
+
+
+def _read_images(paths: list[str], size) -> "torch.Tensor":  # noqa: F821
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from salfcbm.errors import CorruptImageError
+
+    images = []
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"Image {p!r} does not exist.")
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB").resize((size[1], size[0]))
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise CorruptImageError(f"Cannot read image {p!r} ({type(e).__name__}: {e}); is it an image file?") from e
+        images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(images)
+
+
+def cmd_explain(args) -> int:
     from salfcbm.viz.figures import write_html_report
 
-    model = SALFCBM.from_pretrained(args.model).eval()
-    size = model.config["input_size"]
-    images = []
-    for p in args.images:
-        im = Image.open(p).convert("RGB").resize((size[1], size[0]))
-        images.append(torch.from_numpy(__import__("numpy").asarray(im).copy()).permute(2, 0, 1).float() / 255)
-    x = torch.stack(images)
+    _set_threads(args)
+    model = _load_model(args)
+    x = _read_images(args.images, model.config["input_size"])
     expl = model.explain(model.preprocess(x), top_k=args.top_k)
     out = write_html_report(args.out, x, expl, model=model, names=[os.path.basename(p) for p in args.images])
     for p, e in zip(args.images, expl):
@@ -140,78 +332,175 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def cmd_push(args) -> int:
-    from salfcbm.core.model import SALFCBM
+def _check_adapter(folder: Path) -> None:
+    """The saved files are a SALF-CBM adapter (config and weights agree); no backbone is built."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    model = SALFCBM.from_pretrained(args.model)
-    url = model.push_to_hub(args.repo_id, private=args.private)
-    print(url)
+    from salfcbm.errors import ConfigMismatchError, WeightsFormatError
+    from salfcbm.core.model import _check_state_against_config
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigMismatchError(f"{str(folder / 'config.json')!r} is not valid JSON ({e}).") from e
+    if not isinstance(config, dict):
+        raise ConfigMismatchError(f"{str(folder / 'config.json')!r} holds no JSON object.")
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise WeightsFormatError(f"Could not read {str(folder / 'model.safetensors')!r} as safetensors: {e}") from e
+    _check_state_against_config(state, config, str(folder))
+
+
+def cmd_push(args) -> int:
+    """Upload the saved adapter files as they are: nothing is rebuilt or downloaded."""
+    from huggingface_hub import HfApi
+
+    kind, path = _model_source(args.model)
+    if kind == "hub":
+        raise FileNotFoundError(f"push needs a local model directory; {args.model!r} is not one.")
+    folder = path / "model" if kind == "demo" else path
+    _check_adapter(folder)
+    api = HfApi()
+    api.create_repo(args.repo_id, private=args.private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(repo_id=args.repo_id, folder_path=str(folder), allow_patterns=list(_ADAPTER_FILES),
+                             commit_message=args.message, repo_type="model")
+    print(getattr(info, "commit_url", None) or info)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="salfcbm", description="Spatially-aware, label-free concept bottleneck models.")
-    sub = p.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------- the parser
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default; keeps descriptions as written."""
 
-    d = sub.add_parser("demo", help="train and explain a SALF-CBM on the built-in procedural scenes (offline)")
+
+def _common(q: argparse.ArgumentParser, *, threads: int | None = 1) -> None:
+    q.add_argument("--quiet", action="store_true", help="no progress bars; print only the result")
+    if threads is not None:
+        q.add_argument("--threads", type=_nonneg_int, default=threads,
+                       help="torch intra-op CPU threads (0 = torch's default)")
+
+
+def _scorer_args(q: argparse.ArgumentParser) -> None:
+    g = q.add_argument_group("concept scorer (CLIP) and prompts")
+    g.add_argument("--scorer", default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
+    g.add_argument("--pretrained", default="openai",
+                   help="open_clip pretrained tag, a local checkpoint file, or 'none' for a random init (seeded by --seed)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="scorer precision")
+    g.add_argument("--grid", type=_positive_int, default=7, help="prompting grid (GRID x GRID; 7 = 49 CLIP passes per image)")
+    g.add_argument("--radius", type=_positive_int, default=32, help="prompt circle radius at the scorer's resolution")
+    g.add_argument("--image-size", type=_positive_int, default=224,
+                   help="images are resized and centre-cropped to this size; recorded in the saved config")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="leave out unreadable images (named in a warning) instead of stopping at the first one")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
+    g.add_argument("--num-workers", type=_nonneg_int, default=4, help="DataLoader worker processes")
+    g.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random CLIP init, bottleneck init and batch order")
+
+
+def _demo_parser(sub) -> None:
+    d = sub.add_parser("demo", formatter_class=_Formatter,
+                       help="train and explain a SALF-CBM on the built-in procedural scenes (offline)",
+                       description="Train and explain a SALF-CBM end to end on the built-in procedural scenes, "
+                                   "offline, and write OUT/report.html.")
     d.add_argument("--out", default="runs/demo", help="run directory (resumable)")
-    d.add_argument("--n-train", type=int, default=3000)
-    d.add_argument("--n-val", type=int, default=600)
-    d.add_argument("--n-test", type=int, default=600)
-    d.add_argument("--backbone-epochs", type=int, default=12)
-    d.add_argument("--bottleneck-steps", type=int, default=1500)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default=None)
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
-    d.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: fastest for these small models, and robust on a busy "
-                        "machine; 0 = torch's default)")
+    d.add_argument("--n-train", type=_positive_int, default=3000, help="training scenes")
+    d.add_argument("--n-val", type=_positive_int, default=600, help="validation scenes")
+    d.add_argument("--n-test", type=_positive_int, default=600, help="test scenes")
+    d.add_argument("--backbone-epochs", type=_positive_int, default=12, help="epochs of the stand-in backbone")
+    d.add_argument("--bottleneck-steps", type=_positive_int, default=1500, help="maximum bottleneck steps")
+    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the scenes and of training")
+    d.add_argument("--device", default=None, help="torch device (default: CPU)")
+    _common(d)
     d.set_defaults(func=cmd_demo)
 
-    def scorer_args(q):
-        q.add_argument("--scorer", default="ViT-B-16", help="open_clip model name (or hf-hub:/local-dir:)")
-        q.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint file; 'none'")
-        q.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-        q.add_argument("--grid", type=_grid, default=7)
-        q.add_argument("--radius", type=int, default=32, help="circle radius at the scorer's resolution")
-        q.add_argument("--image-size", type=int, default=224)
-        q.add_argument("--batch-size", type=int, default=64)
-        q.add_argument("--num-workers", type=int, default=4)
-        q.add_argument("--device", default="cuda" if _cuda() else "cpu")
 
-    s = sub.add_parser("similarities", help="compute the prompted CLIP similarity store of an image folder")
-    s.add_argument("--data", required=True, help="image folder (class sub-folders)")
-    s.add_argument("--out", required=True, help="store directory (resumable; torchrun-aware)")
-    scorer_args(s)
-    s.set_defaults(func=cmd_similarities)
+def _train_parser(sub) -> None:
+    from salfcbm.training.pipeline import BottleneckConfig, HeadConfig
 
-    t = sub.add_parser("train", help="train a SALF-CBM on image folders")
-    t.add_argument("--backbone", required=True, help="e.g. timm:resnet50 or torchvision:vit_b_16")
-    t.add_argument("--layer", default=None)
-    t.add_argument("--train", required=True)
-    t.add_argument("--val", required=True)
+    b, h = BottleneckConfig(), HeadConfig()
+    t = sub.add_parser("train", formatter_class=_Formatter, help="train a SALF-CBM on image folders",
+                       description="Train a SALF-CBM on image folders (one sub-folder per class). The run directory "
+                                   "holds args.json, the stores, metrics.json and the saved model (RUN_DIR/model); "
+                                   "a rerun with the same arguments resumes.")
+    t.add_argument("--backbone", required=True, help="backbone name: timm:NAME, torchvision:NAME or a timm NAME")
+    t.add_argument("--backbone-weights", default="default",
+                   help="'default' (the source's pretrained weights), a weights tag, a local .safetensors/.pt file, "
+                        "or 'none' for a random init")
+    t.add_argument("--layer", default=None, help="module to tap (default: the last spatial stage)")
+    t.add_argument("--train", required=True, help="training image folder (class sub-folders)")
+    t.add_argument("--val", required=True, help="validation image folder, same classes")
+    t.add_argument("--test", default=None, help="optional test image folder, evaluated at the end")
     t.add_argument("--concepts", required=True, help="text file, one concept per line")
-    t.add_argument("--run-dir", required=True)
-    t.add_argument("--pooling", default="mean", choices=["mean", "softmax", "max"])
-    t.add_argument("--cls-concat", action="store_true")
-    t.add_argument("--cutoff", type=float, default=0.45, help="interpretability cutoff")
+    t.add_argument("--run-dir", required=True, help="run directory (resumable)")
+    t.add_argument("--pooling", default="mean", choices=["mean", "softmax", "max"], help="concept-map pooling")
+    t.add_argument("--cls-concat", action="store_true", help="concatenate the CLS token to every position (ViTs)")
+    t.add_argument("--steps", type=_positive_int, default=b.max_steps, help="maximum bottleneck training steps")
+    t.add_argument("--lr", type=_positive_float, default=b.lr, help="bottleneck learning rate (Adam)")
+    t.add_argument("--cutoff", type=float, default=b.cutoff, help="interpretability cutoff")
     t.add_argument("--dense", action="store_true", help="dense head instead of the sparse path")
-    t.add_argument("--target-nec", type=float, default=None, help="choose lambda by non-zeros per class")
-    scorer_args(t)
+    t.add_argument("--path-points", type=_positive_int, default=h.n_lambdas,
+                   help="points on the sparse head's regularisation path")
+    t.add_argument("--target-nec", type=_positive_float, default=None,
+                   help="choose the head by non-zeros per class (default: by validation accuracy)")
+    _scorer_args(t)
+    _common(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("explain", help="explain images with a saved SALF-CBM and write an HTML report")
-    e.add_argument("--model", required=True, help="directory or Hub repo id")
-    e.add_argument("images", nargs="+")
-    e.add_argument("--top-k", type=int, default=5)
-    e.add_argument("--out", default="explanations.html")
+
+def _explain_parser(sub) -> None:
+    e = sub.add_parser("explain", formatter_class=_Formatter,
+                       help="explain images with a saved SALF-CBM and write an HTML report",
+                       description="Explain images with a saved SALF-CBM: a model directory, a `salfcbm train` "
+                                   "run's model/ folder, a `salfcbm demo` run folder, or a Hub repo id.")
+    e.add_argument("--model", required=True, help="model directory, demo run directory, or Hub repo id")
+    e.add_argument("images", nargs="+", help="image files")
+    e.add_argument("--backbone", default=None,
+                   help="rebuild the backbone from this name instead of the saved spec (for a custom backbone)")
+    e.add_argument("--backbone-weights", default=None,
+                   help="with --backbone: 'default', a tag, a local file or 'none' (default: the saved spec's)")
+    e.add_argument("--top-k", type=_positive_int, default=5, help="concepts shown per image")
+    e.add_argument("--out", default="explanations.html", help="HTML report to write")
+    _common(e)
     e.set_defaults(func=cmd_explain)
 
-    u = sub.add_parser("push", help="push a saved SALF-CBM to the Hugging Face Hub")
-    u.add_argument("--model", required=True)
-    u.add_argument("--repo-id", required=True)
-    u.add_argument("--private", action="store_true")
+
+def _push_parser(sub) -> None:
+    u = sub.add_parser("push", formatter_class=_Formatter,
+                       help="upload a saved SALF-CBM adapter to the Hugging Face Hub",
+                       description="Upload config.json, model.safetensors and the model card of a saved SALF-CBM "
+                                   "to the Hub, as they are: the backbone is neither rebuilt nor downloaded.")
+    u.add_argument("--model", required=True, help="model directory (or a demo run directory)")
+    u.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/salf-resnet50")
+    u.add_argument("--private", action="store_true", help="create the repo as private")
+    u.add_argument("--message", default="Upload SALF-CBM adapter", help="commit message")
+    _common(u, threads=None)
     u.set_defaults(func=cmd_push)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``salfcbm`` argument parser (also the source of ``docs/api/cli.md``)."""
+    from salfcbm import __version__
+
+    p = argparse.ArgumentParser(prog="salfcbm", formatter_class=_Formatter,
+                                description="Spatially-aware, label-free concept bottleneck models.")
+    p.add_argument("--version", action="version", version=f"salfcbm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_parser(sub)
+    s = sub.add_parser("similarities", formatter_class=_Formatter,
+                       help="compute the prompted CLIP similarity store of an image folder",
+                       description="Compute the prompted CLIP similarity store of an image folder (resumable; "
+                                   "under torchrun the ranks split the shards).")
+    s.add_argument("--data", required=True, help="image folder (class sub-folders)")
+    s.add_argument("--out", required=True, help="store directory (resumable; torchrun-aware)")
+    _scorer_args(s)
+    _common(s)
+    s.set_defaults(func=cmd_similarities)
+    _train_parser(sub)
+    _explain_parser(sub)
+    _push_parser(sub)
     return p
 
 
@@ -224,15 +513,43 @@ def _cuda() -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _user_errors() -> tuple[type[BaseException], ...]:
     from salfcbm.errors import SalfCBMError
 
+    errors: list[type[BaseException]] = [SalfCBMError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                         PermissionError]
+    try:
+        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+
+        errors += [HFValidationError, HfHubHTTPError, LocalEntryNotFoundError]
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        pass
+    return tuple(errors)
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's message on one line (a DataLoader worker's error: its original last line)."""
+    text = str(e)
+    if "Original Traceback" in text:  # re-raised by a DataLoader worker: keep the original message
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if re.match(r"^[\w.]+(Error|Exception): ", last) else last
+    return " ".join(text.split()) or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a user error, with one line on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SalfCBMError as e:
-        print(f"salfcbm: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        if os.environ.get("SALFCBM_DEBUG"):
+            raise
+        print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("salfcbm: interrupted (a rerun with the same arguments resumes)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "LLMError",
     "UnsupportedBaselineError",
     "DatasetNotFoundError",
+    "CorruptImageError",
     "closest",
 ]
 
@@ -155,3 +156,5 @@ class UnsupportedBaselineError(SalfCBMError, NotImplementedError):
 
 class LLMError(SalfCBMError, RuntimeError):
     """The language-model endpoint failed or answered something unusable."""
+class CorruptImageError(SalfCBMError, OSError):
+    """An image file that cannot be read or decoded; the message names the file."""

@@ -68,6 +68,12 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
             f"This model was saved with a custom backbone ({name or 'unnamed'}), which salfcbm cannot rebuild. "
             "Build it yourself and pass it: SALFCBM.from_pretrained(path, backbone=my_backbone)."
         )
+    if isinstance(weights, str) and weights.startswith("file:"):
+        raise BackboneSpecError(
+            f"This model was trained on {src}:{name} with backbone weights from a local file (sha256 {weights[5:17]}...), "
+            "which are not saved with the adapter. Load them and pass the module: "
+            "SALFCBM.from_pretrained(path, backbone=my_backbone), or `salfcbm explain --backbone-weights FILE`."
+        )
     try:
         if src == "timm":
             import timm

@@ -279,7 +279,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     prompts = PromptGrid(grid=(cfg.grid, cfg.grid), radius=cfg.radius)
     sims = {
         split: compute_similarity_store(out / "similarities" / split, data[split], GroundTruthScorer(data[split]),
-                                        prompts, progress=progress, shard_size=512)
+                                        prompts, progress=progress, shard_size=512,
+                                        desc=f"Prompted embeddings ({split})")
         for split in ("train", "val")
     }
     result = fit(

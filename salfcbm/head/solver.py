@@ -574,6 +574,7 @@ def fit_sparse_head(
     device: Any = None,
     progress: bool = True,
     verbose: bool = False,
+    desc: str = "Sparse head path",
 ) -> HeadFit:
     """Fit the elastic-net regularisation path of the final layer (paper 3.4, Eq. 2).
 
@@ -618,6 +619,7 @@ def fit_sparse_head(
         screen: Use the strong rule to solve on a subset of features (always KKT-checked).
         device: Where to compute (default: the device of ``x_train``).
         progress: Show a tqdm bar over the path.
+        desc: The bar's label.
         verbose: Print one line per path point.
 
     Returns:
@@ -698,7 +700,7 @@ def fit_sparse_head(
 
     path: list[PathPoint] = []
     best_val, since_best = -1.0, 0
-    bar = tqdm(total=len(lams), desc="sparse head path", disable=not progress, leave=False)
+    bar = tqdm(total=len(lams), desc=desc, disable=not progress, leave=False)
     try:
         for lam in lams:
             t0 = time.perf_counter()

@@ -685,6 +685,7 @@ def compute_similarity_store(
     num_workers: int = 0,
     progress: bool = True,
     dtype: torch.dtype = torch.float16,
+    desc: str = "Prompted embeddings",
 ) -> SimilarityStore:
     """Algorithm 1 for a whole dataset, stored as prompted image embeddings (paper 3.2).
 
@@ -709,6 +710,7 @@ def compute_similarity_store(
         num_workers: DataLoader workers.
         progress: tqdm bar.
         dtype: storage dtype (fp16 by default).
+        desc: the bar's label.
 
     Returns:
         The complete :class:`SimilarityStore`.
@@ -762,6 +764,6 @@ def compute_similarity_store(
     def fn(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return scorer.embed(images, indices, prompts)
 
-    compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress, desc="Prompted embeddings")
+    compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc)
     return SimilarityStore(store, scorer)
 

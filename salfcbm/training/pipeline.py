@@ -227,6 +227,7 @@ def feature_store(
     num_workers: int = 0,
     progress: bool = True,
     device: str | torch.device | None = None,
+    desc: str = "Backbone features",
 ) -> ShardedStore:
     """Cache the backbone features of ``dataset`` resized to the grid: ``(N, C, Hg, Wg)`` fp16.
 
@@ -264,7 +265,7 @@ def feature_store(
         return model.resize_to_grid(model.forward_features(x)).float().cpu()
 
     return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                         desc="Backbone features")
+                         desc=desc)
 
 
 class OnTheFlyFeatures:
@@ -494,7 +495,7 @@ def _standardize(train: torch.Tensor, *others: torch.Tensor):
 
 def fit_head(
     x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
-    config: HeadConfig | None = None, *, progress: bool = True,
+    config: HeadConfig | None = None, *, progress: bool = True, desc: str = "Sparse head path",
 ) -> HeadFit:
     """Fit the final layer on standardised features with the configured solver."""
     cfg = config or HeadConfig()
@@ -503,7 +504,7 @@ def fit_head(
     fit_ = fit_sparse_head(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
         lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,
-        max_iter=cfg.max_iter, progress=progress,
+        max_iter=cfg.max_iter, progress=progress, desc=desc,
     )
     if cfg.select == "val_acc" and cfg.val_tolerance > 0:
         best = max(p.val_acc for p in fit_.path if p.val_acc is not None)
@@ -605,11 +606,11 @@ def fit(
             raise InputError("fit() needs a `scorer` (e.g. CLIPScorer()) or both train/val similarity stores.")
         train_similarities = train_similarities or compute_similarity_store(
             run / "similarities" / "train", train_data, scorer, prompts, batch_size=batch_size, progress=progress,
-            num_workers=num_workers,
+            num_workers=num_workers, desc="Prompted embeddings (train)",
         )
         val_similarities = val_similarities or compute_similarity_store(
             run / "similarities" / "val", val_data, scorer, prompts, batch_size=batch_size, progress=progress,
-            num_workers=num_workers,
+            num_workers=num_workers, desc="Prompted embeddings (val)",
         )
     timings["similarities"] = time.perf_counter() - t
 
@@ -619,7 +620,8 @@ def fit(
 
     def features(data, split):
         if cache_features:
-            return feature_store(model, data, run / "features" / split, progress=progress, **kw)
+            return feature_store(model, data, run / "features" / split, progress=progress,
+                                 desc=f"Backbone features ({split})", **kw)
         return OnTheFlyFeatures(model, data, **kw)
 
     f_train, f_val = features(train_data, "train"), features(val_data, "val")
@@ -656,7 +658,8 @@ def fit(
     y_train, y_val = _labels_of(train_data), _labels_of(val_data)
     a_train, a_val = concept_activations(model, f_train), concept_activations(model, f_val)
     mean, std, (z_train, z_val) = _standardize(a_train, a_val)
-    head_fit = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress)
+    head_fit = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
+                        desc="Sparse head path (SALF-CBM)")
     with torch.no_grad():
         model.concept_mean.copy_(mean)
         model.concept_std.copy_(std)
@@ -693,7 +696,8 @@ def fit(
         t = time.perf_counter()
         g_train, g_val = pooled_features(f_train), pooled_features(f_val)
         g_mean, g_std, (s_train, s_val) = _standardize(g_train, g_val)
-        base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg, progress=progress)
+        base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg, progress=progress,
+                            desc="Sparse head path (standard baseline)")
         name = "standard_sparse" if hcfg.sparse else "standard_dense"
         metrics[name] = {
             "train_accuracy": _accuracy(base_fit.logits(s_train), y_train),
