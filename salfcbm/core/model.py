@@ -374,29 +374,127 @@ class SALFCBM(
         return SALFCBMOutput(logits=logits, concept_maps=maps, concept_activations=act)
 
     # ------------------------------------------------------------------ explanations (salfcbm.explain.explanations)
-    def explain(self, images: torch.Tensor, target=None, top_k: int = 5, **kwargs):
-        """Top-k concept contributions and their heatmaps; see :func:`salfcbm.explain.explanations.explain`."""
+    def explain(
+        self,
+        images: torch.Tensor,
+        target: Any = None,
+        top_k: int = 5,
+        *,
+        heatmaps: bool = True,
+        heatmap_size: Sequence[int] | None = None,
+        skip_zero: bool = True,
+        output: SALFCBMOutput | None = None,
+    ):
+        """Top-k concept contributions and their heatmaps, per image and class (paper 3.5).
+
+        Args:
+            images: `(B, 3, H, W)` (or one `(3, H, W)`) backbone-ready images (`model.preprocess(x)`).
+            target: the classes to explain: `None` (the prediction), an int or a class name for every
+                image, a `(B,)` tensor or a list with one entry per image, or a list of lists.
+            top_k: concepts per class.
+            heatmaps: compute the top-k heatmaps (`False` skips the upsampling).
+            heatmap_size: `(H, W)` of the heatmaps; default the input size.
+            skip_zero: drop concepts whose contribution is exactly 0.
+            output: a `SALFCBMOutput` of `model(images)` to reuse instead of running the model.
+
+        Returns:
+            An `ExplanationBatch` (see `salfcbm.explain.explanations.explain`); `result[i].top` explains image `i`.
+        """
         from salfcbm.explain.explanations import explain
 
-        return explain(self, images, target=target, top_k=top_k, **kwargs)
+        return explain(self, images, target=target, top_k=top_k, heatmaps=heatmaps, heatmap_size=heatmap_size,
+                       skip_zero=skip_zero, output=output)
 
-    def explain_region(self, image: torch.Tensor, **kwargs):
-        """Concepts inside a mask, box or points; see :func:`salfcbm.explain.explanations.explain_region`."""
+    def explain_region(
+        self,
+        image: torch.Tensor,
+        *,
+        mask: Any = None,
+        box: Any = None,
+        points: Any = None,
+        radius: float | None = None,
+        top_k: int = 5,
+        standardize: bool = False,
+        output: SALFCBMOutput | None = None,
+    ):
+        """Which concepts the model sees inside one or several regions (Explain Anything, paper 3.6).
+
+        Args:
+            image: one backbone-ready image `(3, H, W)` or `(1, 3, H, W)`.
+            mask: `(H, W)` or `(R, H, W)` region(s) (bool or non-negative weights), e.g. SAM masks.
+            box: `(x0, y0, x1, y1)` in pixels (x1/y1 exclusive) or a list of boxes.
+            points: `[(x, y), ...]` (one region: the union of disks) or a list of such lists.
+            radius: disk radius for `points` in pixels (default: half a grid cell).
+            top_k: concepts per region.
+            standardize: aggregate standardised maps instead of the raw maps.
+            output: a `SALFCBMOutput` of `model(image)` to reuse.
+
+        Returns:
+            A `RegionReport` (see `salfcbm.explain.explanations.explain_region`); `report[r]` is region `r`.
+        """
         from salfcbm.explain.explanations import explain_region
 
-        return explain_region(self, image, **kwargs)
+        return explain_region(self, image, mask=mask, box=box, points=points, radius=radius, top_k=top_k,
+                              standardize=standardize, output=output)
 
-    def intervene(self, image: torch.Tensor, concept, **kwargs):
-        """Edit concept maps locally and re-run the head; see :func:`salfcbm.explain.explanations.intervene`."""
+    def intervene(
+        self,
+        image: torch.Tensor,
+        concept: int | str | Sequence[int | str],
+        *,
+        region: Any = None,
+        mask: Any = None,
+        box: Any = None,
+        points: Any = None,
+        radius: float | None = None,
+        beta: float | Sequence[float] = 1.0,
+        target: int | str | None = None,
+        output: SALFCBMOutput | None = None,
+    ):
+        """Edit concept maps locally and re-run the head (local user intervention, paper 3.6).
+
+        Args:
+            image: one backbone-ready image.
+            concept: a concept name or index, or a list of them.
+            region: a mask (input or grid resolution) or a box; `None` with no `mask`/`box`/`points`
+                edits the whole map.
+            mask: the region as a mask.
+            box: the region as a box `(x0, y0, x1, y1)`.
+            points: the region as points (disks of `radius` pixels).
+            radius: radius of the point disks.
+            beta: correction factor (positive or negative), or one per concept.
+            target: class whose contributions are reported (default: the prediction before the edit).
+            output: a `SALFCBMOutput` of `model(image)` to reuse.
+
+        Returns:
+            An `InterventionResult` (see `salfcbm.explain.explanations.intervene`) with logits, probabilities,
+            predictions and contributions before and after.
+        """
         from salfcbm.explain.explanations import intervene
 
-        return intervene(self, image, concept, **kwargs)
+        return intervene(self, image, concept, region=region, mask=mask, box=box, points=points, radius=radius,
+                         beta=beta, target=target, output=output)
 
-    def decision_rules(self, target, **kwargs):
-        """Non-zero weights of a class; see :func:`salfcbm.explain.explanations.decision_rules`."""
+    def decision_rules(
+        self,
+        target: int | str | Sequence[int | str],
+        *,
+        threshold: float = 0.0,
+        top_k: int | None = None,
+    ):
+        """The concepts connected to a class by a non-zero weight, sorted by `|weight|` (paper 3.5).
+
+        Args:
+            target: a class index or name, or a list of them (then a list is returned).
+            threshold: keep weights with `|w| > threshold` (default: every non-zero weight).
+            top_k: keep at most this many concepts per class.
+
+        Returns:
+            A `DecisionRule` (see `salfcbm.explain.explanations.decision_rules`), or a list of them for a list of targets.
+        """
         from salfcbm.explain.explanations import decision_rules
 
-        return decision_rules(self, target, **kwargs)
+        return decision_rules(self, target, threshold=threshold, top_k=top_k)
 
     # ------------------------------------------------------------------ persistence
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

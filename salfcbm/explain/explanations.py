@@ -1076,3 +1076,38 @@ def decision_rules(
         concepts=[model.concepts[i] for i in nz.tolist()],
         weights=w[nz],
     )
+
+
+# ---------------------------------------------------------------------- short reprs
+def _short(value: Any, depth: int = 0) -> str:
+    """A value in a few characters: tensors by shape (or a few values), long lists cut."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() <= 4:
+            return repr([round(v, 4) for v in value.detach().float().flatten().tolist()])
+        return f"tensor{tuple(value.shape)}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if hasattr(value, "__dataclass_fields__"):
+        return _short_repr(value) if depth == 0 else f"{type(value).__name__}(...)"
+    if isinstance(value, (list, tuple)):
+        if value and hasattr(value[0], "__dataclass_fields__"):
+            return f"[{len(value)} x {type(value[0]).__name__}]"
+        items = [_short(v, depth + 1) for v in value[:4]]
+        more = f", ... +{len(value) - 4}" if len(value) > 4 else ""
+        return "[" + ", ".join(items) + more + "]"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _short_repr(self: Any) -> str:
+    """``Name(field=value, ...)`` with tensors as shapes and long lists cut: a few hundred characters."""
+    from dataclasses import fields as _fields
+
+    parts = [f"{f.name}={_short(getattr(self, f.name), 1)}" for f in _fields(self) if f.repr]
+    return f"{type(self).__name__}(" + ", ".join(parts) + ")"
+
+
+for _cls in (ClassExplanation, Explanation, ExplanationBatch, RegionExplanation, RegionReport, InterventionResult,
+             DecisionRule):
+    _cls.__repr__ = _short_repr  # the dataclass repr prints every tensor (19,000 characters for one batch)
+del _cls
