@@ -284,6 +284,7 @@ def _load_model(args):
     if args.backbone or args.backbone_weights:
         name = args.backbone or _spec_name(path)
         kwargs["backbone"], _ = build_cli_backbone(name, args.backbone_weights)
+    kwargs["verify_backbone"] = not getattr(args, "no_verify_backbone", False)
     return SALFCBM.from_pretrained(str(path) if path else args.model, **kwargs).eval()
 
 
@@ -333,24 +334,12 @@ def cmd_explain(args) -> int:
 
 
 def _check_adapter(folder: Path) -> None:
-    """The saved files are a SALF-CBM adapter (config and weights agree); no backbone is built."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The saved files are a SALF-CBM adapter (schema, checksums, config and weights agree); no backbone is built."""
+    from salfcbm.core import persistence
 
-    from salfcbm.errors import ConfigMismatchError, WeightsFormatError
-    from salfcbm.core.model import _check_state_against_config
-
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigMismatchError(f"{str(folder / 'config.json')!r} is not valid JSON ({e}).") from e
-    if not isinstance(config, dict):
-        raise ConfigMismatchError(f"{str(folder / 'config.json')!r} holds no JSON object.")
-    try:
-        state = load_file(str(folder / "model.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise WeightsFormatError(f"Could not read {str(folder / 'model.safetensors')!r} as safetensors: {e}") from e
-    _check_state_against_config(state, config, str(folder))
+    config = persistence.read_config(str(folder / "config.json"))
+    state = persistence.read_weights(str(folder / "model.safetensors"), config, verify=True)
+    persistence.check_concept_count(state, config, str(folder))
 
 
 def cmd_push(args) -> int:
@@ -463,6 +452,8 @@ def _explain_parser(sub) -> None:
                    help="with --backbone: 'default', a tag, a local file or 'none' (default: the saved spec's)")
     e.add_argument("--top-k", type=_positive_int, default=5, help="concepts shown per image")
     e.add_argument("--out", default="explanations.html", help="HTML report to write")
+    e.add_argument("--no-verify-backbone", action="store_true",
+                   help="load even if the backbone's weights differ from the fingerprint saved with the model")
     _common(e)
     e.set_defaults(func=cmd_explain)
 

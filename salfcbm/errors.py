@@ -28,6 +28,10 @@ __all__ = [
     "UnsupportedBaselineError",
     "DatasetNotFoundError",
     "CorruptImageError",
+    "ConfigError",
+    "ChecksumError",
+    "BackboneMismatchError",
+    "ModelNotFoundError",
     "closest",
 ]
 
@@ -156,5 +160,23 @@ class UnsupportedBaselineError(SalfCBMError, NotImplementedError):
 
 class LLMError(SalfCBMError, RuntimeError):
     """The language-model endpoint failed or answered something unusable."""
+
+
 class CorruptImageError(SalfCBMError, OSError):
     """An image file that cannot be read or decoded; the message names the file."""
+
+
+class ConfigError(SalfCBMError, ValueError):
+    """A model configuration (``config.json`` or constructor arguments) that breaks its schema."""
+
+
+class ChecksumError(SalfCBMError, OSError):
+    """A file's content does not match the checksum recorded when it was written (corrupt or mixed)."""
+
+
+class BackboneMismatchError(ConfigMismatchError):
+    """The backbone's weights are not the ones the model was saved with (fingerprint mismatch)."""
+
+
+class ModelNotFoundError(SalfCBMError, FileNotFoundError):
+    """``from_pretrained`` got a path that does not exist (or an invalid Hub repo id)."""

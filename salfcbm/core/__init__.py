@@ -5,6 +5,7 @@ and ``salfcbm._utils``.
 """
 
 from salfcbm.core.backbones import build_backbone, infer_spec, parse_backbone_name
+from salfcbm.core.config import ModelConfig
 from salfcbm.core.model import SALFCBM, SALFCBMOutput, wrap
 from salfcbm.core.tap import FeatureTap, default_layer, token_grid
 
@@ -12,6 +13,7 @@ __all__ = [
     "SALFCBM",
     "SALFCBMOutput",
     "FeatureTap",
+    "ModelConfig",
     "build_backbone",
     "default_layer",
     "infer_spec",

@@ -15,15 +15,57 @@ from torch import nn
 
 from salfcbm.errors import BackboneSpecError
 
-__all__ = ["build_backbone", "infer_spec", "normalize_spec", "parse_backbone_name", "input_stats"]
+__all__ = [
+    "build_backbone",
+    "infer_spec",
+    "normalize_spec",
+    "parse_backbone_name",
+    "input_stats",
+    "backbone_fingerprint",
+    "resolve_weights",
+    "SAFE_KWARGS",
+]
 
 _SOURCES = ("timm", "torchvision", "custom")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Validate a spec dict and fill defaults."""
+# Constructor keywords a spec read from a file may carry: architecture sizes and switches, never a
+# path or anything that makes timm/torchvision read a file (checkpoint_path, pretrained_cfg, ...).
+SAFE_KWARGS = frozenset({
+    "num_classes", "img_size", "image_size", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "dropout",
+    "attention_dropout", "patch_size", "window_size", "depths", "embed_dim", "num_heads", "mlp_ratio", "class_token",
+    "reg_tokens", "no_embed_class", "dynamic_img_size", "dynamic_img_pad", "output_stride", "aux_logits",
+    "init_logits", "transform_input", "qkv_bias", "qk_norm", "stem_width", "width_factor", "depth",
+})
+
+
+def _check_untrusted_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse kwargs from a file that are not in :data:`SAFE_KWARGS` or are not plain numbers/flags."""
+    bad = sorted(set(kwargs) - SAFE_KWARGS)
+    if bad:
+        raise BackboneSpecError(
+            f"The saved backbone spec asks for constructor arguments {bad}, which salfcbm does not take from a "
+            f"file (they could make timm/torchvision read arbitrary files). Allowed: {sorted(SAFE_KWARGS)}. "
+            "Build the backbone yourself and pass it: SALFCBM.from_pretrained(path, backbone=my_backbone)."
+        )
+    for k, v in kwargs.items():
+        items = v if isinstance(v, (list, tuple)) else [v]
+        if not all(x is None or isinstance(x, (bool, int, float)) or (isinstance(x, str) and len(x) < 32
+                   and "/" not in x and "\\" not in x and "." not in x) for x in items):
+            raise BackboneSpecError(
+                f"The saved backbone spec gives {k}={v!r}; only numbers, flags and short names are accepted from "
+                "a file. Build the backbone yourself and pass `backbone=`."
+            )
+
+
+def normalize_spec(spec: dict[str, Any], *, trusted: bool = True) -> dict[str, Any]:
+    """Validate a spec dict and fill defaults.
+
+    ``trusted=False`` (a spec read from ``config.json``) also limits ``kwargs`` to
+    :data:`SAFE_KWARGS` with plain values, so a file can never point timm at a checkpoint.
+    """
     if not isinstance(spec, dict):
         raise BackboneSpecError(f"A backbone spec must be a dict, got {type(spec).__name__}.")
     unknown = set(spec) - {"source", "name", "weights", "kwargs"}
@@ -34,6 +76,13 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
     source = spec.get("source")
     if source not in _SOURCES:
         raise BackboneSpecError(f"Backbone spec source must be one of {_SOURCES}, got {source!r}.")
+    for key in ("name", "weights"):
+        if spec.get(key) is not None and not isinstance(spec.get(key), str):
+            raise BackboneSpecError(f"Backbone spec {key!r} must be a string or null, got {spec.get(key)!r}.")
+    if not isinstance(spec.get("kwargs") or {}, dict):
+        raise BackboneSpecError(f"Backbone spec 'kwargs' must be a dict, got {spec.get('kwargs')!r}.")
+    if not trusted:
+        _check_untrusted_kwargs(dict(spec.get("kwargs") or {}))
     return {
         "source": source,
         "name": spec.get("name"),
@@ -49,14 +98,54 @@ def parse_backbone_name(name: str, *, pretrained: bool = True) -> dict[str, Any]
         source, rest = "timm", name
     if source == "timm":
         arch, _, tag = rest.partition(".")
-        return normalize_spec(
+        return resolve_weights(normalize_spec(
             {"source": "timm", "name": arch, "weights": (tag or "default") if pretrained else None}
-        )
+        ))
     if source == "torchvision":
-        return normalize_spec({"source": "torchvision", "name": rest, "weights": "DEFAULT" if pretrained else None})
+        weights = "DEFAULT" if pretrained else None
+        return resolve_weights(normalize_spec({"source": "torchvision", "name": rest, "weights": weights}))
     raise BackboneSpecError(
         f"Backbone name {name!r} has an unknown source {source!r}; use 'timm:NAME' or 'torchvision:NAME'."
     )
+
+
+def resolve_weights(spec: dict[str, Any]) -> dict[str, Any]:
+    """Replace the aliases ``"default"`` (timm) and ``"DEFAULT"`` (torchvision) by the exact tag/enum.
+
+    ``"resnet50"`` becomes timm's ``"a1_in1k"`` and ``"torchvision:resnet50"`` becomes
+    ``"IMAGENET1K_V2"``, so a saved spec names the weights that were actually loaded
+    even after a library changes its default. Unknown names are left as they are.
+    """
+    spec = dict(spec)
+    try:
+        if spec["source"] == "timm" and spec["weights"] == "default":
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(spec["name"])
+            if cfg is not None and cfg.tag:
+                spec["weights"] = cfg.tag
+        elif spec["source"] == "torchvision" and spec["weights"] == "DEFAULT":
+            import torchvision
+
+            spec["weights"] = torchvision.models.get_model_weights(spec["name"]).DEFAULT.name
+    except Exception:  # noqa: BLE001 - an unknown name fails later, in build_backbone, with advice
+        pass
+    return spec
+
+
+def backbone_fingerprint(backbone: nn.Module) -> str:
+    """SHA-256 (24 hex digits) of the backbone's state dict: names, shapes and float32 values.
+
+    Two backbones with the same fingerprint compute the same function; any other weights
+    (another release, a fine-tune, a random init) give another fingerprint.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(backbone.state_dict().items()):
+        h.update(f"{k}:{tuple(v.shape)}\n".encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
 def build_backbone(spec: dict[str, Any]) -> nn.Module:
@@ -141,7 +230,7 @@ def infer_spec(backbone: nn.Module, weights: str | None | bool = "auto") -> dict
         for name, ref in _torchvision_candidates(type(backbone)):
             if ref == shapes:
                 w = "DEFAULT" if weights == "auto" else (None if weights in (None, False) else str(weights))
-                return normalize_spec({"source": "torchvision", "name": name, "weights": w})
+                return resolve_weights(normalize_spec({"source": "torchvision", "name": name, "weights": w}))
     return normalize_spec({"source": "custom", "name": type(backbone).__name__, "weights": None})
 
 

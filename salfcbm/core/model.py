@@ -5,9 +5,7 @@ Paper section 3.3-3.4 (Benou & Riklin-Raviv, "Show and Tell", CVPR 2025).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -19,26 +17,19 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
 
-from salfcbm._utils.io import atomic_write
 from salfcbm._utils.modes import module_device_dtype, preserved_modes
+from salfcbm.core import persistence
 from salfcbm.core.backbones import build_backbone, infer_spec, input_stats, normalize_spec, parse_backbone_name
-from salfcbm.errors import (
-    ConceptNotFoundError,
-    ConfigMismatchError,
-    InputError,
-    SalfCBMError,
-    WeightsFormatError,
-)
+from salfcbm.core.config import POOLINGS, ModelConfig
 from salfcbm.core.tap import FeatureTap, default_input_size
+from salfcbm.errors import ConceptNotFoundError, ConfigError, InputError, SalfCBMError
 
 __all__ = ["SALFCBM", "SALFCBMOutput", "wrap"]
 
 logger = logging.getLogger("salfcbm")
 
-POOLINGS = ("mean", "softmax", "max")
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-_PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+WEIGHTS_NAME = persistence.WEIGHTS_NAME
+CONFIG_NAME = persistence.CONFIG_NAME
 
 
 @dataclass
@@ -62,10 +53,14 @@ class SALFCBMOutput:
         return iter(self.to_tuple())
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
 def _as_grid(grid) -> tuple[int, int]:
-    if isinstance(grid, int):
+    if _is_count(grid):
         grid = (grid, grid)
-    if not isinstance(grid, (tuple, list)) or len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2 or not all(_is_count(g) for g in grid):
         raise InputError(f"`grid` must be an int or a pair of positive ints (H~, W~), got {grid!r}.")
     return int(grid[0]), int(grid[1])
 
@@ -78,6 +73,7 @@ class SALFCBM(
     repo_url="https://github.com/salfcbm/salfcbm",
     paper_url="https://arxiv.org/abs/2502.20134",
     docs_url="https://salfcbm.readthedocs.io",
+    model_card_template=persistence.MODEL_CARD_TEMPLATE,
 ):
     """A spatially-aware, label-free concept bottleneck model (SALF-CBM).
 
@@ -144,13 +140,8 @@ class SALFCBM(
         head_stats: dict | None = None,
     ):
         super().__init__()
-        if isinstance(concepts, str) or not isinstance(concepts, Sequence) or not concepts:
-            raise InputError(f"`concepts` must be a non-empty list of strings, got {concepts!r}.")
-        concepts = [str(c) for c in concepts]
-        dupes = sorted({c for c in concepts if concepts.count(c) > 1})
-        if dupes:
-            raise InputError(f"Concept names must be unique; repeated: {dupes}. Deduplicate the list.")
-        if not isinstance(num_classes, int) or num_classes < 1:
+        _check_concepts(concepts)
+        if not _is_count(num_classes):
             raise InputError(f"`num_classes` must be a positive int, got {num_classes!r}.")
         if pooling not in POOLINGS:
             raise InputError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
@@ -181,29 +172,21 @@ class SALFCBM(
         )
         channels = feature_channels if feature_channels is not None else self.tap.channels
         if channels is None:
-            with torch.no_grad(), self._frozen_backbone():
+            with torch.no_grad(), self._frozen_backbone(bool(freeze_backbone)):
                 channels = self.tap(self._probe_input(input_size)).shape[1]
         mean, std = input_stats(backbone)
-        self.config = {
-            "backbone": spec,
-            "concepts": concepts,
-            "num_classes": num_classes,
-            "layer": self.tap.layer,
-            "grid": list(grid),
-            "pooling": pooling,
-            "cls_concat": bool(cls_concat),
-            "class_names": list(class_names) if class_names is not None else None,
-            "feature_channels": int(channels),
-            "layout": self.tap.layout,
-            "num_prefix_tokens": self.tap.num_prefix_tokens,
-            "input_size": list(input_size),
-            "input_mean": list(input_mean) if input_mean is not None else mean,
-            "input_std": list(input_std) if input_std is not None else std,
-            "freeze_backbone": bool(freeze_backbone),
-            "softmax_temperature": float(softmax_temperature),
-            "head_stats": head_stats,
-        }
-        self._hub_mixin_config = self.config
+        try:
+            self.config = ModelConfig(
+                backbone=spec, concepts=list(concepts), num_classes=num_classes, layer=self.tap.layer, grid=list(grid),
+                pooling=pooling, cls_concat=cls_concat, feature_channels=int(channels),
+                class_names=list(class_names) if class_names is not None else None,
+                layout=self.tap.layout, num_prefix_tokens=self.tap.num_prefix_tokens, input_size=list(input_size),
+                input_mean=[float(v) for v in input_mean] if input_mean is not None else mean,
+                input_std=[float(v) for v in input_std] if input_std is not None else std,
+                freeze_backbone=freeze_backbone, softmax_temperature=softmax_temperature, head_stats=head_stats,
+            )
+        except ConfigError as e:
+            raise InputError(str(e).replace("Fix config.json (or the argument)", "Fix the argument")) from None
         self.bottleneck = nn.Conv2d(channels, len(concepts), kernel_size=1)
         self.head = nn.Linear(len(concepts), num_classes)
         self.register_buffer("concept_mean", torch.zeros(len(concepts)))
@@ -213,10 +196,10 @@ class SALFCBM(
     @property
     def backbone_spec(self) -> dict[str, Any]:
         """The recipe that rebuilds the backbone (inferred from the module on first use)."""
-        if self.config["backbone"] is None:
-            weights = getattr(self, "_spec_weights", "auto")
-            self.config["backbone"] = infer_spec(self._require_backbone(), weights=weights)
-        return self.config["backbone"]
+        if self.config.backbone is None:
+            spec = infer_spec(self._require_backbone(), weights="auto")
+            self.config = self.config.replace(backbone=spec)
+        return self.config.backbone
 
     @property
     def concepts(self) -> list[str]:
@@ -243,10 +226,15 @@ class SALFCBM(
     def layer(self) -> str:
         return self.config["layer"]
 
+    def set_head_stats(self, stats: dict[str, Any] | None) -> None:
+        """Record the metrics the model card shows (a new config; nothing else changes)."""
+        self.config = self.config.replace(head_stats=dict(stats) if stats is not None else None)
+
     def concept_index(self, concept: int | str) -> int:
         """Index of a concept given by name or index; unknown names list the closest ones."""
-        if isinstance(concept, bool):
-            raise InputError(f"A concept is a name or an index, got {concept!r}.")
+        if isinstance(concept, bool) or not isinstance(concept, (int, str)):
+            raise InputError(f"A concept is a name (str) or an index (int), got {concept!r}. "
+                             "Pass one of `model.concepts` or its position.")
         if isinstance(concept, int):
             if not -self.num_concepts <= concept < self.num_concepts:
                 raise InputError(f"Concept index {concept} is out of range for {self.num_concepts} concepts.")
@@ -262,9 +250,9 @@ class SALFCBM(
         return torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
 
     @contextmanager
-    def _frozen_backbone(self):
+    def _frozen_backbone(self, freeze: bool | None = None):
         """Eval-mode backbone for the duration of a call; the user's train/eval flags are restored."""
-        if not self.config["freeze_backbone"]:
+        if not (self.config["freeze_backbone"] if freeze is None else freeze):
             yield
             return
         with preserved_modes(self.backbone, mode=False):
@@ -289,9 +277,14 @@ class SALFCBM(
     def select_concepts(self, keep: Sequence[int | str]) -> SALFCBM:
         """Keep only the given concepts (in the given order), with their bottleneck rows,
         head columns and statistics. Returns ``self``."""
+        if isinstance(keep, (str, int)):
+            raise InputError(f"select_concepts takes a list of concepts to keep, got {keep!r}; wrap it in a list.")
         idx = [self.concept_index(k) for k in keep]
         if not idx:
             raise InputError("select_concepts needs at least one concept to keep.")
+        repeated = sorted({self.concepts[i] for i in idx if idx.count(i) > 1})
+        if repeated:
+            raise InputError(f"select_concepts got the same concept more than once: {repeated}. List each once.")
         t = torch.tensor(idx, device=self.bottleneck.weight.device)
         conv = nn.Conv2d(self.bottleneck.in_channels, len(idx), kernel_size=1).to(
             self.bottleneck.weight.device, self.bottleneck.weight.dtype
@@ -305,7 +298,7 @@ class SALFCBM(
         self.bottleneck, self.head = conv, head
         self.concept_mean = self.concept_mean[t].clone()
         self.concept_std = self.concept_std[t].clone()
-        self.config["concepts"] = [self.concepts[i] for i in idx]
+        self.config = self.config.replace(concepts=[self.concepts[i] for i in idx])
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -507,159 +500,103 @@ class SALFCBM(
         nnz = int((w != 0).sum())
         return {"nnz": nnz, "nec": nnz / w.shape[0], "density": nnz / w.numel()}
 
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict | None = None, **push_to_hub_kwargs):
+        """Save ``model.safetensors``, ``config.json`` and ``README.md`` to ``save_directory``, all or nothing.
+
+        The new files are written aside and swapped in with one atomic rename, so a kill or a
+        full disk at any point leaves the previous model loadable; leftovers of an interrupted
+        save are removed by the next one. ``config.json`` records a SHA-256 of the weights and
+        the backbone's weights fingerprint (see :mod:`salfcbm.core.persistence`).
+        """
+        persistence.save_model(self, save_directory)
+        if push_to_hub:
+            return self.push_to_hub(repo_id=repo_id or Path(save_directory).name,
+                                    model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
+        return None
+
     def _save_pretrained(self, save_directory: Path) -> None:
-        from safetensors.torch import save_file
+        persistence.save_model(self, save_directory)
 
-        save_directory = Path(save_directory)
-        self.backbone_spec  # noqa: B018 - resolve the spec before writing config.json
-        state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-        text = json.dumps(self.config, indent=2, sort_keys=True)
-        atomic_write(save_directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
-        card = self.generate_model_card()
-        atomic_write(save_directory / "README.md", lambda p: card.save(p))
-
-    def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        """A model card listing backbone, layer, concepts, grid and head sparsity."""
-        spec = self.backbone_spec
-        sp = self.head_sparsity()
-        stats = self.config.get("head_stats") or {}
-        data = ModelCardData(library_name="salfcbm", tags=list(self._hub_mixin_info.model_card_data.tags or []))
-        shown = self.concepts[:50]
-        more = f"\n- ... and {self.num_concepts - 50} more (see config.json)" if self.num_concepts > 50 else ""
-        metrics = "".join(f"| {k} | {v} |\n" for k, v in stats.items())
-        content = f"""---
-{data.to_yaml()}
----
-
-# SALF-CBM on {spec['source']}:{spec['name']}
-
-A spatially-aware, label-free concept bottleneck model ([paper]({self._hub_mixin_info.paper_url})),
-built with [salfcbm]({self._hub_mixin_info.repo_url}). It explains each prediction by the concepts
-that drove it and shows where each concept is in the image.
-
-| | |
-|---|---|
-| Backbone | `{spec['source']}:{spec['name']}` (weights: `{spec['weights']}`) |
-| Tapped layer | `{self.layer}` ({self.config['layout']}, {self.config['feature_channels']} channels) |
-| Concepts | {self.num_concepts} |
-| Prompting grid | {self.grid[0]} x {self.grid[1]} |
-| Pooling | {self.config['pooling']} |
-| Classes | {self.num_classes} |
-| Head non-zeros | {sp['nnz']} ({sp['nec']:.2f} per class, density {sp['density']:.3f}) |
-{metrics}
-The weights file holds the adapter only (concept bottleneck, head, statistics); the backbone is
-rebuilt from its spec.
-
-```python
-import salfcbm
-model = salfcbm.SALFCBM.from_pretrained("<this repo or folder>")
-explanation = model.explain(images, top_k=5)
-```
-
-## Concepts
-
-""" + "\n".join(f"- {c}" for c in shown) + more + "\n"
-        return ModelCard(content)
+    def generate_model_card(self, *args, config: ModelConfig | None = None, **kwargs) -> ModelCard:
+        """The model card (the class's Jinja template): backbone, layer, concepts, grid, head sparsity."""
+        cfg = config or self.config.replace(backbone=self.backbone_spec)
+        spec, info = cfg.backbone, self._hub_mixin_info
+        data = ModelCardData(library_name="salfcbm", tags=list(info.model_card_data.tags or []))
+        return ModelCard.from_template(
+            card_data=data, template_str=info.model_card_template, repo_url=info.repo_url, paper_url=info.paper_url,
+            backbone_name=f"{spec['source']}:{spec['name']}", backbone_weights=spec["weights"],
+            fingerprint=cfg.backbone_fingerprint, layer=cfg.layer, layout=cfg.layout, channels=cfg.feature_channels,
+            concepts=cfg.concepts, grid=cfg.grid, pooling=cfg.pooling, num_classes=cfg.num_classes,
+            head_stats=cfg.head_stats or {}, **self.head_sparsity(), **kwargs,
+        )
 
     @classmethod
-    def _from_pretrained(
+    def from_pretrained(
         cls,
+        pretrained_model_name_or_path: str | Path,
         *,
-        model_id: str,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        force_download: bool = False,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
+        backbone: nn.Module | None = None,
+        verify: bool = True,
+        verify_backbone: bool = True,
         map_location: str = "cpu",
-        strict: bool = True,
-        config: dict | None = None,
-        **model_kwargs,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **config_overrides: Any,
     ) -> SALFCBM:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        """Load a model saved with :meth:`save_pretrained` from a folder or a Hub repo.
 
-        weights_file = _resolve_weights(
-            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-            local_files_only=local_files_only, token=token,
-        )
-        if not config:
-            raise ConfigMismatchError(
-                f"No config.json was found for {model_id!r}; salfcbm needs it to rebuild the model. "
-                "Save with `model.save_pretrained(dir)`, which writes both files."
-            )
-        kwargs = {**config, **model_kwargs}
-        if "backbone" in model_kwargs and isinstance(model_kwargs["backbone"], nn.Module):
-            kwargs.setdefault("backbone_spec", config.get("backbone"))
-        try:
-            state = load_file(weights_file, device=str(map_location))
-        except (SafetensorError, OSError) as e:
-            raise WeightsFormatError(f"Could not read {weights_file} as safetensors: {e}") from e
-        _check_state_against_config(state, config, model_id)
-        model = cls(**kwargs)
-        if model.config["feature_channels"] != state["bottleneck.weight"].shape[1]:
-            raise ConfigMismatchError(
-                f"The backbone gives {model.config['feature_channels']} channels at layer {model.layer!r}, but the "
-                f"saved bottleneck expects {state['bottleneck.weight'].shape[1]}. Pass the backbone (and layer) "
-                "the model was trained with."
-            )
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("backbone.")]
-        if strict and (missing or unexpected):
-            raise ConfigMismatchError(
-                f"Weights in {model_id!r} do not match the model: missing {missing}, unexpected {unexpected}."
-            )
-        return model
+        Everything is checked before it is used: ``config.json`` against the
+        :class:`~salfcbm.core.config.ModelConfig` schema (backbone constructor arguments
+        limited to :data:`salfcbm.core.backbones.SAFE_KWARGS`), both files against the checksums
+        recorded at save time (``verify``), the tensors (exactly the adapter's, finite floats,
+        positive ``concept_std``), the backbone's channels at the layer (probed) and its
+        weights fingerprint (``verify_backbone``). Your ``backbone`` is never modified.
 
+        Args:
+            pretrained_model_name_or_path: a folder written by :meth:`save_pretrained` or a Hub repo id.
+            backbone: the backbone to use instead of rebuilding it from the saved spec.
+            verify: check the checksums of ``model.safetensors`` and ``config.json``.
+            verify_backbone: refuse a backbone whose weights differ from the saved fingerprint.
+            map_location: device the adapter's tensors are loaded to.
+            force_download: Hub option.
+            token: Hub option.
+            cache_dir: Hub option.
+            local_files_only: Hub option.
+            revision: Hub option.
+            **config_overrides: model config fields to override (e.g. ``layer=``, ``input_size=``).
 
-def _resolve_weights(model_id: str, **hub_kwargs) -> str:
-    if os.path.isdir(model_id):
-        f = os.path.join(model_id, WEIGHTS_NAME)
-        if os.path.isfile(f):
-            return f
-        pickles = [n for n in _PICKLE_NAMES if os.path.isfile(os.path.join(model_id, n))]
-        if pickles:
-            raise WeightsFormatError(
-                f"{model_id!r} holds {pickles[0]} (a pickle file), which salfcbm refuses to load because unpickling "
-                "can run arbitrary code. Convert it to safetensors (safetensors.torch.save_file) as model.safetensors."
-            )
-        raise WeightsFormatError(f"No {WEIGHTS_NAME} in {model_id!r}. Save the model with `save_pretrained`.")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, **hub_kwargs)
-    except EntryNotFoundError as e:
-        raise WeightsFormatError(
-            f"The Hub repo {model_id!r} has no {WEIGHTS_NAME}; salfcbm loads safetensors only and refuses pickle "
-            "checkpoints. Re-upload the model with `push_to_hub`."
-        ) from e
+        Raises:
+            ModelNotFoundError: the path does not exist (and is no reachable Hub repo).
+            ConfigError: ``config.json`` is not valid JSON or breaks the schema.
+            ChecksumError: a file does not match the checksum recorded when it was saved.
+            WeightsFormatError: not safetensors, pickle files, backbone tensors, NaN/inf, wrong dtypes.
+            BackboneMismatchError: the backbone's weights are not the saved ones.
+            ConfigMismatchError: the weights do not fit the config or the backbone.
+        """
+        hub = dict(force_download=force_download, token=token, cache_dir=cache_dir,
+                   local_files_only=local_files_only, revision=revision)
+        return persistence.load_model(cls, pretrained_model_name_or_path, backbone=backbone, verify=verify,
+                                      verify_backbone=verify_backbone, map_location=map_location, hub_kwargs=hub,
+                                      overrides=config_overrides)
 
 
-def _check_state_against_config(state: dict[str, torch.Tensor], config: dict[str, Any], model_id: str) -> None:
-    need = ("bottleneck.weight", "bottleneck.bias", "head.weight", "head.bias", "concept_mean", "concept_std")
-    missing = [k for k in need if k not in state]
-    if missing:
-        raise ConfigMismatchError(f"{model_id!r}: the weights file lacks {missing}; it was not saved by salfcbm.")
-    m_w = state["bottleneck.weight"].shape[0]
-    m_c = len(config.get("concepts") or [])
-    if m_w != m_c:
-        raise ConfigMismatchError(
-            f"{model_id!r}: config.json lists {m_c} concepts but the bottleneck has {m_w} rows. The concept list and "
-            "the weights come from different runs; use the config.json saved with these weights."
-        )
-    l_w = state["head.weight"].shape[0]
-    if l_w != config.get("num_classes"):
-        raise ConfigMismatchError(
-            f"{model_id!r}: config.json says num_classes={config.get('num_classes')} but the head has {l_w} rows."
-        )
-    fc = config.get("feature_channels")
-    if fc is not None and fc != state["bottleneck.weight"].shape[1]:
-        raise ConfigMismatchError(
-            f"{model_id!r}: config.json says the backbone gives {fc} channels but the bottleneck takes "
-            f"{state['bottleneck.weight'].shape[1]}."
-        )
+def _check_concepts(concepts) -> None:
+    if isinstance(concepts, str):
+        raise InputError(f"`concepts` must be a list of concept names, got the single string {concepts!r} "
+                         f"(which would become {len(concepts)} one-letter concepts). Pass [{concepts!r}].")
+    if not isinstance(concepts, Sequence) or not concepts:
+        raise InputError(f"`concepts` must be a non-empty list of strings, got {concepts!r}.")
+    bad = [c for c in concepts if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise InputError(f"Every concept must be a non-empty string; got {bad[:5]!r} in `concepts`. "
+                         "Convert or remove those entries.")
+    dupes = sorted({c for c in concepts if concepts.count(c) > 1})
+    if dupes:
+        raise InputError(f"Concept names must be unique; repeated: {dupes}. Deduplicate the list.")
 
 
 def wrap(
@@ -728,7 +665,11 @@ def wrap(
         )
     elif not isinstance(backbone, nn.Module):
         raise InputError(f"`backbone` must be an nn.Module or a name like 'timm:resnet50', got {type(backbone).__name__}.")
-    concepts = list(getattr(concepts, "concepts", concepts))
+    else:
+        spec = infer_spec(backbone, weights=backbone_weights)
+    concepts = getattr(concepts, "concepts", concepts)
+    _check_concepts(concepts)
+    concepts = list(concepts)
     model = SALFCBM(
         backbone,
         concepts=concepts,
@@ -744,5 +685,4 @@ def wrap(
         input_mean=[float(v) for v in input_mean] if input_mean is not None else None,
         input_std=[float(v) for v in input_std] if input_std is not None else None,
     )
-    model._spec_weights = backbone_weights  # used when the spec is inferred (on save)
     return model

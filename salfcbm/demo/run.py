@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from salfcbm._utils.io import atomic_write, atomic_write_bytes
+from salfcbm._utils.io import atomic_write_bytes, checked_safetensors, read_checked_metadata
 from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
@@ -90,12 +90,18 @@ def _datasets(cfg: DemoConfig) -> dict[str, SyntheticScenes]:
 
 
 def _backbone(cfg: DemoConfig, data: dict[str, SyntheticScenes], out: Path, progress: bool) -> SmallConvNet:
-    """Train (or reload) the stand-in for a pretrained backbone; saved as safetensors."""
-    from safetensors.torch import load_file, save_file
+    """Train (or reload) the stand-in for a pretrained backbone; saved as checked safetensors.
+
+    The file records a key of every setting that determines the backbone (data, width, epochs,
+    seed) and a checksum: a rerun with other settings, or a corrupt file, trains it again.
+    """
+    from safetensors.torch import load_file
 
     path = out / "backbone.safetensors"
+    key = _backbone_key(cfg)
     net = SmallConvNet(num_classes=cfg.num_classes, width=cfg.backbone_width)
-    if path.exists():
+    meta = read_checked_metadata(path) if path.exists() else None
+    if meta is not None and meta.get("salfcbm.key") == key:
         net.load_state_dict(load_file(path))
         return net.eval()
     net = pretrain_backbone(
@@ -103,8 +109,16 @@ def _backbone(cfg: DemoConfig, data: dict[str, SyntheticScenes], out: Path, prog
         val_dataset=data["val"], seed=cfg.seed, progress=progress,
     )
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
+    atomic_write_bytes(path, checked_safetensors(state, {"salfcbm.key": key}))
     return net.eval()
+
+
+def _backbone_key(cfg: DemoConfig) -> str:
+    import hashlib
+    import json
+
+    fields = ("image_size", "seed", "num_classes", "n_train", "n_val", "backbone_width", "backbone_epochs")
+    return hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in fields}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()

@@ -844,6 +844,14 @@ def _materialise(dataset: Dataset, progress: bool) -> tuple[torch.Tensor, torch.
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
+def _one_cycle(opt: torch.optim.Optimizer, lr: float, total: int):
+    """OneCycleLR with a warm-up of at least two steps; a constant rate for runs under 8 steps
+    (OneCycleLR divides by ``pct_start * total - 1``, zero at 4 steps)."""
+    if total < 8:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
+
+
 def pretrain_backbone(
     train_dataset: Dataset,
     *,
@@ -892,8 +900,8 @@ def pretrain_backbone(
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InputError(f"{name} must be a positive int; got {v!r}.")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise InputError(f"lr must be a positive float; got {lr!r}.")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise InputError(f"lr must be a finite positive float; got {lr!r}.")
     if num_classes is None:
         classes = getattr(train_dataset, "classes", None)
         if classes is None:
@@ -920,7 +928,7 @@ def pretrain_backbone(
     model.to(dev)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    sched = _one_cycle(opt, lr, epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
 

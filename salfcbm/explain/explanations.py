@@ -226,6 +226,22 @@ def _hw(size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+_MAX_HEATMAP_BYTES = 2**31  # 2 GiB of float32 heatmaps per call
+
+
+def _heatmap_size(size: Any, maps: int) -> tuple[int, int]:
+    ok = isinstance(size, Sequence) and len(size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    if not ok:
+        raise InputError(f"heatmap_size must be (H, W), two positive ints, got {size!r}.")
+    if maps * size[0] * size[1] * 4 > _MAX_HEATMAP_BYTES:
+        raise InputError(
+            f"heatmap_size {tuple(size)} for {maps} heatmaps needs {maps * size[0] * size[1] * 4 / 2**30:.1f} GiB "
+            "(limit 2 GiB per call). Pass the image's own size (the default), a smaller size, or fewer images/top_k."
+        )
+    return int(size[0]), int(size[1])
+
+
 def box_mask(box: Sequence[float], size: Sequence[int], *, device=None) -> torch.Tensor:
     """Binary ``(H, W)`` mask of a box ``(x0, y0, x1, y1)`` in pixels.
 
@@ -241,6 +257,8 @@ def box_mask(box: Sequence[float], size: Sequence[int], *, device=None) -> torch
         box = box.tolist()
     if not isinstance(box, Sequence) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
         raise InputError(f"A box is four numbers (x0, y0, x1, y1) in pixels, got {box!r}.")
+    if not all(math.isfinite(v) for v in box):
+        raise InputError(f"Box {tuple(box)} has NaN or infinite corners; pass finite pixel coordinates (x0, y0, x1, y1).")
     x0, y0 = math.floor(box[0]), math.floor(box[1])
     x1, y1 = math.ceil(box[2]), math.ceil(box[3])
     if not (0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H):
@@ -737,7 +755,8 @@ def explain(
     """
     images = _as_batch(images)
     top_k = _check_top_k(top_k, model.num_concepts)
-    size = _hw(heatmap_size) if heatmap_size is not None else (int(images.shape[-2]), int(images.shape[-1]))
+    size = _heatmap_size(heatmap_size, images.shape[0] * top_k) if heatmap_size is not None \
+        else (int(images.shape[-2]), int(images.shape[-1]))
     out = _forward(model, images, output)
     with torch.no_grad():
         logits = out.logits.detach()
@@ -977,6 +996,9 @@ def intervene(
         torch.Size([2])
     """
     x = _single_image(image)
+    if not isinstance(concept, (int, str, Sequence, torch.Tensor)):
+        raise InputError(f"`concept` must be a name (str) or an index (int), or a list of them; got {concept!r}. "
+                         "Pass one of `model.concepts` or its position.")
     concepts = [concept] if isinstance(concept, (int, str)) else list(concept)
     if not concepts:
         raise InputError("`concept` must name at least one concept.")

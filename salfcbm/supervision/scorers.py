@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from salfcbm._utils.io import sha256_file
 from salfcbm.errors import InputError
 from salfcbm.supervision.prompts import PromptGrid
 
@@ -59,26 +60,6 @@ class ConceptScorer(Protocol):
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """``(M, D)`` L2-normalised text embeddings; may raise ``NotImplementedError``."""
         ...
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks.
-
-    Examples:
-        >>> import tempfile
-        >>> with tempfile.NamedTemporaryFile(delete=False) as f:
-        ...     _ = f.write(b"abc")
-        >>> sha256_file(f.name)[:8]
-        'ba7816bf'
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def _state_dict_sha256(module: torch.nn.Module) -> str:
@@ -230,9 +211,11 @@ class CLIPScorer:
         elif schema == "local-dir":
             d = Path(model_name.split(":", 1)[1])
             files = sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
-            self._pretrained_fp = {"local_dir_sha256": {p.name: sha256_file(p) for p in files}}
+            # the files alone do not identify the model: a folder without weights gives random ones
+            self._pretrained_fp = {"local_dir_sha256": {p.name: sha256_file(p) for p in files},
+                                   "weights_sha256": _state_dict_sha256(self.model)}
         elif schema == "hf-hub":
-            self._pretrained_fp = {"hf_hub": model_name.split(":", 1)[1]}
+            self._pretrained_fp = {"hf_hub": model_name.split(":", 1)[1], "weights_sha256": _state_dict_sha256(self.model)}
         elif os.path.isfile(pretrained):
             self._pretrained_fp = {"file": os.path.basename(pretrained), "sha256": sha256_file(pretrained)}
         else:

@@ -36,6 +36,7 @@ import torch
 
 from salfcbm._utils.io import TMP_MARK as _TMP_MARK
 from salfcbm._utils.io import atomic_write_bytes
+from salfcbm._utils.io import writer_alive as _writer_alive
 from salfcbm.errors import InputError, StoreCorruptError, StoreMismatchError
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.scorers import ConceptScorer
@@ -399,23 +400,6 @@ def _read_manifest(root: Path) -> dict:
 
 
 # -- computing ------------------------------------------------------------------------
-def _writer_alive(name: str) -> bool:
-    """Whether the process that is writing temporary file ``name`` (``...tmp-PID-xxxx``) still runs."""
-    try:
-        pid = int(name.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0])
-    except (IndexError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False  # our own leftovers are never being written while we clean
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

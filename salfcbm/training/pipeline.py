@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from salfcbm._utils.io import atomic_write, atomic_write_bytes
+from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.errors import InputError, SalfCBMError
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
 from salfcbm.core.model import SALFCBM
@@ -121,8 +122,14 @@ class BottleneckConfig:
     def __post_init__(self):
         for k in ("lr", "batch_size", "max_steps", "val_every", "patience"):
             v = getattr(self, k)
-            if not isinstance(v, (int, float)) or v <= 0:
-                raise InputError(f"BottleneckConfig.{k} must be positive, got {v!r}.")
+            if k != "lr" and (not isinstance(v, int) or isinstance(v, bool)):
+                raise InputError(f"BottleneckConfig.{k} must be a positive int, got {v!r}.")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise InputError(f"BottleneckConfig.{k} must be a finite positive number, got {v!r}.")
+        for k in ("weight_decay", "cutoff"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"BottleneckConfig.{k} must be a finite number, got {v!r}.")
         if self.batch_size < 2:
             raise InputError("BottleneckConfig.batch_size must be at least 2 (the loss is taken across the batch).")
 
@@ -200,14 +207,6 @@ def _labels_of(dataset) -> torch.Tensor:
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
-def _backbone_hash(model: SALFCBM) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.backbone.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
 def _dataset_fingerprint(dataset) -> dict[str, Any]:
     fp = getattr(dataset, "fingerprint", None)
     if callable(fp):
@@ -241,7 +240,7 @@ def feature_store(
     manifest = {
         "kind": "features",
         "backbone": model.backbone_spec,
-        "backbone_sha": _backbone_hash(model),
+        "backbone_sha": backbone_fingerprint(model.backbone),
         "layer": cfg["layer"],
         "cls_concat": cfg["cls_concat"],
         "grid": list(model.grid),
@@ -283,7 +282,7 @@ class OnTheFlyFeatures:
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.item_shape = (model.config["feature_channels"], *model.grid)
         self.device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
-        self.meta = {"kind": "features", "on_the_fly": True, "backbone_sha": _backbone_hash(model),
+        self.meta = {"kind": "features", "on_the_fly": True, "backbone_sha": backbone_fingerprint(model.backbone),
                      "layer": model.layer, "grid": list(model.grid),
                      "dataset": _dataset_fingerprint(dataset)}
 
@@ -524,6 +523,22 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
+def _check_same_classes(train: Dataset, others: dict[str, Dataset | None]) -> None:
+    """Datasets that name their classes must name the same ones in the same order (labels are indices)."""
+    ref = getattr(train, "classes", None)
+    for name, data in others.items():
+        got = getattr(data, "classes", None) if data is not None else None
+        if ref is None or got is None or list(got) == list(ref):
+            continue
+        only_train, only_other = sorted(set(ref) - set(got)), sorted(set(got) - set(ref))
+        what = (f"only in train_data: {only_train[:5]}, only in {name}: {only_other[:5]}" if only_train or only_other
+                else "the same names in another order")
+        raise InputError(
+            f"{name} has other classes than train_data ({what}); its label indices would mean other classes and its "
+            f"accuracy would be wrong. Give both folders the same class sub-folders."
+        )
+
+
 def _stage_key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -587,6 +602,7 @@ def fit(
     import tempfile
 
     bcfg, hcfg = bottleneck or BottleneckConfig(), head or HeadConfig()
+    _check_same_classes(train_data, {"val_data": val_data, "test_data": test_data})
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix="salfcbm-run-")
     run = Path(run_dir)
@@ -712,10 +728,10 @@ def fit(
         timings["baseline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
-    model.config["head_stats"] = {
+    model.set_head_stats({
         "val_accuracy": round(metrics["salfcbm"]["val_accuracy"], 4),
         "nec": round(metrics["salfcbm"]["nec"], 2),
-    }
+    })
     model.save_pretrained(run / "model")
     _write_json(run / "metrics.json", metrics)
     return FitResult(model=model, bottleneck=report, head=head_fit, baseline=base_fit, metrics=metrics, run_dir=run)

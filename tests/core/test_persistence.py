@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import salfcbm
-from salfcbm.errors import BackboneSpecError, ConfigMismatchError, WeightsFormatError
+from salfcbm.errors import BackboneSpecError, ChecksumError, ConfigMismatchError, WeightsFormatError
 
 CONCEPTS = ["a wing", "a beak", "water", "a tree"]
 
@@ -103,8 +103,10 @@ def test_explains_concept_count_mismatch(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["concepts"] = CONCEPTS[:3]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigMismatchError, match="3 concepts but the bottleneck has 4 rows"):
+    with pytest.raises(ChecksumError, match="differs from the config saved with these weights"):
         salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=model.backbone)
+    with pytest.raises(ConfigMismatchError, match="3 concepts but the bottleneck has 4 rows"):
+        salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=model.backbone, verify=False)
 
 
 def test_explains_backbone_channel_mismatch(tmp_path):
@@ -120,8 +122,10 @@ def test_corrupt_weights_are_refused(tmp_path):
     model = salfcbm.wrap(timm.create_model("test_vit"), concepts=CONCEPTS, num_classes=3, backbone_weights=None)
     model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(WeightsFormatError, match="safetensors"):
+    with pytest.raises(ChecksumError, match="does not match the SHA-256"):
         salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=model.backbone)
+    with pytest.raises(WeightsFormatError, match="safetensors"):
+        salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=model.backbone, verify=False)
 
 
 def test_custom_backbone_needs_backbone_argument(tmp_path):
@@ -193,12 +197,12 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     good = (tmp_path / "model.safetensors").read_bytes()
     import safetensors.torch
 
-    def broken(state, path, metadata=None):
-        Path(path).write_bytes(b"half")
+    def broken(state, metadata=None):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(safetensors.torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == good
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert not [p for p in tmp_path.parent.iterdir() if ".tmp-" in p.name]

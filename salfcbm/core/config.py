@@ -1,0 +1,211 @@
+"""The typed, validated model configuration: the schema of ``config.json``.
+
+:class:`ModelConfig` is frozen: a model's configuration changes only by building a new
+one (:func:`dataclasses.replace`), never by writing into a shared dict. ``version``
+says which format a file was written in, so later formats can still read old files;
+files written before the field existed (no ``version``) are read as version 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from salfcbm.core.backbones import normalize_spec
+from salfcbm.errors import ConfigError, closest
+
+__all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS"]
+
+CONFIG_VERSION = 2
+POOLINGS = ("mean", "softmax", "max")
+
+
+def _is_int(v: Any, lo: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_pair(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) for x in v)
+
+
+def _floats(v: Any, n: int = 3) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) == n
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+
+def _fail(key: str, got: Any, expected: str) -> ConfigError:
+    return ConfigError(
+        f"Model config {key!r} is {got!r}; expected {expected}. Fix config.json (or the argument), or save the "
+        "model again with `save_pretrained`."
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that rebuilds a :class:`~salfcbm.SALFCBM` except its weights (``config.json``).
+
+    Attributes:
+        concepts: concept names, one per bottleneck channel (unique, non-empty strings).
+        num_classes: classes of the head.
+        backbone: the backbone spec (:mod:`salfcbm.core.backbones`); ``None`` until inferred.
+        layer: the tapped module.
+        grid: prompting grid ``[H~, W~]``.
+        pooling: ``"mean"``, ``"softmax"`` or ``"max"``.
+        cls_concat: CLS token concatenated to every position.
+        class_names: names of the classes, or ``None``.
+        feature_channels: channels of the tapped map.
+        layout: the tap's layout (``"NCHW"``, ``"NHWC"``, ``"NLC"``).
+        num_prefix_tokens: leading tokens dropped from a token sequence.
+        input_size: resolution the backbone is run at.
+        input_mean: normalisation mean of :meth:`SALFCBM.preprocess`.
+        input_std: normalisation std (positive).
+        freeze_backbone: backbone kept fixed.
+        softmax_temperature: temperature of softmax pooling (positive).
+        head_stats: metrics shown on the model card.
+        backbone_fingerprint: SHA-256 prefix of the backbone's weights when saved
+            (:func:`salfcbm.core.backbones.backbone_fingerprint`), checked on load.
+        weights_sha256: SHA-256 of ``model.safetensors`` (set in the written file only).
+        version: format version of the file.
+
+    Examples:
+        >>> cfg = ModelConfig(concepts=["fur", "grass"], num_classes=2, layer="layer4", feature_channels=8)
+        >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+        True
+        >>> cfg["grid"]
+        [7, 7]
+    """
+
+    concepts: list[str]
+    num_classes: int
+    backbone: dict | None = None
+    layer: str | None = None
+    grid: list[int] = field(default_factory=lambda: [7, 7])
+    pooling: str = "mean"
+    cls_concat: bool = False
+    class_names: list[str] | None = None
+    feature_channels: int | None = None
+    layout: str | None = None
+    num_prefix_tokens: int | None = 0
+    input_size: list[int] = field(default_factory=lambda: [224, 224])
+    input_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    input_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    freeze_backbone: bool = True
+    softmax_temperature: float = 1.0
+    head_stats: dict | None = None
+    backbone_fingerprint: str | None = None
+    weights_sha256: str | None = None
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        self._check_concepts()
+        self._check_fields()
+
+    def _check_concepts(self) -> None:
+        c = self.concepts
+        if isinstance(c, str) or not isinstance(c, (list, tuple)) or not c:
+            raise _fail("concepts", c, "a non-empty list of concept strings, e.g. ['water', 'a beak']")
+        bad = [x for x in c if not isinstance(x, str) or not x.strip()]
+        if bad:
+            raise _fail("concepts", bad[:5], "only non-empty strings (no numbers or None)")
+        dupes = sorted({x for x in c if c.count(x) > 1})
+        if dupes:
+            raise ConfigError(f"Concept names must be unique; repeated: {dupes}. Deduplicate the list.")
+        object.__setattr__(self, "concepts", list(c))
+
+    def _check_fields(self) -> None:
+        if not _is_int(self.num_classes):
+            raise _fail("num_classes", self.num_classes, "a positive int")
+        if not _is_pair(self.grid):
+            raise _fail("grid", self.grid, "a pair of positive ints [H~, W~]")
+        if self.pooling not in POOLINGS:
+            raise _fail("pooling", self.pooling, f"one of {POOLINGS}")
+        if not isinstance(self.cls_concat, bool) or not isinstance(self.freeze_backbone, bool):
+            raise _fail("cls_concat/freeze_backbone", (self.cls_concat, self.freeze_backbone), "true or false")
+        names = self.class_names
+        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != self.num_classes
+                                  or not all(isinstance(n, str) for n in names)):
+            raise _fail("class_names", names, f"null or a list of {self.num_classes} strings (one per class)")
+        if self.feature_channels is not None and not _is_int(self.feature_channels):
+            raise _fail("feature_channels", self.feature_channels, "a positive int")
+        if self.num_prefix_tokens is not None and not _is_int(self.num_prefix_tokens, 0):
+            raise _fail("num_prefix_tokens", self.num_prefix_tokens, "an int >= 0")
+        for key in ("layer", "layout", "backbone_fingerprint", "weights_sha256"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise _fail(key, getattr(self, key), "a string or null")
+        if not _is_pair(self.input_size):
+            raise _fail("input_size", self.input_size, "a pair of positive ints [H, W]")
+        if not _floats(self.input_mean):
+            raise _fail("input_mean", self.input_mean, "three finite numbers")
+        if not _floats(self.input_std) or min(self.input_std) <= 0:
+            raise _fail("input_std", self.input_std, "three finite positive numbers")
+        t = self.softmax_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise _fail("softmax_temperature", t, "a finite number > 0")
+        if self.head_stats is not None and not isinstance(self.head_stats, dict):
+            raise _fail("head_stats", self.head_stats, "a dict or null")
+        if not _is_int(self.version) or self.version > CONFIG_VERSION:
+            raise ConfigError(
+                f"config.json has format version {self.version!r}; this salfcbm reads versions 1..{CONFIG_VERSION}. "
+                "Upgrade salfcbm (pip install -U salfcbm) to load it."
+            )
+        if self.backbone is not None:
+            object.__setattr__(self, "backbone", normalize_spec(self.backbone))
+
+    # -- mapping-style reading (``model.config["input_size"]`` keeps working) --------
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _FIELDS else default
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise ConfigError(
+            f"The model config is read-only (tried to set {key!r}). Build a new one: "
+            f"`model.config = dataclasses.replace(model.config, {key}=...)`."
+        )
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A validated copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` content (JSON-able, lists not tuples)."""
+        d = dataclasses.asdict(self)
+        for k in ("grid", "input_size", "input_mean", "input_std"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config.json") -> ModelConfig:
+        """Read and validate a config dict (a parsed ``config.json``); files without ``version`` are version 1.
+
+        Raises:
+            ConfigError: not a dict, unexpected or missing keys, or a value of the wrong type.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{source} must hold a JSON object of model settings; got {type(data).__name__}. "
+                "Save the model again with `save_pretrained`."
+            )
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            hints = {k: closest(k, _FIELDS, n=1) for k in unknown}
+            hint = "; ".join(f"{k!r} (did you mean {v[0]!r}?)" for k, v in hints.items() if v)
+            raise ConfigError(
+                f"{source} has unexpected keys {unknown}{': ' + hint if hint else ''}. "
+                f"Expected only {sorted(_FIELDS)}. Remove them, or save the model again with `save_pretrained`."
+            )
+        missing = [k for k in ("concepts", "num_classes") if k not in data]
+        if missing:
+            raise ConfigError(f"{source} lacks the required keys {missing}; it was not written by salfcbm.")
+        data = {**data, "version": data.get("version", 1)}
+        if data.get("backbone") is not None:
+            data["backbone"] = normalize_spec(data["backbone"], trusted=False)
+        return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
