@@ -106,6 +106,8 @@ class SALFCBM(
         input_std: std the backbone's inputs are normalised with.
         freeze_backbone: keep the backbone fixed (no grad, eval-mode BN/dropout during calls).
         backbone_spec: the spec to record when ``backbone`` is a module.
+        backbone_weights: with a module and no ``backbone_spec``, what the inferred spec records as
+            its weights: ``"auto"`` (its source's pretrained weights), ``None`` (random init) or a tag.
         softmax_temperature: temperature of softmax pooling.
         head_stats: metrics shown on the model card (set by :func:`salfcbm.fit`).
 
@@ -136,6 +138,7 @@ class SALFCBM(
         input_std: list[float] | None = None,
         freeze_backbone: bool = True,
         backbone_spec: dict | None = None,
+        backbone_weights: str | None = "auto",
         softmax_temperature: float = 1.0,
         head_stats: dict | None = None,
     ):
@@ -187,6 +190,7 @@ class SALFCBM(
             )
         except ConfigError as e:
             raise InputError(str(e).replace("Fix config.json (or the argument)", "Fix the argument")) from None
+        self._backbone_weights = backbone_weights  # recorded by the lazily inferred spec (backbone_spec)
         self.bottleneck = nn.Conv2d(channels, len(concepts), kernel_size=1)
         self.head = nn.Linear(len(concepts), num_classes)
         self.register_buffer("concept_mean", torch.zeros(len(concepts)))
@@ -197,7 +201,7 @@ class SALFCBM(
     def backbone_spec(self) -> dict[str, Any]:
         """The recipe that rebuilds the backbone (inferred from the module on first use)."""
         if self.config.backbone is None:
-            spec = infer_spec(self._require_backbone(), weights="auto")
+            spec = infer_spec(self._require_backbone(), weights=self._backbone_weights)
             self.config = self.config.replace(backbone=spec)
         return self.config.backbone
 
@@ -665,8 +669,6 @@ def wrap(
         )
     elif not isinstance(backbone, nn.Module):
         raise InputError(f"`backbone` must be an nn.Module or a name like 'timm:resnet50', got {type(backbone).__name__}.")
-    else:
-        spec = infer_spec(backbone, weights=backbone_weights)
     concepts = getattr(concepts, "concepts", concepts)
     _check_concepts(concepts)
     concepts = list(concepts)
@@ -681,6 +683,7 @@ def wrap(
         class_names=list(class_names) if class_names is not None else None,
         freeze_backbone=freeze_backbone,
         backbone_spec=spec,
+        backbone_weights=backbone_weights,
         input_size=list(input_size) if input_size is not None else None,
         input_mean=[float(v) for v in input_mean] if input_mean is not None else None,
         input_std=[float(v) for v in input_std] if input_std is not None else None,

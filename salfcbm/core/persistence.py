@@ -2,7 +2,7 @@
 
 * A save writes ``model.safetensors``, ``config.json`` and ``README.md`` into a staging
   directory next to the target and swaps it in with one atomic rename
-  (:func:`salfcbm._io.atomic_directory`): a kill or a full disk at any moment leaves the
+  (:func:`salfcbm._utils.io.atomic_directory`): a kill or a full disk at any moment leaves the
   previous model loadable; leftovers are removed by the next save.
 * ``config.json`` records the SHA-256 of ``model.safetensors``; the weights file records
   the SHA-256 of the config in its metadata. Loading checks both (once per file per

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import salfcbm
 from salfcbm.core import persistence
-from salfcbm._io import sha256_bytes
+from salfcbm._utils.io import sha256_bytes
 from salfcbm.errors import (
     BackboneSpecError,
     ConfigError,
@@ -172,5 +172,5 @@ def test_the_config_is_typed_and_read_only():
         m.config["head_stats"] = {"x": 1}
     m.set_head_stats({"val_accuracy": 0.5})
     assert m.config.head_stats == {"val_accuracy": 0.5}
-    assert not hasattr(m, "_spec_weights")
+    assert not hasattr(m, "_spec_weights")  # wrap passes the weights choice to the constructor
     assert persistence.MODEL_CARD_TEMPLATE in type(m)._hub_mixin_info.model_card_template
