@@ -231,12 +231,19 @@ SHA_KEY = "salfcbm.sha256"
 
 
 def checked_safetensors(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
-    """safetensors bytes whose metadata carries the SHA-256 of the tensor data (``salfcbm.sha256``)."""
+    """safetensors bytes whose metadata carries the SHA-256 of the tensor data (``salfcbm.sha256``).
+
+    The metadata is one JSON entry (safetensors writes several entries in no fixed order, and
+    the same content must give the same bytes).
+    """
+    import json
+
     from safetensors.torch import save
 
     plain = save(tensors)
     n = int.from_bytes(plain[:8], "little")
-    return save(tensors, metadata={**(metadata or {}), SHA_KEY: sha256_bytes(plain[8 + n:])})
+    meta = {**(metadata or {}), SHA_KEY: sha256_bytes(plain[8 + n:])}
+    return save(tensors, metadata={"salfcbm": json.dumps(meta, sort_keys=True)})
 
 
 def read_checked_metadata(path: str | os.PathLike) -> dict[str, str] | None:
@@ -251,7 +258,9 @@ def read_checked_metadata(path: str | os.PathLike) -> dict[str, str] | None:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n)) if 0 < n < size else None
-        meta = header.get("__metadata__") or {}
+        meta = json.loads((header.get("__metadata__") or {}).get("salfcbm", "{}"))
+        if not isinstance(meta, dict):
+            return None
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
         return None

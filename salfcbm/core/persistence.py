@@ -98,7 +98,8 @@ def _write_files(model: Any, config: ModelConfig, directory: Path) -> None:
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict().items()}
-    data = save(state, metadata={"format": "pt", _CONFIG_SHA_KEY: sha256_bytes(_canonical(config))})
+    # one metadata entry: safetensors writes several in no fixed order, and a save must be reproducible
+    data = save(state, metadata={_CONFIG_SHA_KEY: sha256_bytes(_canonical(config))})
     (directory / WEIGHTS_NAME).write_bytes(data)
     written = config.replace(weights_sha256=sha256_bytes(data))
     (directory / CONFIG_NAME).write_text(json.dumps(written.to_dict(), indent=2, sort_keys=True), encoding="utf-8")

@@ -79,7 +79,7 @@ def _rewrite(folder: Path, *, state: dict | None = None, config: dict | None = N
     cfg = json.loads((folder / "config.json").read_text()) if config is None else config
     st = load_file(folder / "model.safetensors") if state is None else state
     canon = json.dumps({**cfg, "weights_sha256": None}, sort_keys=True, separators=(",", ":")).encode()
-    data = save(st, metadata={"format": "pt", "salfcbm.config_sha256": sha256_bytes(canon)})
+    data = save(st, metadata={"salfcbm.config_sha256": sha256_bytes(canon)})
     (folder / "model.safetensors").write_bytes(data)
     text = raw if raw is not None else json.dumps({**cfg, "weights_sha256": sha256_bytes(data)}).encode()
     (folder / "config.json").write_bytes(text)
@@ -174,3 +174,10 @@ def test_the_config_is_typed_and_read_only():
     assert m.config.head_stats == {"val_accuracy": 0.5}
     assert not hasattr(m, "_spec_weights")  # wrap passes the weights choice to the constructor
     assert persistence.MODEL_CARD_TEMPLATE in type(m)._hub_mixin_info.model_card_template
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
+    for name in ("a", "b"):
+        M.model(0).save_pretrained(tmp_path / name)
+    for f in ("model.safetensors", "config.json", "README.md"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
