@@ -88,6 +88,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.classes: list[str] = list(self.folder.classes)
         self.targets: list[int] = list(self.folder.targets)
 
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``(path, label)`` of every image, in order (torchvision's ``ImageFolder.samples``); stores key
+        their shards by these files' size and modification time."""
+        return self.folder.samples
+
     def __len__(self) -> int:
         return len(self.folder)
 

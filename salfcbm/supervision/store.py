@@ -35,10 +35,20 @@ from typing import Any
 import torch
 
 from salfcbm._utils.io import TMP_MARK as _TMP_MARK
-from salfcbm._utils.io import atomic_write_bytes
+from salfcbm._utils.io import (
+    atomic_write_bytes,
+    checked_safetensors,
+    read_checked_metadata,
+)
 from salfcbm._utils.io import writer_alive as _writer_alive
 from salfcbm.errors import InputError, StoreCorruptError, StoreMismatchError
 from salfcbm.supervision.prompts import PromptGrid
+from salfcbm.supervision.provenance import (
+    batch_digest,
+    dataset_identity,
+    resolve_inputs,
+    shard_digest,
+)
 from salfcbm.supervision.scorers import ConceptScorer
 
 __all__ = [
@@ -52,7 +62,7 @@ __all__ = [
 _MAX_OPEN_SHARDS = 4  # memory-mapped shards kept open (bounded, so RSS does not grow with N)
 _MANIFEST = "manifest.json"
 _FORMAT = "salfcbm.ShardedStore"
-_VERSION = 1
+_VERSION = 2  # 2: checked shards (SHA-256 and input digest in each shard), resizable stores
 _SHARD_RE = re.compile(r"^shard_(\d{6,})\.safetensors$")
 _DTYPES = {
     "float16": torch.float16,
@@ -143,6 +153,7 @@ class ShardedStore:
         length: int,
         shard_size: int = 1024,
         dtype: torch.dtype = torch.float16,
+        resizable: bool = False,
     ) -> None:
         if not isinstance(manifest, Mapping):
             raise InputError(f"manifest must be a dict; got {type(manifest).__name__}.")
@@ -175,6 +186,9 @@ class ShardedStore:
         if mpath.exists():
             existing = _read_manifest(self.root)
             diff = _diff_keys(existing, self.manifest)
+            if resizable and diff == ["length"]:
+                self._resize(int(existing["length"]))
+                diff = []
             if diff:
                 details = "; ".join(f"{k}: stored {_lookup(existing, k)!r}, requested {_lookup(self.manifest, k)!r}" for k in diff[:8])
                 raise StoreMismatchError(
@@ -192,6 +206,18 @@ class ShardedStore:
                     "Delete the directory (or use another one) and recompute."
                 )
             atomic_write_bytes(mpath, json.dumps(self.manifest, indent=2, sort_keys=True).encode())
+
+    def _resize(self, old_length: int) -> None:
+        """Keep the shards whose item range is unchanged; drop the others; record the new length."""
+        for p in self.root.iterdir():
+            m = _SHARD_RE.match(p.name)
+            if not m:
+                continue
+            i = int(m.group(1))
+            old = (i * self.shard_size, min((i + 1) * self.shard_size, old_length))
+            if i >= self.num_shards or self.shard_range(i) != old:
+                p.unlink(missing_ok=True)
+        atomic_write_bytes(self.root / _MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True).encode())
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -233,14 +259,37 @@ class ShardedStore:
         """File path of shard ``i``."""
         return self.root / f"shard_{i:06d}.safetensors"
 
-    def missing_shards(self) -> list[int]:
-        """Indices of the shards not yet written (temporary files do not count)."""
-        return [i for i in range(self.num_shards) if not self.shard_path(i).is_file()]
+    def shard_metadata(self, i: int) -> dict[str, str] | None:
+        """The metadata of shard ``i`` if it is on disk and passes its checksum, else ``None``.
+
+        The checksum (SHA-256 of the shard's data, written with it) is verified once per
+        process per file version, so a truncated or corrupt shard counts as not written.
+        """
+        path = self.shard_path(i)
+        return read_checked_metadata(path) if path.is_file() else None
+
+    def missing_shards(self, inputs: Callable[[int], str] | None = None) -> list[int]:
+        """Indices of the shards not yet finished: absent, failing their checksum, or (with
+        ``inputs``, a function of the shard index) computed from other inputs."""
+        missing = []
+        for i in range(self.num_shards):
+            meta = self.shard_metadata(i)
+            if meta is None or (inputs is not None and meta.get("salfcbm.inputs", "") != inputs(i)):
+                missing.append(i)
+        return missing
 
     @property
     def is_complete(self) -> bool:
-        """Whether every shard is on disk."""
+        """Whether every shard is on disk and passes its checksum."""
         return not self.missing_shards()
+
+    def content_digest(self) -> str:
+        """A digest of every shard's checksum: changes whenever any stored value changes."""
+        h = hashlib.sha256()
+        for i in range(self.num_shards):
+            meta = self.shard_metadata(i) or {}
+            h.update(f"{i}:{meta.get('salfcbm.sha256', 'missing')}\n".encode())
+        return h.hexdigest()[:24]
 
     def clean_tmp(self) -> list[Path]:
         """Delete leftover temporary files of interrupted writes; returns what was removed.
@@ -272,20 +321,20 @@ class ShardedStore:
         return state
 
     # -- writing -------------------------------------------------------------------
-    def write_shard(self, i: int, values: torch.Tensor) -> None:
-        """Write shard ``i`` atomically (safetensors, temporary file + ``os.replace``).
+    def write_shard(self, i: int, values: torch.Tensor, *, inputs: str = "") -> None:
+        """Write shard ``i`` atomically (safetensors, temporary file + ``os.replace``), with a
+        SHA-256 of its data and ``inputs`` (a digest of what it was computed from) in its metadata.
 
         Raises:
             InputError: if ``values`` does not have shape ``(rows of shard i, *item_shape)``.
         """
-        from safetensors.torch import save
-
         start, stop = self.shard_range(i)
         expected = (stop - start, *self.item_shape)
         if not isinstance(values, torch.Tensor) or tuple(values.shape) != expected:
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise InputError(f"Shard {i} must have shape {expected} (items {start}..{stop - 1}); got {got}.")
-        data = save({"values": values.detach().to("cpu", self.dtype).contiguous()})
+        data = checked_safetensors({"values": values.detach().to("cpu", self.dtype).contiguous()},
+                                   {"salfcbm.inputs": str(inputs)})
         self._handles.pop(i, None)
         atomic_write_bytes(self.shard_path(i), data)
 
@@ -302,6 +351,11 @@ class ShardedStore:
             raise StoreCorruptError(
                 f"Shard {i} of the store at {str(self.root)!r} is missing ({len(self.missing_shards())} of "
                 f"{self.num_shards} shards missing). Run compute_store / compute_similarity_store again to finish it."
+            )
+        if self.shard_metadata(i) is None:
+            raise StoreCorruptError(
+                f"Shard {i} of the store at {str(self.root)!r} fails its checksum (corrupt, truncated or written by an "
+                "older salfcbm). Run compute_store / compute_similarity_store again: it recomputes exactly such shards."
             )
         try:
             h = safe_open(str(path), framework="pt")
@@ -453,6 +507,7 @@ def compute_store(
     progress: bool = True,
     desc: str = "Computing store",
     pin_memory: bool | None = None,
+    inputs: str = "auto",
 ) -> ShardedStore:
     """Fill the missing shards of ``store`` with ``fn(images, indices)`` over ``dataset``.
 
@@ -474,6 +529,10 @@ def compute_store(
         progress: show a tqdm bar (images/s and ETA) on rank 0.
         desc: the bar's label.
         pin_memory: DataLoader ``pin_memory``; default: when CUDA is available.
+        inputs: how each shard records what it was computed from, so that a finished shard
+            whose images changed is recomputed: ``"files"`` (path, size, mtime of each file),
+            ``"content"`` (a SHA-256 of the pixels), ``"fingerprint"`` (the dataset's own
+            fingerprint, in the manifest) or ``"auto"``; see :mod:`salfcbm.supervision.provenance`.
 
     Returns:
         ``store``, now complete.
@@ -504,11 +563,13 @@ def compute_store(
     if n != len(store):
         raise InputError(f"The dataset has {n} items but the store was created for {len(store)}; use a store of length {n}.")
 
+    mode = resolve_inputs(dataset, inputs)
     rank, world = _dist_info()
     if rank == 0:
         store.clean_tmp()
     _barrier()
-    mine = [i for i in store.missing_shards() if i % world == rank]
+    mine = [i for i in store.missing_shards(lambda i: shard_digest(dataset, *store.shard_range(i), mode))
+            if i % world == rank]
     todo = sum(store.shard_range(i)[1] - store.shard_range(i)[0] for i in mine)
     if mine:
         if pin_memory is None:
@@ -531,6 +592,7 @@ def compute_store(
                     a, b = store.shard_range(i)
                     parts = []
                     got = a
+                    seen = hashlib.sha256()
                     while got < b:
                         images = next(batches)
                         idx = torch.arange(got, got + images.shape[0])
@@ -540,13 +602,16 @@ def compute_store(
                             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                             raise InputError(f"fn returned {shape} for a batch of {images.shape[0]} images; expected {expected}.")
                         parts.append(out.detach().to("cpu", store.dtype))
+                        if mode == "content":
+                            batch_digest(seen, images)
                         got += images.shape[0]
                         bar.update(images.shape[0])
                     # surface a failed write before queueing more
                     for f in [f for f in pending if f.done()]:
                         f.result()
                         pending.remove(f)
-                    pending.append(pool.submit(store.write_shard, i, torch.cat(parts)))
+                    digest = seen.hexdigest()[:24] if mode == "content" else shard_digest(dataset, a, b, mode)
+                    pending.append(pool.submit(store.write_shard, i, torch.cat(parts), inputs=digest))
                 for f in pending:
                     f.result()
         finally:
@@ -653,11 +718,6 @@ class SimilarityStore:
         return best.mean(dim=0).cpu()
 
 
-def _probe_hash(image: torch.Tensor) -> str:
-    t = image.detach().to("cpu", torch.float32).contiguous()
-    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-
-
 def compute_similarity_store(
     root: str | os.PathLike,
     dataset: Any,
@@ -670,6 +730,7 @@ def compute_similarity_store(
     progress: bool = True,
     dtype: torch.dtype = torch.float16,
     desc: str = "Prompted embeddings",
+    inputs: str = "auto",
 ) -> SimilarityStore:
     """Algorithm 1 for a whole dataset, stored as prompted image embeddings (paper 3.2).
 
@@ -677,9 +738,11 @@ def compute_similarity_store(
     :class:`ShardedStore` of ``(N, Hg, Wg, D)`` embeddings, resumably and (under
     ``torchrun``) split across ranks; see :func:`compute_store`. The manifest
     records the scorer fingerprint, the prompt grid (grid, radius, line width,
-    colour), the dataset length, its image size and a hash of its first image,
-    dtype, shard size and item shape; re-running with anything different into the
-    same directory raises :class:`~salfcbm.errors.StoreMismatchError`.
+    colour), the dataset's identity, dtype, shard size and item shape; re-running with
+    anything different into the same directory raises
+    :class:`~salfcbm.errors.StoreMismatchError`. The images are keyed per shard
+    (``inputs``): replacing, adding or removing images recomputes exactly the shards
+    whose images changed, and a shard that fails its checksum is recomputed.
 
     Args:
         root: store directory.
@@ -695,6 +758,7 @@ def compute_similarity_store(
         progress: tqdm bar.
         dtype: storage dtype (fp16 by default).
         desc: the bar's label.
+        inputs: how shards are keyed by their images (see :func:`compute_store`).
 
     Returns:
         The complete :class:`SimilarityStore`.
@@ -721,9 +785,7 @@ def compute_similarity_store(
         "kind": "similarity",
         "scorer": _jsonable(scorer.fingerprint()),
         "prompts": prompts.to_dict(),
-        "dataset_length": n,
-        "image_size": list(image.shape[-2:]),
-        "first_image_sha256": _probe_hash(image),
+        "dataset": dataset_identity(dataset, resolve_inputs(dataset, inputs)),
     }
     root = Path(root)
     dim = None
@@ -743,11 +805,13 @@ def compute_similarity_store(
         length=n,
         shard_size=shard_size,
         dtype=dtype,
+        resizable=True,
     )
 
     def fn(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return scorer.embed(images, indices, prompts)
 
-    compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc)
+    compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                  desc=desc, inputs=inputs)
     return SimilarityStore(store, scorer)
 

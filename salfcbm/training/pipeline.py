@@ -29,12 +29,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from salfcbm._utils.io import atomic_write, atomic_write_bytes
+from salfcbm._utils.io import (
+    atomic_write_bytes,
+    checked_safetensors,
+    read_checked_metadata,
+)
 from salfcbm.core.backbones import backbone_fingerprint
+from salfcbm.core.model import SALFCBM
 from salfcbm.errors import InputError, SalfCBMError
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
-from salfcbm.core.model import SALFCBM
 from salfcbm.supervision.prompts import PromptGrid
+from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
 from salfcbm.supervision.store import (
     ShardedStore,
@@ -207,15 +212,6 @@ def _labels_of(dataset) -> torch.Tensor:
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
-def _dataset_fingerprint(dataset) -> dict[str, Any]:
-    fp = getattr(dataset, "fingerprint", None)
-    if callable(fp):
-        return fp()
-    first = dataset[0][0] if len(dataset) else torch.zeros(0)
-    digest = hashlib.sha256(torch.as_tensor(first).float().contiguous().numpy().tobytes()).hexdigest()[:16]
-    return {"type": type(dataset).__name__, "length": len(dataset), "first_item_sha": digest}
-
-
 def feature_store(
     model: SALFCBM,
     dataset,
@@ -227,13 +223,15 @@ def feature_store(
     progress: bool = True,
     device: str | torch.device | None = None,
     desc: str = "Backbone features",
+    inputs: str = "auto",
 ) -> ShardedStore:
     """Cache the backbone features of ``dataset`` resized to the grid: ``(N, C, Hg, Wg)`` fp16.
 
     The manifest records the backbone (spec and a hash of its weights), layer, grid and
     preprocessing, so a different backbone never reads a stale cache; computation is
-    resumable shard by shard. Images are ``[0, 1]`` tensors; :meth:`SALFCBM.preprocess`
-    resizes and normalises them for the backbone.
+    resumable shard by shard, each shard checked by its checksum and keyed by its images
+    (``inputs``, see :func:`~salfcbm.supervision.store.compute_store`). Images are ``[0, 1]``
+    tensors; :meth:`SALFCBM.preprocess` resizes and normalises them for the backbone.
     """
     device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
     cfg = model.config
@@ -247,7 +245,7 @@ def feature_store(
         "input_size": cfg["input_size"],
         "input_mean": cfg["input_mean"],
         "input_std": cfg["input_std"],
-        "dataset": _dataset_fingerprint(dataset),
+        "dataset": dataset_identity(dataset, resolve_inputs(dataset, inputs)),
     }
     store = ShardedStore(
         root,
@@ -256,6 +254,7 @@ def feature_store(
         length=len(dataset),
         shard_size=shard_size,
         dtype=torch.float16,
+        resizable=True,
     )
 
     @torch.no_grad()
@@ -264,7 +263,7 @@ def feature_store(
         return model.resize_to_grid(model.forward_features(x)).float().cpu()
 
     return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                         desc=desc)
+                         desc=desc, inputs=inputs)
 
 
 class OnTheFlyFeatures:
@@ -284,7 +283,7 @@ class OnTheFlyFeatures:
         self.device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
         self.meta = {"kind": "features", "on_the_fly": True, "backbone_sha": backbone_fingerprint(model.backbone),
                      "layer": model.layer, "grid": list(model.grid),
-                     "dataset": _dataset_fingerprint(dataset)}
+                     "dataset": dataset_identity(dataset, resolve_inputs(dataset, "auto"))}
 
     @property
     def num_shards(self) -> int:
@@ -539,6 +538,12 @@ def _check_same_classes(train: Dataset, others: dict[str, Dataset | None]) -> No
         )
 
 
+def _content(features: Any) -> str:
+    """What a stage read: a store's content digest (changes with any recomputed shard), else its settings."""
+    digest = getattr(features, "content_digest", None)
+    return digest() if callable(digest) else _stage_key(features.meta)
+
+
 def _stage_key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -646,10 +651,12 @@ def fit(
     # 3. bottleneck (resumable)
     t = time.perf_counter()
     candidates = list(model.concepts)
-    key = _stage_key({"b": asdict(bcfg), "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta})
+    key = _stage_key({"b": asdict(bcfg), "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
+                      "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)]})
     bfile, bjson = run / "bottleneck.safetensors", run / "bottleneck.json"
     report = None
-    if bfile.exists() and bjson.exists():
+    meta = read_checked_metadata(bfile) if bfile.exists() and bjson.exists() else None
+    if meta is not None and meta.get("salfcbm.key") == key:
         saved = json.loads(bjson.read_text())
         if saved.get("key") == key:
             from safetensors.torch import load_file
@@ -662,11 +669,9 @@ def fit(
             logger.info("Resumed the bottleneck stage from %s", bfile)
     if report is None:
         report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg, progress=progress)
-        from safetensors.torch import save_file
-
         state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
-        atomic_write(bfile, lambda tmp: save_file(state, tmp))
         _write_json(bjson, {"key": key, "report": asdict(report)})
+        atomic_write_bytes(bfile, checked_safetensors(state, {"salfcbm.key": key}))
     timings["bottleneck"] = time.perf_counter() - t
 
     # 4. head on standardised pooled concept activations

@@ -35,3 +35,70 @@ def probe() -> torch.Tensor:
 def logits(m: salfcbm.SALFCBM) -> torch.Tensor:
     with torch.no_grad():
         return m(probe()).logits
+
+
+# -- a deterministic scorer, data and a whole tiny run (for the store and fit tests) --------
+class ColourScorer:
+    """Mean colour per prompt cell as the 'embedding'; concepts are fixed random directions."""
+
+    def __init__(self, slow: bool = False):
+        self.slow = slow
+
+    def fingerprint(self) -> dict:
+        return {"scorer": "ColourScorer", "version": 1}
+
+    def embed(self, images: torch.Tensor, indices: torch.Tensor, prompts) -> torch.Tensor:
+        if self.slow:
+            import time
+
+            time.sleep(0.1)
+        cells = torch.nn.functional.adaptive_avg_pool2d(images.float(), prompts.grid)  # (B, 3, Hg, Wg)
+        emb = torch.cat([cells, torch.ones_like(cells[:, :1])], 1).permute(0, 2, 3, 1)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+    def text_embeddings(self, concepts) -> torch.Tensor:
+        import hashlib
+
+        rows = []
+        for c in concepts:
+            g = torch.Generator().manual_seed(int(hashlib.sha256(c.encode()).hexdigest()[:8], 16))
+            rows.append(torch.randn(4, generator=g))
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+    def similarity(self, embeddings: torch.Tensor, concepts) -> torch.Tensor:
+        return embeddings.float() @ self.text_embeddings(concepts).T
+
+
+def images(n: int, size: int = 16) -> list:
+    """``n`` (image, label) pairs: a coloured square on noise; the colour depends on the label."""
+    g = torch.Generator().manual_seed(n)
+    out = []
+    for i in range(n):
+        label = i % 3
+        x = torch.rand(3, size, size, generator=g) * 0.3
+        x[label, 4:12, 4:12] = 1.0
+        out.append((x, label))
+    return out
+
+
+def run_stages(run, slow: bool = False):
+    """Similarities, feature cache, bottleneck, head and save_pretrained of a tiny model in ``run``."""
+    from salfcbm.supervision.prompts import PromptGrid
+    from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
+
+    torch.manual_seed(0)
+    m = model(0)
+    return fit(m, images(16), images(8), scorer=ColourScorer(slow=slow), prompts=PromptGrid(grid=(4, 4), radius=3),
+               run_dir=run, bottleneck=BottleneckConfig(batch_size=8, max_steps=30, val_every=10, cutoff=-1.0),
+               head=HeadConfig(n_lambdas=4, max_iter=50), baseline=False, batch_size=4, shard_size=4,
+               progress=False)
+
+
+def artefacts(run) -> dict:
+    """Every file a run writes that must be identical after a resume (not timings)."""
+    from pathlib import Path
+
+    run = Path(run)
+    names = [*run.glob("similarities/*/shard_*"), *run.glob("features/*/shard_*"), run / "bottleneck.safetensors",
+             run / "model" / "model.safetensors", run / "model" / "config.json"]
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(names)}

@@ -89,7 +89,7 @@ def test_write_validates_shape_and_reads_are_checked(tmp_path):
     with pytest.raises(InputError, match=r"\[0, 10\)"):
         s.read([10])
     s.shard_path(0).write_bytes(b"not a safetensors file")
-    with pytest.raises(StoreCorruptError, match="Delete this shard file"):
+    with pytest.raises(StoreCorruptError, match="fails its checksum"):
         s.read([0])
 
 
@@ -131,7 +131,10 @@ def test_compute_store_only_missing_shards(tmp_path):
         return toy_fn(images, idx)
 
     s = _toy_store(tmp_path / "s")
-    s.write_shard(1, torch.zeros(4, 2, 3))  # pretend shard 1 was done by an earlier run
+    from salfcbm.supervision.provenance import resolve_inputs, shard_digest
+
+    digest = shard_digest(data, 4, 8, resolve_inputs(data, "auto"))
+    s.write_shard(1, torch.zeros(4, 2, 3), inputs=digest)  # pretend shard 1 was done by an earlier run
     compute_store(s, data, fn, batch_size=3, progress=False)
     done = sorted(i for c in calls for i in c)
     assert done == [0, 1, 2, 3, 8, 9]
@@ -237,7 +240,7 @@ def test_similarity_store_targets_match_scorer(tmp_path, clip_scorer):
     manifest = json.loads((tmp_path / "sims" / "manifest.json").read_text())
     meta = manifest["meta"]
     assert meta["scorer"] == json.loads(json.dumps(clip_scorer.fingerprint()))
-    assert meta["prompts"] == prompts.to_dict() and meta["image_size"] == [40, 40] and meta["dataset_length"] == 5
+    assert meta["prompts"] == prompts.to_dict() and meta["dataset"]["type"] == "ToyImages" and manifest["length"] == 5
     assert manifest["item_shape"] == [3, 2, 32] and manifest["dtype"] == "float16"
     act = sims.concept_activity(concepts, top_k=2)
     per_image = sims.targets(range(5), concepts).amax(dim=(2, 3))
@@ -253,8 +256,10 @@ def test_similarity_store_rejects_other_settings(tmp_path, clip_scorer):
     compute_similarity_store(tmp_path / "sims", data, clip_scorer, PromptGrid(grid=2, radius=5), progress=False)
     with pytest.raises(StoreMismatchError, match=r"meta\.prompts\.radius"):
         compute_similarity_store(tmp_path / "sims", data, clip_scorer, PromptGrid(grid=2, radius=6), progress=False)
-    with pytest.raises(StoreMismatchError, match="dataset_length"):
-        compute_similarity_store(tmp_path / "sims", ToyImages(4, size=32), clip_scorer, PromptGrid(grid=2, radius=5), progress=False)
+    # another length is not a mismatch: the store is resized and only changed shards are recomputed
+    longer = compute_similarity_store(tmp_path / "sims", ToyImages(4, size=32), clip_scorer, PromptGrid(grid=2, radius=5),
+                                      progress=False)
+    assert longer.length == 4
     with pytest.raises(StoreMismatchError, match="another scorer"):
         SimilarityStore.open(tmp_path / "sims", ToyScorer())
     generic = _toy_store(tmp_path / "generic")
