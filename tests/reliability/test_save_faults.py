@@ -50,7 +50,7 @@ def _staging(path: Path) -> list[Path]:
     return [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_kill_9_during_repeated_saves_leaves_a_loadable_model(tmp_path, seed):
     out = tmp_path / "model"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
