@@ -568,6 +568,7 @@ def fit(
     num_workers: int = 0,
     progress: bool = True,
     device: str | torch.device | None = None,
+    inputs: str = "auto",
 ) -> FitResult:
     """Train a wrapped model end to end: similarities, features, bottleneck, head (+ baseline).
 
@@ -597,6 +598,8 @@ def fit(
         num_workers: DataLoader workers.
         progress: show tqdm progress bars.
         device: where to run (default: where the model is).
+        inputs: how the stores key their shards by the images (``"auto"``, ``"files"``, ``"content"``
+            for a full pixel hash, ``"fingerprint"``; see :func:`~salfcbm.supervision.store.compute_store`).
 
     Returns:
         A :class:`FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
@@ -627,11 +630,11 @@ def fit(
             raise InputError("fit() needs a `scorer` (e.g. CLIPScorer()) or both train/val similarity stores.")
         train_similarities = train_similarities or compute_similarity_store(
             run / "similarities" / "train", train_data, scorer, prompts, batch_size=batch_size, progress=progress,
-            num_workers=num_workers, desc="Prompted embeddings (train)",
+            num_workers=num_workers, desc="Prompted embeddings (train)", inputs=inputs,
         )
         val_similarities = val_similarities or compute_similarity_store(
             run / "similarities" / "val", val_data, scorer, prompts, batch_size=batch_size, progress=progress,
-            num_workers=num_workers, desc="Prompted embeddings (val)",
+            num_workers=num_workers, desc="Prompted embeddings (val)", inputs=inputs,
         )
     timings["similarities"] = time.perf_counter() - t
 
@@ -642,7 +645,7 @@ def fit(
     def features(data, split):
         if cache_features:
             return feature_store(model, data, run / "features" / split, progress=progress,
-                                 desc=f"Backbone features ({split})", **kw)
+                                 desc=f"Backbone features ({split})", inputs=inputs, **kw)
         return OnTheFlyFeatures(model, data, **kw)
 
     f_train, f_val = features(train_data, "train"), features(val_data, "val")

@@ -18,6 +18,7 @@ import torch
 import salfcbm
 
 from . import _models as M
+from .conftest import fill
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
@@ -83,31 +84,14 @@ def test_full_disk_during_save_keeps_the_old_model(tmp_path, monkeypatch, method
     assert not _staging(out)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.decode().strip() or 'not permitted'}); "
-                    "the simulated full disk above covers the same path")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
 def test_real_full_disk_at_every_size(small_tmpfs):
-    """Fill a 256 KiB tmpfs so that 0..5 pages are free, then save over the old model."""
+    """Fill a tmpfs so that 0..5 pages are free, then save over the old model."""
     out = small_tmpfs / "model"
     M.model(0).save_pretrained(out)
     outcomes = []
+    filler = small_tmpfs / "filler"
     for free_pages in range(6):
-        filler = small_tmpfs / "filler"
-        filler.unlink(missing_ok=True)
-        st = os.statvfs(small_tmpfs)
-        with open(filler, "wb") as f:
-            f.write(b"\0" * max(0, (st.f_bavail - free_pages) * st.f_frsize))
+        fill(small_tmpfs, free_pages)
         try:
             M.model(1).save_pretrained(out)
             outcomes.append(("saved", _which(out)))

@@ -125,10 +125,17 @@ M.run_stages(sys.argv[1], slow=True)
 """
 
 
-def test_kill_9_during_similarities_features_and_fit_resumes_identically(tmp_path):
-    """Kill a run at random moments (3 seeds), resume it, compare every artefact with an uninterrupted run."""
-    ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted tiny run: the artefacts every resumed run must reproduce byte for byte."""
+    ref = tmp_path_factory.mktemp("ref") / "run"
     M.run_stages(ref)
+    return ref
+
+
+def test_kill_9_during_similarities_features_and_fit_resumes_identically(tmp_path, reference):
+    """Kill a run at random moments (3 seeds), resume it, compare every artefact with an uninterrupted run."""
+    ref = reference
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for seed in range(3):
         run = tmp_path / f"killed{seed}"
@@ -161,3 +168,60 @@ def test_demo_backbone_is_keyed_by_its_settings_and_checked(tmp_path):
     _flip(path, len(path.read_bytes()) - 3)  # a corrupt file is trained again, not loaded
     fixed = _backbone(wider, _datasets(wider), tmp_path, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(net3.state_dict().values(), fixed.state_dict().values()))
+
+
+def test_flipped_run_files_are_recomputed_to_the_same_result(tmp_path, reference):
+    """A flipped byte in a similarity shard, a feature shard and the bottleneck checkpoint: the rerun
+    recomputes exactly those and ends byte-identical."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    targets = [run / "similarities" / "train" / "shard_000000.safetensors",
+               run / "features" / "val" / "shard_000001.safetensors", run / "bottleneck.safetensors"]
+    for path in targets:
+        _flip(path, len(path.read_bytes()) - 7)
+    M.run_stages(run)
+    assert M.artefacts(run) == M.artefacts(reference)
+
+
+def test_flipped_manifest_is_a_salfcbm_error(tmp_path, reference):
+    import shutil
+
+    from salfcbm.errors import SalfCBMError
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    manifest = run / "features" / "train" / "manifest.json"
+    good = manifest.read_bytes()
+    rng = random.Random(0)
+    for pos in rng.sample(range(len(good)), 10):
+        _flip(manifest, pos)
+        with pytest.raises(SalfCBMError):
+            M.run_stages(run)
+        manifest.write_bytes(good)
+
+
+def test_full_disk_during_a_run_then_resume(small_tmpfs, reference):
+    """Run with 0..96 pages free: each run finishes or fails with ENOSPC; after freeing the
+    space, the resumed run is byte-identical to the reference."""
+    import errno
+    import shutil
+
+    from .conftest import fill
+
+    outcomes = []
+    for free_pages in (0, 6, 12, 24, 48, 96):
+        run = small_tmpfs / "run"
+        fill(small_tmpfs, free_pages)
+        try:
+            M.run_stages(run)
+            outcomes.append("finished")
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            outcomes.append("full")
+        (small_tmpfs / "filler").unlink()
+        M.run_stages(run)
+        assert M.artefacts(run) == M.artefacts(reference), free_pages
+        shutil.rmtree(run)
+    assert outcomes[0] == "full" and outcomes[-1] == "finished", outcomes
