@@ -1,4 +1,4 @@
-"""The ``salfcbm`` command line: ``demo``, ``similarities``, ``train``, ``explain``, ``push``.
+"""The ``salfcbm`` command line: ``demo``, ``similarities``, ``train``, ``explain``, ``push``, ``app``.
 
 Every subcommand has ``--help`` (with defaults) and ``--quiet``; long steps show one
 labelled progress bar per stage; training writes a run directory with ``args.json``,
@@ -458,6 +458,36 @@ def _explain_parser(sub) -> None:
     e.set_defaults(func=cmd_explain)
 
 
+def cmd_app(args) -> int:
+    from salfcbm.app import launch, load_model
+
+    _set_threads(args)
+    model, images = load_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights)
+    launch(model, images=args.images or images, host=args.host, port=args.port, share=args.share, top_k=args.top_k,
+           quiet=args.quiet)
+    return 0
+
+
+def _app_parser(sub) -> None:
+    a = sub.add_parser("app", formatter_class=_Formatter,
+                       help="explore a saved SALF-CBM in the browser (pip install 'salfcbm[app]')",
+                       description="Start the explorer, a local web app: predict and explain, explain anything "
+                                   "(draw a region), intervene with a brush, decision rules, concept search.")
+    a.add_argument("model", help="model directory, demo run directory (or its model/ folder), or Hub repo id")
+    a.add_argument("--images", default=None,
+                   help="folder of images for Concept search (a demo run brings its test scenes)")
+    a.add_argument("--backbone", default=None,
+                   help="rebuild the backbone from this name instead of the saved spec (for a custom backbone)")
+    a.add_argument("--backbone-weights", default=None,
+                   help="with --backbone: 'default', a tag, a local file or 'none' (default: the saved spec's)")
+    a.add_argument("--host", default="127.0.0.1", help="interface to serve on (127.0.0.1: this machine only)")
+    a.add_argument("--port", type=_positive_int, default=None, help="port (default: the first free one from 7860)")
+    a.add_argument("--share", action="store_true", help="ask Gradio for a public link (contacts Gradio's servers)")
+    a.add_argument("--top-k", type=_positive_int, default=5, help="concepts shown per class or region")
+    _common(a)
+    a.set_defaults(func=cmd_app)
+
+
 def _push_parser(sub) -> None:
     u = sub.add_parser("push", formatter_class=_Formatter,
                        help="upload a saved SALF-CBM adapter to the Hugging Face Hub",
@@ -492,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _explain_parser(sub)
     _push_parser(sub)
+    _app_parser(sub)
     return p
 
 

@@ -1,0 +1,408 @@
+"""The explorer's panels as plain functions: images and tables in, images, tables and a message out.
+
+:class:`Explorer` holds a model and, optionally, a set of images to search. Each ``*_panel``
+method is one callback of the web app (:mod:`salfcbm.app.ui` only lays them out) and calls the
+library's public API: :meth:`~salfcbm.SALFCBM.explain`, :meth:`~salfcbm.SALFCBM.explain_region`,
+:meth:`~salfcbm.SALFCBM.intervene`, :meth:`~salfcbm.SALFCBM.decision_rules` and the
+:mod:`salfcbm.viz` pictures. A panel never raises: bad input comes back as a message for the page
+(the last value every panel returns), so a user sees what to fix instead of a stack trace.
+
+Coordinates: the page shows images at ``view_scale`` times the model's input size; clicks and
+brush strokes are mapped back to the model's input pixels, which is what the library takes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError, SalfCBMError, closest
+from ..explain import upsample_maps
+from ..viz import overlay_heatmap, sankey_svg, to_display
+from .images import list_images, load_image
+
+__all__ = ["Current", "Explorer", "REGION_MODES"]
+
+log = logging.getLogger("salfcbm.app")
+REGION_MODES = ("box", "points", "brush")
+PREDICTED = "(predicted class)"
+
+
+@dataclass
+class Current:
+    """One image as every panel sees it: pixels at the model's input size and one forward pass."""
+
+    image: torch.Tensor  # (3, H, W) in [0, 1], the model's input size
+    x: torch.Tensor  # (1, 3, H, W) backbone-ready
+    output: Any  # SALFCBMOutput of model(x), reused by every panel
+    notes: list[str] = field(default_factory=list)
+
+
+def guarded(n_outputs: int):
+    """Turn any exception of a panel into ``(None, ..., message)``: the page shows the message."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except SalfCBMError as e:
+                msg = f"**Cannot do that:** {e}"
+            except Exception as e:  # noqa: BLE001 - the page gets a message, the log the traceback
+                log.exception("explorer panel %s failed", fn.__name__)
+                msg = f"**Unexpected error** ({type(e).__name__}: {e}). The server log has the details."
+            return (None,) * (n_outputs - 1) + (msg,)
+
+        return wrapper
+
+    return deco
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:+.6f}"
+
+
+class Explorer:
+    """The panels of ``salfcbm app`` for one model, usable without a browser.
+
+    Args:
+        model: a :class:`~salfcbm.SALFCBM` (not modified: no mode switch, no weight change).
+        images: what Concept search looks through: a folder, a list of paths/images/tensors, or a
+            dataset of ``(image, label)`` pairs; ``None`` disables the folder search.
+        top_k: concepts shown per class or region.
+        max_images: at most this many images are indexed.
+        batch_size: images per forward pass while indexing.
+
+    Examples:
+        >>> import torch, salfcbm
+        >>> from salfcbm.app.explorer import Explorer
+        >>> m = salfcbm.wrap(salfcbm.SmallConvNet(num_classes=2, width=4), concepts=["sky", "grass"], num_classes=2,
+        ...                  input_size=(32, 32), backbone_weights=None)
+        >>> ex = Explorer(m)
+        >>> state, view, msg = ex.load(torch.rand(32, 32, 3).numpy())
+        >>> view.shape
+        (320, 320, 3)
+    """
+
+    def __init__(self, model, images: Any = None, *, top_k: int = 5, max_images: int = 1000, batch_size: int = 32):
+        self.model = model
+        self.top_k = top_k
+        self.size = tuple(int(s) for s in model.config["input_size"])
+        self.view_scale = max(1, math.ceil(320 / max(self.size)))
+        self.index_names: list[str] = []
+        self.index_activations: torch.Tensor | None = None
+        self._index_items: list[Any] = []
+        if images is not None:
+            self._build_index(images, max_images, batch_size)
+
+    # ------------------------------------------------------------------ images
+    def prepare(self, image: Any) -> Current:
+        """An uploaded image (path, PIL, array) -> :class:`Current`, with one forward pass."""
+        if image is None:
+            raise InputError("No image yet: upload one or pick an example.")
+        pixels, notes = load_image(image, self.size)
+        x = self.model.preprocess(pixels[None].to(self._device()))
+        with torch.no_grad():
+            out = self.model(x)
+        shown = to_display(x[0], self.model)  # what the model sees, denormalised
+        return Current(image=torch.from_numpy(shown).permute(2, 0, 1), x=x, output=out, notes=notes)
+
+    def _device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def view(self, current: Current, overlay: np.ndarray | None = None) -> np.ndarray:
+        """The image (or an overlay) at ``view_scale`` x the model's size, as uint8 ``(H, W, 3)``."""
+        img = overlay if overlay is not None else current.image.permute(1, 2, 0).numpy()
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+        s = self.view_scale
+        if s > 1:
+            t = F.interpolate(t, scale_factor=s, mode="bilinear", align_corners=False)
+        return _u8(t[0].permute(1, 2, 0).numpy())
+
+    def to_model_xy(self, xy: Sequence[float]) -> tuple[float, float]:
+        """A click on the shown image -> ``(x, y)`` in the model's input pixels."""
+        s = self.view_scale
+        W, H = self.size[1], self.size[0]
+        return min(max(float(xy[0]) / s, 0.0), W - 1.0), min(max(float(xy[1]) / s, 0.0), H - 1.0)
+
+    @guarded(3)
+    def load(self, image: Any):
+        """Upload callback: ``(state, the picture to show, a note)``."""
+        cur = self.prepare(image)
+        note = "; ".join(cur.notes)
+        return cur, self.view(cur), f"Image loaded ({note})." if note else "Image loaded."
+
+    # ------------------------------------------------------------------ 1. predict and explain
+    @guarded(4)
+    def predict_panel(self, current: Current | None, target: str | None = None, top_k: int | None = None):
+        """Top classes, the top-k contributions as a bar chart, their heatmaps, and a summary.
+
+        Returns ``(probabilities {class: p}, bar-chart figure, [(overlay, caption)], message)``.
+        """
+        cur = self._require(current)
+        k = int(top_k or self.top_k)
+        t = None if target in (None, "", PREDICTED) else target
+        ex = self.model.explain(cur.x, target=t, top_k=k, output=cur.output)[0]
+        ce = ex.top
+        probs = {n: float(p) for n, p in zip(self.model.class_names, ex.probabilities.tolist())}
+        gallery = [
+            (_u8(overlay_heatmap(cur.image, h)), f"{c} ({s:+.3f})")
+            for c, s, h in zip(ce.concepts, ce.scores.tolist(), ce.heatmaps)
+        ]
+        msg = (
+            f"Prediction: **{ex.predicted_class}** (p={float(ex.probabilities[ex.prediction]):.3f}). "
+            f"Explaining **{ce.class_name}**: logit {ce.logit:.4f} = bias {ce.bias:.4f} + the contributions of "
+            f"{int((ce.contributions != 0).sum())} concepts."
+        )
+        if not ce.concepts:
+            msg += " No concept contributes to this class (its head row is all zero)."
+        return probs, self._bar_chart(ce.concepts, ce.scores.tolist(), ce.class_name), gallery, msg
+
+    @staticmethod
+    def _bar_chart(names: list[str], scores: list[float], title: str):
+        from matplotlib.figure import Figure
+
+        from ..viz import NEG_COLOR, POS_COLOR
+
+        fig = Figure(figsize=(5, 0.45 * max(len(names), 1) + 0.9))
+        ax = fig.add_subplot(1, 1, 1)
+        ax.barh(range(len(names)), scores, color=[POS_COLOR if s >= 0 else NEG_COLOR for s in scores])
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.axvline(0, color="#444", lw=0.8)
+        ax.set_xlabel(f"contribution to '{title}'")
+        fig.tight_layout()
+        return fig
+
+    # ------------------------------------------------------------------ regions
+    def region_kwargs(self, mode: str, clicks: Sequence[Sequence[float]] | None, drawing: Any) -> dict[str, Any]:
+        """The region a user gave, as ``box=``, ``points=`` or ``mask=`` in the model's input pixels."""
+        clicks = list(clicks or [])
+        if mode == "box":
+            if len(clicks) < 2:
+                raise InputError(f"A box needs two clicks (opposite corners); got {len(clicks)}. Click on the image.")
+            (xa, ya), (xb, yb) = clicks[-2], clicks[-1]
+            x0, x1 = sorted((xa, xb))
+            y0, y1 = sorted((ya, yb))
+            box = (int(math.floor(x0)), int(math.floor(y0)), int(math.floor(x1)) + 1, int(math.floor(y1)) + 1)
+            return {"box": box}
+        if mode == "points":
+            if not clicks:
+                raise InputError("No points yet: click on the image to add points.")
+            return {"points": [tuple(p) for p in clicks]}
+        if mode == "brush":
+            return {"mask": self.brush_mask(drawing)}
+        raise InputError(f"Unknown region mode {mode!r}; expected one of {REGION_MODES}.")
+
+    def brush_mask(self, drawing: Any) -> torch.Tensor:
+        """The painted pixels of an image-editor value, as an ``(H, W)`` weight mask at the model's size."""
+        layers = drawing.get("layers") if isinstance(drawing, dict) else None
+        painted = None
+        for layer in layers or []:
+            a = np.asarray(layer)
+            if a.ndim == 3 and a.shape[-1] == 4:
+                m = a[..., 3] > 0
+                painted = m if painted is None or painted.shape != m.shape else painted | m
+        if painted is None or not painted.any():
+            raise InputError("The drawing is empty: paint over the region with the brush first.")
+        m = torch.from_numpy(painted.astype(np.float32))[None, None]
+        return F.adaptive_avg_pool2d(m, self.size)[0, 0]  # the fraction of each model pixel painted
+
+    def region_view(self, current: Current, kwargs: dict[str, Any]) -> np.ndarray:
+        """The image with the region outlined (box), dotted (points) or shaded (mask)."""
+        from ..explain import region_masks
+
+        mask = region_masks(self.size, **kwargs, grid=self.model.grid)[0].clamp(0, 1)
+        img = current.image.permute(1, 2, 0).numpy()
+        tint = np.array([0.9, 0.1, 0.1], dtype=np.float32)
+        m = mask.numpy()[..., None]
+        return self.view(current, img * (1 - 0.45 * m) + tint * 0.45 * m)
+
+    def click(self, current: Current | None, clicks: list | None, mode: str, xy: Sequence[float] | None):
+        """Add a click (model pixels) to the list: a box keeps the last two, points keep all."""
+        if current is None or xy is None:
+            return list(clicks or []), None
+        clicks = list(clicks or []) + [self.to_model_xy(xy)]
+        if mode == "box":
+            clicks = clicks[-2:]
+        try:
+            return clicks, self.region_view(current, self.region_kwargs(mode, clicks, None))
+        except SalfCBMError:  # one corner of a box so far
+            return clicks, self.view(current)
+
+    # ------------------------------------------------------------------ 2. explain anything
+    @guarded(3)
+    def region_panel(self, current: Current | None, mode: str, clicks: list | None, drawing: Any = None,
+                     top_k: int | None = None):
+        """Concepts inside a drawn region, ranked; their maps restricted to it.
+
+        Returns ``(rows [[rank, concept, activation, mean]], [(map, caption)], message)``.
+        """
+        cur = self._require(current)
+        kw = self.region_kwargs(mode, clicks, drawing)
+        rep = self.model.explain_region(cur.x, **kw, top_k=int(top_k or self.top_k), output=cur.output)
+        r = rep[0]
+        rows = [
+            [i + 1, c, round(float(s), 6), round(float(s) / r.area, 6)]
+            for i, (c, s) in enumerate(zip(r.concepts, r.scores.tolist()))
+        ]
+        maps = upsample_maps(cur.output.concept_maps[0, r.concept_indices].detach(), self.size)
+        inside = rep.masks[0] > 0
+        gallery = []
+        for c, h in zip(r.concepts, maps):
+            vals = h[inside]
+            shown = overlay_heatmap(cur.image, torch.where(inside, h, vals.min()), vmin=float(vals.min()), vmax=float(vals.max()))
+            shown = np.where(inside.numpy()[..., None], shown, 0.35 * cur.image.permute(1, 2, 0).numpy())
+            gallery.append((self.view(cur, shown), c))
+        where = ", ".join(f"{k}={v if k != 'mask' else f'{int((v > 0).sum())} px'}" for k, v in kw.items())
+        msg = (
+            f"Region {where} in the model's {self.size[1]}x{self.size[0]} input "
+            f"({100 * r.area_fraction:.1f}% of the image). Top concept: **{r.concepts[0]}**."
+        )
+        return rows, gallery, msg
+
+    # ------------------------------------------------------------------ 3. intervene
+    @guarded(2)
+    def intervene_panel(self, current: Current | None, concept: str | None, mode: str, clicks: list | None,
+                        drawing: Any = None, beta: float = 1.0, target: str | None = None):
+        """Add ``beta`` x the region to a concept's map; logits and top classes before and after.
+
+        ``mode`` may also be ``"whole image"``. Returns ``(rows [[class, before, after, change,
+        p before, p after]], message)``.
+        """
+        cur = self._require(current)
+        if not concept:
+            raise InputError("Choose a concept to add or remove.")
+        kw = {} if mode == "whole image" else self.region_kwargs(mode, clicks, drawing)
+        t = None if target in (None, "", PREDICTED) else target
+        res = self.model.intervene(cur.x, concept, **kw, beta=float(beta), target=t, output=cur.output)
+        names = self.model.class_names
+        top = torch.cat([res.logits_before.topk(min(5, len(names))).indices, res.logits_after.topk(min(5, len(names))).indices])
+        order = list(dict.fromkeys(top.tolist()))
+        d = res.delta_logits
+        rows = [
+            [names[i], round(float(res.logits_before[i]), 6), round(float(res.logits_after[i]), 6), _fmt(float(d[i])),
+             round(float(res.probabilities_before[i]), 4), round(float(res.probabilities_after[i]), 4)]
+            for i in order
+        ]
+        tgt = names[res.target]
+        verdict = (f"changes **{res.class_before}** -> **{res.class_after}**" if res.changed
+                   else f"stays **{res.class_before}**")
+        msg = (
+            f"{'Adding' if beta >= 0 else 'Removing'} **{res.concepts[0]}** (beta={float(beta):+g}) over "
+            f"{100 * float(res.region.mean()):.1f}% of the grid: the prediction {verdict}. "
+            f"Exact change of the logit of **{tgt}**: <span id='delta-logit'>{_fmt(float(d[res.target]))}</span>."
+        )
+        return rows, msg
+
+    # ------------------------------------------------------------------ 4. decision rules
+    @guarded(3)
+    def rules_panel(self, classes: Sequence[str] | str | None, max_concepts: int = 8):
+        """Non-zero weights of the chosen classes, and their Sankey diagram (inline SVG).
+
+        Returns ``(rows [[class, concept, weight]], svg html, message)``.
+        """
+        if isinstance(classes, str):
+            classes = [classes]
+        if not classes:
+            raise InputError("Pick at least one class.")
+        rules = self.model.decision_rules(list(classes))
+        rows = [[r.class_name, c, round(w, 6)] for r in rules for c, w in r.pairs()]
+        empty = [r.class_name for r in rules if len(r) == 0]
+        svg = "" if len(empty) == len(rules) else sankey_svg(rules, max_concepts=int(max_concepts))
+        msg = "; ".join(f"**{r.class_name}**: {len(r)} non-zero weights, bias {r.bias:+.4f}" for r in rules) + "."
+        if empty:
+            msg += f" No concept is connected to {', '.join(empty)}."
+        return rows, svg, msg
+
+    # ------------------------------------------------------------------ 5. concept search
+    def find_concept(self, query: str | None) -> str:
+        """The concept a user typed: exact or case-insensitive name, or one unique substring match."""
+        q = (query or "").strip()
+        if not q:
+            raise InputError("Type a concept to search for.")
+        names = self.model.concepts
+        if q in names:
+            return q
+        low = [n for n in names if n.lower() == q.lower()] or [n for n in names if q.lower() in n.lower()]
+        if len(low) == 1:
+            return low[0]
+        near = low[:8] or closest(q, names, n=8)
+        hint = f" Did you mean: {', '.join(repr(n) for n in near)}?" if near else ""
+        raise InputError(f"No concept named {q!r} among the model's {len(names)} concepts.{hint}")
+
+    @guarded(3)
+    def search_panel(self, current: Current | None, query: str | None, k: int = 6):
+        """A concept's map on the current image and the indexed images where it fires most.
+
+        Returns ``(overlay or None, [(overlay, caption)], message)``.
+        """
+        name = self.find_concept(query)
+        m = self.model.concept_index(name)
+        shown, notes = None, [f"Concept **{name}**."]
+        if current is not None:
+            h = upsample_maps(current.output.concept_maps[0, m].detach(), self.size)
+            shown = self.view(current, overlay_heatmap(current.image, h))
+            notes.append(f"Pooled activation on this image: {float(current.output.concept_activations[0, m]):.4f}.")
+        else:
+            notes.append("Upload an image to see its map.")
+        gallery = []
+        if self.index_activations is None:
+            notes.append("No image folder to search: start the app with `--images FOLDER`.")
+        else:
+            act = self.index_activations[:, m]
+            top = act.topk(min(int(k), len(act))).indices.tolist()
+            x = torch.cat([self.prepare(self._index_items[i]).x for i in top])
+            with torch.no_grad():
+                maps = self.model(x).concept_maps[:, m]
+            for j, i in enumerate(top):
+                img = to_display(x[j], self.model)
+                h = upsample_maps(maps[j], self.size)
+                gallery.append((_u8(overlay_heatmap(img, h)), f"{self.index_names[i]} ({float(act[i]):.3f})"))
+            notes.append(f"Top {len(top)} of {len(act)} indexed images.")
+        return shown, gallery, " ".join(notes)
+
+    def _build_index(self, images: Any, max_images: int, batch_size: int) -> None:
+        """Pooled concept activations of every searchable image (one forward pass each, batched)."""
+        if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
+            files = list_images(images, max_images)
+            items, names = list(files), [str(p.relative_to(images)) for p in files]
+        else:
+            n = min(len(images), max_images)
+            items = [images[i][0] if isinstance(images[i], tuple) else images[i] for i in range(n)]
+            names = [f"#{i}" for i in range(n)]
+        acts = []
+        for a in range(0, len(items), batch_size):
+            x = torch.cat([self.prepare(it).x for it in items[a: a + batch_size]])
+            with torch.no_grad():
+                acts.append(self.model(x).concept_activations.detach().float().cpu())
+        self._index_items, self.index_names = items, names
+        self.index_activations = torch.cat(acts) if acts else None
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _require(current: Current | None) -> Current:
+        if current is None:
+            raise InputError("No image yet: upload one or pick an example first.")
+        return current
+
+    def class_choices(self) -> list[str]:
+        return [PREDICTED, *self.model.class_names]
+
+    def beta_range(self) -> float:
+        """A slider range for beta: a few standard deviations of the concept activations."""
+        std = self.model.concept_std.detach().float()
+        return float(max(1.0, round(4 * float(std.max()), 1)))

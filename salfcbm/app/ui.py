@@ -1,0 +1,173 @@
+"""The explorer's page: five tabs laid out with Gradio, every callback an :class:`Explorer` method.
+
+Element ids (``#upload``, ``#predict-msg``, ``#ea-click``, ``#iv-msg``, ...) are stable, so the
+browser test and the docs' screenshot script can find each control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .explorer import PREDICTED, REGION_MODES, Explorer
+
+__all__ = ["build_app"]
+
+CSS = """
+#ea-click img, #iv-click img, #cs-map img { image-rendering: auto; }
+.salfcbm-msg { min-height: 2.5em; }
+"""
+
+
+def _region_inputs(gr, ex: Explorer, prefix: str, modes: Sequence[str], label: str):
+    """A region picker: a mode, an image to click (box corners, points) and a brush editor."""
+    mode = gr.Radio(list(modes), value=modes[0], label="Region", elem_id=f"{prefix}-mode")
+    with gr.Row():
+        click = gr.Image(label=label, interactive=False, elem_id=f"{prefix}-click", format="png",
+                         visible=modes[0] != "brush", height=360)
+        brush = gr.ImageEditor(label="Paint the region", elem_id=f"{prefix}-brush", visible=modes[0] == "brush",
+                               sources=(), transforms=(), layers=False, type="numpy", format="png", height=360,
+                               brush=gr.Brush(colors=["#ff3030"], default_size=max(2, 3 * ex.view_scale)))
+    clicks = gr.State([])
+
+    def show(m):
+        return gr.update(visible=m != "brush"), gr.update(visible=m == "brush"), []
+
+    mode.change(show, [mode], [click, brush, clicks])
+    return mode, click, brush, clicks
+
+
+def _on_click(gr, ex: Explorer):
+    """A select handler: gradio passes the click's pixel coordinates as a SelectData argument."""
+
+    def on_click(current, clicks, mode, evt):
+        return ex.click(current, clicks, mode, evt.index)
+
+    on_click.__annotations__ = {"evt": gr.SelectData}  # gradio finds event data by this annotation
+    return on_click
+
+
+def _predict_tab(gr, ex: Explorer, state):
+    with gr.Row():
+        target = gr.Dropdown(ex.class_choices(), value=PREDICTED, label="Explain class", elem_id="class-select")
+        top_k = gr.Slider(1, min(20, ex.model.num_concepts), value=min(ex.top_k, ex.model.num_concepts), step=1,
+                          label="Concepts shown", elem_id="top-k")
+    msg = gr.Markdown(elem_id="predict-msg", elem_classes="salfcbm-msg")
+    with gr.Row():
+        probs = gr.Label(num_top_classes=5, label="Top classes", elem_id="probs")
+        bars = gr.Plot(label="Concept contributions", elem_id="bars")
+    maps = gr.Gallery(label="Where each concept is (heatmaps)", columns=5, height="auto", elem_id="heatmaps")
+    outs = [probs, bars, maps, msg]
+    for ev in (target.change, top_k.release):
+        ev(ex.predict_panel, [state, target, top_k], outs)
+    return (ex.predict_panel, [state, target, top_k], outs)
+
+
+def _region_tab(gr, ex: Explorer, state):
+    mode, click, brush, clicks = _region_inputs(gr, ex, "ea", REGION_MODES,
+                                                "Click two corners for a box, or points")
+    with gr.Row():
+        run = gr.Button("Explain region", variant="primary", elem_id="ea-run")
+        clear = gr.Button("Clear region", elem_id="ea-clear")
+    msg = gr.Markdown(elem_id="ea-msg", elem_classes="salfcbm-msg")
+    table = gr.Dataframe(headers=["rank", "concept", "activation", "mean activation"], label="Concepts in the region",
+                         elem_id="ea-table", interactive=False)
+    maps = gr.Gallery(label="Their maps inside the region", columns=5, height="auto", elem_id="ea-maps")
+    inputs, outs = [state, mode, clicks, brush], [table, maps, msg]
+    click.select(_on_click(gr, ex), [state, clicks, mode], [clicks, click]).then(ex.region_panel, inputs, outs)
+    run.click(ex.region_panel, inputs, outs)
+    clear.click(lambda cur: ([], None if cur is None else ex.view(cur)), [state], [clicks, click])
+    return click, brush, clicks
+
+
+def _intervene_tab(gr, ex: Explorer, state):
+    r = ex.beta_range()
+    with gr.Row():
+        concept = gr.Dropdown(ex.model.concepts, value=ex.model.concepts[0], label="Concept", filterable=True,
+                              elem_id="iv-concept")
+        beta = gr.Slider(-r, r, value=round(r / 2, 2), step=r / 100, label="beta (add > 0, remove < 0)",
+                         elem_id="iv-beta")
+        target = gr.Dropdown(ex.class_choices(), value=PREDICTED, label="Report the logit of", elem_id="iv-target")
+    mode, click, brush, clicks = _region_inputs(gr, ex, "iv", ("box", "points", "brush", "whole image"),
+                                                "Click two corners for a box, or points")
+    run = gr.Button("Intervene", variant="primary", elem_id="iv-run")
+    msg = gr.Markdown(elem_id="iv-msg", elem_classes="salfcbm-msg")
+    table = gr.Dataframe(headers=["class", "logit before", "logit after", "change", "p before", "p after"],
+                         label="Top classes before and after", elem_id="iv-table", interactive=False)
+    inputs, outs = [state, concept, mode, clicks, brush, beta, target], [table, msg]
+    click.select(_on_click(gr, ex), [state, clicks, mode], [clicks, click])
+    for ev in (run.click, beta.release):
+        ev(ex.intervene_panel, inputs, outs)
+    return click, brush, clicks
+
+
+def _rules_tab(gr, ex: Explorer):
+    names = ex.model.class_names
+    with gr.Row():
+        classes = gr.Dropdown(names, value=[names[0]], multiselect=True, label="Classes", elem_id="rules-classes")
+        k = gr.Slider(1, 20, value=8, step=1, label="Largest weights drawn per class", elem_id="rules-k")
+    msg = gr.Markdown(elem_id="rules-msg", elem_classes="salfcbm-msg")
+    sankey = gr.HTML(elem_id="sankey")
+    table = gr.Dataframe(headers=["class", "concept", "weight"], label="Non-zero weights", elem_id="rules-table",
+                         interactive=False)
+    outs = [table, sankey, msg]
+    classes.change(ex.rules_panel, [classes, k], outs)
+    k.release(ex.rules_panel, [classes, k], outs)
+    return (ex.rules_panel, [classes, k], outs)
+
+
+def _search_tab(gr, ex: Explorer, state):
+    with gr.Row():
+        query = gr.Dropdown(ex.model.concepts, value=None, allow_custom_value=True, filterable=True,
+                            label="Concept (type or pick)", elem_id="cs-query")
+        run = gr.Button("Search", variant="primary", elem_id="cs-run")
+    msg = gr.Markdown(elem_id="cs-msg", elem_classes="salfcbm-msg")
+    with gr.Row():
+        shown = gr.Image(label="Its map on the current image", interactive=False, elem_id="cs-map", format="png",
+                         height=320)
+        top = gr.Gallery(label="Where it fires most", columns=3, height="auto", elem_id="cs-top")
+    for ev in (run.click, query.input):
+        ev(ex.search_panel, [state, query], [shown, top, msg])
+
+
+def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = "salfcbm explorer"):
+    """The explorer's :class:`gradio.Blocks` for an :class:`Explorer` (``launch`` it, or mount it)."""
+    from . import _gradio
+
+    gr = _gradio()
+    m = ex.model
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(
+            f"## {title}\n{m.num_concepts} concepts, {m.num_classes} classes, a {m.grid[0]}x{m.grid[1]} concept grid; "
+            f"images are resized to {ex.size[1]}x{ex.size[0]}."
+        )
+        state = gr.State(None)
+        with gr.Row():
+            upload = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
+                              elem_id="upload", height=260)
+            with gr.Column():
+                load_msg = gr.Markdown("Upload an image or pick an example.", elem_id="load-msg",
+                                       elem_classes="salfcbm-msg")
+                if examples:
+                    gr.Examples([[e] for e in examples], inputs=[upload], label="Examples", examples_per_page=12)
+        with gr.Tabs():
+            with gr.Tab("Predict and explain", id="predict"):
+                predict = _predict_tab(gr, ex, state)
+            with gr.Tab("Explain anything", id="region"):
+                ea_click, ea_brush, ea_clicks = _region_tab(gr, ex, state)
+            with gr.Tab("Intervene", id="intervene"):
+                iv_click, iv_brush, iv_clicks = _intervene_tab(gr, ex, state)
+            with gr.Tab("Decision rules", id="rules"):
+                rules = _rules_tab(gr, ex)
+            with gr.Tab("Concept search", id="search"):
+                _search_tab(gr, ex, state)
+
+        def loaded(path):
+            cur, view, note = ex.load(path)
+            editor = None if view is None else {"background": view, "layers": [], "composite": view}
+            return cur, view, view, editor, editor, [], [], note
+
+        upload.change(loaded, [upload], [state, ea_click, iv_click, ea_brush, iv_brush, ea_clicks, iv_clicks,
+                                         load_msg]).then(*predict)
+        app.load(*rules)
+    return app

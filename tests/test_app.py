@@ -1,0 +1,310 @@
+"""The explorer's panels as plain functions (no browser, no server): they agree with the library and
+turn bad input into a message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import salfcbm
+from salfcbm.app.explorer import PREDICTED, Explorer
+from salfcbm.app.images import MAX_PIXELS, load_image, to_rgb01
+from salfcbm.errors import InputError, MissingExtraError
+from salfcbm.synthetic import SmallConvNet, SyntheticScenes
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return SyntheticScenes(n=12, image_size=32, seed=0, split="test", num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def model(scenes):
+    torch.manual_seed(0)
+    m = salfcbm.wrap(SmallConvNet(num_classes=3, width=4), concepts=scenes.concepts, num_classes=3,
+                     class_names=scenes.classes, input_size=(32, 32), backbone_weights=None,
+                     input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0))
+    with torch.no_grad():
+        m.head.weight[2] = 0  # a class no concept is connected to
+        m.head.weight[0, ::2] = 0
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def explorer(model, scenes):
+    return Explorer(model, scenes, top_k=3)
+
+
+@pytest.fixture(scope="module")
+def current(explorer, scenes):
+    cur, view, msg = explorer.load(scenes[1][0])
+    assert msg == "Image loaded." and view.shape == (320, 320, 3) and view.dtype == np.uint8
+    return cur
+
+
+def _is_message(out, n, *words):
+    assert len(out) == n and all(o is None for o in out[:-1]), out
+    assert "Traceback" not in out[-1]
+    for w in words:
+        assert w in out[-1], out[-1]
+
+
+def test_predict_panel_shows_the_prediction_and_any_class(explorer, model, current):
+    probs, fig, gallery, msg = explorer.predict_panel(current)
+    ref = model.explain(current.x, top_k=3)[0]
+    assert max(probs, key=probs.get) == ref.predicted_class
+    assert f"Prediction: **{ref.predicted_class}**" in msg
+    assert [c for _, c in gallery] == [f"{c} ({s:+.3f})" for c, s in zip(ref.top.concepts, ref.top.scores.tolist())]
+    assert gallery[0][0].shape == (32, 32, 3)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ref.top.concepts
+    other = next(c for c in model.class_names if c != ref.predicted_class)
+    _, _, gallery, msg = explorer.predict_panel(current, other, top_k=2)
+    ce = model.explain(current.x, target=other, top_k=2)[0].top
+    assert f"Explaining **{other}**" in msg and [c.split(" (")[0] for _, c in gallery] == ce.concepts
+
+
+def test_a_class_without_concepts_says_so(explorer, model, current):
+    *_, msg = explorer.predict_panel(current, model.class_names[2])
+    assert "No concept contributes" in msg
+    rows, svg, msg = explorer.rules_panel([model.class_names[2]])
+    assert rows == [] and svg == "" and "No concept is connected" in msg
+
+
+@pytest.mark.parametrize("mode, clicks, kw", [
+    ("box", [(20.4, 3.0), (2.0, 12.9)], {"box": (2, 3, 21, 13)}),
+    ("points", [(5.0, 5.0), (25.0, 20.0)], {"points": [(5.0, 5.0), (25.0, 20.0)]}),
+])
+def test_region_panel_agrees_with_explain_region(explorer, model, current, mode, clicks, kw):
+    rows, gallery, msg = explorer.region_panel(current, mode, clicks)
+    ref = model.explain_region(current.x, **kw, top_k=3)[0]
+    assert [r[1] for r in rows] == ref.concepts
+    assert [r[2] for r in rows] == pytest.approx(ref.scores.tolist(), abs=1e-5)
+    assert f"Top concept: **{ref.concepts[0]}**" in msg and len(gallery) == 3
+
+
+def test_clicks_on_the_enlarged_view_map_to_model_pixels(explorer, current):
+    s = explorer.view_scale
+    clicks, shown = explorer.click(current, [], "box", (3 * s, 4 * s))
+    assert clicks == [(3.0, 4.0)] and shown.shape == (320, 320, 3)
+    clicks, shown = explorer.click(current, clicks, "box", (10 * s + 1, 8 * s))
+    clicks, _ = explorer.click(current, clicks, "box", (31 * s + 50, 2 * s))  # outside: clamped to the image
+    assert clicks == [(10 + 1 / s, 8.0), (31.0, 2.0)]
+    assert explorer.region_kwargs("box", clicks, None) == {"box": (10, 2, 32, 9)}
+
+
+def test_brush_region_is_the_painted_pixels(explorer, model, current):
+    layer = np.zeros((320, 320, 4), dtype=np.uint8)
+    layer[:160, :160, 3] = 255  # the top-left quarter, painted at view resolution
+    rows, _, msg = explorer.region_panel(current, "brush", [], {"background": None, "layers": [layer]})
+    mask = torch.zeros(32, 32)
+    mask[:16, :16] = 1
+    ref = model.explain_region(current.x, mask=mask, top_k=3)[0]
+    assert [r[1] for r in rows] == ref.concepts and "256 px" in msg
+
+
+@pytest.mark.parametrize("drawing", [None, {"layers": []}, {"layers": [np.zeros((320, 320, 4), np.uint8)]}])
+def test_an_empty_drawing_gives_a_message(explorer, current, drawing):
+    _is_message(explorer.region_panel(current, "brush", [], drawing), 3, "drawing is empty")
+
+
+def test_incomplete_regions_give_messages(explorer, current):
+    _is_message(explorer.region_panel(current, "box", [(1.0, 1.0)]), 3, "two clicks")
+    _is_message(explorer.region_panel(current, "points", []), 3, "click on the image")
+    _is_message(explorer.region_panel(None, "box", []), 3, "No image yet")
+
+
+def test_intervene_panel_reports_intervenes_exact_change(explorer, model, current):
+    concept = model.concepts[1]
+    rows, msg = explorer.intervene_panel(current, concept, "box", [(0.0, 0.0), (15.0, 20.0)], None, 3.0)
+    res = model.intervene(current.x, concept, box=(0, 0, 16, 21), beta=3.0)
+    shown = float(msg.split("id='delta-logit'>")[1].split("<")[0])
+    assert shown == pytest.approx(float(res.delta_logits[res.target]), abs=1e-6)
+    by_class = {r[0]: r for r in rows}
+    i = res.prediction_before
+    assert by_class[model.class_names[i]][1:3] == pytest.approx([float(res.logits_before[i]), float(res.logits_after[i])], abs=1e-5)
+    rows, msg = explorer.intervene_panel(current, concept, "whole image", [], None, -2.0, model.class_names[1])
+    res = model.intervene(current.x, concept, beta=-2.0, target=1)
+    assert f"logit of **{model.class_names[1]}**" in msg and "Removing" in msg
+    assert float(msg.split("'>")[1].split("<")[0]) == pytest.approx(float(res.delta_logits[1]), abs=1e-6)
+
+
+def test_intervene_with_an_unknown_concept_gives_a_message(explorer, current):
+    _is_message(explorer.intervene_panel(current, "a cirle", "whole image", [], None, 1.0), 2, "Unknown concept", "a circle")
+    _is_message(explorer.intervene_panel(current, None, "whole image", [], None, 1.0), 2, "Choose a concept")
+
+
+def test_rules_panel_lists_the_non_zero_weights_and_draws_a_sankey(explorer, model):
+    rows, svg, msg = explorer.rules_panel(model.class_names[:2])
+    rules = model.decision_rules([0, 1])
+    assert rows == [[r.class_name, c, pytest.approx(w, abs=1e-6)] for r in rules for c, w in r.pairs()]
+    assert svg.startswith("<svg") and f"{len(rules[0])} non-zero weights" in msg
+    _is_message(explorer.rules_panel([]), 3, "Pick at least one class")
+    _is_message(explorer.rules_panel(["no such class"]), 3, "Unknown class")
+
+
+def test_concept_search_finds_the_images_where_a_concept_fires_most(explorer, model, scenes, current):
+    shown, gallery, msg = explorer.search_panel(current, "A CIRCLE", k=4)
+    m = model.concept_index("a circle")
+    with torch.no_grad():
+        acts = torch.cat([model(explorer.prepare(scenes[i][0]).x).concept_activations for i in range(len(scenes))])[:, m]
+    best = acts.topk(4).indices.tolist()
+    assert [c.split(" ")[0] for _, c in gallery] == [f"#{i}" for i in best]
+    assert shown.shape == (320, 320, 3) and "Concept **a circle**" in msg and "Top 4 of 12" in msg
+
+
+def test_concept_search_without_a_folder_or_with_an_unknown_concept(model, explorer, current):
+    shown, gallery, msg = Explorer(model).search_panel(current, "a circle")
+    assert gallery == [] and "--images FOLDER" in msg
+    _is_message(explorer.search_panel(current, "a cirle"), 3, "No concept named 'a cirle'", "Did you mean", "'a circle'")
+    _is_message(explorer.search_panel(current, "  "), 3, "Type a concept")
+
+
+def test_concept_search_indexes_a_folder(model, scenes, tmp_path):
+    for i in range(3):
+        Image.fromarray((scenes[i][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / f"s{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ex = Explorer(model, tmp_path)
+    assert ex.index_names == ["s0.png", "s1.png", "s2.png"] and ex.index_activations.shape == (3, model.num_concepts)
+    with pytest.raises(InputError, match="not a folder"):
+        Explorer(model, tmp_path / "missing")
+
+
+@pytest.mark.parametrize("image, note", [
+    (np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8), "grayscale"),
+    (np.random.default_rng(0).integers(0, 255, (40, 50, 4), dtype=np.uint8), "RGBA"),
+    (Image.new("LA", (30, 20), (128, 100)), "grayscale + alpha"),
+    (Image.new("P", (30, 20)), "RGBA"),
+    (Image.new("I;16", (30, 20), 40000), "grayscale"),
+    (np.random.default_rng(0).random((3, 40, 50)) * 255.0, None),
+])
+def test_odd_images_are_converted_with_a_note(explorer, image, note):
+    cur, view, msg = explorer.load(image)
+    assert cur is not None and cur.x.shape == (1, 3, 32, 32) and view.shape == (320, 320, 3)
+    assert (note or "Image loaded.") in msg
+
+
+def test_transparency_is_composited_on_white():
+    x, notes = to_rgb01(np.zeros((2, 2, 4), dtype=np.uint8))
+    assert torch.equal(x, torch.ones(3, 2, 2)) and notes
+
+
+def test_huge_and_broken_images_give_messages(explorer, tmp_path, monkeypatch):
+    side = int(MAX_PIXELS**0.5) + 1
+    _is_message(explorer.load(np.zeros((side, side), dtype=np.uint8)), 3, "larger than the explorer's limit")
+    big = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(big)
+    monkeypatch.setattr("salfcbm.app.images.MAX_PIXELS", 100_000)
+    _is_message(explorer.load(str(big)), 3, "400x300", "Downscale it first")
+    monkeypatch.undo()
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    _is_message(explorer.load(str(tmp_path / "bad.png")), 3, "Could not read 'bad.png'")
+    _is_message(explorer.load(None), 3, "No image yet")
+    _is_message(explorer.load(np.zeros((0, 5, 3))), 3, "empty")
+    _is_message(explorer.load(np.full((4, 4, 3), np.nan)), 3, "NaN")
+
+
+def test_a_large_file_is_shrunk_before_the_model_resize(tmp_path):
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (1600, 1200), (10, 200, 30)).save(path)
+    x, notes = load_image(str(path), (32, 32))
+    assert max(x.shape[-2:]) <= 800 and "shrunk" in notes[0]
+
+
+def test_panels_do_not_change_the_model(scenes):
+    torch.manual_seed(1)
+    m = salfcbm.wrap(SmallConvNet(num_classes=3, width=4), concepts=scenes.concepts, num_classes=3,
+                     input_size=(32, 32), backbone_weights=None)
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    modes = {n: mod.training for n, mod in m.named_modules()}
+    ex = Explorer(m, scenes)
+    cur, _, _ = ex.load(scenes[0][0])
+    ex.predict_panel(cur, PREDICTED)
+    ex.region_panel(cur, "box", [(1.0, 1.0), (9.0, 9.0)])
+    ex.intervene_panel(cur, m.concepts[0], "whole image", [], None, 5.0)
+    ex.rules_panel(m.class_names)
+    ex.search_panel(cur, m.concepts[0])
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert modes == {n: mod.training for n, mod in m.named_modules()}
+
+
+def test_unexpected_errors_become_messages_not_tracebacks(explorer, current, monkeypatch, caplog):
+    def boom(*a, **k):
+        raise RuntimeError("kaputt")
+
+    monkeypatch.setattr(explorer.model, "explain", boom)
+    _is_message(explorer.predict_panel(current), 4, "Unexpected error", "RuntimeError: kaputt", "server log")
+    assert "kaputt" in caplog.text
+
+
+# ---------------------------------------------------------------------- loading, launching, the extra
+def test_load_model_recognises_the_demo_run(model, tmp_path):
+    from safetensors.torch import save_file
+
+    from salfcbm.app import load_model
+
+    run = tmp_path / "demo"
+    (run / "model").mkdir(parents=True)
+    model.save_pretrained(run / "model")
+    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(run / "backbone.safetensors"))
+    cfg = {"n_train": 10, "n_val": 10, "n_test": 7, "image_size": 32, "num_classes": 3, "backbone_width": 4}
+    (run / "demo_config.json").write_text(json.dumps(cfg))
+    loaded, images = load_model(str(run / "model"))
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
+    assert len(images) == 7 and not loaded.training
+
+
+def test_load_model_explains_a_bad_source(model, tmp_path):
+    from salfcbm.app import load_model
+
+    assert load_model(model) == (model, None)
+    with pytest.raises(InputError, match="neither a model directory nor a Hub repo id"):
+        load_model(str(tmp_path / "nowhere" / "model"))
+    with pytest.raises(InputError, match="Expected a SALFCBM"):
+        load_model(3)
+
+
+def test_missing_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
+    from salfcbm.app import _gradio
+    from salfcbm.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'salfcbm\[app\]'"):
+        _gradio()
+    assert main(["app", str(tmp_path)]) == 2
+    assert "salfcbm[app]" in capsys.readouterr().err
+
+
+def test_cli_app_help(capsys):
+    from salfcbm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["app", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--images" in out and "MODEL" in out.upper()
+
+
+def test_import_salfcbm_does_not_load_the_app():
+    code = "import sys, salfcbm; print('salfcbm.app' in sys.modules, 'gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_build_app_lays_out_five_tabs(model, scenes):
+    pytest.importorskip("gradio")
+    from salfcbm.app import build_app
+
+    app = build_app(model, scenes)
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    for i in ("upload", "predict-msg", "ea-click", "ea-brush", "iv-run", "sankey", "cs-query", "cs-top"):
+        assert i in ids
+    labels = [b.label for b in app.blocks.values() if type(b).__name__ == "Tab"]
+    assert labels == ["Predict and explain", "Explain anything", "Intervene", "Decision rules", "Concept search"]

@@ -1,0 +1,209 @@
+"""The explorer in a real headless browser: Playwright drives the system's Chromium.
+
+Starts the app on 127.0.0.1 (a free port) with a tiny model, uploads an image, reads the
+prediction, draws a box and checks the region's top concept against ``explain_region``, runs an
+intervention and checks the logit change against ``intervene``, reads the decision rules and
+searches a concept; a screenshot of each panel goes to the test's temporary directory (or to
+``SALFCBM_APP_SCREENSHOTS`` when set, which is how the docs' pictures are made). Skips locally when
+Chromium or Playwright is missing; CI installs both (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+CHROMIUM = os.environ.get("SALFCBM_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.slow
+
+
+def _requirements():
+    why = None
+    missing = [m for m in ("gradio", "playwright") if not _importable(m)]
+    if missing:
+        why = f"the browser test needs {', '.join(missing)}: pip install 'salfcbm[dev]'"
+    elif not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        why = f"no Chromium at {CHROMIUM}: apt-get install chromium (CI does, in .ci/run)"
+    if why and os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the browser test, but {why}")
+    if why:
+        pytest.skip(why)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_model_and_scenes():
+    """A 64 px SALF-CBM on the demo world's small CNN, random weights, a sparse head."""
+    import salfcbm
+    from salfcbm.synthetic import SyntheticScenes
+
+    ds = SyntheticScenes(n=24, image_size=64, seed=0, split="test", num_classes=4)
+    torch.manual_seed(0)
+    m = salfcbm.wrap(salfcbm.SmallConvNet(num_classes=4, width=8), concepts=ds.concepts, num_classes=4,
+                     class_names=ds.classes, input_size=(64, 64), backbone_weights=None,
+                     input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0))
+    with torch.no_grad():
+        w = m.head.weight
+        w.mul_(w.abs() >= w.abs().median(dim=1, keepdim=True).values)  # half the weights are zero, as after the sparse fit
+    return m.eval(), ds
+
+
+def _model_under_test():
+    """The tiny model, or ``SALFCBM_APP_MODEL``: a model directory (the docs' screenshots use the
+    demo's) or ``resnet50`` (a random ResNet-50-sized model at 224 px, for latency)."""
+    from salfcbm.app import load_model
+
+    which = os.environ.get("SALFCBM_APP_MODEL")
+    if not which:
+        return tiny_model_and_scenes()
+    if which == "resnet50":
+        import timm
+
+        import salfcbm
+
+        _, scenes = tiny_model_and_scenes()
+        torch.manual_seed(0)
+        concepts = [f"concept {i}" for i in range(500)]
+        m = salfcbm.wrap(timm.create_model("resnet50", pretrained=False), concepts=concepts, num_classes=1000,
+                         backbone_weights=None)
+        with torch.no_grad():
+            m.head.weight.mul_(torch.rand_like(m.head.weight) < 0.01)
+        return m.eval(), scenes
+    model, images = load_model(which)
+    return model, images
+
+
+def _text(page, sel: str, pattern: str, timeout: float = 60.0) -> str:
+    """Wait until the element's text matches ``pattern``; return the text."""
+    loc = page.locator(sel)
+    deadline = time.monotonic() + timeout
+    txt = ""
+    while time.monotonic() < deadline:
+        txt = loc.inner_text() if loc.count() else ""
+        if re.search(pattern, txt):
+            return txt
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{sel} never matched {pattern!r}; it reads {txt!r}")
+
+
+def _timed(record: dict, name: str, fn):
+    t = time.perf_counter()
+    out = fn()
+    record[name] = round(time.perf_counter() - t, 3)
+    return out
+
+
+def _click_image(page, sel: str, fractions):
+    img = page.locator(f"{sel} img")
+    img.wait_for(state="visible", timeout=30000)
+    box = img.bounding_box()
+    for fx, fy in fractions:
+        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        page.wait_for_timeout(400)
+
+
+def test_explorer_in_a_real_browser(tmp_path):
+    _requirements()
+    from playwright.sync_api import sync_playwright
+
+    from salfcbm.app import launch
+    from salfcbm.app.explorer import Explorer
+
+    model, scenes = _model_under_test()
+    shots = Path(os.environ.get("SALFCBM_APP_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    pixels = scenes[3][0]
+    Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(image)
+    x = model.preprocess(torch.from_numpy(np.asarray(Image.open(image), dtype=np.float32) / 255).permute(2, 0, 1)[None])
+    assert torch.equal(x, Explorer(model).prepare(str(image)).x)  # the page feeds the model exactly this
+
+    app = launch(model, scenes, port=_free_port(), block=False, quiet=True)
+    latency: dict[str, float] = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(app.local_url)
+            page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60000)
+
+            # 1. predict: upload, read the prediction
+            page.set_input_files("#upload input[type=file]", str(image))
+            pred = _timed(latency, "upload + predict", lambda: _text(page, "#predict-msg", r"Prediction: \S"))
+            expected = model.explain(x)[0]
+            assert f"Prediction: {expected.predicted_class}" in pred
+            page.locator("#heatmaps img").first.wait_for(timeout=30000)
+            page.screenshot(path=str(shots / "app-predict.png"), full_page=True)
+
+            # 2. explain anything: a box from two clicks; its top concept is explain_region's
+            page.get_by_role("tab", name="Explain anything").click()
+            _click_image(page, "#ea-click", [(0.1, 0.15), (0.55, 0.7)])
+            msg = _timed(latency, "box -> concepts", lambda: _text(page, "#ea-msg", r"Top concept"))
+            box = tuple(int(v) for v in re.search(r"box=\((\d+), (\d+), (\d+), (\d+)\)", msg).groups())
+            ref = model.explain_region(x, box=box)[0]
+            assert f"Top concept: {ref.concepts[0]}." in msg
+            page.locator("#ea-maps img").first.wait_for(timeout=30000)
+            page.screenshot(path=str(shots / "app-region.png"), full_page=True)
+
+            # 3. intervene on the same kind of box; the logit change is intervene's
+            page.get_by_role("tab", name="Intervene").click()
+            _click_image(page, "#iv-click", [(0.1, 0.15), (0.55, 0.7)])
+            page.locator("#iv-run").click()
+            msg = _timed(latency, "intervene", lambda: _text(page, "#iv-msg", r"Exact change"))
+            shown = float(page.locator("#delta-logit").inner_text())
+            concept = model.concepts[0]
+            beta = float(page.locator("#iv-beta input[type=number]").input_value())
+            res = model.intervene(x, concept, box=box, beta=beta)
+            assert shown == pytest.approx(float(res.delta_logits[res.target]), abs=2e-6)
+            page.screenshot(path=str(shots / "app-intervene.png"), full_page=True)
+
+            # 4. decision rules: the Sankey diagram of the first class
+            page.get_by_role("tab", name="Decision rules").click()
+            page.locator("#sankey svg").wait_for(timeout=30000)
+            rule = model.decision_rules(0)
+            assert f"{len(rule)} non-zero weights" in _text(page, "#rules-msg", r"non-zero")
+            page.screenshot(path=str(shots / "app-rules.png"), full_page=True)
+
+            # 5. concept search: an unknown concept gets a message, a known one its top images
+            page.get_by_role("tab", name="Concept search").click()
+            q = page.locator("#cs-query input")
+            name = model.concepts[-1]
+            typo = name[: len(name) // 2] + name[len(name) // 2 + 1:] + "q"  # one letter dropped
+            q.fill(typo)
+            page.locator("#cs-run").click()
+            assert "Did you mean" in _text(page, "#cs-msg", r"No concept named")
+            q.fill(name)
+            page.locator("#cs-run").click()
+            _timed(latency, "concept search", lambda: _text(page, "#cs-msg", r"Top \d+ of \d+ indexed"))
+            page.locator("#cs-top img").first.wait_for(timeout=30000)
+            page.screenshot(path=str(shots / "app-search.png"), full_page=True)
+            assert "Traceback" not in page.content()
+            browser.close()
+    finally:
+        app.close()
+    (shots / "latency.json").write_text(json.dumps(latency, indent=2))
+    print("per-interaction latency in the browser (s):", latency)
