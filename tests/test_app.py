@@ -44,7 +44,7 @@ def explorer(model, scenes):
 @pytest.fixture(scope="module")
 def current(explorer, scenes):
     cur, view, msg = explorer.load(scenes[1][0])
-    assert msg == "Image loaded." and view.shape == (320, 320, 3) and view.dtype == np.uint8
+    assert msg.startswith("Image loaded. _(") and view.shape == (320, 320, 3) and view.dtype == np.uint8
     return cur
 
 
@@ -62,7 +62,7 @@ def test_predict_panel_shows_the_prediction_and_any_class(explorer, model, curre
     assert f"Prediction: **{ref.predicted_class}**" in msg
     assert [c for _, c in gallery] == [f"{c} ({s:+.3f})" for c, s in zip(ref.top.concepts, ref.top.scores.tolist())]
     assert gallery[0][0].shape == (32, 32, 3)
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ref.top.concepts
+    assert all(f">{c}</span>" in fig for c in ref.top.concepts) and f"{float(ref.top.scores[0]):+.4f}" in fig
     other = next(c for c in model.class_names if c != ref.predicted_class)
     _, _, gallery, msg = explorer.predict_panel(current, other, top_k=2)
     ce = model.explain(current.x, target=other, top_k=2)[0].top
@@ -90,12 +90,17 @@ def test_region_panel_agrees_with_explain_region(explorer, model, current, mode,
 
 def test_clicks_on_the_enlarged_view_map_to_model_pixels(explorer, current):
     s = explorer.view_scale
-    clicks, shown = explorer.click(current, [], "box", (3 * s, 4 * s))
-    assert clicks == [(3.0, 4.0)] and shown.shape == (320, 320, 3)
-    clicks, shown = explorer.click(current, clicks, "box", (10 * s + 1, 8 * s))
-    clicks, _ = explorer.click(current, clicks, "box", (31 * s + 50, 2 * s))  # outside: clamped to the image
-    assert clicks == [(10 + 1 / s, 8.0), (31.0, 2.0)]
+    clicks, shown, note = explorer.click(current, [], "box", (3 * s, 4 * s))
+    assert clicks == [(3.0, 4.0)] and shown.shape == (320, 320, 3) and "opposite corner" in note
+    clicks, shown, note = explorer.click(current, clicks, "box", (10 * s + 1, 8 * s))
+    assert note == "Region: box=(3, 4, 11, 9)."
+    clicks, _, note = explorer.click(current, clicks, "box", (31 * s + 50, 2 * s))  # a new box; clamped to the image
+    assert clicks == [(31.0, 2.0)] and "(31, 2)" in note
+    clicks, _, note = explorer.click(current, clicks, "box", (10 * s + 1, 8 * s))
     assert explorer.region_kwargs("box", clicks, None) == {"box": (10, 2, 32, 9)}
+    clicks, _, note = explorer.click(current, [(1.0, 2.0)], "points", (5 * s, 6 * s))
+    assert clicks == [(1.0, 2.0), (5.0, 6.0)] and note == "Region: points=[(1.0, 2.0), (5.0, 6.0)]."
+    assert explorer.click(None, [], "box", (1, 1))[2] == "Upload an image first."
 
 
 def test_brush_region_is_the_painted_pixels(explorer, model, current):
@@ -186,7 +191,7 @@ def test_concept_search_indexes_a_folder(model, scenes, tmp_path):
 def test_odd_images_are_converted_with_a_note(explorer, image, note):
     cur, view, msg = explorer.load(image)
     assert cur is not None and cur.x.shape == (1, 3, 32, 32) and view.shape == (320, 320, 3)
-    assert (note or "Image loaded.") in msg
+    assert (note or "Image loaded. _(") in msg
 
 
 def test_transparency_is_composited_on_white():

@@ -95,33 +95,33 @@ def _model_under_test():
     return model, images
 
 
-def _text(page, sel: str, pattern: str, timeout: float = 60.0) -> str:
-    """Wait until the element's text matches ``pattern``; return the text."""
-    loc = page.locator(sel)
+def _text(page, sel: str, pattern: str, before: str | None = None, timeout: float = 60.0) -> str:
+    """Wait until the element's text matches ``pattern`` (and differs from ``before``); return it."""
+    loc = page.locator(f"{sel} .prose").first  # the message itself, not gradio's status overlay
     deadline = time.monotonic() + timeout
     txt = ""
     while time.monotonic() < deadline:
         txt = loc.inner_text() if loc.count() else ""
-        if re.search(pattern, txt):
+        if re.search(pattern, txt) and txt != before:
             return txt
-        page.wait_for_timeout(100)
+        page.wait_for_timeout(20)
     raise AssertionError(f"{sel} never matched {pattern!r}; it reads {txt!r}")
 
 
 def _timed(record: dict, name: str, fn):
+    """Run ``fn`` (an action and the wait for its result) and record the seconds it took."""
     t = time.perf_counter()
     out = fn()
     record[name] = round(time.perf_counter() - t, 3)
     return out
 
 
-def _click_image(page, sel: str, fractions):
+def _click_at(page, sel: str, fx: float, fy: float) -> None:
+    """Click an image at a fraction of its width and height."""
     img = page.locator(f"{sel} img")
     img.wait_for(state="visible", timeout=30000)
     box = img.bounding_box()
-    for fx, fy in fractions:
-        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-        page.wait_for_timeout(400)
+    page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
 
 
 def test_explorer_in_a_real_browser(tmp_path):
@@ -157,12 +157,31 @@ def test_explorer_in_a_real_browser(tmp_path):
             expected = model.explain(x)[0]
             assert f"Prediction: {expected.predicted_class}" in pred
             page.locator("#heatmaps img").first.wait_for(timeout=30000)
+            for i in (1, 2):  # another image, picked from the examples
+                page.locator("#examples img").nth(i).click()
+                pred = _timed(latency, f"example {i} + predict", lambda: _text(page, "#predict-msg", r"Prediction", pred))
+            page.locator("#examples img").nth(3).click()  # back to the uploaded image (example 3 is the same scene)
+            pred = _text(page, "#predict-msg", r"Prediction", pred)
+            assert f"Prediction: {expected.predicted_class}" in pred
+            other = next(c for c in model.class_names if c != expected.predicted_class)
+            page.locator("#class-select input").fill(other)
+            page.keyboard.press("Enter")  # the class selector: explain any class
+            pred = _timed(latency, "explain another class", lambda: _text(page, "#predict-msg", rf"Explaining {re.escape(other)}", pred))
+            page.locator("#heatmaps img").first.wait_for(timeout=30000)
             page.screenshot(path=str(shots / "app-predict.png"), full_page=True)
 
             # 2. explain anything: a box from two clicks; its top concept is explain_region's
             page.get_by_role("tab", name="Explain anything").click()
-            _click_image(page, "#ea-click", [(0.1, 0.15), (0.55, 0.7)])
-            msg = _timed(latency, "box -> concepts", lambda: _text(page, "#ea-msg", r"Top concept"))
+            _click_at(page, "#ea-click", 0.3, 0.3)
+            note = _text(page, "#ea-region", r"Box corner")
+            _click_at(page, "#ea-click", 0.9, 0.9)
+            msg = _text(page, "#ea-msg", r"Top concept")
+            _click_at(page, "#ea-click", 0.1, 0.15)  # a third click starts a new box
+            _text(page, "#ea-region", r"Box corner", note)
+            msg = _timed(latency, "box -> concepts", lambda: (_click_at(page, "#ea-click", 0.55, 0.7),
+                                                               _text(page, "#ea-msg", r"Top concept", msg))[1])
+            assert re.search(r"box=\(\d+, \d+, \d+, \d+\)", _text(page, "#ea-region", r"Region: box"))
+            assert page.locator("#ea-region .prose").first.inner_text().split("box=")[1].rstrip(".") in msg  # the result is for this box
             box = tuple(int(v) for v in re.search(r"box=\((\d+), (\d+), (\d+), (\d+)\)", msg).groups())
             ref = model.explain_region(x, box=box)[0]
             assert f"Top concept: {ref.concepts[0]}." in msg
@@ -171,9 +190,12 @@ def test_explorer_in_a_real_browser(tmp_path):
 
             # 3. intervene on the same kind of box; the logit change is intervene's
             page.get_by_role("tab", name="Intervene").click()
-            _click_image(page, "#iv-click", [(0.1, 0.15), (0.55, 0.7)])
-            page.locator("#iv-run").click()
-            msg = _timed(latency, "intervene", lambda: _text(page, "#iv-msg", r"Exact change"))
+            _click_at(page, "#iv-click", 0.1, 0.15)
+            note = _text(page, "#iv-region", r"Box corner")
+            _click_at(page, "#iv-click", 0.55, 0.7)
+            _text(page, "#iv-region", rf"box={re.escape(str(box))}", note)
+            msg = _timed(latency, "intervene", lambda: (page.locator("#iv-run").click(), _text(page, "#iv-msg", r"Exact change"))[1])
+            assert f"box={box}" in msg
             shown = float(page.locator("#delta-logit").inner_text())
             concept = model.concepts[0]
             beta = float(page.locator("#iv-beta input[type=number]").input_value())
@@ -197,8 +219,8 @@ def test_explorer_in_a_real_browser(tmp_path):
             page.locator("#cs-run").click()
             assert "Did you mean" in _text(page, "#cs-msg", r"No concept named")
             q.fill(name)
-            page.locator("#cs-run").click()
-            _timed(latency, "concept search", lambda: _text(page, "#cs-msg", r"Top \d+ of \d+ indexed"))
+            _timed(latency, "concept search", lambda: (page.locator("#cs-run").click(),
+                                                       _text(page, "#cs-msg", r"Top \d+ of \d+ indexed"))[1])
             page.locator("#cs-top img").first.wait_for(timeout=30000)
             page.screenshot(path=str(shots / "app-search.png"), full_page=True)
             assert "Traceback" not in page.content()

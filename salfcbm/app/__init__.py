@@ -95,6 +95,7 @@ def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int
     model, found = load_model(model)
     images = images if images is not None else found
     ex = Explorer(model, images, top_k=top_k, max_images=max_images)
+    ex.warm_up()
     return _build(ex, examples=_example_files(images))
 
 

@@ -14,8 +14,10 @@ brush strokes are mapped back to the model's input pixels, which is what the lib
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,13 +49,18 @@ class Current:
 
 
 def guarded(n_outputs: int):
-    """Turn any exception of a panel into ``(None, ..., message)``: the page shows the message."""
+    """Turn any exception of a panel into ``(None, ..., message)``: the page shows the message.
+
+    A successful panel's message ends with the time it took on the server.
+    """
 
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+                return (*out[:-1], f"{out[-1]} _({time.perf_counter() - t0:.3f} s)_")
             except SalfCBMError as e:
                 msg = f"**Cannot do that:** {e}"
             except Exception as e:  # noqa: BLE001 - the page gets a message, the log the traceback
@@ -150,7 +157,7 @@ class Explorer:
     def predict_panel(self, current: Current | None, target: str | None = None, top_k: int | None = None):
         """Top classes, the top-k contributions as a bar chart, their heatmaps, and a summary.
 
-        Returns ``(probabilities {class: p}, bar-chart figure, [(overlay, caption)], message)``.
+        Returns ``(probabilities {class: p}, bar chart (HTML), [(overlay, caption)], message)``.
         """
         cur = self._require(current)
         k = int(top_k or self.top_k)
@@ -172,20 +179,25 @@ class Explorer:
         return probs, self._bar_chart(ce.concepts, ce.scores.tolist(), ce.class_name), gallery, msg
 
     @staticmethod
-    def _bar_chart(names: list[str], scores: list[float], title: str):
-        from matplotlib.figure import Figure
-
+    def _bar_chart(names: list[str], scores: list[float], title: str) -> str:
+        """Signed contributions as horizontal bars (plain HTML: no plotting library, nothing to render)."""
         from ..viz import NEG_COLOR, POS_COLOR
 
-        fig = Figure(figsize=(5, 0.45 * max(len(names), 1) + 0.9))
-        ax = fig.add_subplot(1, 1, 1)
-        ax.barh(range(len(names)), scores, color=[POS_COLOR if s >= 0 else NEG_COLOR for s in scores])
-        ax.set_yticks(range(len(names)), names)
-        ax.invert_yaxis()
-        ax.axvline(0, color="#444", lw=0.8)
-        ax.set_xlabel(f"contribution to '{title}'")
-        fig.tight_layout()
-        return fig
+        top = max([abs(v) for v in scores] + [1e-12])
+        rows = []
+        for n, v in zip(names, scores):
+            w = 50 * abs(v) / top
+            left = 50 if v >= 0 else 50 - w
+            rows.append(
+                f'<div style="display:flex;align-items:center;margin:2px 0"><span style="width:38%;text-align:right;'
+                f'padding-right:8px">{html.escape(n)}</span><span style="width:50%;position:relative;height:1.3em;'
+                f'border-left:1px solid #888;border-right:1px solid #eee"><span style="position:absolute;left:{left:.1f}%;'
+                f'width:{w:.1f}%;height:100%;background:{POS_COLOR if v >= 0 else NEG_COLOR}"></span><span '
+                f'style="position:absolute;left:50%;height:100%;border-left:1px solid #444"></span></span>'
+                f'<span style="width:12%;padding-left:6px;font-family:monospace">{v:+.4f}</span></div>'
+            )
+        head = f'<div style="font-size:90%;margin-bottom:4px">Contributions to <b>{html.escape(title)}</b></div>'
+        return f'<div class="salfcbm-bars">{head}{"".join(rows)}</div>'
 
     # ------------------------------------------------------------------ regions
     def region_kwargs(self, mode: str, clicks: Sequence[Sequence[float]] | None, drawing: Any) -> dict[str, Any]:
@@ -232,16 +244,29 @@ class Explorer:
         return self.view(current, img * (1 - 0.45 * m) + tint * 0.45 * m)
 
     def click(self, current: Current | None, clicks: list | None, mode: str, xy: Sequence[float] | None):
-        """Add a click (model pixels) to the list: a box keeps the last two, points keep all."""
+        """Add a click (model pixels): ``(clicks, picture, note)``. A third click starts a new box."""
         if current is None or xy is None:
-            return list(clicks or []), None
-        clicks = list(clicks or []) + [self.to_model_xy(xy)]
-        if mode == "box":
-            clicks = clicks[-2:]
+            return list(clicks or []), None, "Upload an image first."
+        p = self.to_model_xy(xy)
+        clicks = [p] if mode == "box" and len(clicks or []) >= 2 else list(clicks or []) + [p]
+        if mode == "box" and len(clicks) == 1:
+            return clicks, self.view(current), f"Box corner at ({p[0]:.0f}, {p[1]:.0f}): click the opposite corner."
         try:
-            return clicks, self.region_view(current, self.region_kwargs(mode, clicks, None))
-        except SalfCBMError:  # one corner of a box so far
-            return clicks, self.view(current)
+            kw = self.region_kwargs(mode, clicks, None)
+        except SalfCBMError as e:
+            return clicks, self.view(current), str(e)
+        return clicks, self.region_view(current, kw), f"Region: {self.describe(kw)}."
+
+    def describe(self, kw: dict[str, Any]) -> str:
+        """A region's arguments as text, e.g. ``box=(2, 3, 21, 13)``, in the model's input pixels."""
+        if not kw:
+            return "the whole image"
+        k, v = next(iter(kw.items()))
+        if k == "mask":
+            return f"a painted mask of {float((v > 0).sum()):.0f} px"
+        if k == "points":
+            v = [(round(x, 1), round(y, 1)) for x, y in v]
+        return f"{k}={v}"
 
     # ------------------------------------------------------------------ 2. explain anything
     @guarded(3)
@@ -267,9 +292,8 @@ class Explorer:
             shown = overlay_heatmap(cur.image, torch.where(inside, h, vals.min()), vmin=float(vals.min()), vmax=float(vals.max()))
             shown = np.where(inside.numpy()[..., None], shown, 0.35 * cur.image.permute(1, 2, 0).numpy())
             gallery.append((self.view(cur, shown), c))
-        where = ", ".join(f"{k}={v if k != 'mask' else f'{int((v > 0).sum())} px'}" for k, v in kw.items())
         msg = (
-            f"Region {where} in the model's {self.size[1]}x{self.size[0]} input "
+            f"Region {self.describe(kw)} in the model's {self.size[1]}x{self.size[0]} input "
             f"({100 * r.area_fraction:.1f}% of the image). Top concept: **{r.concepts[0]}**."
         )
         return rows, gallery, msg
@@ -303,7 +327,7 @@ class Explorer:
                    else f"stays **{res.class_before}**")
         msg = (
             f"{'Adding' if beta >= 0 else 'Removing'} **{res.concepts[0]}** (beta={float(beta):+g}) over "
-            f"{100 * float(res.region.mean()):.1f}% of the grid: the prediction {verdict}. "
+            f"{self.describe(kw)} ({100 * float(res.region.mean()):.1f}% of the grid): the prediction {verdict}. "
             f"Exact change of the logit of **{tgt}**: <span id='delta-logit'>{_fmt(float(d[res.target]))}</span>."
         )
         return rows, msg
@@ -391,6 +415,16 @@ class Explorer:
                 acts.append(self.model(x).concept_activations.detach().float().cpu())
         self._index_items, self.index_names = items, names
         self.index_activations = torch.cat(acts) if acts else None
+
+    def warm_up(self) -> None:
+        """Run every panel once on a gray image, so that a user's first click pays no start-up cost."""
+        cur = self.prepare(np.full((*self.size, 3), 0.5, dtype=np.float32))
+        corners = [(0.0, 0.0), (self.size[1] / 2, self.size[0] / 2)]
+        self.predict_panel(cur)
+        self.region_panel(cur, "box", corners)
+        self.intervene_panel(cur, self.model.concepts[0], "box", corners, None, 1.0)
+        self.rules_panel(self.model.class_names[:1])
+        self.search_panel(cur, self.model.concepts[0])
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

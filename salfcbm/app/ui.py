@@ -19,7 +19,15 @@ CSS = """
 """
 
 
-def _region_inputs(gr, ex: Explorer, prefix: str, modes: Sequence[str], label: str):
+def _editor_value(gr, ex: Explorer, current, mode: str):
+    """The brush editor's picture: sent only while the brush is in use (it costs two images)."""
+    if mode != "brush":
+        return gr.skip()
+    view = None if current is None else ex.view(current)
+    return None if view is None else {"background": view, "layers": [], "composite": view}
+
+
+def _region_inputs(gr, ex: Explorer, state, prefix: str, modes: Sequence[str], label: str):
     """A region picker: a mode, an image to click (box corners, points) and a brush editor."""
     mode = gr.Radio(list(modes), value=modes[0], label="Region", elem_id=f"{prefix}-mode")
     with gr.Row():
@@ -28,20 +36,28 @@ def _region_inputs(gr, ex: Explorer, prefix: str, modes: Sequence[str], label: s
         brush = gr.ImageEditor(label="Paint the region", elem_id=f"{prefix}-brush", visible=modes[0] == "brush",
                                sources=(), transforms=(), layers=False, type="numpy", format="png", height=360,
                                brush=gr.Brush(colors=["#ff3030"], default_size=max(2, 3 * ex.view_scale)))
+    note = gr.Markdown(elem_id=f"{prefix}-region")
     clicks = gr.State([])
 
-    def show(m):
-        return gr.update(visible=m != "brush"), gr.update(visible=m == "brush"), []
+    def show(current, m):
+        return (gr.update(visible=m not in ("brush", "whole image")), gr.update(visible=m == "brush"), [], "",
+                _editor_value(gr, ex, current, m))
 
-    mode.change(show, [mode], [click, brush, clicks])
-    return mode, click, brush, clicks
+    mode.change(show, [state, mode], [click, brush, clicks, note, brush])
+    return mode, click, brush, clicks, note
 
 
-def _on_click(gr, ex: Explorer):
-    """A select handler: gradio passes the click's pixel coordinates as a SelectData argument."""
+def _on_click(gr, ex: Explorer, then=None):
+    """A select handler (gradio passes the click's pixel coordinates as SelectData), optionally
+    followed, in the same event, by a panel once the region is complete."""
 
-    def on_click(current, clicks, mode, evt):
-        return ex.click(current, clicks, mode, evt.index)
+    def on_click(current, clicks, mode, drawing, evt):
+        clicks, shown, note = ex.click(current, clicks, mode, evt.index)
+        if then is None:
+            return clicks, shown, note
+        if mode == "box" and len(clicks) < 2:  # one corner so far: keep the last result
+            return (clicks, shown, note, gr.skip(), gr.skip(), gr.skip())
+        return (clicks, shown, note, *then(current, mode, clicks, drawing))
 
     on_click.__annotations__ = {"evt": gr.SelectData}  # gradio finds event data by this annotation
     return on_click
@@ -55,7 +71,7 @@ def _predict_tab(gr, ex: Explorer, state):
     msg = gr.Markdown(elem_id="predict-msg", elem_classes="salfcbm-msg")
     with gr.Row():
         probs = gr.Label(num_top_classes=5, label="Top classes", elem_id="probs")
-        bars = gr.Plot(label="Concept contributions", elem_id="bars")
+        bars = gr.HTML(label="Concept contributions", elem_id="bars")
     maps = gr.Gallery(label="Where each concept is (heatmaps)", columns=5, height="auto", elem_id="heatmaps")
     outs = [probs, bars, maps, msg]
     for ev in (target.change, top_k.release):
@@ -64,8 +80,8 @@ def _predict_tab(gr, ex: Explorer, state):
 
 
 def _region_tab(gr, ex: Explorer, state):
-    mode, click, brush, clicks = _region_inputs(gr, ex, "ea", REGION_MODES,
-                                                "Click two corners for a box, or points")
+    mode, click, brush, clicks, note = _region_inputs(gr, ex, state, "ea", REGION_MODES,
+                                                      "Click two corners for a box, or points")
     with gr.Row():
         run = gr.Button("Explain region", variant="primary", elem_id="ea-run")
         clear = gr.Button("Clear region", elem_id="ea-clear")
@@ -74,10 +90,10 @@ def _region_tab(gr, ex: Explorer, state):
                          elem_id="ea-table", interactive=False)
     maps = gr.Gallery(label="Their maps inside the region", columns=5, height="auto", elem_id="ea-maps")
     inputs, outs = [state, mode, clicks, brush], [table, maps, msg]
-    click.select(_on_click(gr, ex), [state, clicks, mode], [clicks, click]).then(ex.region_panel, inputs, outs)
+    click.select(_on_click(gr, ex, ex.region_panel), [state, clicks, mode, brush], [clicks, click, note, *outs])
     run.click(ex.region_panel, inputs, outs)
-    clear.click(lambda cur: ([], None if cur is None else ex.view(cur)), [state], [clicks, click])
-    return click, brush, clicks
+    clear.click(lambda cur: ([], None if cur is None else ex.view(cur), ""), [state], [clicks, click, note])
+    return mode, click, brush, clicks, note
 
 
 def _intervene_tab(gr, ex: Explorer, state):
@@ -88,17 +104,17 @@ def _intervene_tab(gr, ex: Explorer, state):
         beta = gr.Slider(-r, r, value=round(r / 2, 2), step=r / 100, label="beta (add > 0, remove < 0)",
                          elem_id="iv-beta")
         target = gr.Dropdown(ex.class_choices(), value=PREDICTED, label="Report the logit of", elem_id="iv-target")
-    mode, click, brush, clicks = _region_inputs(gr, ex, "iv", ("box", "points", "brush", "whole image"),
-                                                "Click two corners for a box, or points")
+    mode, click, brush, clicks, note = _region_inputs(gr, ex, state, "iv", ("box", "points", "brush", "whole image"),
+                                                      "Click two corners for a box, or points")
+    click.select(_on_click(gr, ex), [state, clicks, mode, brush], [clicks, click, note])
     run = gr.Button("Intervene", variant="primary", elem_id="iv-run")
     msg = gr.Markdown(elem_id="iv-msg", elem_classes="salfcbm-msg")
     table = gr.Dataframe(headers=["class", "logit before", "logit after", "change", "p before", "p after"],
                          label="Top classes before and after", elem_id="iv-table", interactive=False)
     inputs, outs = [state, concept, mode, clicks, brush, beta, target], [table, msg]
-    click.select(_on_click(gr, ex), [state, clicks, mode], [clicks, click])
     for ev in (run.click, beta.release):
         ev(ex.intervene_panel, inputs, outs)
-    return click, brush, clicks
+    return mode, click, brush, clicks, note
 
 
 def _rules_tab(gr, ex: Explorer):
@@ -149,25 +165,32 @@ def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = 
                 load_msg = gr.Markdown("Upload an image or pick an example.", elem_id="load-msg",
                                        elem_classes="salfcbm-msg")
                 if examples:
-                    gr.Examples([[e] for e in examples], inputs=[upload], label="Examples", examples_per_page=12)
+                    gr.Examples([[e] for e in examples], inputs=[upload], label="Examples", examples_per_page=12,
+                                elem_id="examples")
         with gr.Tabs():
             with gr.Tab("Predict and explain", id="predict"):
                 predict = _predict_tab(gr, ex, state)
             with gr.Tab("Explain anything", id="region"):
-                ea_click, ea_brush, ea_clicks = _region_tab(gr, ex, state)
+                ea = _region_tab(gr, ex, state)
             with gr.Tab("Intervene", id="intervene"):
-                iv_click, iv_brush, iv_clicks = _intervene_tab(gr, ex, state)
+                iv = _intervene_tab(gr, ex, state)
             with gr.Tab("Decision rules", id="rules"):
                 rules = _rules_tab(gr, ex)
             with gr.Tab("Concept search", id="search"):
                 _search_tab(gr, ex, state)
 
-        def loaded(path):
-            cur, view, note = ex.load(path)
-            editor = None if view is None else {"background": view, "layers": [], "composite": view}
-            return cur, view, view, editor, editor, [], [], note
+        predict_fn, (_, target, top_k), predict_outs = predict
 
-        upload.change(loaded, [upload], [state, ea_click, iv_click, ea_brush, iv_brush, ea_clicks, iv_clicks,
-                                         load_msg]).then(*predict)
+        def loaded(path, t, k, ea_mode, iv_mode):
+            """One event for a new image: state, the region pictures, and the prediction panel."""
+            cur, view, note = ex.load(path)
+            regions = []
+            for m in (ea_mode, iv_mode):
+                regions += [view, _editor_value(gr, ex, cur, m), [], ""]
+            shown = predict_fn(cur, t, k) if cur is not None else (None, None, None, "")
+            return (cur, note, *regions, *shown)
+
+        region_outs = [c for tab in (ea, iv) for c in tab[1:]]
+        upload.change(loaded, [upload, target, top_k, ea[0], iv[0]], [state, load_msg, *region_outs, *predict_outs])
         app.load(*rules)
     return app
