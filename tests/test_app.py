@@ -163,6 +163,16 @@ def test_concept_search_finds_the_images_where_a_concept_fires_most(explorer, mo
     assert shown.shape == (320, 320, 3) and "Concept **a circle**" in msg and "Top 4 of 12" in msg
 
 
+def test_concept_search_without_cached_maps_shows_the_same(model, scenes, explorer, current, monkeypatch):
+    monkeypatch.setattr("salfcbm.app.explorer.MAX_CACHED_MAP_VALUES", 0)  # too many maps to keep: recompute
+    lean = Explorer(model, scenes)
+    assert lean._index_maps is None and explorer._index_maps is not None
+    _, cached, _ = explorer.search_panel(current, "a circle", k=3)
+    _, fresh, _ = lean.search_panel(current, "a circle", k=3)
+    assert [c for _, c in cached] == [c for _, c in fresh]
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for (a, _), (b, _) in zip(cached, fresh))
+
+
 def test_concept_search_without_a_folder_or_with_an_unknown_concept(model, explorer, current):
     shown, gallery, msg = Explorer(model).search_panel(current, "a circle")
     assert gallery == [] and "--images FOLDER" in msg

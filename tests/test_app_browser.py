@@ -109,11 +109,26 @@ def _text(page, sel: str, pattern: str, before: str | None = None, timeout: floa
 
 
 def _timed(record: dict, name: str, fn):
-    """Run ``fn`` (an action and the wait for its result) and record the seconds it took."""
+    """Run ``fn`` (an action and the wait for its message) and record the seconds it took in the
+    browser, and the server's share that the message reports."""
     t = time.perf_counter()
     out = fn()
     record[name] = round(time.perf_counter() - t, 3)
+    server = re.search(r"\((\d+\.\d+) s\)\s*$", out)
+    if server:
+        record[name + " (server)"] = float(server.group(1))
     return out
+
+
+def _shot(page, path: Path, *selectors: str) -> None:
+    """Screenshot the page once the images under ``selectors`` have loaded (quantised PNG: small files)."""
+    js = "sels => sels.every(s => { const im = [...document.querySelectorAll(s + ' img')]; " \
+         "return im.length > 0 && im.every(i => i.complete && i.naturalWidth > 0); })"
+    page.wait_for_function(js, arg=list(selectors), timeout=30000)
+    page.screenshot(path=str(path), full_page=True)
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
 def _click_at(page, sel: str, fx: float, fy: float) -> None:
@@ -167,8 +182,7 @@ def test_explorer_in_a_real_browser(tmp_path):
             page.locator("#class-select input").fill(other)
             page.keyboard.press("Enter")  # the class selector: explain any class
             pred = _timed(latency, "explain another class", lambda: _text(page, "#predict-msg", rf"Explaining {re.escape(other)}", pred))
-            page.locator("#heatmaps img").first.wait_for(timeout=30000)
-            page.screenshot(path=str(shots / "app-predict.png"), full_page=True)
+            _shot(page, shots / "app-predict.png", "#heatmaps", "#upload")
 
             # 2. explain anything: a box from two clicks; its top concept is explain_region's
             page.get_by_role("tab", name="Explain anything").click()
@@ -185,8 +199,7 @@ def test_explorer_in_a_real_browser(tmp_path):
             box = tuple(int(v) for v in re.search(r"box=\((\d+), (\d+), (\d+), (\d+)\)", msg).groups())
             ref = model.explain_region(x, box=box)[0]
             assert f"Top concept: {ref.concepts[0]}." in msg
-            page.locator("#ea-maps img").first.wait_for(timeout=30000)
-            page.screenshot(path=str(shots / "app-region.png"), full_page=True)
+            _shot(page, shots / "app-region.png", "#ea-maps", "#ea-click")
 
             # 3. intervene on the same kind of box; the logit change is intervene's
             page.get_by_role("tab", name="Intervene").click()
@@ -201,14 +214,14 @@ def test_explorer_in_a_real_browser(tmp_path):
             beta = float(page.locator("#iv-beta input[type=number]").input_value())
             res = model.intervene(x, concept, box=box, beta=beta)
             assert shown == pytest.approx(float(res.delta_logits[res.target]), abs=2e-6)
-            page.screenshot(path=str(shots / "app-intervene.png"), full_page=True)
+            _shot(page, shots / "app-intervene.png", "#iv-click")
 
             # 4. decision rules: the Sankey diagram of the first class
             page.get_by_role("tab", name="Decision rules").click()
             page.locator("#sankey svg").wait_for(timeout=30000)
             rule = model.decision_rules(0)
             assert f"{len(rule)} non-zero weights" in _text(page, "#rules-msg", r"non-zero")
-            page.screenshot(path=str(shots / "app-rules.png"), full_page=True)
+            _shot(page, shots / "app-rules.png", "#upload")
 
             # 5. concept search: an unknown concept gets a message, a known one its top images
             page.get_by_role("tab", name="Concept search").click()
@@ -221,11 +234,10 @@ def test_explorer_in_a_real_browser(tmp_path):
             q.fill(name)
             _timed(latency, "concept search", lambda: (page.locator("#cs-run").click(),
                                                        _text(page, "#cs-msg", r"Top \d+ of \d+ indexed"))[1])
-            page.locator("#cs-top img").first.wait_for(timeout=30000)
-            page.screenshot(path=str(shots / "app-search.png"), full_page=True)
+            _shot(page, shots / "app-search.png", "#cs-top", "#cs-map")
             assert "Traceback" not in page.content()
             browser.close()
     finally:
         app.close()
-    (shots / "latency.json").write_text(json.dumps(latency, indent=2))
+    (tmp_path / "latency.json").write_text(json.dumps(latency, indent=2))
     print("per-interaction latency in the browser (s):", latency)

@@ -36,6 +36,7 @@ __all__ = ["Current", "Explorer", "REGION_MODES"]
 log = logging.getLogger("salfcbm.app")
 REGION_MODES = ("box", "points", "brush")
 PREDICTED = "(predicted class)"
+MAX_CACHED_MAP_VALUES = 25_000_000  # concept maps of the searchable images kept in memory (float32: 100 MB)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Explorer:
         self.index_names: list[str] = []
         self.index_activations: torch.Tensor | None = None
         self._index_items: list[Any] = []
+        self._index_maps: torch.Tensor | None = None  # (N, M, Hg, Wg), when small enough to keep
         if images is not None:
             self._build_index(images, max_images, batch_size)
 
@@ -389,13 +391,18 @@ class Explorer:
         else:
             act = self.index_activations[:, m]
             top = act.topk(min(int(k), len(act))).indices.tolist()
-            x = torch.cat([self.prepare(self._index_items[i]).x for i in top])
-            with torch.no_grad():
-                maps = self.model(x).concept_maps[:, m]
+            if self._index_maps is not None:
+                maps = self._index_maps[top, m]
+                pixels = [load_image(self._index_items[i], self.size)[0] for i in top]
+                images = [to_display(self.model.preprocess(p[None])[0], self.model) for p in pixels]
+            else:  # too many to keep: run the model again on the top images
+                x = torch.cat([self.prepare(self._index_items[i]).x for i in top])
+                with torch.no_grad():
+                    maps = self.model(x).concept_maps[:, m].detach().float().cpu()
+                images = [to_display(xi, self.model) for xi in x]
             for j, i in enumerate(top):
-                img = to_display(x[j], self.model)
                 h = upsample_maps(maps[j], self.size)
-                gallery.append((_u8(overlay_heatmap(img, h)), f"{self.index_names[i]} ({float(act[i]):.3f})"))
+                gallery.append((_u8(overlay_heatmap(images[j], h)), f"{self.index_names[i]} ({float(act[i]):.3f})"))
             notes.append(f"Top {len(top)} of {len(act)} indexed images.")
         return shown, gallery, " ".join(notes)
 
@@ -408,13 +415,19 @@ class Explorer:
             n = min(len(images), max_images)
             items = [images[i][0] if isinstance(images[i], tuple) else images[i] for i in range(n)]
             names = [f"#{i}" for i in range(n)]
-        acts = []
+        acts, maps = [], []
+        Hg, Wg = self.model.grid
+        keep_maps = len(items) * self.model.num_concepts * Hg * Wg <= MAX_CACHED_MAP_VALUES
         for a in range(0, len(items), batch_size):
             x = torch.cat([self.prepare(it).x for it in items[a: a + batch_size]])
             with torch.no_grad():
-                acts.append(self.model(x).concept_activations.detach().float().cpu())
+                out = self.model(x)
+            acts.append(out.concept_activations.detach().float().cpu())
+            if keep_maps:
+                maps.append(out.concept_maps.detach().float().cpu())
         self._index_items, self.index_names = items, names
         self.index_activations = torch.cat(acts) if acts else None
+        self._index_maps = torch.cat(maps) if maps else None
 
     def warm_up(self) -> None:
         """Run every panel once on a gray image, so that a user's first click pays no start-up cost."""
