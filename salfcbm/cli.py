@@ -459,11 +459,10 @@ def _explain_parser(sub) -> None:
 
 
 def cmd_app(args) -> int:
-    from salfcbm.app import launch, load_model
+    from salfcbm.app import launch
 
     _set_threads(args)
-    model, images = load_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights)
-    launch(model, images=args.images or images, host=args.host, port=args.port, share=args.share, top_k=args.top_k,
+    launch(args.model, images=args.images, host=args.host, port=args.port, share=args.share, top_k=args.top_k,
            quiet=args.quiet)
     return 0
 
@@ -476,10 +475,6 @@ def _app_parser(sub) -> None:
     a.add_argument("model", help="model directory, demo run directory (or its model/ folder), or Hub repo id")
     a.add_argument("--images", default=None,
                    help="folder of images for Concept search (a demo run brings its test scenes)")
-    a.add_argument("--backbone", default=None,
-                   help="rebuild the backbone from this name instead of the saved spec (for a custom backbone)")
-    a.add_argument("--backbone-weights", default=None,
-                   help="with --backbone: 'default', a tag, a local file or 'none' (default: the saved spec's)")
     a.add_argument("--host", default="127.0.0.1", help="interface to serve on (127.0.0.1: this machine only)")
     a.add_argument("--port", type=_positive_int, default=None, help="port (default: the first free one from 7860)")
     a.add_argument("--share", action="store_true", help="ask Gradio for a public link (contacts Gradio's servers)")

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MissingExtraError
+from salfcbm.errors import InputError, MissingExtraError
 
 __all__ = ["launch", "load_model", "build_app", "Explorer"]
 
@@ -37,22 +37,23 @@ def load_model(source: Any):
     """A model and the images that come with it: ``(model, images or None)``.
 
     ``source`` is a :class:`~salfcbm.SALFCBM`, a directory written by ``save_pretrained`` or a
-    Hub repo id. The demo's ``runs/demo/model`` is recognised (its backbone is the demo's own
-    network, saved beside it) and brings the demo's test scenes as images to search.
+    Hub repo id. A demo run (``runs/demo`` or its ``runs/demo/model``) is recognised: its backbone
+    is the demo's own network, saved beside the model, and its test scenes come along as the
+    images to search.
     """
-    from ..model import SALFCBM
+    from salfcbm.core.model import SALFCBM
 
     if isinstance(source, SALFCBM):
         return source, None
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"Expected a SALFCBM, a model directory or a Hub repo id, got {type(source).__name__}.")
-    path = Path(source)
-    run = path.parent
-    if path.is_dir() and (run / "demo_config.json").is_file() and (run / "backbone.safetensors").is_file():
-        from ..demo import load_demo
+    path = Path(source).expanduser()
+    for run in (path, path.parent):
+        if (run / "demo_config.json").is_file() and (run / "backbone.safetensors").is_file():
+            from salfcbm.demo.run import load_demo
 
-        model, data = load_demo(run)
-        return model, data["test"]
+            model, data = load_demo(run)
+            return model, data["test"]
     if path.is_dir():
         return SALFCBM.from_pretrained(str(path)).eval(), None
     text = str(source)
@@ -66,7 +67,7 @@ def load_model(source: Any):
 
 def _example_files(images: Any, n: int = 8) -> list[str]:
     """Up to ``n`` example images as files (gradio's examples are files)."""
-    from .images import list_images
+    from salfcbm.app.images import list_images
 
     if images is None:
         return []
@@ -74,7 +75,7 @@ def _example_files(images: Any, n: int = 8) -> list[str]:
         return [str(p) for p in list_images(images, n)]
     from PIL import Image
 
-    from ..viz import to_display
+    from salfcbm.viz.figures import to_display
 
     out = Path(tempfile.mkdtemp(prefix="salfcbm-examples-"))
     files = []
@@ -88,8 +89,8 @@ def _example_files(images: Any, n: int = 8) -> list[str]:
 
 def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int = 1000):
     """The explorer as a :class:`gradio.Blocks` (not started): ``app.launch()`` or mount it yourself."""
-    from .explorer import Explorer
-    from .ui import build_app as _build
+    from salfcbm.app.explorer import Explorer
+    from salfcbm.app.ui import build_app as _build
 
     _gradio()
     model, found = load_model(model)
@@ -141,14 +142,14 @@ def launch(
 
 
 def _css() -> str:
-    from .ui import CSS
+    from salfcbm.app.ui import CSS
 
     return CSS
 
 
 def __getattr__(name: str):
     if name == "Explorer":
-        from .explorer import Explorer
+        from salfcbm.app.explorer import Explorer
 
         return Explorer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

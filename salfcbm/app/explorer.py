@@ -20,16 +20,19 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, SalfCBMError, closest
-from ..explain import upsample_maps
-from ..viz import overlay_heatmap, sankey_svg, to_display
-from .images import list_images, load_image
+from salfcbm.errors import InputError, SalfCBMError, closest
+from salfcbm.explain import upsample_maps
+from salfcbm.viz.figures import overlay_heatmap, sankey_svg, to_display
+from salfcbm.app.images import list_images, load_image
+
+if TYPE_CHECKING:  # pragma: no cover
+    from salfcbm.core.model import SALFCBM
 
 __all__ = ["Current", "Explorer", "REGION_MODES"]
 
@@ -96,7 +99,8 @@ class Explorer:
     Examples:
         >>> import torch, salfcbm
         >>> from salfcbm.app.explorer import Explorer
-        >>> m = salfcbm.wrap(salfcbm.SmallConvNet(num_classes=2, width=4), concepts=["sky", "grass"], num_classes=2,
+        >>> from salfcbm.demo import SmallConvNet
+        >>> m = salfcbm.wrap(SmallConvNet(num_classes=2, width=4), concepts=["sky", "grass"], num_classes=2,
         ...                  input_size=(32, 32), backbone_weights=None)
         >>> ex = Explorer(m)
         >>> state, view, msg = ex.load(torch.rand(32, 32, 3).numpy())
@@ -104,7 +108,7 @@ class Explorer:
         (320, 320, 3)
     """
 
-    def __init__(self, model, images: Any = None, *, top_k: int = 5, max_images: int = 1000, batch_size: int = 32):
+    def __init__(self, model: SALFCBM, images: Any = None, *, top_k: int = 5, max_images: int = 1000, batch_size: int = 32):
         self.model = model
         self.top_k = top_k
         self.size = tuple(int(s) for s in model.config["input_size"])
@@ -183,7 +187,7 @@ class Explorer:
     @staticmethod
     def _bar_chart(names: list[str], scores: list[float], title: str) -> str:
         """Signed contributions as horizontal bars (plain HTML: no plotting library, nothing to render)."""
-        from ..viz import NEG_COLOR, POS_COLOR
+        from salfcbm.viz.figures import NEG_COLOR, POS_COLOR
 
         top = max([abs(v) for v in scores] + [1e-12])
         rows = []
@@ -237,7 +241,7 @@ class Explorer:
 
     def region_view(self, current: Current, kwargs: dict[str, Any]) -> np.ndarray:
         """The image with the region outlined (box), dotted (points) or shaded (mask)."""
-        from ..explain import region_masks
+        from salfcbm.explain.explanations import region_masks
 
         mask = region_masks(self.size, **kwargs, grid=self.model.grid)[0].clamp(0, 1)
         img = current.image.permute(1, 2, 0).numpy()

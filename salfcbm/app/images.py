@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from salfcbm.errors import InputError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "list_images", "load_image", "to_rgb01"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .explorer import PREDICTED, REGION_MODES, Explorer
+from salfcbm.app.explorer import PREDICTED, REGION_MODES, Explorer
 
 __all__ = ["build_app"]
 
@@ -148,7 +148,7 @@ def _search_tab(gr, ex: Explorer, state):
 
 def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = "salfcbm explorer"):
     """The explorer's :class:`gradio.Blocks` for an :class:`Explorer` (``launch`` it, or mount it)."""
-    from . import _gradio
+    from salfcbm.app import _gradio
 
     gr = _gradio()
     m = ex.model

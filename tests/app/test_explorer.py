@@ -16,7 +16,7 @@ import salfcbm
 from salfcbm.app.explorer import PREDICTED, Explorer
 from salfcbm.app.images import MAX_PIXELS, load_image, to_rgb01
 from salfcbm.errors import InputError, MissingExtraError
-from salfcbm.synthetic import SmallConvNet, SyntheticScenes
+from salfcbm.demo import SmallConvNet, SyntheticScenes
 
 
 @pytest.fixture(scope="module")
