@@ -180,6 +180,12 @@ def cmd_demo(args) -> int:
     print(f"concept maps vs ground-truth masks: mIoU {seg['miou']:.3f} (random maps {rnd['miou']:.3f}), "
           f"pixel acc {seg['pixel_accuracy']:.3f}, mAP {seg['map']:.3f} (random {rnd['map']:.3f})")
     print(f"dropped by the interpretability cutoff: {len(m['bottleneck']['dropped'])} concepts")
+    ex = m.get("explanations")
+    if ex and ex["shown"]:
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        print(f"top-{ex['top_k']} concepts of {ex['images']} test images with an empty ground-truth mask: "
+              f"{pct(ex['shown_mask_empty'])} of all shown; {pct(ex['present']['mask_empty'])} of those shown as "
+              f"present, {pct(ex['absent']['mask_empty'])} of those shown as absent")
     print(f"report: {res.out / 'report.html'}")
     print(f"model:  {res.out / 'model'}")
     return 0
@@ -325,10 +331,14 @@ def cmd_explain(args) -> int:
     x = _read_images(args.images, model.config["input_size"])
     expl = model.explain(model.preprocess(x), top_k=args.top_k)
     out = write_html_report(args.out, x, expl, model=model, names=[os.path.basename(p) for p in args.images])
+    from salfcbm.explain.evidence import EVIDENCE_LABELS
+
     for p, e in zip(args.images, expl):
         c = e.classes[0]
-        print(f"{p}: {model.class_names[c.target]} <- " + ", ".join(f"{n} ({float(s):+.2f})"
-                                                                   for n, s in zip(c.concepts, c.scores)))
+        shown = ", ".join(f"{n} ({float(s):+.2f}, {EVIDENCE_LABELS.get(k, k)})"
+                          for n, s, k in zip(c.concepts, c.scores, c.evidence))
+        print(f"{p}: {model.class_names[c.target]} <- " + (shown or "NO CONTRIBUTING CONCEPT: every head weight of "
+                                                           "this class is zero (a degenerate head; refit it)"))
     print(f"report: {out}")
     return 0
 

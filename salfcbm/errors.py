@@ -32,6 +32,9 @@ __all__ = [
     "ChecksumError",
     "BackboneMismatchError",
     "ModelNotFoundError",
+    "AllConceptsCutError",
+    "SalfCBMWarning",
+    "DegenerateResultWarning",
     "closest",
 ]
 
@@ -180,3 +183,28 @@ class BackboneMismatchError(ConfigMismatchError):
 
 class ModelNotFoundError(SalfCBMError, FileNotFoundError):
     """``from_pretrained`` got a path that does not exist (or an invalid Hub repo id)."""
+
+
+class AllConceptsCutError(SalfCBMError, ValueError):
+    """Every concept fell below the interpretability cutoff: there is no bottleneck left to train a head on.
+
+    ``similarities`` holds each concept's mean validation similarity, for choosing a cutoff.
+    """
+
+    def __init__(self, message: str, similarities: dict[str, float] | None = None):
+        super().__init__(message)
+        self.similarities = dict(similarities or {})
+
+
+class SalfCBMWarning(UserWarning):
+    """Base class of every warning salfcbm emits (filter them all with ``warnings.filterwarnings``)."""
+
+
+class DegenerateResultWarning(SalfCBMWarning):
+    """A result that is valid but useless: an empty or constant head, chance-level accuracy, a
+    bottleneck that did not learn, an explanation with no contributing concept.
+
+    Emitted together with a ``logging`` line of the ``"salfcbm"`` logger; ``fit`` also records it
+    under ``metrics["degenerate"]`` in ``metrics.json``. Turn it into an error with
+    ``warnings.simplefilter("error", DegenerateResultWarning)``.
+    """

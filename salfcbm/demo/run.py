@@ -28,8 +28,10 @@ import torch
 from salfcbm._utils.io import atomic_write_bytes, checked_safetensors, read_checked_metadata
 from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
-from salfcbm.errors import InputError
 from salfcbm.core.model import SALFCBM, wrap
+from salfcbm.errors import InputError
+from salfcbm.evaluation.benchmark import explanation_mask_check
+from salfcbm.explain.evidence import EVIDENCE_LABELS
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import compute_similarity_store
 from salfcbm.demo.scenes import (
@@ -155,13 +157,8 @@ def concept_map_miou(
 
 
 def _figures(model: SALFCBM, data: SyntheticScenes, out: Path, k: int, n_images: int) -> list[dict[str, Any]]:
-    """Per test image: top contributions and their heatmaps next to the ground-truth masks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from salfcbm.viz.figures import overlay_heatmap
+    """Per test image: top contributions, their evidence kinds and heatmaps, above the ground-truth masks."""
+    from salfcbm.viz.figures import plot_explanation, save_figure
 
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
@@ -172,32 +169,19 @@ def _figures(model: SALFCBM, data: SyntheticScenes, out: Path, k: int, n_images:
     expl = model.explain(model.preprocess(images), top_k=k)
     for j, i in enumerate(idx):
         ce = expl[j].classes[0]
-        names = list(ce.concepts)
-        fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.2 * (len(names) + 1), 4.6))
-        img = images[j].permute(1, 2, 0).numpy()
-        axes[0, 0].imshow(img)
-        axes[0, 0].set_title(f"pred: {model.class_names[ce.target]}\ntrue: {model.class_names[labels[j]]}", fontsize=7)
-        axes[1, 0].imshow(img)
-        axes[1, 0].set_title("ground truth →", fontsize=7)
-        masks = data.masks(i)
-        for c, name in enumerate(names):
-            heat = ce.heatmaps[c]
-            axes[0, c + 1].imshow(overlay_heatmap(img, heat))
-            axes[0, c + 1].set_title(f"{name}\nS={float(ce.scores[c]):+.2f}", fontsize=7)
-            axes[1, c + 1].imshow(masks[data.concepts.index(name)].numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[1, c + 1].set_title(f"mask: {name}", fontsize=7)
-        for ax in axes.flat:
-            ax.axis("off")
-        fig.tight_layout()
+        masks = data.masks(i)[[data.concepts.index(n) for n in ce.concepts]]
+        fig = plot_explanation(expl[j], images[j], masks=masks, panel_size=2.2)
+        fig.axes[0].set_title(f"pred: {model.class_names[ce.target]}\ntrue: {model.class_names[labels[j]]}", fontsize=7)
         path = figs / f"test_{i:03d}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        save_figure(fig, path, dpi=90)
         rows.append({
             "image": i,
             "figure": str(path.relative_to(out)),
             "predicted": model.class_names[ce.target],
             "true": model.class_names[labels[j]],
-            "contributions": [(n_, round(float(s), 3)) for n_, s in zip(names, ce.scores)],
+            "contributions": [(n_, round(float(s), 3)) for n_, s in zip(ce.concepts, ce.scores)],
+            "evidence": list(ce.evidence),
+            "mask_empty": [not bool(m.any()) for m in masks],
         })
     return rows
 
@@ -256,16 +240,43 @@ def _write_report(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
     ]
     if sankey:
         parts.append(f"<h2>Decision rules</h2><img src='{esc(sankey)}' style='max-width:900px'>")
-    parts.append("<h2>Explanations of test images</h2><p>Top row: top contributions and their heatmaps. "
+    parts.append(_mask_check_html(metrics.get("explanations")))
+    parts.append("<h2>Explanations of test images</h2><p>Top row: the top contributions by |S| and their "
+                 "standardised concept maps, on one colour scale (the colour bar; 0 is the concept's training mean). "
+                 "Solid frames: the concept is present (activation above its training mean); dashed frames marked "
+                 "ABSENT: the concept is not there and its absence is what contributes. "
                  "Bottom row: the ground-truth mask of the same concept.</p>")
     for r in rows:
-        contrib = ", ".join(f"{esc(n)} ({v:+.2f})" for n, v in r["contributions"])
+        contrib = ", ".join(f"{esc(n)} ({v:+.2f}, {esc(EVIDENCE_LABELS.get(e, e))})"
+                            for (n, v), e in zip(r["contributions"], r.get("evidence", [""] * len(r["contributions"]))))
         parts.append(f"<h3>test image {r['image']}: predicted {esc(r['predicted'])}, true {esc(r['true'])}</h3>"
                      f"<p>{contrib}</p><img src='{esc(r['figure'])}'>")
     parts.append("</body></html>")
     path = out / "report.html"
     atomic_write_bytes(path, "\n".join(parts).encode())
     return path
+
+
+def _mask_check_html(check: dict[str, Any] | None) -> str:
+    """The table of how often a shown concept is absent from the image (its mask is empty)."""
+    if not check:
+        return ""
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(EVIDENCE_LABELS.get(k, k))}</td><td>{v['shown']}</td><td>{pct(v['mask_empty'])}</td></tr>"
+        for k, v in check["by_evidence"].items()
+    )
+    return (
+        f"<h2>Are the shown concepts in the image?</h2><p>Top-{check['top_k']} concepts of {check['images']} test "
+        f"images: {pct(check['shown_mask_empty'])} of all shown concepts have an empty ground-truth mask (top-1: "
+        f"{check['top1_mask_empty']} images). Of the concepts shown as <b>present</b>, "
+        f"{pct(check['present']['mask_empty'])} have an empty mask; of those shown as <b>absent</b>, "
+        f"{pct(check['absent']['mask_empty'])} do.</p><table><tr><th>evidence</th><th>shown</th>"
+        f"<th>mask empty</th></tr>{rows}</table>"
+    )
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = None, *, progress: bool = True,
@@ -310,6 +321,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     metrics["segmentation"] = concept_map_miou(model, data["test"])
     metrics["segmentation_random"] = concept_map_miou(model, data["test"], random_maps=True, seed=cfg.seed)
     rows = _figures(model, data["test"], out, k=4, n_images=min(cfg.report_images, cfg.n_test))
+    metrics["explanations"] = explanation_mask_check(model, data["test"], range(min(200, cfg.n_test)), top_k=4)
     path_png = _path_figure(result.metrics["path"], out)
     sankey = None
     try:

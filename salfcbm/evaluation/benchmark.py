@@ -65,6 +65,7 @@ __all__ = [
     "build_methods",
     "class_evidence_masks",
     "constant_substrate",
+    "explanation_mask_check",
     "forward_speed",
     "plot_attribution_examples",
     "run_attribution_benchmark",
@@ -373,6 +374,100 @@ def class_evidence_masks(
     if not out:
         raise InputError("`indices` is empty; pass at least one image index.")
     return torch.stack(out)
+
+
+def explanation_mask_check(
+    model: SALFCBM,
+    dataset: SyntheticScenes,
+    indices: Sequence[int] | None = None,
+    *,
+    top_k: int = 4,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """How often a concept an explanation shows is not in the image at all (its ground-truth mask is empty).
+
+    Each image of a :class:`~salfcbm.synthetic.SyntheticScenes` is explained
+    (``model.explain``, its predicted class, ``top_k`` concepts by ``|S|``), and every shown
+    concept is looked up in the image's concept masks. A report that draws all top-k concepts
+    alike presents each of them as found in the image, so ``shown_mask_empty`` is the share of
+    shown concepts it misrepresents; the evidence kinds (:mod:`salfcbm.evidence`) should put the
+    empty-mask concepts on the absent side: ``present.mask_empty`` is the share of concepts
+    *shown as present* that are not there, ``absent.mask_empty`` the share of concepts shown as
+    absent that are indeed not there.
+
+    Args:
+        model: a SALF-CBM whose concepts are concepts of ``dataset``.
+        dataset: procedural scenes with ground-truth masks.
+        indices: the images (default: all of them).
+        top_k: concepts shown per image.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``{"images", "top_k", "shown", "shown_mask_empty", "top1_mask_empty",
+        "top1_present_mask_empty", "present": {"shown", "mask_empty"}, "absent": {...},
+        "by_evidence": {kind: {"shown", "mask_empty"}}}``; shares are fractions (``None`` when
+        nothing was shown), ``top1_*`` are image counts.
+
+    Examples:
+        >>> import torch, salfcbm
+        >>> from salfcbm.synthetic import SmallConvNet, SyntheticScenes
+        >>> ds = SyntheticScenes(n=4, image_size=32)
+        >>> m = salfcbm.wrap(SmallConvNet(num_classes=ds.num_classes, width=4), concepts=ds.concepts,
+        ...                  num_classes=ds.num_classes, grid=4, input_size=(32, 32), backbone_weights=None)
+        >>> r = explanation_mask_check(m, ds, top_k=2)
+        >>> r["images"], r["shown"] <= 8
+        (4, True)
+    """
+    from salfcbm.explain.evidence import ABSENT_OPPOSES, ABSENT_SUPPORTS, EVIDENCE_KINDS, PRESENT_KINDS
+
+    if not hasattr(dataset, "masks_batch") or not hasattr(dataset, "concepts"):
+        raise InputError(
+            f"`dataset` must be a salfcbm.synthetic.SyntheticScenes (it needs concept masks), got {type(dataset).__name__}."
+        )
+    missing = [c for c in model.concepts if c not in dataset.concepts]
+    if missing:
+        raise InputError(
+            f"The model's concepts {missing[:5]} are not concepts of the dataset, so they have no masks; "
+            "use the scenes the model was trained on."
+        )
+    idx = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    if not idx:
+        raise InputError("`indices` is empty; pass at least one image index.")
+    col = torch.tensor([dataset.concepts.index(c) for c in model.concepts])
+    counts = {k: [0, 0] for k in EVIDENCE_KINDS}  # kind -> [shown, mask empty]
+    top1 = top1_present = 0
+    for a in range(0, len(idx), batch_size):
+        part = idx[a : a + batch_size]
+        images = torch.stack([dataset[i][0] for i in part])
+        empty = ~dataset.masks_batch(part).flatten(2).any(-1)[:, col]  # (B, M): concept absent from the image
+        with torch.no_grad():
+            expl = model.explain(model.preprocess(images), top_k=top_k, heatmaps=False)
+        for b, e in enumerate(expl):
+            ce = e.top
+            flags = empty[b, ce.concept_indices.cpu()].tolist()
+            for j, (kind, gone) in enumerate(zip(ce.evidence, flags)):
+                counts[kind][0] += 1
+                counts[kind][1] += int(gone)
+                if j == 0 and gone:
+                    top1 += 1
+                    top1_present += int(kind in PRESENT_KINDS)
+
+    def share(kinds) -> dict[str, Any]:
+        n = sum(counts[k][0] for k in kinds)
+        return {"shown": n, "mask_empty": (sum(counts[k][1] for k in kinds) / n) if n else None}
+
+    everything = share(EVIDENCE_KINDS)
+    return {
+        "images": len(idx),
+        "top_k": top_k,
+        "shown": everything["shown"],
+        "shown_mask_empty": everything["mask_empty"],
+        "top1_mask_empty": top1,
+        "top1_present_mask_empty": top1_present,
+        "present": share(PRESENT_KINDS),
+        "absent": share([ABSENT_SUPPORTS, ABSENT_OPPOSES]),
+        "by_evidence": {k: share([k]) for k in EVIDENCE_KINDS if counts[k][0]},
+    }
 
 
 # --------------------------------------------------------------------------- result

@@ -21,10 +21,13 @@ never runs the backbone a second time.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
@@ -32,7 +35,8 @@ import torch.nn.functional as F
 
 from salfcbm._utils.io import atomic_write_text
 from salfcbm._utils.tensors import upsample_bilinear
-from salfcbm.errors import ClassNotFoundError, InputError
+from salfcbm.errors import ClassNotFoundError, DegenerateResultWarning, InputError
+from salfcbm.explain.evidence import PRESENT_KINDS, evidence_kinds
 
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM, SALFCBMOutput
@@ -405,6 +409,11 @@ def mask_to_grid(mask: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
 class ClassExplanation(_JSONMixin):
     """Why one image got (or would get) one class: the top-k contributing concepts.
 
+    Each top concept carries its evidence kind (:mod:`salfcbm.evidence`): ``"present_supports"``,
+    ``"present_opposes"``, ``"absent_supports"`` (a negative weight times a below-average
+    activation: the concept's *absence* raises the logit), ``"absent_opposes"`` or
+    ``"no_weight"``. A concept is present when its standardised activation is positive.
+
     Attributes:
         target: class index ``l``.
         class_name: its name.
@@ -416,6 +425,11 @@ class ClassExplanation(_JSONMixin):
         concepts: their names.
         scores: ``(k,)`` their signed contributions.
         heatmaps: ``(k, H, W)`` their concept maps upsampled bilinearly to the input size (or ``None``).
+        evidence: ``k`` evidence kinds, one per top concept (see above).
+        activations: ``(k,)`` the top concepts' standardised pooled activations ``c*_norm(x)[m]``
+            (``> 0``: present).
+        concept_mean, concept_std: ``(k,)`` the training statistics that standardise them;
+            :meth:`standardized_heatmaps` puts the heatmaps on that common scale.
     """
 
     target: int
@@ -428,12 +442,47 @@ class ClassExplanation(_JSONMixin):
     concepts: list[str]
     scores: torch.Tensor
     heatmaps: torch.Tensor | None = None
+    evidence: list[str] = field(default_factory=list)
+    activations: torch.Tensor | None = None
+    concept_mean: torch.Tensor | None = field(default=None, repr=False)
+    concept_std: torch.Tensor | None = field(default=None, repr=False)
 
     def pairs(self) -> list[tuple[str, float]]:
         """``[(concept, contribution), ...]`` for the top-k concepts."""
         return list(zip(self.concepts, _floats(self.scores)))
 
+    @property
+    def present(self) -> list[bool]:
+        """Per top concept, whether the image shows it (standardised activation above 0)."""
+        return [e in PRESENT_KINDS for e in self.evidence]
+
+    def by_evidence(self) -> dict[str, list[tuple[str, float]]]:
+        """``{kind: [(concept, contribution), ...]}`` for the kinds that occur, in rank order."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        for e, pair in zip(self.evidence, self.pairs()):
+            out.setdefault(e, []).append(pair)
+        return out
+
+    def standardized_heatmaps(self) -> torch.Tensor | None:
+        """The heatmaps as ``(c_up[m] - mean[m]) / std[m]``: one scale for every concept.
+
+        In units of the concept's training standard deviation, 0 at its training mean; with mean
+        pooling, a map's average is the concept's standardised activation. ``None`` without
+        heatmaps or statistics.
+        """
+        if self.heatmaps is None or self.concept_mean is None or self.concept_std is None:
+            return None
+        h = self.heatmaps.float()
+        mean = self.concept_mean.to(h.device, h.dtype).view(-1, 1, 1)
+        std = self.concept_std.to(h.device, h.dtype).view(-1, 1, 1)
+        return (h - mean) / std
+
     def to_dict(self, heatmaps: str = "summary") -> dict[str, Any]:
+        k = len(self.concepts)
+        act = _floats(self.activations) if self.activations is not None else [None] * k
+        mean = _floats(self.concept_mean) if self.concept_mean is not None else [None] * k
+        std = _floats(self.concept_std) if self.concept_std is not None else [None] * k
+        ev = list(self.evidence) if len(self.evidence) == k else [None] * k
         return {
             "target": self.target,
             "class_name": self.class_name,
@@ -441,12 +490,43 @@ class ClassExplanation(_JSONMixin):
             "probability": self.probability,
             "bias": self.bias,
             "top_concepts": [
-                {"index": int(i), "concept": c, "contribution": s}
-                for i, c, s in zip(self.concept_indices.tolist(), self.concepts, _floats(self.scores))
+                {"index": int(i), "concept": c, "contribution": s, "evidence": e, "activation": a,
+                 "concept_mean": mu, "concept_std": sd}
+                for i, c, s, e, a, mu, sd in zip(
+                    self.concept_indices.tolist(), self.concepts, _floats(self.scores), ev, act, mean, std
+                )
             ],
             "contributions": _floats(self.contributions),
             "heatmaps": _heatmaps_to_json(self.heatmaps, heatmaps),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassExplanation:
+        """Invert :meth:`to_dict` (heatmaps come back only from ``heatmaps="full"``)."""
+        top = data["top_concepts"]
+
+        def column(key: str) -> torch.Tensor | None:
+            vals = [t.get(key) for t in top]
+            return None if any(v is None for v in vals) else torch.tensor(vals, dtype=torch.float32)
+
+        maps = data.get("heatmaps")
+        full = isinstance(maps, list) and len(maps) > 0 and isinstance(maps[0], list)
+        return cls(
+            target=int(data["target"]),
+            class_name=data["class_name"],
+            logit=float(data["logit"]),
+            probability=float(data["probability"]),
+            bias=float(data["bias"]),
+            contributions=torch.tensor(data["contributions"], dtype=torch.float32),
+            concept_indices=torch.tensor([int(t["index"]) for t in top], dtype=torch.long),
+            concepts=[t["concept"] for t in top],
+            scores=torch.tensor([float(t["contribution"]) for t in top], dtype=torch.float32),
+            heatmaps=torch.tensor(maps, dtype=torch.float32) if full else None,
+            evidence=[t["evidence"] for t in top] if all(t.get("evidence") for t in top) else [],
+            activations=column("activation"),
+            concept_mean=column("concept_mean"),
+            concept_std=column("concept_std"),
+        )
 
 
 @dataclass
@@ -506,8 +586,25 @@ class Explanation(_JSONMixin):
             "predicted_class": self.predicted_class,
             "logits": _floats(self.logits),
             "probabilities": _floats(self.probabilities),
+            "activations": _floats(self.activations),
+            "normalized_activations": _floats(self.normalized_activations),
             "classes": [c.to_dict(heatmaps=heatmaps) for c in self.classes],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], concept_names: Sequence[str] = ()) -> Explanation:
+        """Invert :meth:`to_dict`."""
+        return cls(
+            index=int(data["index"]),
+            logits=torch.tensor(data["logits"], dtype=torch.float32),
+            probabilities=torch.tensor(data["probabilities"], dtype=torch.float32),
+            prediction=int(data["prediction"]),
+            predicted_class=data["predicted_class"],
+            activations=torch.tensor(data.get("activations", []), dtype=torch.float32),
+            normalized_activations=torch.tensor(data.get("normalized_activations", []), dtype=torch.float32),
+            classes=[ClassExplanation.from_dict(c) for c in data["classes"]],
+            concept_names=list(concept_names),
+        )
 
 
 @dataclass
@@ -528,7 +625,38 @@ class ExplanationBatch(_JSONMixin):
         return iter(self.explanations)
 
     def to_dict(self, heatmaps: str = "summary") -> dict[str, Any]:
-        return {"images": [e.to_dict(heatmaps=heatmaps) for e in self.explanations]}
+        return {
+            "concept_names": list(self.concept_names),
+            "class_names": list(self.class_names),
+            "images": [e.to_dict(heatmaps=heatmaps) for e in self.explanations],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExplanationBatch:
+        """Invert :meth:`to_dict` (heatmaps come back only from ``heatmaps="full"``).
+
+        Examples:
+            >>> import timm, torch, salfcbm
+            >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["fur", "grass"],
+            ...                  num_classes=2, backbone_weights=None)
+            >>> e = m.explain(torch.randn(1, 3, 64, 64), top_k=2)
+            >>> ExplanationBatch.from_json(e.to_json())[0].top.evidence == e[0].top.evidence
+            True
+        """
+        names = list(data.get("concept_names", []))
+        return cls(
+            [Explanation.from_dict(e, names) for e in data["images"]],
+            concept_names=names,
+            class_names=list(data.get("class_names", [])),
+        )
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike) -> ExplanationBatch:
+        """Read what :meth:`to_json` wrote: a JSON string or the path of a ``.json`` file."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass
@@ -800,6 +928,7 @@ def explain(
                     concepts=[names[j] for j in ci.tolist()],
                     scores=signed[p][keep],
                     heatmaps=maps[p][keep] if maps is not None else None,
+                    **_evidence_fields(model, W[t, ci], norm[i, ci], ci),
                 )
             )
             p += 1
@@ -816,7 +945,33 @@ def explain(
                 concept_names=names,
             )
         )
+    _warn_if_empty(results)
     return ExplanationBatch(results, concept_names=names, class_names=cnames)
+
+
+def _evidence_fields(model: SALFCBM, weights: torch.Tensor, z: torch.Tensor, ci: torch.Tensor) -> dict[str, Any]:
+    """The evidence kind of each shown concept, and what puts its heatmap on the common scale."""
+    return {
+        "evidence": evidence_kinds(weights, z),
+        "activations": z,
+        "concept_mean": model.concept_mean.detach()[ci],
+        "concept_std": model.concept_std.detach()[ci],
+    }
+
+
+def _warn_if_empty(results: list[Explanation]) -> None:
+    """An explanation without a single contributing concept is a degenerate head: say so, loudly."""
+    empty = sorted({(c.target, c.class_name) for e in results for c in e.classes if not c.concepts})
+    if not empty:
+        return
+    msg = (
+        f"No concept contributes to class(es) {[n for _, n in empty]}: every weight of the head for them "
+        "is zero (or every activation sits exactly at its training mean), so the explanation is empty. "
+        "The head is empty or constant for these classes; check metrics.json['degenerate'] of the fit "
+        "and refit the head (a smaller lambda, HeadConfig(val_tolerance=0), or more data)."
+    )
+    logging.getLogger("salfcbm").warning(msg)
+    warnings.warn(msg, DegenerateResultWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------- explain anything

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salfcbm._utils.progress import close_bar
 from salfcbm.errors import InputError
 
 __all__ = [
@@ -700,6 +701,7 @@ def fit_sparse_head(
 
     path: list[PathPoint] = []
     best_val, since_best = -1.0, 0
+    stop = ""
     bar = tqdm(total=len(lams), desc=desc, disable=not progress, leave=False)
     try:
         for lam in lams:
@@ -765,6 +767,7 @@ def fit_sparse_head(
                     f"val_acc={val_acc} nnz={nnz} nec={pt.nec:.2f} iters={iters} rounds={rounds} kkt={kkt:.2e}"
                 )
             if select == "nec" and pt.nec > target_nec:
+                stop = f"stopped at point {len(path)}/{len(lams)}: NEC {pt.nec:.1f} passed target_nec {target_nec}"
                 break
             if patience is not None and val_acc is not None:
                 if val_acc > best_val:
@@ -772,9 +775,10 @@ def fit_sparse_head(
                 else:
                     since_best += 1
                     if since_best >= patience:
+                        stop = f"stopped at point {len(path)}/{len(lams)}: no validation gain in {patience} points"
                         break
     finally:
-        bar.close()
+        close_bar(bar, len(path), stop or f"all {len(lams)} points")
 
     selected = _select(path, select, target_nec)
     p = path[selected]

@@ -34,13 +34,15 @@ from salfcbm._utils.io import (
     checked_safetensors,
     read_checked_metadata,
 )
+from salfcbm._utils.progress import close_bar
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.model import SALFCBM
-from salfcbm.errors import InputError, SalfCBMError
+from salfcbm.errors import AllConceptsCutError, InputError
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
+from salfcbm.training import diagnostics
 from salfcbm.supervision.store import (
     ShardedStore,
     SimilarityStore,
@@ -186,6 +188,8 @@ class BottleneckReport:
     dropped: list[tuple[str, float]]
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    initial_val_similarity: float = float("nan")
+    stop_reason: str = ""
 
 
 @dataclass
@@ -410,12 +414,14 @@ def train_bottleneck(
     nn.init.normal_(model.bottleneck.weight, std=1.0 / math.sqrt(model.bottleneck.in_channels))
     nn.init.zeros_(model.bottleneck.bias)
     opt = torch.optim.Adam(model.bottleneck.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best = (-math.inf, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
     history: list[dict[str, float]] = []
     bad, step, done = 0, 0, False
-    bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
     val_cache: list | None = [] if val_features.length * model.num_concepts * val_features.item_shape[-1] ** 2 \
         <= 64_000_000 else None  # keep validation targets in memory when they are small
+    # the initial weights are the first candidate: training must beat them to be kept
+    initial = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
+    best = (initial, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
+    bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
     while not done:
         for x, p in _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng):
             x, p = x.to(device), p.to(device)
@@ -439,7 +445,13 @@ def train_bottleneck(
             if done or step >= cfg.max_steps:
                 done = True
                 break
-    bar.close()
+    if bad >= cfg.patience:
+        reason = (f"early stop at step {step}/{cfg.max_steps}: no validation gain in {cfg.patience} checks; "
+                  f"best step {best[1]}")
+    else:
+        reason = f"max_steps {cfg.max_steps} reached; best step {best[1]}"
+    close_bar(bar, step, reason)
+    logger.info("Concept bottleneck: %s (validation similarity %.4f, initially %.4f)", reason, best[0], initial)
     model.bottleneck.load_state_dict(best[2])
     per_concept = _val_similarity(model, val_features, val_targets, concepts, val_cache).flatten(1).mean(1).cpu()
     sims = {c: float(s) for c, s in zip(concepts, per_concept)}
@@ -447,10 +459,11 @@ def train_bottleneck(
     dropped = [(c, sims[c]) for c in concepts if sims[c] < cfg.cutoff]
     if prune:
         if not keep:
-            raise SalfCBMError(
+            raise AllConceptsCutError(
                 f"Every concept fell below the interpretability cutoff {cfg.cutoff} (best validation similarity "
                 f"{max(sims.values()):.3f}). Lower `cutoff`, train longer, or check that the similarities match "
-                "the images."
+                "the images.",
+                sims,
             )
         if dropped:
             model.select_concepts(keep)
@@ -464,6 +477,8 @@ def train_bottleneck(
         dropped=dropped if prune else [],
         history=history,
         seconds=time.perf_counter() - t0,
+        initial_val_similarity=float(initial),
+        stop_reason=reason,
     )
 
 
@@ -542,6 +557,14 @@ def _content(features: Any) -> str:
     """What a stage read: a store's content digest (changes with any recomputed shard), else its settings."""
     digest = getattr(features, "content_digest", None)
     return digest() if callable(digest) else _stage_key(features.meta)
+
+
+def _record_all_cut(run: Path, error: AllConceptsCutError, cutoff: float) -> None:
+    """Every concept was cut: say so in the log and in ``metrics.json`` before the error propagates."""
+    finding = {"kind": diagnostics.ALL_CONCEPTS_CUT, "cutoff": cutoff, "concept_similarity": error.similarities,
+               "message": str(error)}
+    logger.error("Degenerate result (%s): %s", finding["kind"], finding["message"])
+    _write_json(run / "metrics.json", {"status": "failed", "degenerate": [finding]})
 
 
 def _stage_key(obj: Any) -> str:
@@ -671,7 +694,12 @@ def fit(
             report = BottleneckReport(**{**r, "dropped": [tuple(d) for d in r["dropped"]]})
             logger.info("Resumed the bottleneck stage from %s", bfile)
     if report is None:
-        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg, progress=progress)
+        try:
+            report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg,
+                                      progress=progress)
+        except AllConceptsCutError as e:
+            _record_all_cut(run, e, bcfg.cutoff)
+            raise
         state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
         _write_json(bjson, {"key": key, "report": asdict(report)})
         atomic_write_bytes(bfile, checked_safetensors(state, {"salfcbm.key": key}))
@@ -706,6 +734,8 @@ def fit(
             "steps": report.steps,
             "best_step": report.best_step,
             "val_similarity": report.best_val_similarity,
+            "initial_val_similarity": report.initial_val_similarity,
+            "stop_reason": report.stop_reason,
             "dropped": report.dropped,
         },
         "path": head_fit.summary(),
@@ -736,6 +766,13 @@ def fit(
         timings["baseline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
+    findings = diagnostics.bottleneck_findings(report.initial_val_similarity, report.best_val_similarity,
+                                               report.steps)
+    findings += diagnostics.head_findings(head_fit.weight, head_fit.logits(z_val), y_val)
+    if base_fit is not None:
+        findings += diagnostics.head_findings(base_fit.weight, base_fit.logits(s_val), y_val, head=name)
+    metrics["degenerate"] = findings
+    diagnostics.report(findings, stacklevel=3)
     model.set_head_stats({
         "val_accuracy": round(metrics["salfcbm"]["val_accuracy"], 4),
         "nec": round(metrics["salfcbm"]["nec"], 2),

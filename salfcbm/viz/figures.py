@@ -26,6 +26,14 @@ import torch
 from salfcbm._utils.io import atomic_write
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
+from salfcbm.explain.evidence import (
+    ABSENT_OPPOSES,
+    ABSENT_SUPPORTS,
+    EVIDENCE_LABELS,
+    NO_WEIGHT,
+    PRESENT_OPPOSES,
+    PRESENT_SUPPORTS,
+)
 from salfcbm.explain.explanations import ClassExplanation, DecisionRule, Explanation, ExplanationBatch, RegionReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +60,17 @@ __all__ = [
 
 POS_COLOR = "#3b75af"
 NEG_COLOR = "#d1495b"
+#: Frame and text colour of each evidence kind in pictures and reports (absent kinds are drawn dashed).
+EVIDENCE_COLORS = {
+    PRESENT_SUPPORTS: "#1a7f37",
+    PRESENT_OPPOSES: "#b3263a",
+    ABSENT_SUPPORTS: "#57606a",
+    ABSENT_OPPOSES: "#9a6700",
+    NO_WEIGHT: "#999999",
+}
+#: The smallest half-range of the shared colour scale of standardised maps, in training standard
+#: deviations: a figure whose maps all stay within +-1 std of their training means looks faint.
+MIN_STD_SCALE = 1.0
 REGION_COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999"]
 
 
@@ -219,9 +238,14 @@ def plot_overlay(
     score: float | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
+    vmin: float | None = None,
+    vmax: float | None = None,
     model: SALFCBM | None = None,
 ) -> Axes:
     """Draw a heatmap overlay on ``ax`` (a new figure's axes if ``None``), titled with the concept and score.
+
+    The heatmap is scaled to ``[vmin, vmax]`` (default: its own min and max; pass the same limits
+    to every panel of a figure to compare them).
 
     Examples:
         >>> ax = plot_overlay(torch.rand(3, 16, 16), torch.rand(4, 4), concept="fur", score=0.3)
@@ -230,7 +254,7 @@ def plot_overlay(
     """
     if ax is None:
         ax = _new_figure((3, 3)).add_subplot(1, 1, 1)
-    ax.imshow(overlay_heatmap(image, heatmap, alpha=alpha, cmap=cmap, model=model))
+    ax.imshow(overlay_heatmap(image, heatmap, alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax, model=model))
     if title is None and concept is not None:
         title = concept if score is None else f"{concept}\nS={score:+.3f}"
     if title:
@@ -251,7 +275,78 @@ def _class_explanation(expl: Any, target: int) -> tuple[ClassExplanation, Explan
     )
 
 
-def _draw_explanation_row(axes, ce: ClassExplanation, ex: Explanation | None, image, model, alpha, cmap, k) -> None:
+class _Scale:
+    """One colour scale for every heatmap of a figure (never a per-map min-max).
+
+    Standardised maps (``ClassExplanation.standardized_heatmaps``) get a diverging scale centred
+    on the training mean, ``+-max(|value|, MIN_STD_SCALE)`` over the whole figure; explanations
+    without training statistics fall back to the raw maps on their common min and max.
+    """
+
+    def __init__(self, ces: Sequence[ClassExplanation], cmap: str | None) -> None:
+        std = [ce.standardized_heatmaps() for ce in ces]
+        self.standardized = all(h is not None for h in std) and any(ce.heatmaps is not None for ce in ces)
+        self.maps = std if self.standardized else [ce.heatmaps for ce in ces]
+        values = [h.detach().float() for h in self.maps if h is not None and h.numel()]
+        if self.standardized:
+            top = max([float(v.abs().max()) for v in values] + [MIN_STD_SCALE])
+            self.vmin, self.vmax = -top, top
+            self.cmap = cmap or "RdBu_r"
+            self.label = "concept map in training stds from its training mean"
+        else:
+            self.vmin = min([float(v.min()) for v in values], default=0.0)
+            self.vmax = max([float(v.max()) for v in values], default=1.0)
+            if self.vmax <= self.vmin:
+                self.vmax = self.vmin + 1e-6
+            self.cmap = cmap or "viridis"
+            self.label = "concept map (raw: no training statistics, one scale for the figure)"
+
+    def overlay(self, image: Any, heatmap: Any, alpha: float, model: SALFCBM | None) -> np.ndarray:
+        """Blend ``heatmap`` over the image; on the diverging scale, opacity grows with ``|value|``
+        so the training mean shows the bare image and a faint map stays faint."""
+        if not self.standardized:
+            return overlay_heatmap(image, heatmap, alpha=alpha, cmap=self.cmap, vmin=self.vmin, vmax=self.vmax,
+                                   model=model)
+        img = to_display(image, model)
+        h = _resize2d(heatmap, img.shape[:2])
+        rgb = heatmap_to_rgb(h, cmap=self.cmap, vmin=self.vmin, vmax=self.vmax)
+        a = alpha * np.clip(np.abs(h.numpy()) / self.vmax, 0, 1)[..., None] ** 0.5
+        return ((1 - a) * img + a * rgb).astype(np.float32)
+
+    def colorbar(self, fig: Figure, axes: Any) -> None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        sm = ScalarMappable(norm=Normalize(self.vmin, self.vmax), cmap=self.cmap)
+        cb = fig.colorbar(sm, ax=axes, fraction=0.025, pad=0.01, shrink=0.9)
+        cb.set_label(self.label, fontsize=7)
+        cb.ax.tick_params(labelsize=7)
+
+
+def _evidence_title(concept: str, score: float, kind: str | None) -> str:
+    if kind is None:
+        return f"{concept}\nS={score:+.3f}"
+    label = EVIDENCE_LABELS.get(kind, kind)
+    if kind in (ABSENT_SUPPORTS, ABSENT_OPPOSES):
+        return f"ABSENT: {concept}\nS={score:+.3f} ({label.split('; ', 1)[1]})"
+    return f"{concept}\nS={score:+.3f} ({label})"
+
+
+def _style_panel(ax: Axes, kind: str | None) -> None:
+    """Frame a panel in its evidence colour (dashed when the concept is absent); no ticks."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    color = EVIDENCE_COLORS.get(kind or "", "#cccccc")
+    dashed = kind in (ABSENT_SUPPORTS, ABSENT_OPPOSES, NO_WEIGHT)
+    for sp in ax.spines.values():
+        sp.set_visible(True)
+        sp.set_edgecolor(color)
+        sp.set_linewidth(2.5)
+        sp.set_linestyle((0, (4, 2)) if dashed else "-")
+    ax.title.set_color(color)
+
+
+def _draw_explanation_row(axes, ce: ClassExplanation, ex: Explanation | None, image, model, alpha, scale, maps, k) -> None:
     axes[0].imshow(to_display(image, model))
     head = f"{ce.class_name}  logit={ce.logit:.2f}  p={ce.probability:.2f}"
     if ex is not None and ex.prediction != ce.target:
@@ -259,15 +354,24 @@ def _draw_explanation_row(axes, ce: ClassExplanation, ex: Explanation | None, im
     axes[0].set_title(head, fontsize=9)
     axes[0].axis("off")
     scores = ce.scores.detach().float().cpu().tolist()
+    kinds = list(ce.evidence) if len(ce.evidence) == len(ce.concepts) else [None] * len(ce.concepts)
+    if not ce.concepts:
+        axes[1].text(0.5, 0.5, "no concept contributes\n(all weights are zero:\ndegenerate head)", ha="center",
+                     va="center", fontsize=8, color=NEG_COLOR)
     for j in range(k):
         ax = axes[1 + j]
-        if j < len(ce.concepts) and ce.heatmaps is not None:
-            plot_overlay(image, ce.heatmaps[j], ax=ax, concept=ce.concepts[j], score=scores[j], alpha=alpha, cmap=cmap, model=model)
-        elif j < len(ce.concepts):
-            ax.text(0.5, 0.5, f"{ce.concepts[j]}\nS={scores[j]:+.3f}", ha="center", va="center", fontsize=9)
-            ax.axis("off")
+        ax.axis("off")
+        if j >= len(ce.concepts):
+            continue
+        title = _evidence_title(ce.concepts[j], scores[j], kinds[j])
+        if maps is not None:
+            ax.axis("on")
+            ax.imshow(scale.overlay(image, maps[j], alpha, model))
         else:
-            ax.axis("off")
+            ax.text(0.5, 0.5, title, ha="center", va="center", fontsize=9)
+        ax.set_title(title, fontsize=8)
+        if maps is not None:
+            _style_panel(ax, kinds[j])
 
 
 def plot_explanation(
@@ -276,20 +380,30 @@ def plot_explanation(
     *,
     model: SALFCBM | None = None,
     target: int = 0,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    alpha: float = 0.6,
+    cmap: str | None = None,
     panel_size: float = 2.6,
+    masks: Any = None,
 ) -> Figure:
-    """The image and one heatmap overlay per top-k concept, titled with the concept and its contribution.
+    """The image and one heatmap overlay per top-k concept, titled with the concept, its contribution and its evidence kind.
+
+    Every map of the figure shares one colour scale, shown by a colour bar: the standardised
+    concept map (0 = the concept's training mean, in training standard deviations), so a concept
+    that is weak everywhere looks weak. Panels are framed by evidence kind
+    (:data:`EVIDENCE_COLORS`): solid for a present concept, dashed and titled ``ABSENT`` for a
+    concept whose *absence* is what contributes.
 
     Args:
         expl: one item of ``model.explain(...)`` (or one of its ``classes``).
         image: the image (``[0, 1]``, or backbone-ready with ``model=``).
         model: the SALF-CBM, to denormalise backbone-ready images.
         target: which explained class of ``expl`` to draw (index into ``expl.classes``).
-        alpha: overlay opacity.
-        cmap: matplotlib colormap of the heatmaps.
+        alpha: largest overlay opacity (reached at the ends of the scale).
+        cmap: matplotlib colormap (default: diverging ``"RdBu_r"``; ``"viridis"`` for raw maps).
         panel_size: inches per panel.
+        masks: optional ``(k, H, W)`` ground-truth masks of the shown concepts (data with known
+            concept masks, such as :class:`~salfcbm.synthetic.SyntheticScenes`), drawn in a
+            second row under their heatmaps.
 
     Returns:
         A matplotlib ``Figure`` (Agg canvas; save it with :func:`save_figure`).
@@ -300,16 +414,46 @@ def plot_explanation(
         ...                  num_classes=2, backbone_weights=None)
         >>> x = torch.randn(1, 3, 64, 64)
         >>> fig = plot_explanation(m.explain(x, top_k=2)[0], x[0], model=m)
-        >>> len(fig.axes)
-        3
+        >>> len(fig.axes)  # the image, two concepts, the colour bar
+        4
     """
     ce, ex = _class_explanation(expl, target)
-    k = max(1, len(ce.concepts))
-    fig = _new_figure((panel_size * (k + 1), panel_size * 1.15))
-    axes = fig.subplots(1, k + 1, squeeze=False)[0]
-    _draw_explanation_row(axes, ce, ex, image, model, alpha, cmap, k)
-    fig.tight_layout()
+    if masks is not None:
+        masks = torch.as_tensor(masks)
+        if masks.dim() != 3 or masks.shape[0] != len(ce.concepts):
+            raise InputError(
+                f"`masks` must be (k, H, W) with k={len(ce.concepts)} (one per shown concept), got shape "
+                f"{tuple(masks.shape)}."
+            )
+    return _explanation_figure([(ce, ex)], [image], model, alpha, cmap, panel_size, masks)
+
+
+def _explanation_figure(rows, imgs, model, alpha, cmap, panel_size, masks=None) -> Figure:
+    k = max(1, max(len(ce.concepts) for ce, _ in rows))
+    scale = _Scale([ce for ce, _ in rows], cmap)
+    n_rows = len(rows) + (masks is not None)
+    fig = _new_figure((panel_size * (k + 1) + 0.8, panel_size * 1.2 * n_rows))
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(n_rows, k + 1, squeeze=False)
+    for r, ((ce, ex), img) in enumerate(zip(rows, imgs)):
+        _draw_explanation_row(axes[r], ce, ex, img, model, alpha, scale, scale.maps[r], k)
+    if masks is not None:
+        _draw_mask_row(axes[-1], rows[0][0], masks, k)
+    if any(m is not None for m in scale.maps):
+        scale.colorbar(fig, axes[: len(rows), 1:].ravel().tolist())
     return fig
+
+
+def _draw_mask_row(axes, ce: ClassExplanation, masks: torch.Tensor, k: int) -> None:
+    axes[0].text(0.5, 0.5, "ground truth\n(concept masks)", ha="center", va="center", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    for j in range(min(k, len(ce.concepts))):
+        m = masks[j].detach().float().cpu().numpy()
+        axes[1 + j].imshow(m, cmap="gray", vmin=0, vmax=1)
+        empty = not (m > 0).any()
+        axes[1 + j].set_title(f"mask: {ce.concepts[j]}" + (" (EMPTY)" if empty else ""), fontsize=7,
+                              color=NEG_COLOR if empty else "#222222")
 
 
 def _items(explanations: Any) -> list[Explanation]:
@@ -338,12 +482,14 @@ def save_explanation_grid(
     *,
     model: SALFCBM | None = None,
     target: int = 0,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    alpha: float = 0.6,
+    cmap: str | None = None,
     panel_size: float = 2.4,
     dpi: int = 100,
 ) -> Path:
     """Save one row per image (the image, then its top-k overlays) to ``path`` (PNG, PDF or SVG).
+
+    Drawn as :func:`plot_explanation` draws one row, with one colour scale for the whole grid.
 
     Examples:
         >>> import tempfile, timm, torch, salfcbm
@@ -357,12 +503,7 @@ def save_explanation_grid(
     items = _items(explanations)
     imgs = _images_list(images, len(items))
     rows = [_class_explanation(e, target) for e in items]
-    k = max(1, max(len(ce.concepts) for ce, _ in rows))
-    fig = _new_figure((panel_size * (k + 1), panel_size * 1.15 * len(rows)))
-    axes = fig.subplots(len(rows), k + 1, squeeze=False)
-    for r, ((ce, ex), img) in enumerate(zip(rows, imgs)):
-        _draw_explanation_row(axes[r], ce, ex, img, model, alpha, cmap, k)
-    fig.tight_layout()
+    fig = _explanation_figure(rows, imgs, model, alpha, cmap, panel_size)
     return save_figure(fig, path, dpi=dpi)
 
 
@@ -417,6 +558,44 @@ def plot_region_report(
     return fig
 
 
+_EVIDENCE_LEGEND = (
+    "<p>Each concept's contribution is its head weight times its standardised activation. "
+    '<span class="ev-present_supports">present, supports</span>: the image shows the concept '
+    "(activation above its training mean) and its weight is positive. "
+    '<span class="ev-present_opposes">present, opposes</span>: shown, negative weight. '
+    '<span class="ev-absent_supports">absent; its absence supports</span>: the image shows the concept '
+    "less than the average training image and its weight is negative, so its absence raises the class "
+    "score (its map is drawn dashed and marked ABSENT). "
+    '<span class="ev-absent_opposes">absent; its absence opposes</span>: less than average, positive weight. '
+    "Maps share one colour scale per picture (the colour bar; 0 is the training mean).</p>"
+)
+
+
+def _evidence_table(ce: ClassExplanation) -> str:
+    esc = html.escape
+    if not ce.concepts:
+        return (
+            '<p class="warn">No concept contributes to this class: every head weight for it is zero. '
+            "The head is empty or constant (a degenerate fit); check metrics.json of the training run.</p>"
+        )
+    kinds = list(ce.evidence) if len(ce.evidence) == len(ce.concepts) else [None] * len(ce.concepts)
+    act = _floats_or_none(ce.activations, len(ce.concepts))
+    rows = "".join(
+        f'<tr><td>{r + 1}</td><td>{esc(c)}</td><td class="{"pos" if s >= 0 else "neg"}">{s:+.4f}</td>'
+        f'<td class="ev-{k}">{esc(EVIDENCE_LABELS.get(k, "-") if k else "-")}</td>'
+        f"<td>{'-' if a is None else format(a, '+.2f')}</td></tr>"
+        for r, ((c, s), k, a) in enumerate(zip(ce.pairs(), kinds, act))
+    )
+    return (
+        "<table><tr><th>#</th><th>concept</th><th>contribution</th><th>evidence</th>"
+        f"<th>standardised activation</th></tr>{rows}</table>"
+    )
+
+
+def _floats_or_none(t: torch.Tensor | None, n: int) -> list[float | None]:
+    return [None] * n if t is None else [float(v) for v in t.detach().cpu().flatten().tolist()]
+
+
 def write_html_report(
     path: str | os.PathLike,
     images: Any,
@@ -426,10 +605,15 @@ def write_html_report(
     title: str = "SALF-CBM explanations",
     names: Sequence[str] | None = None,
     embed: bool = True,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    alpha: float = 0.6,
+    cmap: str | None = None,
 ) -> Path:
     """Write a self-contained HTML report: per image, its prediction, the top-k concepts and their heatmaps.
+
+    Each concept's row says what kind of evidence it is (present and supporting, present and
+    opposing, absent and its absence supporting or opposing; :mod:`salfcbm.evidence`), and
+    pictures are drawn as :func:`plot_explanation` draws them (one colour scale with a colour bar).
+    A class that no concept contributes to is reported as a degenerate head, not as an empty table.
 
     Args:
         path: the ``.html`` file (written atomically).
@@ -439,8 +623,8 @@ def write_html_report(
         title: page title.
         names: a caption per image (e.g. file names).
         embed: embed PNGs as base64 (one file); ``False`` writes them to ``<stem>_files/`` next to it.
-        alpha: overlay opacity.
-        cmap: matplotlib colormap of the heatmaps.
+        alpha: largest overlay opacity.
+        cmap: matplotlib colormap of the heatmaps (see :func:`plot_explanation`).
 
     Examples:
         >>> import tempfile, timm, torch, salfcbm
@@ -465,8 +649,11 @@ def write_html_report(
         "<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
         "section{border-top:1px solid #ccc;padding:1em 0}img{max-width:100%}"
         "table{border-collapse:collapse;font-size:14px}td,th{padding:2px 10px;text-align:left}"
-        ".pos{color:#1f5fa0}.neg{color:#b3263a}</style></head><body>",
+        ".pos{color:#1f5fa0}.neg{color:#b3263a}.warn{color:#b3263a;font-weight:bold}"
+        + "".join(f".ev-{k}{{color:{c}}}" for k, c in EVIDENCE_COLORS.items())
+        + "</style></head><body>",
         f"<h1>{esc(title)}</h1>",
+        _EVIDENCE_LEGEND,
     ]
     for i, (ex, img) in enumerate(zip(items, imgs)):
         caption = names[i] if names is not None else f"image {ex.index}"
@@ -488,11 +675,7 @@ def write_html_report(
                 f"<h3>Class {esc(ce.class_name)}: logit {ce.logit:.3f} = sum of contributions + bias {ce.bias:.3f}</h3>"
             )
             parts.append(f'<img src="{src}" alt="top concepts for {esc(ce.class_name)}">')
-            rows = "".join(
-                f'<tr><td>{r + 1}</td><td>{esc(c)}</td><td class="{"pos" if s >= 0 else "neg"}">{s:+.4f}</td></tr>'
-                for r, (c, s) in enumerate(ce.pairs())
-            )
-            parts.append(f"<table><tr><th>#</th><th>concept</th><th>contribution</th></tr>{rows}</table>")
+            parts.append(_evidence_table(ce))
         parts.append("</section>")
     parts.append("</body></html>")
     text = "\n".join(parts)
