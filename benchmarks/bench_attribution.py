@@ -48,6 +48,7 @@ from salfcbm.evaluation.benchmark import (
     build_methods,
     class_evidence_masks,
     constant_substrate,
+    explanation_mask_check,
     forward_speed,
     plot_attribution_examples,
     run_attribution_benchmark,
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
         timing_repeats=repeats, reference="salfcbm" if "salfcbm" in methods else None, n_examples=args.examples,
         max_images=n, device=device, on_error="record", progress=progress,
     )
+    if not real:  # the scenes have concept masks: how often is a shown concept not in the image at all?
+        result.meta["explanation_masks"] = explanation_mask_check(model, test, idx, top_k=4)
     for name, reason in skipped.items():
         result.rows[name] = {"explains": "backbone", "error": reason}
     result.rows = {k: result.rows[k] for k in args.methods if k in result.rows}

@@ -534,6 +534,20 @@ class BenchmarkResult:
                     + (" (CPU time)." if f.get("clock") == "cpu" else ".")
                 ),
             ]
+        ex = self.meta.get("explanation_masks")
+        if ex and ex.get("shown"):
+            def pct(v: float | None) -> str:
+                return "–" if v is None else f"{100 * v:.1f} %"
+
+            lines += [
+                "",
+                (
+                    f"SALF-CBM's top-{ex['top_k']} concepts on {ex['images']} images: {pct(ex['shown_mask_empty'])} "
+                    f"have an empty ground-truth mask (top-1: {ex['top1_mask_empty']} images); "
+                    f"{pct(ex['present']['mask_empty'])} of those shown as present, "
+                    f"{pct(ex['absent']['mask_empty'])} of those shown as absent."
+                ),
+            ]
         return "\n".join(lines) + "\n"
 
     def save(self, json_path: str | os.PathLike, markdown_path: str | os.PathLike | None = None) -> None:

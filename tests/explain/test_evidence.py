@@ -151,6 +151,9 @@ def test_mask_check_counts_shown_concepts_without_mask():
     assert r["shown_mask_empty"] == pytest.approx(empty / total)
     n = sum(v["shown"] for v in r["by_evidence"].values())
     assert n == total and r["present"]["shown"] + r["absent"]["shown"] == total
+    from salfcbm.evaluation.benchmark import BenchmarkResult
+
+    assert "empty ground-truth mask" in BenchmarkResult(rows={}, meta={"explanation_masks": r}).to_markdown()
     with pytest.raises(salfcbm.errors.InputError, match="not concepts of the dataset"):
         explanation_mask_check(salfcbm.wrap(SmallConvNet(num_classes=2, width=4), concepts=["zebra"], num_classes=2,
                                             grid=4, input_size=(32, 32), backbone_weights=None), ds)
