@@ -324,6 +324,7 @@ def _read_images(paths: list[str], size) -> "torch.Tensor":  # noqa: F821
 
 
 def cmd_explain(args) -> int:
+    from salfcbm.explain.evidence import EVIDENCE_LABELS
     from salfcbm.viz.figures import write_html_report
 
     _set_threads(args)
@@ -331,8 +332,6 @@ def cmd_explain(args) -> int:
     x = _read_images(args.images, model.config["input_size"])
     expl = model.explain(model.preprocess(x), top_k=args.top_k)
     out = write_html_report(args.out, x, expl, model=model, names=[os.path.basename(p) for p in args.images])
-    from salfcbm.explain.evidence import EVIDENCE_LABELS
-
     for p, e in zip(args.images, expl):
         c = e.classes[0]
         shown = ", ".join(f"{n} ({float(s):+.2f}, {EVIDENCE_LABELS.get(k, k)})"
