@@ -65,8 +65,8 @@ def head_findings(
     if nnz == 0:
         out.append({
             "kind": EMPTY_HEAD, "head": head, "nnz": 0,
-            "message": f"The {head} head has 0 non-zero weights: every prediction is the bias alone, so no concept "
-                       "explains anything. The selected regularisation was too strong for this data; use a smaller "
+            "message": f"The {head} head has 0 non-zero weights: every prediction is the bias alone, so no input "
+                       "feature (no concept) moves any prediction. The selected regularisation was too strong for this data; use a smaller "
                        "lambda (HeadConfig(val_tolerance=0), more path points) or more training images.",
         })
     preds = logits_val.argmax(1)
