@@ -589,35 +589,38 @@ def compute_store(
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="salfcbm-store-writer") as pool:
                 for i in mine:
-                    a, b = store.shard_range(i)
-                    parts = []
-                    got = a
-                    seen = hashlib.sha256()
-                    while got < b:
-                        images = next(batches)
-                        idx = torch.arange(got, got + images.shape[0])
-                        out = fn(images, idx)
-                        expected = (images.shape[0], *store.item_shape)
-                        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-                            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                            raise InputError(f"fn returned {shape} for a batch of {images.shape[0]} images; expected {expected}.")
-                        parts.append(out.detach().to("cpu", store.dtype))
-                        if mode == "content":
-                            batch_digest(seen, images)
-                        got += images.shape[0]
-                        bar.update(images.shape[0])
-                    # surface a failed write before queueing more
-                    for f in [f for f in pending if f.done()]:
+                    values, digest = _compute_shard(store, i, batches, fn, bar, dataset, mode)
+                    for f in [f for f in pending if f.done()]:  # surface a failed write before queueing more
                         f.result()
                         pending.remove(f)
-                    digest = seen.hexdigest()[:24] if mode == "content" else shard_digest(dataset, a, b, mode)
-                    pending.append(pool.submit(store.write_shard, i, torch.cat(parts), inputs=digest))
+                    pending.append(pool.submit(store.write_shard, i, values, inputs=digest))
                 for f in pending:
                     f.result()
         finally:
             bar.close()
     _barrier()
     return store
+
+
+def _compute_shard(store: ShardedStore, i: int, batches: Iterator, fn: Callable, bar: Any, dataset: Any,
+                   mode: str) -> tuple[torch.Tensor, str]:
+    """Run ``fn`` over the batches of shard ``i``: its values and the digest of its input images."""
+    a, b = store.shard_range(i)
+    parts, got, seen = [], a, hashlib.sha256()
+    while got < b:
+        images = next(batches)
+        out = fn(images, torch.arange(got, got + images.shape[0]))
+        expected = (images.shape[0], *store.item_shape)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(f"fn returned {shape} for a batch of {images.shape[0]} images; expected {expected}.")
+        parts.append(out.detach().to("cpu", store.dtype))
+        if mode == "content":
+            batch_digest(seen, images)
+        got += images.shape[0]
+        bar.update(images.shape[0])
+    digest = seen.hexdigest()[:24] if mode == "content" else shard_digest(dataset, a, b, mode)
+    return torch.cat(parts), digest
 
 
 # -- the similarity store -----------------------------------------------------------------
