@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from salfcbm.errors import InputError, MissingExtraError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import gradio
 
 __all__ = ["launch", "load_model", "build_app", "Explorer"]
 
@@ -87,7 +90,7 @@ def _example_files(images: Any, n: int = 8) -> list[str]:
     return files
 
 
-def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int = 1000):
+def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int = 1000) -> gradio.Blocks:
     """The explorer as a :class:`gradio.Blocks` (not started): ``app.launch()`` or mount it yourself."""
     from salfcbm.app.explorer import Explorer
     from salfcbm.app.ui import build_app as _build
@@ -111,7 +114,7 @@ def launch(
     top_k: int = 5,
     max_images: int = 1000,
     quiet: bool = False,
-):
+) -> gradio.Blocks:
     """Start the explorer on ``http://host:port`` (default 127.0.0.1 and a free port from 7860).
 
     Args:

@@ -299,7 +299,7 @@ class Explorer:
             shown = np.where(inside.numpy()[..., None], shown, 0.35 * cur.image.permute(1, 2, 0).numpy())
             gallery.append((self.view(cur, shown), c))
         msg = (
-            f"Region {self.describe(kw)} in the model's {self.size[1]}x{self.size[0]} input "
+            f"Region: {self.describe(kw)} in the model's {self.size[1]}x{self.size[0]} input "
             f"({100 * r.area_fraction:.1f}% of the image). Top concept: **{r.concepts[0]}**."
         )
         return rows, gallery, msg

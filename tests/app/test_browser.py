@@ -204,6 +204,22 @@ def test_explorer_in_a_real_browser(tmp_path):
             assert f"Top concept: {ref.concepts[0]}." in msg
             _shot(page, shots / "app-region.png", "#ea-maps", "#ea-click")
 
+            # ... and a region painted with the brush (the editor draws on a canvas)
+            page.locator("#ea-mode label", has_text="brush").click()
+            canvas = page.locator("#ea-brush canvas").first
+            canvas.wait_for(state="visible", timeout=30000)
+            page.wait_for_timeout(1000)
+            bb = canvas.bounding_box()
+            x0, y0 = bb["x"] + bb["width"] / 2 - 60, bb["y"] + bb["height"] / 2 - 40  # the picture is centred
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            for k in range(20):
+                page.mouse.move(x0 + 6 * k, y0 + 4 * k, steps=2)
+            page.mouse.up()
+            msg = _timed(latency, "brush -> concepts", lambda: (page.locator("#ea-run").click(),
+                                                                 _text(page, "#ea-msg", r"painted mask of [1-9]\d* px", msg))[1])
+            assert re.search(r"Top concept: .+\.", msg) and page.locator("#ea-table tbody tr").count() >= 1
+
             # 3. intervene on the same kind of box; the logit change is intervene's
             page.get_by_role("tab", name="Intervene").click()
             _click_at(page, "#iv-click", 0.1, 0.15)
