@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ logger = logging.getLogger("salfcbm")
 
 WEIGHTS_NAME = persistence.WEIGHTS_NAME
 CONFIG_NAME = persistence.CONFIG_NAME
+
+if TYPE_CHECKING:  # the explain layer's result types, for annotations only
+    from salfcbm.explain.explanations import DecisionRule, ExplanationBatch, InterventionResult, RegionReport
 
 
 @dataclass
@@ -381,7 +384,7 @@ class SALFCBM(
         heatmap_size: Sequence[int] | None = None,
         skip_zero: bool = True,
         output: SALFCBMOutput | None = None,
-    ):
+    ) -> "ExplanationBatch":
         """Top-k concept contributions and their heatmaps, per image and class (paper 3.5).
 
         Args:
@@ -413,7 +416,7 @@ class SALFCBM(
         top_k: int = 5,
         standardize: bool = False,
         output: SALFCBMOutput | None = None,
-    ):
+    ) -> "RegionReport":
         """Which concepts the model sees inside one or several regions (Explain Anything, paper 3.6).
 
         Args:
@@ -447,7 +450,7 @@ class SALFCBM(
         beta: float | Sequence[float] = 1.0,
         target: int | str | None = None,
         output: SALFCBMOutput | None = None,
-    ):
+    ) -> "InterventionResult":
         """Edit concept maps locally and re-run the head (local user intervention, paper 3.6).
 
         Args:
@@ -478,7 +481,7 @@ class SALFCBM(
         *,
         threshold: float = 0.0,
         top_k: int | None = None,
-    ):
+    ) -> "DecisionRule | list[DecisionRule]":
         """The concepts connected to a class by a non-zero weight, sorted by `|weight|` (paper 3.5).
 
         Args:
