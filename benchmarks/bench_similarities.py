@@ -110,7 +110,7 @@ def naive(scorer: CLIPScorer, prompts: PromptGrid, images: int, size: int) -> fl
     tf = open_clip.image_transform(scorer.image_size, is_train=False, mean=scorer.mean, std=scorer.std)
     data = RandomImages(images, size)
     centres = prompts.centres(size, size).view(-1, 2).tolist()
-    r = prompts.radius * size / min(scorer.image_size)  # same circle size relative to the image
+    r = prompts.radius_px(size, size)  # PromptGrid's unit: the same circle size relative to the image
     with torch.inference_mode(), scorer._autocast():
         _ = scorer.model.encode_image(tf(Image.new("RGB", (size, size)))[None].to(scorer.device))  # warm-up
         _sync(scorer.device)

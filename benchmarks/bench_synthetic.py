@@ -113,7 +113,7 @@ def main() -> None:
         ("render + masks (sample)", smp_c, smp_w, smp_c / base_c),
     ]
 
-    grid = PromptGrid(grid=(7, 7), radius=8)
+    grid = PromptGrid(grid=(7, 7), radius=8, reference_size=64)  # 8 px on the 64 px scenes
     scorer = GroundTruthScorer(ds)
     bs = 32
     images = torch.stack([ds[i][0] for i in range(bs)])

@@ -239,6 +239,8 @@ def cmd_train(args) -> int:
     model = wrap(backbone, concepts=concepts, num_classes=len(data["train"].classes),
                  class_names=data["train"].classes, layer=args.layer, grid=args.grid, pooling=args.pooling,
                  cls_concat=args.cls_concat, input_size=size, backbone_weights=spec_weights)
+    # one geometry: the folders are cropped with the model's own data config (recorded in its config)
+    data = {k: d.with_transform(model.image_transform) for k, d in data.items()}
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     _write_args(run, args)
@@ -303,34 +305,14 @@ def _spec_name(path: Path | None) -> str:
     return f"{spec['source']}:{spec['name']}"
 
 
-def _read_images(paths: list[str], size) -> "torch.Tensor":  # noqa: F821
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from salfcbm.errors import CorruptImageError
-
-    images = []
-    for p in paths:
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"Image {p!r} does not exist.")
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB").resize((size[1], size[0]))
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise CorruptImageError(f"Cannot read image {p!r} ({type(e).__name__}: {e}); is it an image file?") from e
-        images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
-    return torch.stack(images)
-
-
 def cmd_explain(args) -> int:
     from salfcbm.explain.evidence import EVIDENCE_LABELS
     from salfcbm.viz.figures import write_html_report
 
     _set_threads(args)
     model = _load_model(args)
-    x = _read_images(args.images, model.config["input_size"])
-    expl = model.explain(model.preprocess(x), top_k=args.top_k)
+    x = model.image_transform.view(list(args.images))  # the one image entry point: what the model sees, in [0, 1]
+    expl = model.explain(model.image_transform.normalize(x), top_k=args.top_k)
     out = write_html_report(args.out, x, expl, model=model, names=[os.path.basename(p) for p in args.images])
     for p, e in zip(args.images, expl):
         c = e.classes[0]
@@ -387,9 +369,11 @@ def _scorer_args(q: argparse.ArgumentParser) -> None:
                    help="open_clip pretrained tag, a local checkpoint file, or 'none' for a random init (seeded by --seed)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="scorer precision")
     g.add_argument("--grid", type=_positive_int, default=7, help="prompting grid (GRID x GRID; 7 = 49 CLIP passes per image)")
-    g.add_argument("--radius", type=_positive_int, default=32, help="prompt circle radius at the scorer's resolution")
+    g.add_argument("--radius", type=_positive_int, default=32,
+                   help="prompt circle radius in pixels of a 224 px image (scaled to the scorer's resolution)")
     g.add_argument("--image-size", type=_positive_int, default=224,
-                   help="images are resized and centre-cropped to this size; recorded in the saved config")
+                   help="the backbone's input size: images are resized with the backbone's own eval transform and "
+                        "centre-cropped to it; recorded in the saved config")
     g.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (named in a warning) instead of stopping at the first one")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")

@@ -35,6 +35,9 @@ __all__ = [
     "AllConceptsCutError",
     "SalfCBMWarning",
     "DegenerateResultWarning",
+    "ImageInputError",
+    "AlignmentError",
+    "ImageConversionWarning",
     "closest",
 ]
 
@@ -208,3 +211,17 @@ class DegenerateResultWarning(SalfCBMWarning):
     under ``metrics["degenerate"]`` in ``metrics.json``. Turn it into an error with
     ``warnings.simplefilter("error", DegenerateResultWarning)``.
     """
+
+
+class ImageInputError(InputError):
+    """Images salfcbm cannot read or trust: wrong layout or dtype, values out of range, NaN or
+    inf pixels, an empty batch, a model on another device, a missing file."""
+
+
+class AlignmentError(SalfCBMError, ValueError):
+    """The scorer and the backbone would see different regions of an image, so the prompt grid
+    and the concept cells cannot be aligned."""
+
+
+class ImageConversionWarning(SalfCBMWarning):
+    """Images were converted on the way in (grayscale to RGB, RGBA without its alpha, other modes)."""

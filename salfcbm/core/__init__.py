@@ -6,6 +6,7 @@ and ``salfcbm._utils``.
 
 from salfcbm.core.backbones import build_backbone, infer_spec, parse_backbone_name
 from salfcbm.core.config import ModelConfig
+from salfcbm.core.images import ImageTransform, align_dataset, load_images
 from salfcbm.core.model import SALFCBM, SALFCBMOutput, wrap
 from salfcbm.core.tap import FeatureTap, default_layer, token_grid
 
@@ -14,9 +15,12 @@ __all__ = [
     "SALFCBMOutput",
     "FeatureTap",
     "ModelConfig",
+    "ImageTransform",
+    "align_dataset",
     "build_backbone",
     "default_layer",
     "infer_spec",
+    "load_images",
     "parse_backbone_name",
     "token_grid",
     "wrap",

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from salfcbm.core.backbones import normalize_spec
+from salfcbm.core.images import CROP_MODES, INTERPOLATIONS
 from salfcbm.errors import ConfigError, closest
 
 __all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS"]
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3  # 3: the image geometry (input_crop_pct, input_crop_mode, input_interpolation)
 POOLINGS = ("mean", "softmax", "max")
 
 
@@ -58,9 +59,13 @@ class ModelConfig:
         feature_channels: channels of the tapped map.
         layout: the tap's layout (``"NCHW"``, ``"NHWC"``, ``"NLC"``).
         num_prefix_tokens: leading tokens dropped from a token sequence.
-        input_size: resolution the backbone is run at.
+        input_size: resolution the backbone is run at (the crop of :meth:`SALFCBM.preprocess`).
         input_mean: normalisation mean of :meth:`SALFCBM.preprocess`.
         input_std: normalisation std (positive).
+        input_crop_pct: :meth:`SALFCBM.preprocess` resizes the shorter side to ``input_size / input_crop_pct``
+            before the centre crop (the backbone's own data config; files before version 3: 1.0).
+        input_crop_mode: ``"center"``, ``"squash"`` or ``"border"``.
+        input_interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
         freeze_backbone: backbone kept fixed.
         softmax_temperature: temperature of softmax pooling (positive).
         head_stats: metrics shown on the model card.
@@ -91,6 +96,9 @@ class ModelConfig:
     input_size: list[int] = field(default_factory=lambda: [224, 224])
     input_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     input_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    input_crop_pct: float = 1.0
+    input_crop_mode: str = "center"
+    input_interpolation: str = "bilinear"
     freeze_backbone: bool = True
     softmax_temperature: float = 1.0
     head_stats: dict | None = None
@@ -140,6 +148,13 @@ class ModelConfig:
             raise _fail("input_mean", self.input_mean, "three finite numbers")
         if not _floats(self.input_std) or min(self.input_std) <= 0:
             raise _fail("input_std", self.input_std, "three finite positive numbers")
+        cp = self.input_crop_pct
+        if isinstance(cp, bool) or not isinstance(cp, (int, float)) or not 0 < cp <= 1:
+            raise _fail("input_crop_pct", cp, "a number in (0, 1] (1 = keep the whole shorter side)")
+        if self.input_crop_mode not in CROP_MODES:
+            raise _fail("input_crop_mode", self.input_crop_mode, f"one of {CROP_MODES}")
+        if self.input_interpolation not in INTERPOLATIONS:
+            raise _fail("input_interpolation", self.input_interpolation, f"one of {INTERPOLATIONS}")
         t = self.softmax_temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise _fail("softmax_temperature", t, "a finite number > 0")

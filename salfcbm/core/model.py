@@ -5,6 +5,7 @@ Paper section 3.3-3.4 (Benou & Riklin-Raviv, "Show and Tell", CVPR 2025).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -19,10 +20,11 @@ from torch import nn
 
 from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.core import persistence
-from salfcbm.core.backbones import build_backbone, infer_spec, input_stats, normalize_spec, parse_backbone_name
+from salfcbm.core.backbones import build_backbone, infer_spec, normalize_spec, parse_backbone_name
 from salfcbm.core.config import POOLINGS, ModelConfig
+from salfcbm.core.images import ImageTransform, resolve_transform
 from salfcbm.core.tap import FeatureTap, default_input_size
-from salfcbm.errors import ConceptNotFoundError, ConfigError, InputError, SalfCBMError
+from salfcbm.errors import ConceptNotFoundError, ConfigError, ImageInputError, InputError, SalfCBMError
 
 __all__ = ["SALFCBM", "SALFCBMOutput", "wrap"]
 
@@ -104,9 +106,13 @@ class SALFCBM(
         feature_channels: channels of the tapped map (probed if ``None``).
         layout: tap layout (probed if ``None``).
         num_prefix_tokens: leading tokens to drop (probed if ``None``).
-        input_size: resolution used to probe the backbone.
+        input_size: the backbone's input resolution (the crop of :meth:`preprocess`; also used to probe).
         input_mean: mean the backbone's inputs are normalised with (used by :meth:`preprocess`).
         input_std: std the backbone's inputs are normalised with.
+        input_crop_pct: :meth:`preprocess` resizes the shorter side to ``input_size / input_crop_pct``
+            before the centre crop (``None``: the model's own data config, 1.0 for custom modules).
+        input_crop_mode: ``"center"``, ``"squash"`` or ``"border"`` (``None``: the model's own).
+        input_interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (``None``: the model's own).
         freeze_backbone: keep the backbone fixed (no grad, eval-mode BN/dropout during calls).
         backbone_spec: the spec to record when ``backbone`` is a module.
         backbone_weights: with a module and no ``backbone_spec``, what the inferred spec records as
@@ -139,6 +145,9 @@ class SALFCBM(
         input_size: list[int] | None = None,
         input_mean: list[float] | None = None,
         input_std: list[float] | None = None,
+        input_crop_pct: float | None = None,
+        input_crop_mode: str | None = None,
+        input_interpolation: str | None = None,
         freeze_backbone: bool = True,
         backbone_spec: dict | None = None,
         backbone_weights: str | None = "auto",
@@ -180,15 +189,16 @@ class SALFCBM(
         if channels is None:
             with torch.no_grad(), self._frozen_backbone(bool(freeze_backbone)):
                 channels = self.tap(self._probe_input(input_size)).shape[1]
-        mean, std = input_stats(backbone)
+        transform = resolve_transform(
+            backbone, spec=spec, input_size=input_size, mean=input_mean, std=input_std, crop_pct=input_crop_pct,
+            crop_mode=input_crop_mode, interpolation=input_interpolation,
+        )
         try:
             self.config = ModelConfig(
                 backbone=spec, concepts=list(concepts), num_classes=num_classes, layer=self.tap.layer, grid=list(grid),
                 pooling=pooling, cls_concat=cls_concat, feature_channels=int(channels),
                 class_names=list(class_names) if class_names is not None else None,
-                layout=self.tap.layout, num_prefix_tokens=self.tap.num_prefix_tokens, input_size=list(input_size),
-                input_mean=[float(v) for v in input_mean] if input_mean is not None else mean,
-                input_std=[float(v) for v in input_std] if input_std is not None else std,
+                layout=self.tap.layout, num_prefix_tokens=self.tap.num_prefix_tokens, **transform.to_config(),
                 freeze_backbone=freeze_backbone, softmax_temperature=softmax_temperature, head_stats=head_stats,
             )
         except ConfigError as e:
@@ -316,21 +326,84 @@ class SALFCBM(
         return params
 
     # ------------------------------------------------------------------ forward pieces
-    def preprocess(self, images: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
-        """Resize ``[0, 1]`` images to the backbone's input size and normalise them with its mean/std."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise InputError(f"Expected (B, 3, H, W) images in [0, 1], got shape {tuple(images.shape)}.")
-        size = tuple(size) if size is not None else tuple(self.config["input_size"])
-        x = images
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.config["input_mean"], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.config["input_std"], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
+    @property
+    def image_transform(self) -> ImageTransform:
+        """The backbone's evaluation geometry and normalisation, as recorded in the config."""
+        return ImageTransform.from_config(self.config)
+
+    def preprocess(self, images: Any, size: Sequence[int] | None = None) -> torch.Tensor:
+        """Raw images -> backbone-ready ``(B, 3, H, W)``, on the model's device and in its dtype.
+
+        The library's one image entry point (see :mod:`salfcbm.core.images`): takes tensors
+        (``uint8`` is divided by 255; float must be in ``[0, 1]``), NumPy arrays, PIL images,
+        file paths or lists of them; grayscale and RGBA are converted with a warning. The
+        geometry is the backbone's own eval transform (:attr:`image_transform`: resize the
+        shorter side with the model's interpolation, centre crop, normalise).
+
+        Args:
+            images: the images.
+            size: crop to this ``(H, W)`` instead of the configured input size.
+        """
+        t = self.image_transform
+        if size is not None:
+            t = dataclasses.replace(t, size=tuple(size))
+        device, dtype = self._input_device_dtype()
+        return t(images).to(device=device, dtype=dtype)
+
+    def _input_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where inputs go: the backbone's device and dtype (the adapter's for a parameter-free backbone)."""
+        has_params = self.backbone is not None and next(self.backbone.parameters(), None) is not None
+        return module_device_dtype(self.backbone if has_params else self.bottleneck)
+
+    def _check_input(self, x: Any) -> torch.Tensor:
+        """``model(x)``'s input rule: a backbone-ready float tensor on the model's device; it is
+        cast to the model's dtype (an fp16/bf16 model takes fp32 input)."""
+        if not isinstance(x, torch.Tensor):
+            raise ImageInputError(
+                f"model(x) takes a backbone-ready (B, 3, H, W) tensor, got {type(x).__name__}. "
+                "Use model(model.preprocess(images)) for PIL images, paths, arrays or lists."
+            )
+        if not x.is_floating_point():
+            raise ImageInputError(
+                f"model(x) takes backbone-ready float images, got dtype {x.dtype} {tuple(x.shape)}: raw pixels. "
+                "Use model(model.preprocess(images)), which scales, resizes and normalises them."
+            )
+        if x.dim() == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+            raise ImageInputError(
+                f"model(x) got a channels-last (NHWC) tensor {tuple(x.shape)}; pass x.permute(0, 3, 1, 2)."
+            )
+        device, dtype = self._input_device_dtype()
+        if x.device != device:
+            raise ImageInputError(
+                f"The images are on {x.device} but the model is on {device}. Move them with "
+                f"images.to({str(device)!r}) (model.preprocess does this), or the model with model.to(...)."
+            )
+        return x.to(dtype) if x.dtype != dtype else x
+
+    def _as_input(self, images: Any, name: str = "images") -> torch.Tensor:
+        """What ``explain`` and friends accept: backbone-ready float tensors (checked: not empty,
+        finite, moved to the model's device and dtype) or raw images (:meth:`preprocess`)."""
+        if not (isinstance(images, torch.Tensor) and images.is_floating_point()):
+            return self.preprocess(images)
+        x = images.unsqueeze(0) if images.dim() == 3 else images
+        if x.dim() != 4:
+            raise ImageInputError(
+                f"`{name}` must be (B, C, H, W) or (C, H, W) backbone-ready images, got shape {tuple(images.shape)}."
+            )
+        if x.shape[0] == 0:
+            raise ImageInputError(f"`{name}` is an empty batch {tuple(x.shape)}; pass at least one image.")
+        if not bool(torch.isfinite(x).all()):
+            raise ImageInputError(
+                f"`{name}` holds NaN or infinite values; the model would return NaN probabilities. Check the images "
+                "(or their normalisation) and pass finite values."
+            )
+        device, dtype = self._input_device_dtype()
+        return x.to(device=device, dtype=dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The tapped backbone map f(x), ``(B, C, h, w)``."""
         self._require_backbone()
+        x = self._check_input(x)
         frozen = self.config["freeze_backbone"]
         with self._frozen_backbone(), torch.set_grad_enabled(torch.is_grad_enabled() and (not frozen or x.requires_grad)):
             return self.tap(x)
@@ -621,6 +694,9 @@ def wrap(
     input_size: tuple[int, int] | None = None,
     input_mean: Sequence[float] | None = None,
     input_std: Sequence[float] | None = None,
+    input_crop_pct: float | None = None,
+    input_crop_mode: str | None = None,
+    input_interpolation: str | None = None,
     pretrained: bool = True,
     **backbone_kwargs: Any,
 ) -> SALFCBM:
@@ -647,6 +723,11 @@ def wrap(
         input_mean: mean :meth:`SALFCBM.preprocess` normalises ``[0, 1]`` images with (default: timm's
             ``pretrained_cfg``, else ImageNet's). Use ``(0, 0, 0)`` for a model that normalises itself.
         input_std: std for :meth:`SALFCBM.preprocess` (default as for ``input_mean``).
+        input_crop_pct: :meth:`SALFCBM.preprocess` resizes the shorter side to ``input_size / input_crop_pct``
+            and centre-crops ``input_size`` (default: the model's own data config, e.g. timm's ``crop_pct``,
+            torchvision's ``crop_size / resize_size``; 1.0 for other modules). 1.0 keeps the whole shorter side.
+        input_crop_mode: ``"center"``, ``"squash"`` or ``"border"`` (default: the model's own, else ``"center"``).
+        input_interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (default: the model's own).
         pretrained: with a name, whether to load pretrained weights.
         **backbone_kwargs: passed to ``timm.create_model`` / ``torchvision.models.get_model`` with a name.
 
@@ -690,5 +771,8 @@ def wrap(
         input_size=list(input_size) if input_size is not None else None,
         input_mean=[float(v) for v in input_mean] if input_mean is not None else None,
         input_std=[float(v) for v in input_std] if input_std is not None else None,
+        input_crop_pct=input_crop_pct,
+        input_crop_mode=input_crop_mode,
+        input_interpolation=input_interpolation,
     )
     return model

@@ -154,7 +154,11 @@ def classify_output(
         return LayerInfo(name, shape, None, None, None, reason=f"4-D output {shape} is not a down-sampled {H}x{W} map")
     if t.dim() == 3:
         _, N, C = shape
-        ks = [prefix_tokens] if prefix_tokens is not None else range(0, min(_MAX_PREFIX, N - 1) + 1)
+        # the model's contract first; a layer that runs before the prefix tokens are prepended
+        # (e.g. the patch embedding) has fewer, so every count is checked against the grid
+        ks = [k for k in range(0, min(_MAX_PREFIX, N - 1) + 1) if k != prefix_tokens]
+        if prefix_tokens is not None and 0 <= prefix_tokens < N:
+            ks.insert(0, prefix_tokens)
         for k in ks:
             grid = token_grid(N - k, H, W)
             if grid is not None:

@@ -57,7 +57,7 @@ class DemoConfig:
     backbone_epochs: int = 12
     backbone_width: int = 16
     grid: int = 7
-    radius: int = 9
+    radius: int = 32  # PromptGrid's unit: pixels of a 224 px image (the paper's r = 32), 9 px on a 64 px scene
     bottleneck_steps: int = 1500
     seed: int = 0
     report_images: int = 6
@@ -300,7 +300,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     size = (cfg.image_size, cfg.image_size)
     model = wrap(backbone, concepts=data["train"].concepts, num_classes=cfg.num_classes,
                  class_names=data["train"].classes, grid=cfg.grid, input_size=size, backbone_weights=None,
-                 input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0))  # the CNN normalises its [0, 1] inputs
+                 input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0),  # the CNN normalises its [0, 1] inputs
+                 input_crop_pct=1.0)  # the model's view is the whole scene, where the ground-truth masks are
     prompts = PromptGrid(grid=(cfg.grid, cfg.grid), radius=cfg.radius)
     sims = {
         split: compute_similarity_store(out / "similarities" / split, data[split], GroundTruthScorer(data[split]),

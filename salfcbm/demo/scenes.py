@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from salfcbm.errors import ConceptNotFoundError, InputError, SalfCBMError
+from salfcbm.errors import AlignmentError, ConceptNotFoundError, InputError, SalfCBMError
 from salfcbm.supervision.prompts import PromptGrid
 
 __all__ = [
@@ -568,20 +568,25 @@ class GroundTruthScorer:
     :meth:`text_embeddings` are one-hot rows and :meth:`similarity` selects columns, so
     ``P[n, m, h, w]`` is exactly "how much of the circle at ``(h, w)`` shows concept m".
 
-    **It is not CLIP.** It ignores the pixels of the images it is given (it reads the
-    masks of the dataset items named by ``indices``), it only knows the dataset's own
-    concept phrases, and it is exact where CLIP is noisy and biased. Use it to test and
-    benchmark the pipeline offline and to measure how well concept maps localise against
-    a known truth; use a CLIP scorer for real data.
+    **It is not CLIP.** It reads the masks of the dataset items named by ``indices``
+    instead of looking at the images, it only knows the dataset's own concept phrases,
+    and it is exact where CLIP is noisy and biased. Use it to test and benchmark the
+    pipeline offline and to measure how well concept maps localise against a known
+    truth; use a CLIP scorer for real data.
+
+    The masks are in the dataset's pixels, so the images it is given must be the
+    dataset's own (not resized or cropped): it checks them and raises
+    :class:`~salfcbm.errors.AlignmentError` otherwise (for ``fit``, wrap the backbone with
+    ``input_size`` = the scene size and ``input_crop_pct=1.0``). The prompt radius is in
+    :class:`~salfcbm.supervision.prompts.PromptGrid`'s one unit: the default ``PromptGrid()`` (7x7,
+    r = 32 at 224 px) draws 9 px discs on a 64 px scene, the paper's proportion.
 
     Args:
         dataset: The dataset whose items the ``indices`` of :meth:`embed` refer to.
-        resolution: The input resolution the prompt geometry refers to. ``None`` (the
-            default) measures :class:`~salfcbm.supervision.prompts.PromptGrid` centres and radius in
-            the dataset's pixels. An int (say ``224``, CLIP ViT-B/16's input) places the
-            grid as a scorer with that input size would after resizing the image, and
-            scales the radius by ``image_size / resolution``; with ``224`` the paper's
-            default ``PromptGrid()`` (7x7, r = 32) covers 9 px of a 64 px image.
+        resolution: Where the prompt centres are placed. ``None`` (the default): the grid
+            of the dataset's image. An int (say ``224``, CLIP ViT-B/16's input) places
+            them as a scorer with that input size would after resizing the image. The
+            radius does not depend on it (see above).
         noise: Standard deviation of Gaussian noise added to the scores, seeded per item
             (the same item always gets the same noise). Default 0: clean.
         context: Weight of a global term, mimicking CLIP's use of context outside the
@@ -641,6 +646,7 @@ class GroundTruthScorer:
             "version": GENERATOR_VERSION,
             "dataset": self.dataset.fingerprint(),
             "resolution": self.resolution,
+            "radius_unit": "reference_size",  # PromptGrid's unit (before: dataset pixels)
             "noise": self.noise,
             "context": self.context,
             "seed": self.seed,
@@ -652,21 +658,26 @@ class GroundTruthScorer:
         if not isinstance(prompts, PromptGrid):
             raise InputError(f"prompts must be a salfcbm.supervision.prompts.PromptGrid; got {type(prompts).__name__}.")
         size = self.dataset.image_size
+        radius = float(prompts.radius_px(size, size))
         if self.resolution is None:
-            return prompts.centres(size, size).double(), float(prompts.radius)
+            return prompts.centres(size, size).double(), radius
         scale = size / self.resolution
-        return prompts.centres(self.resolution, self.resolution).double() * scale, prompts.radius * scale
+        return prompts.centres(self.resolution, self.resolution).double() * scale, radius
 
     def embed(self, images: torch.Tensor, indices: torch.Tensor | Sequence[int], prompts: PromptGrid) -> torch.Tensor:
         """Disc coverage of every concept at every prompt location: ``(B, Hg, Wg, D)``.
 
         Args:
-            images: ``(B, 3, H, W)`` batch; only its batch size, device and dtype are used.
+            images: ``(B, 3, H, W)`` the dataset's images at ``indices`` (checked, not read).
             indices: ``(B,)`` dataset indices of the images.
             prompts: The prompt grid.
 
         Returns:
             Float tensor in ``[0, 1]`` (before optional noise) on ``images``' device.
+
+        Raises:
+            AlignmentError: the images are not the dataset's own pixels (resized, cropped or
+                other images), so the masks would not line up with them.
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -690,7 +701,7 @@ class GroundTruthScorer:
         if idx.numel() == 0:
             return torch.zeros(0, hg, wg, self.dim, device=images.device, dtype=out_dtype)
         discs = _cached_discs(tuple(centres.reshape(-1).tolist()), radius, size)  # (P, HW)
-        masks = torch.stack([torch.from_numpy(self._masks_np(int(i))) for i in idx])  # (B, K, H, W)
+        masks = torch.stack([torch.from_numpy(self._masks_np(int(i), images[b])) for b, i in enumerate(idx)])
         m = masks.reshape(masks.shape[0], masks.shape[1], -1).float()
         local = m @ discs.T  # (B, K, P)
         if self.context > 0:
@@ -707,9 +718,20 @@ class GroundTruthScorer:
         out = local.permute(0, 2, 1).reshape(-1, hg, wg, self.dim)
         return out.to(device=images.device, dtype=out_dtype)
 
-    def _masks_np(self, i: int) -> np.ndarray:
-        _, ids, layout = self.dataset._render(i)
+    def _masks_np(self, i: int, image: torch.Tensor | None = None) -> np.ndarray:
+        img, ids, layout = self.dataset._render(i)
+        if image is not None:
+            self._check_aligned(i, image, img)
         return self.dataset._masks_from(ids, layout)
+
+    def _check_aligned(self, i: int, image: torch.Tensor, own: np.ndarray) -> None:
+        if tuple(image.shape) != own.shape or float((image.detach().float().cpu() - torch.from_numpy(own)).abs().max()) > 0.05:
+            raise AlignmentError(
+                f"GroundTruthScorer got an image {tuple(image.shape)} for dataset item {i} that is not the dataset's "
+                f"own {own.shape} image (resized, cropped or another item), so its masks cannot be aligned with it. "
+                "Pass the dataset's images; for fit(), wrap the backbone with input_size=(S, S) for S = "
+                f"{self.dataset.image_size} and input_crop_pct=1.0 so the model's view is the image itself."
+            )
 
     def _noise_seed(self, i: int) -> int:
         ss = np.random.SeedSequence([self.seed, self.dataset.seed, _SPLITS[self.dataset.split], i, 0x7E5])

@@ -110,7 +110,9 @@ class _JSONMixin:
         return text
 
 
-def _as_batch(images: Any, name: str = "images") -> torch.Tensor:
+def _as_batch(images: Any, name: str = "images", model: SALFCBM | None = None) -> torch.Tensor:
+    if model is not None:  # backbone-ready float tensors (checked) or raw images (preprocessed)
+        return model._as_input(images, name)
     if not isinstance(images, torch.Tensor):
         raise InputError(f"`{name}` must be a torch.Tensor of backbone-ready images, got {type(images).__name__}.")
     if images.dim() == 3:
@@ -122,8 +124,8 @@ def _as_batch(images: Any, name: str = "images") -> torch.Tensor:
     return images
 
 
-def _single_image(image: Any) -> torch.Tensor:
-    x = _as_batch(image, "image")
+def _single_image(image: Any, model: SALFCBM | None = None) -> torch.Tensor:
+    x = _as_batch(image, "image", model)
     if x.shape[0] != 1:
         raise InputError(
             f"`image` must be one image, (C, H, W) or (1, C, H, W), got a batch of {x.shape[0]}. "
@@ -859,7 +861,10 @@ def explain(
 
     Args:
         model: a :class:`~salfcbm.SALFCBM`.
-        images: ``(B, 3, H, W)`` (or one ``(3, H, W)``) backbone-ready images.
+        images: ``(B, 3, H, W)`` (or one ``(3, H, W)``) backbone-ready float images (the output of
+            ``model.preprocess``), or raw images of any other kind (``uint8`` tensors, arrays, PIL images,
+            file paths, lists), which are passed through ``model.preprocess`` first. An empty batch or
+            NaN/inf values raise :class:`~salfcbm.errors.ImageInputError`.
         target: the classes to explain: ``None`` (the prediction), an int or a class name for every
             image, a ``(B,)`` tensor or a list with one entry per image, or a list of lists (several
             classes per image, e.g. for multi-class images, appendix D.2).
@@ -881,7 +886,7 @@ def explain(
         >>> e[0].heatmaps.shape
         torch.Size([2, 64, 64])
     """
-    images = _as_batch(images)
+    images = _as_batch(images, model=model)
     top_k = _check_top_k(top_k, model.num_concepts)
     size = _heatmap_size(heatmap_size, images.shape[0] * top_k) if heatmap_size is not None \
         else (int(images.shape[-2]), int(images.shape[-1]))
@@ -1020,7 +1025,7 @@ def explain_region(
         >>> len(r), len(r[0].concepts)
         (2, 1)
     """
-    x = _single_image(image)
+    x = _single_image(image, model)
     top_k = _check_top_k(top_k, model.num_concepts)
     H, W = int(x.shape[-2]), int(x.shape[-1])
     out = _forward(model, x, output)
@@ -1150,7 +1155,7 @@ def intervene(
         >>> r.logits_after.shape
         torch.Size([2])
     """
-    x = _single_image(image)
+    x = _single_image(image, model)
     if not isinstance(concept, (int, str, Sequence, torch.Tensor)):
         raise InputError(f"`concept` must be a name (str) or an index (int), or a list of them; got {concept!r}. "
                          "Pass one of `model.concepts` or its position.")

@@ -7,6 +7,13 @@ sits at ``(d_H * (i + 1), d_W * (j + 1))``. One prompted copy of the image is
 made per location by drawing a red circle of radius ``r`` and line width 2
 around it. The scorer (CLIP) then embeds every prompted copy.
 
+**Units.** ``radius`` and ``line_width`` have one unit, stated in the type: pixels of
+an image whose shorter side is ``reference_size`` (default 224, the input of CLIP
+ViT-B/16, where the paper uses ``r = 32``). On an image whose shorter side is ``s``
+they are drawn as ``round(radius * s / reference_size)`` pixels (at least 1), so a
+circle covers the same fraction of the image for every scorer and image size: 32 px
+at 224, 48 px at 336, 9 px on a 64 px scene.
+
 Everything here is tensor ops on the images' device: the ring masks of all
 locations are computed once per ``(grid, radius, line width, H, W, device)`` and
 cached, and drawing is one ``torch.where`` for a whole batch of images and
@@ -22,6 +29,7 @@ clipped.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -52,31 +60,37 @@ class PromptGrid:
     Args:
         grid: ``(Hg, Wg)`` number of prompt locations along height and width
             (an int means a square grid). Paper default 7x7.
-        radius: Circle radius in pixels *at the scorer's input resolution*
-            (224 px for CLIP ViT-B/16). Paper default 32.
-        line_width: Ring thickness in pixels. Paper: 2.
+        radius: Circle radius in pixels of an image whose shorter side is
+            ``reference_size``. Paper default 32 (at 224).
+        line_width: Ring thickness, in the same unit. Paper: 2.
         color: RGB colour in 0-255. Paper: red ``(255, 0, 0)``.
+        reference_size: The shorter image side that ``radius`` and ``line_width`` refer
+            to (default 224). Every scorer draws at its own resolution with
+            :meth:`radius_px`.
 
     Examples:
         >>> import torch
-        >>> grid = PromptGrid(grid=(2, 3), radius=4)
+        >>> grid = PromptGrid(grid=(2, 3), radius=4, reference_size=30)
         >>> grid.centres(30, 40)[0, 0].tolist()   # (y, x) of the first location
         [10, 10]
         >>> grid.draw(torch.zeros(5, 3, 30, 40)).shape
         torch.Size([5, 6, 3, 30, 40])
+        >>> PromptGrid().radius_px(224, 224), PromptGrid().radius_px(64, 64)
+        (32, 9)
     """
 
     grid: tuple[int, int] = (7, 7)
     radius: int = 32
     line_width: int = 2
     color: tuple[int, int, int] = (255, 0, 0)
+    reference_size: int = 224
 
     def __post_init__(self) -> None:
         grid = _as_pair(self.grid, "grid")
         if grid[0] < 1 or grid[1] < 1:
             raise InputError(f"grid must have at least one location per axis; got {grid}.")
         object.__setattr__(self, "grid", grid)
-        for name in ("radius", "line_width"):
+        for name in ("radius", "line_width", "reference_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise InputError(f"{name} must be an int (pixels); got {v!r}.")
@@ -84,6 +98,8 @@ class PromptGrid:
             raise InputError(f"radius must be >= 1 pixel; got {self.radius}.")
         if self.line_width < 1:
             raise InputError(f"line_width must be >= 1 pixel; got {self.line_width}.")
+        if self.reference_size < 1:
+            raise InputError(f"reference_size must be >= 1 pixel; got {self.reference_size}.")
         try:
             color = tuple(self.color)
         except TypeError:
@@ -96,6 +112,18 @@ class PromptGrid:
     def num_prompts(self) -> int:
         """``Hg * Wg``, the number of prompted copies per image."""
         return self.grid[0] * self.grid[1]
+
+    def _scaled(self, length: int, height: int, width: int) -> int:
+        s = min(_check_hw(height, width))
+        return max(1, math.floor(length * s / self.reference_size + 0.5))
+
+    def radius_px(self, height: int, width: int) -> int:
+        """The radius drawn on an ``H x W`` image: ``round(radius * min(H, W) / reference_size)``, >= 1."""
+        return self._scaled(self.radius, height, width)
+
+    def line_width_px(self, height: int, width: int) -> int:
+        """The line width drawn on an ``H x W`` image, scaled like :meth:`radius_px`."""
+        return self._scaled(self.line_width, height, width)
 
     def strides(self, height: int, width: int) -> tuple[int, int]:
         """Integer strides ``(floor(H / (Hg + 1)), floor(W / (Wg + 1)))``.
@@ -132,7 +160,7 @@ class PromptGrid:
         Cached per ``(self, H, W, device)``; treat the result as read-only.
 
         Examples:
-            >>> m = PromptGrid(grid=(1, 1), radius=3).ring_masks(9, 9)
+            >>> m = PromptGrid(grid=(1, 1), radius=3, reference_size=9).ring_masks(9, 9)
             >>> m.shape, bool(m[0, 4, 4]), bool(m[0, 4, 1])
             (torch.Size([1, 9, 9]), False, True)
         """
@@ -156,7 +184,7 @@ class PromptGrid:
             The prompted images, same dtype and device as ``images``.
 
         Examples:
-            >>> out = PromptGrid(grid=(2, 2), radius=3).draw(torch.zeros(1, 3, 20, 20))
+            >>> out = PromptGrid(grid=(2, 2), radius=3, reference_size=20).draw(torch.zeros(1, 3, 20, 20))
             >>> out.shape, out[0, 0, 0].max().item(), out[0, 0, 1].max().item()
             (torch.Size([1, 4, 3, 20, 20]), 1.0, 0.0)
         """
@@ -172,16 +200,22 @@ class PromptGrid:
         return torch.where(masks[None, :, None], color, images[:, None])
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict; :meth:`from_dict` inverts it."""
+        """A JSON-able dict; :meth:`from_dict` inverts it.
+
+        ``reference_size`` is left out when it is the default 224, so manifests of stores
+        computed before it existed (CLIP at 224 px, where the unit is unchanged) still match.
+        """
         d = asdict(self)
         d["grid"] = list(self.grid)
         d["color"] = list(self.color)
+        if self.reference_size == 224:
+            del d["reference_size"]
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PromptGrid:
         """Rebuild from :meth:`to_dict` output. Unknown keys are an error."""
-        known = {"grid", "radius", "line_width", "color"}
+        known = {"grid", "radius", "line_width", "color", "reference_size"}
         extra = set(data) - known
         if extra:
             raise InputError(f"Unknown PromptGrid keys {sorted(extra)}; expected a subset of {sorted(known)}.")
@@ -212,8 +246,9 @@ def _ring_masks(prompt: PromptGrid, height: int, width: int, device: str) -> tor
     dy2 = (torch.arange(height)[None, :] - centres[:, :1]) ** 2  # (P, H)
     dx2 = (torch.arange(width)[None, :] - centres[:, 1:]) ** 2  # (P, W)
     d2x4 = 4 * (dy2[:, :, None] + dx2[:, None, :])  # (P, H, W)
-    inner = 2 * prompt.radius - prompt.line_width
-    outer = 2 * prompt.radius + prompt.line_width
+    r, lw = prompt.radius_px(height, width), prompt.line_width_px(height, width)
+    inner = 2 * r - lw
+    outer = 2 * r + lw
     ring = d2x4 < outer * outer
     if inner > 0:
         ring &= d2x4 >= inner * inner

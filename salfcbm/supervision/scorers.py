@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from salfcbm._utils.io import sha256_file
-from salfcbm.errors import InputError
+from salfcbm.errors import AlignmentError, InputError
 from salfcbm.supervision.prompts import PromptGrid
 
 __all__ = ["ConceptScorer", "CLIPScorer", "sha256_file"]
@@ -108,13 +108,19 @@ def _resize_shortest(images: torch.Tensor, size: tuple[int, int], interpolation:
 class CLIPScorer:
     """CLIP (open_clip) as the concept scorer, with batched visual prompting (paper 3.2).
 
-    The image side reimplements the model's own eval preprocessing (resize the
-    shorter side, centre crop, normalise with the model's mean/std; resolution
-    and interpolation from ``model.visual.preprocess_cfg``) as tensor ops, draws
-    the red circles *after* resizing to the model's input resolution (so
-    ``PromptGrid.radius`` is in model pixels, as in the paper's ``r = 32`` at 224
-    px), and encodes ``batch_size`` prompted images per forward pass. Embeddings
+    The image side resizes the image to CLIP's resolution with the model's
+    interpolation (``model.visual.preprocess_cfg``) and normalises it with the
+    model's mean/std, as tensor ops; it draws the red circles *after* resizing (at
+    :meth:`PromptGrid.radius_px` of CLIP's resolution: ``r = 32`` at 224 px, as in the
+    paper) and encodes ``batch_size`` prompted images per forward pass. Embeddings
     are L2-normalised ``encode_image`` outputs; similarities are cosine.
+
+    It never crops: the image it gets is the region the prompt grid covers, the
+    same region the backbone sees (``fit`` passes the model's views,
+    :meth:`salfcbm.core.images.ImageTransform.view`). An image whose aspect ratio differs
+    from CLIP's input raises :class:`~salfcbm.errors.AlignmentError`, because
+    cropping it (open_clip's own transform) would move every prompt off the
+    backbone's grid cell.
 
     Deviation from Algorithm 1: the circle is drawn on the resized image instead
     of the original, and the anti-aliased bicubic resize is torch's rather than
@@ -142,7 +148,7 @@ class CLIPScorer:
         ...     vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=8),
         ...     text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
         >>> scorer = CLIPScorer("doc-tiny", pretrained=None, device="cpu")
-        >>> emb = scorer.embed(torch.rand(2, 3, 40, 48), torch.arange(2), PromptGrid((2, 2), radius=6))
+        >>> emb = scorer.embed(torch.rand(2, 3, 48, 48), torch.arange(2), PromptGrid((2, 2), radius=6))
         >>> emb.shape, scorer.similarity(emb, ["a cat", "a dog", "sky"]).shape
         (torch.Size([2, 2, 2, 16]), torch.Size([2, 2, 2, 3]))
     """
@@ -254,6 +260,9 @@ class CLIPScorer:
             "interpolation": self.interpolation,
             "resize_mode": self.resize_mode,
             "precision": self.precision,
+            # PromptGrid.radius is in pixels of a 224 px image; at other resolutions the drawn
+            # radius changed with that unit, so older stores must not match (224: unchanged)
+            **({"prompt_unit": "reference_size"} if min(self.image_size) != 224 else {}),
         }
 
     @property
@@ -268,8 +277,22 @@ class CLIPScorer:
         return self._dim
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize + centre crop to the model's resolution (values stay in ``[0, 1]``, not normalised)."""
+        """Resize to the model's resolution (values stay in ``[0, 1]``, not normalised).
+
+        Raises:
+            AlignmentError: the images' aspect ratio differs from the model's input, so they
+                would have to be cropped and the prompts would not match the backbone's cells.
+        """
         _check_images(images)
+        h, w = images.shape[-2:]
+        th, tw = self.image_size
+        if abs(h * tw - w * th) > max(th, tw, h, w):  # more than about one pixel would be cropped
+            raise AlignmentError(
+                f"The CLIP scorer got {h}x{w} images but its input is {th}x{tw}: it would have to crop them, and "
+                "the prompt grid would then cover another region than the backbone's concept cells. Pass the "
+                "model's views (fit does; or salfcbm.core.images.align_dataset(data, model.image_transform)), whose "
+                "shape matches, or use a backbone input with the same aspect ratio."
+            )
         images = images.to(self.device, torch.float32, non_blocking=True)
         return _resize_shortest(images, self.image_size, self.interpolation, self.resize_mode, self.fill_color)
 

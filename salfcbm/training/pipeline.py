@@ -36,8 +36,9 @@ from salfcbm._utils.io import (
 )
 from salfcbm._utils.progress import close_bar
 from salfcbm.core.backbones import backbone_fingerprint
+from salfcbm.core.images import align_dataset
 from salfcbm.core.model import SALFCBM
-from salfcbm.errors import AllConceptsCutError, InputError
+from salfcbm.errors import AlignmentError, AllConceptsCutError, InputError
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
@@ -234,10 +235,12 @@ def feature_store(
     The manifest records the backbone (spec and a hash of its weights), layer, grid and
     preprocessing, so a different backbone never reads a stale cache; computation is
     resumable shard by shard, each shard checked by its checksum and keyed by its images
-    (``inputs``, see :func:`~salfcbm.supervision.store.compute_store`). Images are ``[0, 1]``
-    tensors; :meth:`SALFCBM.preprocess` resizes and normalises them for the backbone.
+    (``inputs``, see :func:`~salfcbm.supervision.store.compute_store`). Images are raw ``[0, 1]``
+    tensors; each is cropped once with the model's geometry
+    (:func:`salfcbm.core.images.align_dataset`) and normalised.
     """
     device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
+    dataset = align_dataset(dataset, model.image_transform)
     cfg = model.config
     manifest = {
         "kind": "features",
@@ -263,7 +266,7 @@ def feature_store(
 
     @torch.no_grad()
     def fn(images: torch.Tensor, _indices: torch.Tensor) -> torch.Tensor:
-        x = model.preprocess(images.to(device))
+        x = model.image_transform.normalize(images.to(device))  # the views are already cropped
         return model.resize_to_grid(model.forward_features(x)).float().cpu()
 
     return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
@@ -280,6 +283,7 @@ class OnTheFlyFeatures:
 
     def __init__(self, model: SALFCBM, dataset: Dataset, *, shard_size: int = 512, batch_size: int = 64,
                  num_workers: int = 0, device: str | torch.device | None = None):
+        dataset = align_dataset(dataset, model.image_transform)
         self.model, self.dataset = model, dataset
         self.length, self.shard_size = len(dataset), int(shard_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -303,7 +307,7 @@ class OnTheFlyFeatures:
         loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers)
         out = []
         for batch in loader:
-            x = self.model.preprocess(batch[0].to(self.device))
+            x = self.model.image_transform.normalize(batch[0].to(self.device))  # views, already cropped
             out.append(self.model.resize_to_grid(self.model.forward_features(x)).float().cpu())
         return torch.cat(out)
 
@@ -571,6 +575,24 @@ def _stage_key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _check_store_alignment(store: SimilarityStore | None, data, split: str, inputs: str) -> None:
+    """A similarity store passed in must have been computed on the model's views of ``data``
+    (the same dataset type, settings and geometry as :func:`~salfcbm.core.images.align_dataset` gives)."""
+    meta = store.store.meta.get("dataset") if store is not None else None
+    if not isinstance(meta, dict):
+        return
+    want = dataset_identity(data, resolve_inputs(data, inputs))
+    keys = ("type", "settings", "fingerprint")
+    if any(meta.get(k) != want.get(k) for k in keys):
+        raise AlignmentError(
+            f"The {split} similarity store was computed on other images than the model's views of the {split} data "
+            f"(store: {meta.get('type')} {meta.get('settings') or meta.get('fingerprint') or ''}; expected: "
+            f"{want.get('type')}, cropped with the backbone's data config), so its prompt grid would not match the "
+            "concept cells. Let fit() compute the similarities (pass `scorer=`), or compute them on "
+            "salfcbm.core.images.align_dataset(data, model.image_transform)."
+        )
+
+
 def fit(
     model: SALFCBM,
     train_data: Dataset,
@@ -601,7 +623,9 @@ def fit(
 
     Args:
         model: a :class:`SALFCBM` from :func:`salfcbm.wrap` (its concept list is the candidate list).
-        train_data: dataset of ``(image, label)`` with ``[0, 1]`` images ``(3, H, W)``.
+        train_data: dataset of ``(image, label)`` with raw images ``(3, H, W)`` (float in ``[0, 1]`` or
+            uint8) of any size: each is cropped once with the model's geometry
+            (:attr:`SALFCBM.image_transform`), and the scorer and the backbone both see that crop.
         val_data: validation dataset, same format.
         scorer: a :class:`~salfcbm.supervision.scorers.ConceptScorer` (e.g. CLIP) to compute similarities
             (or pass both similarity stores).
@@ -643,6 +667,12 @@ def fit(
     prompts = prompts or PromptGrid(grid=model.grid)
     if tuple(prompts.grid) != model.grid:
         raise InputError(f"prompts.grid {prompts.grid} must equal the model's grid {model.grid}.")
+    # one geometry: the scorer and the backbone both see the model's view of each image
+    view = model.image_transform
+    train_data, val_data = align_dataset(train_data, view), align_dataset(val_data, view)
+    test_data = align_dataset(test_data, view) if test_data is not None else None
+    _check_store_alignment(train_similarities, train_data, "train", inputs)
+    _check_store_alignment(val_similarities, val_data, "val", inputs)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

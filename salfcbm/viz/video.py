@@ -117,36 +117,27 @@ class ConceptTrack:
 
 
 def _frames_to_batch(model: SALFCBM, frames: Any, preprocess: bool | None) -> tuple[torch.Tensor, bool]:
-    """Frames as one tensor and whether they still need ``model.preprocess``."""
+    """Frames as one tensor and whether they are views still to be normalised.
+
+    Raw frames (a video file, uint8 tensors, PIL images, arrays, float frames with
+    ``preprocess=True``) go through the model's one image entry point
+    (:meth:`~salfcbm.core.images.ImageTransform.view`); other float tensors are backbone-ready.
+    """
     if isinstance(frames, (str, os.PathLike)):
-        return read_video_frames(frames).float() / 255.0, True
+        return model.image_transform.view(read_video_frames(frames)), True
     if isinstance(frames, torch.Tensor):
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise InputError(f"Frames must be a (T, 3, H, W) tensor, got shape {tuple(frames.shape)}.")
-        if frames.dtype == torch.uint8:
-            return frames.float() / 255.0, True
-        return frames, bool(preprocess)
-    if isinstance(frames, Sequence) and frames:
-        from PIL import Image
-
-        items = []
-        pil = False
-        for f in frames:
-            if isinstance(f, Image.Image):
-                items.append(torch.from_numpy(np.array(f.convert("RGB"))).permute(2, 0, 1).float() / 255.0)
-                pil = True
-            elif isinstance(f, torch.Tensor) and f.dim() == 3 and f.shape[0] == 3:
-                items.append(f.float() / 255.0 if f.dtype == torch.uint8 else f)
-                pil = pil or f.dtype == torch.uint8
-            else:
-                raise InputError(f"Each frame must be a PIL image or a (3, H, W) tensor, got {type(f).__name__}.")
-        need = True if pil else bool(preprocess)
-        if len({tuple(t.shape) for t in items}) > 1:
-            if not need:
-                raise InputError("Backbone-ready frames must all have the same size; pass [0, 1] frames with preprocess=True.")
-            items = [model.preprocess(t[None])[0] for t in items]
-            return torch.stack(items), False
-        return torch.stack(items), need
+        if not frames.is_floating_point() or preprocess:
+            return model.image_transform.view(frames), True
+        return frames, False
+    if isinstance(frames, Sequence) and not isinstance(frames, str) and frames:
+        raw = preprocess or any(not (isinstance(f, torch.Tensor) and f.is_floating_point()) for f in frames)
+        if raw:
+            return model.image_transform.view(list(frames)), True
+        if len({tuple(f.shape) for f in frames}) > 1:
+            raise InputError("Backbone-ready frames must all have the same size; pass [0, 1] frames with preprocess=True.")
+        return torch.stack([f if f.dim() == 3 else f[0] for f in frames]), False
     raise InputError(
         f"`frames` must be a (T, 3, H, W) tensor, a list of images or a video path, got {type(frames).__name__}."
     )
@@ -167,7 +158,8 @@ def track_concepts(
         model: a :class:`~salfcbm.SALFCBM`.
         frames: a ``(T, 3, H, W)`` tensor, a list of images (PIL or tensors) or a video file path.
             Float tensors are taken as backbone-ready unless ``preprocess=True``; uint8 tensors, PIL
-            images and files are ``[0, 1]``-scaled and preprocessed (resized and normalised).
+            images, arrays and files go through the model's image entry point (scaled, cropped with the
+            backbone's data config and normalised, as :meth:`~salfcbm.SALFCBM.preprocess`).
         concepts: concept names or indices to follow.
         batch_size: frames per forward pass.
         preprocess: force (``True``) or skip (``False``) ``model.preprocess`` on float frames.
@@ -199,9 +191,10 @@ def track_concepts(
     try:
         with torch.no_grad():
             for s in range(0, T, batch_size):
-                chunk = x[s : s + batch_size].to(device=device, dtype=dtype)
-                if need_pre:
-                    chunk = model.preprocess(chunk)
+                chunk = x[s : s + batch_size].to(device=device)
+                if need_pre:  # views of the raw frames: normalise only (they are already cropped)
+                    chunk = model.image_transform.normalize(chunk)
+                chunk = chunk.to(dtype)
                 out = model(chunk)
                 size = tuple(chunk.shape[-2:])
                 heat.append(upsample_maps(out.concept_maps[:, sel], size).cpu())

@@ -255,7 +255,7 @@ def _reference_coverage(masks: torch.Tensor, centres: torch.Tensor, radius: floa
 
 def test_embed_shape_and_matches_reference(ds):
     scorer = GroundTruthScorer(ds)
-    prompts = PromptGrid(grid=(3, 4), radius=7)
+    prompts = PromptGrid(grid=(3, 4), radius=7, reference_size=64)  # 7 px on the 64 px scenes
     idx = torch.tensor([4, 9, 17])
     images = torch.stack([ds[int(i)][0] for i in idx])
     emb = scorer.embed(images, idx, prompts)
@@ -273,7 +273,7 @@ def test_embed_shape_and_matches_reference(ds):
 def test_disc_inside_an_object_scores_one_for_its_concepts_only():
     ds = SyntheticScenes(n=400, image_size=64, seed=0)
     scorer = GroundTruthScorer(ds)
-    prompts = PromptGrid(grid=(1, 1), radius=3)  # one centre at (32, 32)
+    prompts = PromptGrid(grid=(1, 1), radius=3, reference_size=64)  # one centre at (32, 32), 3 px
     found = 0
     for i in range(len(ds)):
         d = ds.describe(i)
@@ -292,7 +292,8 @@ def test_disc_inside_an_object_scores_one_for_its_concepts_only():
 
 def test_similarity_selects_columns_and_text_embeddings_are_one_hot(ds):
     scorer = GroundTruthScorer(ds)
-    emb = scorer.embed(torch.zeros(2, 3, 64, 64), torch.tensor([0, 1]), PromptGrid(grid=2, radius=10))
+    images = torch.stack([ds[i][0] for i in range(2)])
+    emb = scorer.embed(images, torch.tensor([0, 1]), PromptGrid(grid=2, radius=10))
     sel = scorer.similarity(emb, ["something blue", "a circle", "something blue"])
     assert sel.shape == (2, 2, 2, 3)
     b, c = ds.concepts.index("something blue"), ds.concepts.index("a circle")
@@ -332,7 +333,7 @@ def test_embed_validates_its_inputs(ds):
 def test_context_noise_and_resolution_options(ds):
     p = PromptGrid(grid=3, radius=5)
     idx = torch.tensor([0, 1, 2])
-    images = torch.zeros(3, 3, 64, 64)
+    images = torch.stack([ds[i][0] for i in idx.tolist()])
     clean = GroundTruthScorer(ds).embed(images, idx, p)
     ctx = GroundTruthScorer(ds, context=0.2).embed(images, idx, p)
     present = torch.stack([ds.masks(i).any((1, 2)) for i in idx.tolist()]).float()[:, None, None, :]
@@ -341,10 +342,10 @@ def test_context_noise_and_resolution_options(ds):
     a, b = noisy.embed(images, idx, p), noisy.embed(images[1:], idx[1:], p)
     torch.testing.assert_close(a[1:], b)  # per-item noise: the same item gets the same noise in any batch
     assert 0.01 < float((a - clean).std()) < 0.1
-    # resolution=224: the paper's default grid drawn on a 224 px copy, radius scaled to 64 px
+    # resolution=224: the paper's default grid placed on a 224 px copy; the radius has one unit
     hi = GroundTruthScorer(ds, resolution=224)
     centres, radius = hi.geometry(PromptGrid())
-    assert radius == pytest.approx(32 * 64 / 224)
+    assert radius == 9 == GroundTruthScorer(ds).geometry(PromptGrid())[1]
     assert centres[0, 0].tolist() == pytest.approx([28 * 64 / 224] * 2)
     assert hi.fingerprint() != GroundTruthScorer(ds).fingerprint()
 
@@ -415,3 +416,25 @@ def test_pretrain_backbone_validates():
         pretrain_backbone(SyntheticScenes(n=4), epochs=0)
     with pytest.raises(InputError, match="num_classes"):
         pretrain_backbone([(torch.rand(3, 16, 16), 0)], progress=False)  # type: ignore[arg-type]
+
+
+def test_default_prompt_radius_is_the_papers_proportion_not_dataset_pixels(ds):
+    """Issue 15.9: PromptGrid() (r = 32 at 224 px) means 9 px on a 64 px scene for every scorer."""
+    _, radius = GroundTruthScorer(ds).geometry(PromptGrid())
+    assert radius == 9  # was 32: a circle half the scene wide
+    assert radius == PromptGrid().radius_px(ds.image_size, ds.image_size)
+
+
+def test_images_that_are_not_the_datasets_own_pixels_cannot_be_aligned(ds):
+    """Issue 15.1: the masks are in dataset pixels; a cropped or resized image is refused."""
+    from salfcbm.errors import AlignmentError
+    from salfcbm.core.images import ImageTransform
+
+    scorer = GroundTruthScorer(ds)
+    image = ds[3][0][None]
+    cropped = ImageTransform(size=(64, 64), crop_pct=0.875, interpolation="bicubic").view(image)
+    with pytest.raises(AlignmentError, match="input_crop_pct=1.0"):
+        scorer.embed(cropped, [3], PromptGrid(grid=2))
+    with pytest.raises(AlignmentError, match="not the dataset's"):
+        scorer.embed(ds[4][0][None], [3], PromptGrid(grid=2))
+    assert scorer.embed(image, [3], PromptGrid(grid=2)).shape == (1, 2, 2, len(ds.concepts))

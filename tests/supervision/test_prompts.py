@@ -22,7 +22,8 @@ def grid_and_size(draw):
     w = draw(st.integers(wg + 1, 64))
     radius = draw(st.integers(1, 40))
     lw = draw(st.integers(1, 4))
-    return PromptGrid(grid=(hg, wg), radius=radius, line_width=lw), h, w
+    # reference_size = the shorter side: radius and line width are then exact pixels of this image
+    return PromptGrid(grid=(hg, wg), radius=radius, line_width=lw, reference_size=min(h, w)), h, w
 
 
 @settings(max_examples=60, deadline=None)
@@ -56,7 +57,7 @@ def test_ring_pixels_lie_at_radius_from_their_centre(args):
 
 
 def test_ring_is_complete_when_circle_fits():
-    pg = PromptGrid(grid=(1, 1), radius=10, line_width=2)
+    pg = PromptGrid(grid=(1, 1), radius=10, line_width=2, reference_size=41)
     m = pg.ring_masks(41, 41)[0]
     cy, cx = pg.centres(41, 41)[0, 0].tolist()
     # every angle has a ring pixel, and the thickness along the axes is exactly 2
@@ -85,7 +86,7 @@ def test_circles_clipped_at_borders_without_error():
     pg = PromptGrid(grid=(3, 3), radius=50)  # circles far bigger than the image
     out = pg.draw(torch.zeros(2, 3, 12, 12))
     assert out.shape == (2, 9, 3, 12, 12)
-    pg2 = PromptGrid(grid=(2, 2), radius=5)
+    pg2 = PromptGrid(grid=(2, 2), radius=5, reference_size=8)
     masks = pg2.ring_masks(8, 8)  # centres at 2 and 4, rings cross the border
     assert masks.any(dim=(1, 2)).all()
 
@@ -94,6 +95,25 @@ def test_paper_default_grid_at_224():
     pg = PromptGrid()
     assert pg.grid == (7, 7) and pg.radius == 32 and pg.line_width == 2 and pg.color == (255, 0, 0)
     assert pg.centres(224, 224)[:, 0, 0].tolist() == [28, 56, 84, 112, 140, 168, 196]
+    assert pg.reference_size == 224 and pg.radius_px(224, 224) == 32 and pg.line_width_px(224, 224) == 2
+
+
+def test_radius_has_one_unit_for_every_image_size():
+    """Issue 15.9: the radius is in pixels of a reference_size image and scales with the image."""
+    pg = PromptGrid()
+    assert [pg.radius_px(s, s) for s in (64, 112, 224, 336)] == [9, 16, 32, 48]
+    assert pg.radius_px(64, 300) == 9  # the shorter side sets the scale
+    assert pg.line_width_px(64, 64) == 1  # never thinner than a pixel
+    # the drawn circle spans the same fraction of the image at any resolution
+    for side in (64, 224):
+        ring = pg.ring_masks(side, side)[24]  # the centre prompt
+        cols = ring.any(0).nonzero()[:, 0]
+        assert abs((cols.max() - cols.min()).item() / side - 64 / 224) < 0.03
+    # old manifests without reference_size (CLIP at 224) still read as the same grid
+    assert "reference_size" not in pg.to_dict()
+    assert PromptGrid.from_dict({"grid": [7, 7], "radius": 32, "line_width": 2, "color": [255, 0, 0]}) == pg
+    custom = PromptGrid(radius=9, reference_size=64)
+    assert PromptGrid.from_dict(custom.to_dict()) == custom and custom.radius_px(224, 224) == 32
 
 
 def test_draw_subset_and_dtype_device_kept():
@@ -106,9 +126,9 @@ def test_draw_subset_and_dtype_device_kept():
 
 
 def test_masks_are_cached():
-    pg = PromptGrid(grid=(2, 2), radius=3)
+    pg = PromptGrid(grid=(2, 2), radius=3, reference_size=16)
     assert pg.ring_masks(16, 16) is pg.ring_masks(16, 16)
-    assert PromptGrid(grid=(2, 2), radius=3).ring_masks(16, 16) is pg.ring_masks(16, 16)
+    assert PromptGrid(grid=(2, 2), radius=3, reference_size=16).ring_masks(16, 16) is pg.ring_masks(16, 16)
 
 
 def test_dict_roundtrip_and_validation():

@@ -47,7 +47,7 @@ def _naive_embed(scorer: CLIPScorer, images: torch.Tensor, prompts: PromptGrid) 
 def test_protocol_and_shapes(scorer):
     assert isinstance(scorer, ConceptScorer)
     prompts = PromptGrid(grid=(2, 3), radius=5)
-    emb = scorer.embed(torch.rand(3, 3, 40, 50), torch.arange(3), prompts)
+    emb = scorer.embed(torch.rand(3, 3, 40, 40), torch.arange(3), prompts)
     assert emb.shape == (3, 2, 3, 32) and emb.dtype == torch.float32
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3, 2, 3))
     assert scorer.embedding_dim == 32
@@ -58,7 +58,7 @@ def test_protocol_and_shapes(scorer):
 @torch.no_grad()
 def test_embed_equals_one_prompt_at_a_time(scorer):
     prompts = PromptGrid(grid=(3, 2), radius=6)
-    images = torch.rand(2, 3, 48, 36)
+    images = torch.rand(2, 3, 36, 36)
     torch.testing.assert_close(scorer.embed(images, torch.arange(2), prompts), _naive_embed(scorer, images, prompts), atol=1e-5, rtol=1e-4)
 
 
@@ -79,13 +79,22 @@ def test_preprocess_matches_open_clip_pil_transform(scorer):
     rng = np.random.default_rng(0)
     # smooth image so bicubic implementations agree closely
     small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-    pil = Image.fromarray(small).resize((80, 60), Image.BILINEAR)
+    pil = Image.fromarray(small).resize((60, 60), Image.BILINEAR)
     tf = open_clip.image_transform(scorer.image_size, is_train=False, mean=scorer.mean, std=scorer.std)
     ref = tf(pil)
     x = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float()[None] / 255
     ours = scorer._normalise(scorer.preprocess(x))[0]
     assert ours.shape == ref.shape == (3, 32, 32)
     assert (ours - ref).abs().mean() < 0.01 and (ours - ref).abs().max() < 0.06  # ~1-2 grey levels
+
+
+def test_non_square_images_are_refused_not_cropped(scorer):
+    """Issue 15.1: cropping would move the prompts off the backbone's cells."""
+    from salfcbm.errors import AlignmentError
+
+    with pytest.raises(AlignmentError, match="crop"):
+        scorer.embed(torch.rand(1, 3, 32, 48), torch.arange(1), PromptGrid(grid=2))
+    assert scorer.embed(torch.rand(1, 3, 64, 64), torch.arange(1), PromptGrid(grid=2)).shape == (1, 2, 2, 32)
 
 
 def test_text_embeddings_cached_and_cosine(scorer, monkeypatch):

@@ -223,7 +223,7 @@ def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     live = OnTheFlyFeatures(model, train, shard_size=16)
     assert live.num_shards == cached.num_shards == 3
     assert torch.allclose(live.read_shard(1), cached.read_shard(1).float(), atol=1e-2, rtol=1e-2)
-    prompts = PromptGrid(grid=(4, 4), radius=9)
+    prompts = PromptGrid(grid=(4, 4))  # r = 32 at 224 px: 9 px on the 64 px scenes
     sims = {s: compute_similarity_store(tmp_path / s, d, GroundTruthScorer(d), prompts, progress=False)
             for s, d in (("train", train), ("val", val))}
     res = fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=tmp_path / "run",

@@ -56,10 +56,12 @@ def images(model):
 
 def test_denormalize_inverts_preprocess(model):
     raw = torch.rand(2, 3, SIZE, SIZE)
-    torch.testing.assert_close(denormalize(model.preprocess(raw), model), raw, atol=1e-5, rtol=1e-5)
+    # preprocess = the model's view (its eval crop) then normalisation; denormalize undoes the latter
+    view = model.image_transform.view(raw)
+    torch.testing.assert_close(denormalize(model.preprocess(raw), model), view, atol=1e-5, rtol=1e-5)
     img = to_display(model.preprocess(raw)[0], model)
     assert img.shape == (SIZE, SIZE, 3)
-    np.testing.assert_allclose(img, raw[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(img, view[0].permute(1, 2, 0).numpy(), atol=1e-5)
     assert to_display(Image.new("RGB", (5, 4), "red"))[0, 0].tolist() == [1.0, 0.0, 0.0]
     blend = overlay_heatmap(raw[0], torch.rand(4, 4), alpha=0.3)
     assert blend.shape == (SIZE, SIZE, 3) and blend.min() >= 0 and blend.max() <= 1

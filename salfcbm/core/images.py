@@ -1,0 +1,568 @@
+"""The one image entry point: raw images in, the backbone's view of them out.
+
+Every path of salfcbm that takes images (``fit``, ``explain``, the CLI, video, the
+image folder dataset, the scorer's supervision) goes through two steps:
+
+1. **Reading** (:func:`load_images`): tensors, NumPy arrays, PIL images, file paths or
+   lists of them become float32 ``(B, 3, H, W)`` images in ``[0, 1]``. The rule:
+
+   * ``uint8`` is divided by 255 and ``uint16`` by 65535;
+   * a float image must already be in ``[0, 1]``: values above 1 (a float image in
+     0..255) or below 0 (an already normalised image) raise :class:`ImageInputError`,
+     and so do NaN or infinite pixels;
+   * any other dtype (``bool``, signed integers) raises;
+   * tensors are channels-first (``(3, H, W)`` or ``(B, 3, H, W)``); a channels-last
+     tensor is refused with the ``permute`` that fixes it. NumPy arrays follow the
+     image convention, channels-last (``(H, W)``, ``(H, W, C)``, ``(B, H, W, C)``);
+   * grayscale is repeated to three channels and the alpha channel of RGBA is
+     dropped (as PIL's ``convert("RGB")`` does), each with an
+     :class:`~salfcbm.errors.ImageConversionWarning`.
+
+2. **Geometry** (:class:`ImageTransform`): the backbone's own evaluation transform
+   (timm ``resolve_data_config``, torchvision weights' ``transforms()``): resize the
+   shorter side to ``size / crop_pct`` with the model's interpolation, centre-crop
+   ``size``, normalise with the model's mean and std. It is recorded in the model's
+   ``config.json``. The cropped, un-normalised image (:meth:`ImageTransform.view`) is
+   what the prompt grid is laid over *and* what the backbone sees, so grid cell
+   ``(i, j)`` is the same region of the original image for the scorer and the
+   concept maps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from salfcbm.errors import AlignmentError, CorruptImageError, ImageConversionWarning, ImageInputError
+
+__all__ = ["ImageTransform", "load_images", "resolve_transform", "AlignedDataset", "align_dataset"]
+
+CROP_MODES = ("center", "squash", "border")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+_TOL = 1e-3  # float images may overshoot [0, 1] by this much (resampling); clamped
+_CHANNELS = (1, 3, 4)
+
+
+# ----------------------------------------------------------------------------- reading
+def load_images(images: Any) -> list[torch.Tensor]:
+    """Read images of any supported kind into float32 ``(b, 3, H, W)`` batches in ``[0, 1]``.
+
+    Returns one batch per input item of its own size (one batch for a 4-D tensor or
+    array). See the module docstring for the dtype and layout rule.
+
+    Raises:
+        ImageInputError: for an empty batch, a wrong layout or dtype, values out of
+            range, NaN or inf pixels, or a file that cannot be read.
+
+    Examples:
+        >>> import torch
+        >>> [b.shape for b in load_images(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))]
+        [torch.Size([2, 3, 8, 8])]
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ImageInputError("Got an empty list of images; pass at least one image.")
+        return [b for item in images for b in _load_one(item, single=True)]
+    return _load_one(images, single=False)
+
+
+def _load_one(item: Any, *, single: bool) -> list[torch.Tensor]:
+    if isinstance(item, (str, os.PathLike)):
+        return [_from_path(item)]
+    if _is_pil(item):
+        return [_from_pil(item)]
+    if type(item).__module__ == "numpy" and hasattr(item, "ndim"):
+        return [_from_numpy(item, single=single)]
+    if isinstance(item, torch.Tensor):
+        if single and item.dim() == 4 and item.shape[0] != 1:
+            raise ImageInputError(
+                f"A list item is a batch of {item.shape[0]} images {tuple(item.shape)}; list items must be single "
+                "images. Pass the batch itself, or a list of (3, H, W) tensors."
+            )
+        return [_from_tensor(item, source="tensor")]
+    raise ImageInputError(
+        f"Cannot read images from a {type(item).__name__}. Pass a (B, 3, H, W) or (3, H, W) tensor, a NumPy "
+        "array (H, W, C), a PIL image, a file path, or a list of these."
+    )
+
+
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow comes with torchvision
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _from_path(path: str | os.PathLike) -> torch.Tensor:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ImageInputError(f"Image file {p!r} does not exist; check the path (relative to {os.getcwd()!r}).")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(
+            f"Cannot read image {p!r} ({type(e).__name__}: {e}). Remove or replace the file (image folders can "
+            "skip unreadable images: ImageFolderDataset(..., skip_corrupt=True), `salfcbm ... --skip-corrupt`)."
+        ) from e
+    return _from_pil(im, name=p)
+
+
+def _from_pil(im, name: str = "PIL image") -> torch.Tensor:
+    import numpy as np
+
+    mode = im.mode
+    if mode == "RGB":
+        return _from_numpy(np.asarray(im), single=True)
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
+        mode = im.mode
+        if mode == "RGB":
+            return _from_numpy(np.asarray(im), single=True)
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return _from_numpy(np.asarray(im), single=True, name=name)
+    if mode in ("LA", "La"):
+        warnings.warn("The alpha channel of grayscale+alpha images was dropped.", ImageConversionWarning, stacklevel=4)
+        return _from_numpy(np.asarray(im)[..., 0], single=True, name=name)
+    if mode == "1":
+        im, mode = im.convert("L"), "L"
+    if mode in ("L", "F") or mode.startswith("I;16"):
+        arr = np.asarray(im)
+        return _from_numpy(arr.astype(np.uint16) if mode.startswith("I;16") else arr, single=True, name=name)
+    if mode == "I":
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageInputError(f"{name}: 32-bit integer pixels outside 0..65535; convert it to 8 or 16 bits.")
+        return _from_numpy(arr.astype(np.uint16), single=True, name=name)
+    warnings.warn(f"{name}: converted from PIL mode {mode!r} to RGB.", ImageConversionWarning, stacklevel=4)
+    return _from_numpy(np.asarray(im.convert("RGB")), single=True, name=name)
+
+
+def _from_numpy(arr, *, single: bool, name: str = "array") -> torch.Tensor:
+    import numpy as np
+
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim not in (3, 4) or arr.shape[-1] not in _CHANNELS:
+        raise ImageInputError(
+            f"A NumPy image must be (H, W), (H, W, C) or (B, H, W, C) with C in {_CHANNELS} (channels last, the "
+            f"image convention); got shape {arr.shape}. For a channels-first array pass torch.from_numpy(arr)."
+        )
+    if arr.ndim == 4 and single:
+        raise ImageInputError(f"A list item is a batch of images {arr.shape}; pass single (H, W, C) images in a list.")
+    if arr.dtype == np.uint16:
+        arr = arr.astype(np.int32)  # torch's uint16 supports few ops
+        t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 65535.0
+    else:
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # PIL's arrays are read-only
+    t = t.permute(2, 0, 1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
+    return _from_tensor(t, source=name, already_scaled=arr.dtype == np.int32 and t.is_floating_point())
+
+
+def _from_tensor(t: torch.Tensor, *, source: str, already_scaled: bool = False) -> torch.Tensor:
+    if t.dim() == 2:
+        t = t[None, None]
+    elif t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4:
+        raise ImageInputError(
+            f"Images must be (3, H, W) or (B, 3, H, W); got a {t.dim()}-D {source} of shape {tuple(t.shape)}."
+        )
+    if t.shape[0] == 0:
+        raise ImageInputError(f"Got an empty batch of images {tuple(t.shape)}; pass at least one image.")
+    c = t.shape[1]
+    if c not in _CHANNELS:
+        if t.shape[-1] in _CHANNELS:
+            raise ImageInputError(
+                f"Got a channels-last (NHWC) {source} of shape {tuple(t.shape)}; torch images are channels-first. "
+                "Pass images.permute(0, 3, 1, 2) (or .permute(2, 0, 1) for one image)."
+            )
+        raise ImageInputError(
+            f"Images must have 1, 3 or 4 channels in dim 1; got a {source} of shape {tuple(t.shape)}."
+        )
+    x = t if already_scaled else _to_unit_float(t, source)
+    if c == 1:
+        warnings.warn(
+            "Grayscale images were repeated to 3 channels (RGB).", ImageConversionWarning, stacklevel=5
+        )
+        x = x.expand(-1, 3, -1, -1)
+    elif c == 4:
+        warnings.warn(
+            "The alpha channel of RGBA images was dropped (as PIL's convert('RGB') does).",
+            ImageConversionWarning,
+            stacklevel=5,
+        )
+        x = x[:, :3]
+    return x.contiguous()
+
+
+def _to_unit_float(t: torch.Tensor, source: str) -> torch.Tensor:
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    if t.dtype == torch.uint16:
+        return t.to(torch.int32).float() / 65535.0
+    if not t.is_floating_point():
+        raise ImageInputError(
+            f"Images of dtype {t.dtype} are not supported ({source} {tuple(t.shape)}): pass uint8 (0..255), "
+            "uint16 (0..65535) or float in [0, 1]."
+        )
+    x = t.float()
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ImageInputError(
+            f"{bad} pixel value(s) of the {source} {tuple(t.shape)} are NaN or infinite. Fix the image (e.g. "
+            "torch.nan_to_num) before passing it; salfcbm would otherwise return NaN probabilities."
+        )
+    lo, hi = float(x.min()), float(x.max())
+    if hi > 1 + _TOL:
+        raise ImageInputError(
+            f"Float images must be in [0, 1]; got values up to {hi:g} ({source} {tuple(t.shape)}), which looks like "
+            "0..255. Divide by 255, or pass a uint8 tensor."
+        )
+    if lo < -_TOL:
+        raise ImageInputError(
+            f"Float images must be in [0, 1]; got values down to {lo:g} ({source} {tuple(t.shape)}), which looks "
+            "already normalised. Pass the raw images (in [0, 1]); salfcbm applies the model's normalisation."
+        )
+    return x.clamp(0.0, 1.0) if (hi > 1 or lo < 0) else x
+
+
+# ----------------------------------------------------------------------------- geometry
+def _pair(v: Any, name: str) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v, v)
+    try:
+        h, w = (int(a) for a in v)
+    except (TypeError, ValueError):
+        raise ImageInputError(f"`{name}` must be an int or a pair of ints (H, W); got {v!r}.") from None
+    if h < 1 or w < 1:
+        raise ImageInputError(f"`{name}` must be positive; got {v!r}.")
+    return h, w
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """The backbone's evaluation geometry and normalisation (one per model).
+
+    Args:
+        size: ``(H, W)`` the backbone's input (the crop).
+        crop_pct: the crop covers this fraction of the resized image: the shorter side is
+            first resized to ``floor(size / crop_pct)`` (timm's rule; torchvision's
+            ``resize_size=256, crop_size=224`` is ``crop_pct=0.875``).
+        crop_mode: ``"center"`` (keep the aspect ratio, crop the centre), ``"squash"``
+            (resize each side, then crop) or ``"border"`` (fit the longer side, pad with
+            the mean colour), as in timm.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (antialiased).
+        mean: per-channel mean of the normalisation.
+        std: per-channel std of the normalisation.
+
+    Examples:
+        >>> import torch
+        >>> t = ImageTransform(size=(4, 4), crop_pct=1.0)
+        >>> t.view(torch.rand(1, 3, 4, 8)).shape     # centre 4x4 of a 4x8 image
+        torch.Size([1, 3, 4, 4])
+    """
+
+    size: tuple[int, int] = (224, 224)
+    crop_pct: float = 1.0
+    crop_mode: str = "center"
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", _pair(self.size, "input_size"))
+        cp = self.crop_pct
+        if isinstance(cp, bool) or not isinstance(cp, (int, float)) or not (0 < cp <= 1) or math.isnan(cp):
+            raise ImageInputError(f"`crop_pct` must be a number in (0, 1]; got {cp!r}.")
+        object.__setattr__(self, "crop_pct", float(cp))
+        if self.crop_mode not in CROP_MODES:
+            raise ImageInputError(f"`crop_mode` must be one of {CROP_MODES}; got {self.crop_mode!r}.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ImageInputError(f"`interpolation` must be one of {INTERPOLATIONS}; got {self.interpolation!r}.")
+        for name in ("mean", "std"):
+            v = tuple(float(a) for a in getattr(self, name))
+            if len(v) != 3 or not all(math.isfinite(a) for a in v) or (name == "std" and min(v) <= 0):
+                raise ImageInputError(f"`input_{name}` must be three finite numbers{' > 0' if name == 'std' else ''}; got {v}.")
+            object.__setattr__(self, name, v)
+
+    # -- config round trip (the keys of SALFCBM's config.json)
+    def to_config(self) -> dict[str, Any]:
+        """The ``config.json`` keys that record this transform."""
+        return {
+            "input_size": list(self.size),
+            "input_crop_pct": self.crop_pct,
+            "input_crop_mode": self.crop_mode,
+            "input_interpolation": self.interpolation,
+            "input_mean": list(self.mean),
+            "input_std": list(self.std),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ImageTransform:
+        """Rebuild from :meth:`to_config` keys."""
+        return cls(
+            size=tuple(config["input_size"]),
+            crop_pct=config.get("input_crop_pct", 1.0),
+            crop_mode=config.get("input_crop_mode", "center"),
+            interpolation=config.get("input_interpolation", "bilinear"),
+            mean=tuple(config["input_mean"]),
+            std=tuple(config["input_std"]),
+        )
+
+    # -- geometry
+    def is_identity_for(self, height: int, width: int) -> bool:
+        """Whether :meth:`view` returns an ``H x W`` image unchanged."""
+        return self.crop_pct == 1.0 and (int(height), int(width)) == self.size
+
+    def scale_size(self) -> tuple[int, int]:
+        """The size the crop is taken from: ``floor(size / crop_pct)`` (timm)."""
+        return tuple(math.floor(s / self.crop_pct + 1e-6) for s in self.size)  # type: ignore[return-value]
+
+    def view(self, images: Any) -> torch.Tensor:
+        """What the backbone sees, before normalisation: ``(B, 3, H, W)`` float in ``[0, 1]``.
+
+        Accepts anything :func:`load_images` reads; images of different sizes are each
+        transformed and then stacked.
+        """
+        batches = images if _is_loaded(images) else load_images(images)
+        out = [self._view_batch(b) for b in batches]
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _view_batch(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.is_identity_for(h, w):
+            return x
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        mode = InterpolationMode(self.interpolation)
+        sh, sw = self.scale_size()
+        antialias = self.interpolation != "nearest"
+        if self.crop_mode == "center" and sh == sw:
+            if min(h, w) != sh:  # torchvision Resize(int): the shorter side, the longer by int(size * long / short)
+                x = TF.resize(x, [sh], interpolation=mode, antialias=antialias).clamp_(0.0, 1.0)
+        else:
+            if self.crop_mode == "squash":
+                ry, rx = sh / h, sw / w
+            else:  # "border" fits the longer side, "center" covers the target (timm ResizeKeepRatio)
+                ry = rx = min(sh / h, sw / w) if self.crop_mode == "border" else max(sh / h, sw / w)
+            new = [max(1, round(h * ry)), max(1, round(w * rx))]
+            if new != [h, w]:
+                x = TF.resize(x, new, interpolation=mode, antialias=antialias).clamp_(0.0, 1.0)
+        return self._crop_or_pad(x)
+
+    def _crop_or_pad(self, x: torch.Tensor) -> torch.Tensor:
+        th, tw = self.size
+        h, w = x.shape[-2:]
+        if h < th or w < tw:  # pad (with the mean colour, as timm's CenterCropOrPad)
+            ph, pw = max(th - h, 0), max(tw - w, 0)
+            canvas = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            canvas = canvas.expand(x.shape[0], 3, h + ph, w + pw).clone()
+            canvas[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w] = x
+            x, h, w = canvas, h + ph, w + pw
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        return x[..., top : top + th, left : left + tw]
+
+    def view_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The region ``(x0, y0, x1, y1)`` of an ``H x W`` original that the view shows
+        (in original pixels; may extend past the image in ``"border"`` mode)."""
+        sh, sw = self.scale_size()
+        th, tw = self.size
+        if self.crop_mode == "squash":
+            ry, rx = sh / height, sw / width
+        elif self.crop_mode == "border":
+            ry = rx = min(sh / height, sw / width)
+        elif sh == sw:
+            ry = rx = sh / min(height, width)
+        else:
+            ry = rx = max(sh / height, sw / width)
+        nh, nw = height * ry, width * rx
+        top, left = (nh - th) / 2.0, (nw - tw) / 2.0
+        return left / rx, top / ry, (left + tw) / rx, (top + th) / ry
+
+    # -- normalisation
+    def normalize(self, view: torch.Tensor) -> torch.Tensor:
+        """``(view - mean) / std`` (in ``view``'s dtype and device)."""
+        mean = torch.tensor(self.mean, device=view.device, dtype=view.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=view.device, dtype=view.dtype).view(1, 3, 1, 1)
+        return (view - mean) / std
+
+    def __call__(self, images: Any) -> torch.Tensor:
+        """Raw images -> backbone-ready ``(B, 3, H, W)`` float32."""
+        return self.normalize(self.view(images))
+
+
+def _is_loaded(images: Any) -> bool:
+    return isinstance(images, list) and bool(images) and all(
+        isinstance(b, torch.Tensor) and b.dim() == 4 and b.shape[1] == 3 and b.dtype == torch.float32 for b in images
+    )
+
+
+# ----------------------------------------------------------------------------- the model's data config
+def _timm_data_config(backbone) -> dict[str, Any] | None:
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or not cfg:
+        return None
+    if not cfg.get("architecture"):  # not a timm model: only the keys it states (timm would fill its defaults)
+        keys = ("crop_pct", "crop_mode", "interpolation", "mean", "std")
+        return {k: cfg[k] for k in keys if cfg.get(k) is not None}
+    try:
+        from timm.data import resolve_model_data_config
+
+        return dict(resolve_model_data_config(backbone))
+    except Exception:  # noqa: BLE001 - fall back to the defaults below
+        return None
+
+
+def _torchvision_data_config(backbone, spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not type(backbone).__module__.startswith("torchvision.models"):
+        return None
+    try:
+        import torchvision
+
+        from salfcbm.core.backbones import infer_spec
+
+        spec = spec if spec and spec.get("source") == "torchvision" else infer_spec(backbone, weights=None)
+        if spec.get("source") != "torchvision":
+            return None
+        enum = torchvision.models.get_model_weights(spec["name"])
+        tag = spec.get("weights")
+        weights = enum[tag] if isinstance(tag, str) and tag in enum.__members__ else enum.DEFAULT
+        t = weights.transforms()
+        crop, resize = t.crop_size[0], t.resize_size[0]
+        return {
+            "crop_pct": crop / resize,
+            "interpolation": str(t.interpolation.value),
+            "crop_mode": "center",
+            "mean": tuple(t.mean),
+            "std": tuple(t.std),
+        }
+    except Exception:  # noqa: BLE001 - builders without weights or presets without a crop
+        return None
+
+
+def resolve_transform(
+    backbone,
+    *,
+    spec: Mapping[str, Any] | None = None,
+    input_size: Sequence[int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    interpolation: str | None = None,
+) -> ImageTransform:
+    """The backbone's own eval transform (timm data config, torchvision weights' transforms),
+    with any explicitly given field taking precedence. Other modules get
+    ``crop_pct=1.0`` (resize the shorter side to the input, centre crop) and bilinear."""
+    from salfcbm.core.backbones import input_stats
+
+    cfg = _timm_data_config(backbone) or _torchvision_data_config(backbone, spec) or {}
+    d_mean, d_std = input_stats(backbone)
+    interp = interpolation or cfg.get("interpolation") or "bilinear"
+    if interp not in INTERPOLATIONS:
+        warnings.warn(f"The model's interpolation {interp!r} is not supported; using 'bicubic'.", ImageConversionWarning, stacklevel=3)
+        interp = "bicubic"
+    return ImageTransform(
+        size=tuple(input_size),
+        crop_pct=crop_pct if crop_pct is not None else float(cfg.get("crop_pct") or 1.0),
+        crop_mode=crop_mode or cfg.get("crop_mode") or "center",
+        interpolation=interp,
+        mean=tuple(mean) if mean is not None else tuple(cfg.get("mean") or d_mean),
+        std=tuple(std) if std is not None else tuple(cfg.get("std") or d_std),
+    )
+
+
+# ----------------------------------------------------------------------------- datasets
+class AlignedDataset(torch.utils.data.Dataset):
+    """A dataset whose images are replaced by the model's views (:meth:`ImageTransform.view`).
+
+    Items keep their label and any other fields; indices are the wrapped dataset's.
+    Use :func:`align_dataset`, which returns the dataset itself when it already yields
+    the views.
+    """
+
+    def __init__(self, dataset, transform: ImageTransform):
+        self.dataset, self.image_transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[i]
+        if isinstance(item, (tuple, list)):
+            return (self.image_transform.view(item[0])[0], *item[1:])
+        return self.image_transform.view(item)[0]
+
+    def __getattr__(self, name: str):  # labels, targets, classes, samples, ... of the wrapped dataset
+        if name in ("dataset", "image_transform") or name.startswith("__"):
+            raise AttributeError(name)
+        if name == "fingerprint":  # only when the wrapped dataset has one, extended by the geometry
+            inner = getattr(self.dataset, "fingerprint", None)
+            if not callable(inner):
+                raise AttributeError(name)
+            return lambda: {**inner(), "view": self.image_transform.to_config()}
+        return getattr(self.dataset, name)
+
+
+def _first_image(dataset) -> Any:
+    item = dataset[0]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def align_dataset(dataset, transform: ImageTransform):
+    """``dataset`` as the model sees it: every image through ``transform.view``.
+
+    Returns ``dataset`` unchanged when it already yields these views (it carries the same
+    ``image_transform``, or its images are float ``[0, 1]`` at the input size and the
+    transform is the identity for them).
+
+    Raises:
+        AlignmentError: the dataset declares another geometry (``dataset.image_transform``
+            differs), so its images cannot be mapped to the model's grid cells.
+    """
+    own = getattr(dataset, "image_transform", None)
+    if isinstance(own, ImageTransform):
+        if (own.size, own.crop_pct, own.crop_mode, own.interpolation) == (
+            transform.size, transform.crop_pct, transform.crop_mode, transform.interpolation
+        ):
+            return dataset
+        if callable(getattr(dataset, "with_transform", None)):  # re-crop from the original files
+            return dataset.with_transform(transform)
+        raise AlignmentError(
+            f"The dataset yields images already cropped by another geometry ({_describe(own)}) while the model's is "
+            f"{_describe(transform)}; the prompt grid and the concept cells would cover different regions. Build "
+            "the dataset with the model's transform (ImageFolderDataset(root, transform=model.image_transform)) or "
+            "from the raw images."
+        )
+    if len(dataset) == 0:
+        return dataset
+    first = _first_image(dataset)
+    if (
+        isinstance(first, torch.Tensor)
+        and first.dim() == 3
+        and first.shape[0] == 3
+        and first.dtype == torch.float32
+        and transform.is_identity_for(*first.shape[-2:])
+    ):
+        load_images(first)  # validate the dtype/range rule on the first item
+        return dataset
+    return AlignedDataset(dataset, transform)
+
+
+def _describe(t: ImageTransform) -> str:
+    return f"size {t.size[0]}x{t.size[1]}, crop_pct {t.crop_pct:g}, {t.crop_mode}, {t.interpolation}"
