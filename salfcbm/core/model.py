@@ -331,7 +331,7 @@ class SALFCBM(
         """The backbone's evaluation geometry and normalisation, as recorded in the config."""
         return ImageTransform.from_config(self.config)
 
-    def preprocess(self, images: Any, size: Sequence[int] | None = None) -> torch.Tensor:
+    def preprocess(self, images: Any, size: Sequence[int] | None = None, *, crop: bool = True) -> torch.Tensor:
         """Raw images -> backbone-ready ``(B, 3, H, W)``, on the model's device and in its dtype.
 
         The library's one image entry point (see :mod:`salfcbm.core.images`): takes tensors
@@ -343,10 +343,15 @@ class SALFCBM(
         Args:
             images: the images.
             size: crop to this ``(H, W)`` instead of the configured input size.
+            crop: ``False`` resizes the whole image to the input size instead (no crop, the aspect
+                ratio is not kept): for images whose annotations cover the whole frame, such as a
+                benchmark's masks, so that maps and annotations stay aligned.
         """
         t = self.image_transform
         if size is not None:
             t = dataclasses.replace(t, size=tuple(size))
+        if not crop:
+            t = dataclasses.replace(t, crop_pct=1.0, crop_mode="squash")
         device, dtype = self._input_device_dtype()
         return t(images).to(device=device, dtype=dtype)
 

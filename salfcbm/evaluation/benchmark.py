@@ -38,6 +38,7 @@ The command-line front end is ``benchmarks/bench_attribution.py``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -220,7 +221,8 @@ def build_methods(
         names: methods, among ``"salfcbm"`` and :func:`~salfcbm.evaluation.baselines.list_baselines`
             (default: all of them).
         backbone_preprocess: how benchmark images become backbone inputs: ``"model"``
-            (``model.preprocess``: resize and normalise with the backbone's statistics,
+            (``model.preprocess(images, crop=False)``: resize the whole image and normalise with the
+            backbone's statistics,
             right for timm / torchvision backbones), ``None`` (unchanged: a backbone that
             takes ``[0, 1]`` images, like :class:`~salfcbm.demo.scenes.SmallConvNet`) or a
             callable.
@@ -267,8 +269,10 @@ def build_methods(
     if unknown:
         raise InputError(f"`baseline_kwargs` names unknown method(s) {unknown}; choose among {valid}.")
 
+    # the benchmark's masks cover the whole image: preprocess without the eval crop, so maps stay aligned
+    full_frame = functools.partial(model.preprocess, crop=False)
     if backbone_preprocess == "model":
-        bpre: Callable[[torch.Tensor], torch.Tensor] | None = model.preprocess
+        bpre: Callable[[torch.Tensor], torch.Tensor] | None = full_frame
     elif backbone_preprocess is None or callable(backbone_preprocess):
         bpre = backbone_preprocess
     else:
@@ -282,7 +286,7 @@ def build_methods(
     for name in names:
         if name == "salfcbm":
             methods[name] = BenchmarkMethod(
-                SALFCBMAttribution(model), model, model.preprocess, explains="SALF-CBM"
+                SALFCBMAttribution(model), model, full_frame, explains="SALF-CBM"
             )
             continue
         kw = dict(baseline_kwargs.get(name, {}))

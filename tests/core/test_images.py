@@ -121,6 +121,15 @@ def test_geometry_is_recorded_in_the_saved_config(model, tmp_path):
     torch.testing.assert_close(back.preprocess(x), model.preprocess(x))
 
 
+def test_preprocess_without_crop_keeps_the_whole_frame(model):
+    """For images whose annotations cover the whole frame (benchmarks): no crop, so masks stay aligned."""
+    x = torch.rand(2, 3, SIZE, SIZE)
+    assert model.image_transform.crop_pct < 1  # the eval crop would zoom in
+    torch.testing.assert_close(model.preprocess(x, crop=False), model.image_transform.normalize(x))
+    assert not torch.allclose(model.preprocess(x), model.image_transform.normalize(x))
+    assert model.preprocess(torch.rand(1, 3, 20, 50), crop=False).shape == (1, 3, SIZE, SIZE)
+
+
 def test_identity_view_leaves_images_untouched():
     t = ImageTransform(size=(16, 16), crop_pct=1.0)
     x = torch.rand(2, 3, 16, 16)
