@@ -121,6 +121,21 @@ def test_geometry_is_recorded_in_the_saved_config(model, tmp_path):
     torch.testing.assert_close(back.preprocess(x), model.preprocess(x))
 
 
+def test_configs_written_before_the_geometry_still_load(model, tmp_path):
+    import json
+
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["version"] >= 3
+    for k in ("input_crop_pct", "input_crop_mode", "input_interpolation"):
+        del cfg[k]
+    cfg["version"] = 2
+    from salfcbm.core.config import ModelConfig
+
+    old = ModelConfig.from_dict(cfg)
+    assert (old.input_crop_pct, old.input_crop_mode, old.input_interpolation) == (1.0, "center", "bilinear")
+
+
 def test_preprocess_without_crop_keeps_the_whole_frame(model):
     """For images whose annotations cover the whole frame (benchmarks): no crop, so masks stay aligned."""
     x = torch.rand(2, 3, SIZE, SIZE)
