@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -164,6 +165,16 @@ def test_explorer_in_a_real_browser(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            outside: list[str] = []  # the page must not reach anything but the app (no fonts, CDNs, telemetry)
+
+            def local_only(route):
+                host = urlparse(route.request.url).hostname
+                if host in ("127.0.0.1", "localhost") or route.request.url.startswith(("data:", "blob:")):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+
+            page.route("**/*", local_only)
             page.goto(app.local_url)
             page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60000)
 
@@ -255,6 +266,7 @@ def test_explorer_in_a_real_browser(tmp_path):
                                                        _text(page, "#cs-msg", r"Top \d+ of \d+ indexed"))[1])
             _shot(page, shots / "app-search.png", "#cs-top", "#cs-map")
             assert "Traceback" not in page.content()
+            assert outside == [], f"the page tried to reach {outside}"
             browser.close()
     finally:
         app.close()

@@ -4,6 +4,7 @@ turn bad input into a message."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -295,6 +296,18 @@ def test_missing_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
         _gradio()
     assert main(["app", str(tmp_path)]) == 2
     assert "salfcbm[app]" in capsys.readouterr().err
+
+
+def test_gradio_telemetry_is_off_unless_the_user_set_it(monkeypatch):
+    pytest.importorskip("gradio")
+    from salfcbm.app import _gradio
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    _gradio()
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
+    _gradio()
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "True"  # the user's choice stands
 
 
 def test_cli_app_help(capsys):
