@@ -638,6 +638,74 @@ def fit_sparse_head(
         >>> fit.weight.shape, fit.point.val_acc > 0.8, (fit.weight[:, 3:] == 0).float().mean() > 0.8
         (torch.Size([3, 20]), True, tensor(True))
     """
+    lams_user = _check_path_options(alpha, select, target_nec, x_val, max_iter, tol, patience, n_lambdas,
+                                    lambda_min_ratio, lambdas)
+    xt, yt, xv, yv, n_cls, dev = _prepare(x_train, y_train, x_val, y_val, num_classes, device)
+    n, m = xt.shape
+
+    g0 = _grad_at_zero(xt, yt, n_cls)
+    gmax0 = float(g0.abs().max())
+    if not gmax0 > 0:
+        raise InputError(
+            "The features carry no information about the labels: the loss gradient at W = 0 is exactly "
+            "zero (are all features constant or zero?). Check the pooled concept activations."
+        )
+    lam_max = gmax0 / alpha
+    lams = lams_user if lams_user is not None else _lambda_grid(lam_max, n_lambdas, lambda_min_ratio)
+    tol_abs = tol * max(gmax0, 1e-12)
+
+    state = _PathState(w=torch.zeros(n_cls, m, device=dev), b=_prior_bias(yt, n_cls).to(dev), g=g0,
+                       lam_prev=lam_max, lip=_lipschitz_bound(xt) * 0.25)
+    path: list[PathPoint] = []
+    best_val, since_best = -1.0, 0
+    stop = ""
+    bar = tqdm(total=len(lams), desc=desc, disable=not progress, leave=False)
+    try:
+        for lam in lams:
+            t0 = time.perf_counter()
+            iters, rounds, conv, train_loss, z, r = _solve_point(state, xt, yt, lam, alpha, screen, max_iter, tol_abs)
+            if not conv:
+                warnings.warn(
+                    f"The solver hit max_iter={max_iter} at lam={lam:.4g} before reaching the KKT "
+                    f"tolerance; raise max_iter or tol.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            pt = _path_point(state, lam, alpha, train_loss, z, r, yt, xv, yv, n_cls, iters, time.perf_counter() - t0)
+            path.append(pt)
+            state.lam_prev = lam
+            _report_point(bar, verbose, len(path) - 1, pt, rounds)
+            if select == "nec" and pt.nec > target_nec:
+                stop = f"stopped at point {len(path)}/{len(lams)}: NEC {pt.nec:.1f} passed target_nec {target_nec}"
+                break
+            if patience is not None and pt.val_acc is not None:
+                best_val, since_best = (pt.val_acc, 0) if pt.val_acc > best_val else (best_val, since_best + 1)
+                if since_best >= patience:
+                    stop = f"stopped at point {len(path)}/{len(lams)}: no validation gain in {patience} points"
+                    break
+    finally:
+        close_bar(bar, len(path), stop or f"all {len(lams)} points")
+
+    selected = _select(path, select, target_nec)
+    p = path[selected]
+    return HeadFit(
+        weight=p.weight,
+        bias=p.bias,
+        lam=p.lam,
+        path=path,
+        selected=selected,
+        criterion=select,
+        lam_max=lam_max,
+        alpha=float(alpha),
+        info={"num_classes": n_cls, "num_features": m, "num_train": n, "tol_abs": tol_abs},
+    )
+
+
+def _check_path_options(
+    alpha: Any, select: str, target_nec: Any, x_val: Any, max_iter: Any, tol: Any, patience: Any,
+    n_lambdas: Any, lambda_min_ratio: Any, lambdas: Sequence[float] | None,
+) -> list[float] | None:
+    """Validate `fit_sparse_head`'s options eagerly; return the user's lambdas as floats (or None)."""
     if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= 1):
         raise InputError(
             f"alpha must lie in (0, 1] for a sparse head; received {alpha!r}. "
@@ -665,134 +733,102 @@ def fit_sparse_head(
         _check_positive("lambda_min_ratio", lambda_min_ratio)
         if lambda_min_ratio > 1:
             raise InputError(f"lambda_min_ratio must be in (0, 1]; received {lambda_min_ratio!r}.")
+        return None
+    lams_user = [float(v) for v in lambdas]
+    if not lams_user or any(not (v >= 0 and math.isfinite(v)) for v in lams_user):
+        raise InputError(f"lambdas must be non-empty, finite and >= 0; received {list(lambdas)!r}.")
+    if any(a < b for a, b in zip(lams_user, lams_user[1:])):
+        raise InputError("lambdas must be in decreasing order (warm starts run from sparse to dense).")
+    return lams_user
+
+
+def _lambda_grid(lam_max: float, n_lambdas: int, lambda_min_ratio: float) -> list[float]:
+    """Geometric grid from ``lam_max`` down to ``lam_max * lambda_min_ratio``."""
+    if n_lambdas == 1:
+        return [lam_max]
+    ratio = lambda_min_ratio ** (1.0 / (n_lambdas - 1))
+    return [lam_max * ratio**k for k in range(n_lambdas)]
+
+
+@dataclass
+class _PathState:
+    """The warm start carried from one path point to the next."""
+
+    w: Tensor
+    b: Tensor
+    g: Tensor  # gradient of the mean CE at (w, b), all features
+    lam_prev: float
+    lip: float
+
+
+def _solve_point(
+    s: _PathState, xt: Tensor, yt: Tensor, lam: float, alpha: float, screen: bool, max_iter: int, tol_abs: float,
+) -> tuple[int, int, bool, float, Tensor, Tensor]:
+    """Solve one path point in place on ``s``: FISTA on the strong-rule active set, KKT-checked on all
+    features, re-solved with the violators added. Returns (iterations, rounds, converged, train loss,
+    logits, CE residuals)."""
+    m = xt.shape[1]
+    l1 = lam * alpha
+    active = (s.w != 0).any(0)
+    if screen:
+        active |= (s.g.abs() >= alpha * (2 * lam - s.lam_prev)).any(0)
     else:
-        lams_user = [float(v) for v in lambdas]
-        if not lams_user or any(not (v >= 0 and math.isfinite(v)) for v in lams_user):
-            raise InputError(f"lambdas must be non-empty, finite and >= 0; received {list(lambdas)!r}.")
-        if any(a < b for a, b in zip(lams_user, lams_user[1:])):
-            raise InputError("lambdas must be in decreasing order (warm starts run from sparse to dense).")
+        active[:] = True
+    iters, rounds = 0, 0
+    while True:
+        rounds += 1
+        cols = active.nonzero().squeeze(1)
+        full = cols.numel() > 0.6 * m
+        xa = xt if full else xt.index_select(1, cols)
+        wa = s.w if full else s.w.index_select(1, cols)
+        wa, s.b, z, s.lip, k, conv = _fista(xa, yt, wa, s.b, lam, alpha, s.lip, max_iter, tol_abs)
+        iters += k
+        s.w = wa if full else torch.zeros_like(s.w).index_copy_(1, cols, wa)
+        del xa
+        train_loss, r = _ce(z, yt, grad=True)
+        s.g = r.T @ xt
+        if full:
+            break
+        viol = (~active) & ((s.g.abs() - l1) > tol_abs).any(0)
+        if not bool(viol.any()):
+            break
+        active |= viol
+    return iters, rounds, conv, train_loss, z, r
 
-    xt, yt, xv, yv, n_cls, dev = _prepare(x_train, y_train, x_val, y_val, num_classes, device)
-    n, m = xt.shape
 
-    g0 = _grad_at_zero(xt, yt, n_cls)
-    gmax0 = float(g0.abs().max())
-    if not gmax0 > 0:
-        raise InputError(
-            "The features carry no information about the labels: the loss gradient at W = 0 is exactly "
-            "zero (are all features constant or zero?). Check the pooled concept activations."
-        )
-    lam_max = gmax0 / alpha
-    if lambdas is None:
-        if n_lambdas == 1:
-            lams = [lam_max]
-        else:
-            ratio = lambda_min_ratio ** (1.0 / (n_lambdas - 1))
-            lams = [lam_max * ratio**k for k in range(n_lambdas)]
-    else:
-        lams = lams_user
-    tol_abs = tol * max(gmax0, 1e-12)
-
-    w = torch.zeros(n_cls, m, device=dev)
-    b = _prior_bias(yt, n_cls).to(dev)
-    g_prev = g0  # gradient of the mean CE at the current solution, all features
-    lam_prev = lam_max
-    lip = _lipschitz_bound(xt) * 0.25
-
-    path: list[PathPoint] = []
-    best_val, since_best = -1.0, 0
-    stop = ""
-    bar = tqdm(total=len(lams), desc=desc, disable=not progress, leave=False)
-    try:
-        for lam in lams:
-            t0 = time.perf_counter()
-            l1 = lam * alpha
-            active = (w != 0).any(0)
-            if screen:
-                active |= (g_prev.abs() >= alpha * (2 * lam - lam_prev)).any(0)
-            else:
-                active[:] = True
-            iters, rounds = 0, 0
-            while True:
-                rounds += 1
-                cols = active.nonzero().squeeze(1)
-                full = cols.numel() > 0.6 * m
-                xa = xt if full else xt.index_select(1, cols)
-                wa = w if full else w.index_select(1, cols)
-                wa, b, z, lip, k, conv = _fista(xa, yt, wa, b, lam, alpha, lip, max_iter, tol_abs)
-                iters += k
-                w = wa if full else torch.zeros_like(w).index_copy_(1, cols, wa)
-                del xa
-                train_loss, r = _ce(z, yt, grad=True)
-                g_prev = r.T @ xt
-                if full:
-                    break
-                viol = (~active) & ((g_prev.abs() - l1) > tol_abs).any(0)
-                if not bool(viol.any()):
-                    break
-                active |= viol
-            if not conv:
-                warnings.warn(
-                    f"The solver hit max_iter={max_iter} at lam={lam:.4g} before reaching the KKT "
-                    f"tolerance; raise max_iter or tol.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            gw = g_prev + lam * (1 - alpha) * w
-            kkt = _kkt(w, gw, r.sum(0), l1)
-            train_acc = float((z.argmax(1) == yt).float().mean())
-            val_acc = _accuracy(w, b, xv, yv) if xv is not None else None
-            nnz = int((w != 0).sum())
-            pt = PathPoint(
-                lam=float(lam),
-                weight=w.detach().cpu().clone(),
-                bias=b.detach().cpu().clone(),
-                train_loss=train_loss,
-                train_acc=train_acc,
-                val_acc=val_acc,
-                nnz=nnz,
-                nec=nnz / n_cls,
-                objective=train_loss + lam * (0.5 * (1 - alpha) * float(w.pow(2).sum()) + alpha * float(w.abs().sum())),
-                kkt=kkt,
-                n_iter=iters,
-                seconds=time.perf_counter() - t0,
-            )
-            path.append(pt)
-            lam_prev = lam
-            bar.update(1)
-            bar.set_postfix(lam=f"{lam:.3g}", nec=f"{pt.nec:.1f}", acc=f"{val_acc if val_acc is not None else train_acc:.3f}")
-            if verbose:
-                tqdm.write(
-                    f"[{len(path) - 1}] lam={lam:.4g} loss={train_loss:.4f} train_acc={train_acc:.4f} "
-                    f"val_acc={val_acc} nnz={nnz} nec={pt.nec:.2f} iters={iters} rounds={rounds} kkt={kkt:.2e}"
-                )
-            if select == "nec" and pt.nec > target_nec:
-                stop = f"stopped at point {len(path)}/{len(lams)}: NEC {pt.nec:.1f} passed target_nec {target_nec}"
-                break
-            if patience is not None and val_acc is not None:
-                if val_acc > best_val:
-                    best_val, since_best = val_acc, 0
-                else:
-                    since_best += 1
-                    if since_best >= patience:
-                        stop = f"stopped at point {len(path)}/{len(lams)}: no validation gain in {patience} points"
-                        break
-    finally:
-        close_bar(bar, len(path), stop or f"all {len(lams)} points")
-
-    selected = _select(path, select, target_nec)
-    p = path[selected]
-    return HeadFit(
-        weight=p.weight,
-        bias=p.bias,
-        lam=p.lam,
-        path=path,
-        selected=selected,
-        criterion=select,
-        lam_max=lam_max,
-        alpha=float(alpha),
-        info={"num_classes": n_cls, "num_features": m, "num_train": n, "tol_abs": tol_abs},
+def _path_point(
+    s: _PathState, lam: float, alpha: float, train_loss: float, z: Tensor, r: Tensor, yt: Tensor,
+    xv: Tensor | None, yv: Tensor | None, n_cls: int, iters: int, seconds: float,
+) -> PathPoint:
+    """Record the solution of one path point with its KKT violation, accuracies and sparsity."""
+    w, b = s.w, s.b
+    gw = s.g + lam * (1 - alpha) * w
+    nnz = int((w != 0).sum())
+    return PathPoint(
+        lam=float(lam),
+        weight=w.detach().cpu().clone(),
+        bias=b.detach().cpu().clone(),
+        train_loss=train_loss,
+        train_acc=float((z.argmax(1) == yt).float().mean()),
+        val_acc=_accuracy(w, b, xv, yv) if xv is not None else None,
+        nnz=nnz,
+        nec=nnz / n_cls,
+        objective=train_loss + lam * (0.5 * (1 - alpha) * float(w.pow(2).sum()) + alpha * float(w.abs().sum())),
+        kkt=_kkt(w, gw, r.sum(0), lam * alpha),
+        n_iter=iters,
+        seconds=seconds,
     )
+
+
+def _report_point(bar: Any, verbose: bool, index: int, pt: PathPoint, rounds: int) -> None:
+    bar.update(1)
+    acc = pt.val_acc if pt.val_acc is not None else pt.train_acc
+    bar.set_postfix(lam=f"{pt.lam:.3g}", nec=f"{pt.nec:.1f}", acc=f"{acc:.3f}")
+    if verbose:
+        tqdm.write(
+            f"[{index}] lam={pt.lam:.4g} loss={pt.train_loss:.4f} train_acc={pt.train_acc:.4f} "
+            f"val_acc={pt.val_acc} nnz={pt.nnz} nec={pt.nec:.2f} iters={pt.n_iter} rounds={rounds} kkt={pt.kkt:.2e}"
+        )
 
 
 def _select(path: list[PathPoint], select: str, target_nec: float | None) -> int:
