@@ -155,8 +155,7 @@ class Explorer:
     def load(self, image: Any):
         """Upload callback: ``(state, the picture to show, a note)``."""
         cur = self.prepare(image)
-        note = "; ".join(cur.notes)
-        return cur, self.view(cur), f"Image loaded ({note})." if note else "Image loaded."
+        return cur, self.view(cur), " ".join(["Image loaded.", *cur.notes])
 
     # ------------------------------------------------------------------ 1. predict and explain
     @guarded(4)

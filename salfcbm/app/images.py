@@ -1,9 +1,9 @@
 """Images as a browser hands them over, turned into what a SALF-CBM takes.
 
-Uploads arrive as files, PIL images or arrays of any mode: grayscale, grayscale + alpha, RGB,
-RGBA, palette, 16-bit, float. :func:`to_rgb01` turns each into one ``(3, H, W)`` ``[0, 1]``
-tensor (transparency composited on white) and says what it did; :func:`load_image` also refuses
-images too large to decode and shrinks large ones cheaply before the exact resize.
+Uploads arrive as files, PIL images or arrays of any mode. :func:`load_image` reads them with the
+library's one image entry point (:func:`salfcbm.core.images.load_images`: its dtype and layout rule,
+grayscale and alpha conversions), turns its conversion warnings into notes for the page, refuses
+images too large to decode and shrinks large files cheaply before the model's exact resize.
 """
 
 from __future__ import annotations
@@ -13,80 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 
-from salfcbm.errors import InputError
+from salfcbm.core.images import load_images
+from salfcbm.errors import ImageConversionWarning, InputError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "list_images", "load_image", "to_rgb01"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "list_images", "load_image"]
 
 MAX_PIXELS = 64_000_000  # larger uploads are refused with a message, not decoded
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _scale_values(a: np.ndarray) -> np.ndarray:
-    """Integer or float pixel values to ``[0, 1]`` floats."""
-    if a.dtype == np.bool_:
-        return a.astype(np.float32)
-    if np.issubdtype(a.dtype, np.integer):
-        top = 255.0 if a.dtype == np.uint8 or (a.size and a.max() <= 255) else float(np.iinfo(a.dtype).max)
-        return a.astype(np.float32) / top
-    a = a.astype(np.float32)
-    if not np.isfinite(a).all():
-        raise InputError("The image holds NaN or infinite values; expected finite pixel values.")
-    if a.size and a.max() > 1.0:
-        a = a / 255.0 if a.max() <= 255.0 else (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
-    return np.clip(a, 0.0, 1.0)
-
-
-def _channels_last(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 2:
-        return a[..., None]
-    if a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4) and a.shape[0] in (1, 2, 3, 4):
-        return np.moveaxis(a, 0, -1)
-    if a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4):
-        return a
-    raise InputError(
-        f"Expected an image of shape (H, W), (H, W, C) or (C, H, W) with 1-4 channels, got shape {a.shape}."
-    )
-
-
-def to_rgb01(image: Any) -> tuple[torch.Tensor, list[str]]:
-    """Any image to a ``(3, H, W)`` float tensor in ``[0, 1]``, plus notes on what was converted.
-
-    Grayscale is repeated to three channels; an alpha channel is composited on white.
-
-    Examples:
-        >>> x, notes = to_rgb01(np.zeros((4, 5, 4), dtype=np.uint8))
-        >>> tuple(x.shape), notes
-        ((3, 4, 5), ['RGBA image: transparent pixels composited on white'])
-    """
-    from PIL import Image
-
-    notes: list[str] = []
-    if isinstance(image, Image.Image):
-        if image.mode in ("P", "PA"):
-            image = image.convert("RGBA")
-        elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
-            image = image.convert("RGB")
-        image = np.asarray(image)
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"Expected an image (file, PIL image or array), got {type(image).__name__}.")
-    a = _channels_last(image)
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"The image is empty (shape {image.shape}).")
-    a = _scale_values(a)
-    c = a.shape[-1]
-    if c in (2, 4):
-        notes.append(("grayscale + alpha" if c == 2 else "RGBA") + " image: transparent pixels composited on white")
-        alpha = a[..., -1:]
-        a = a[..., :-1] * alpha + (1.0 - alpha)
-    if a.shape[-1] == 1:
-        notes.append("grayscale image: repeated to 3 channels")
-        a = np.repeat(a, 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float(), notes
 
 
 def load_image(image: Any, size: Sequence[int] | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -123,10 +61,17 @@ def load_image(image: Any, size: Sequence[int] | None = None) -> tuple[torch.Ten
             image = ImageOps.exif_transpose(image)
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         shape = tuple(image.shape)
+        if 0 in shape:  # the library's reader does not check this (it fails inside torch)
+            raise InputError(f"The image is empty (shape {shape}).")
         if len(shape) >= 2 and int(np.prod(sorted(shape)[-2:])) > MAX_PIXELS:
             raise InputError(f"The image of shape {shape} is larger than the explorer's limit of {MAX_PIXELS / 1e6:.0f} MP.")
-    x, more = to_rgb01(image)
-    return x, notes + more
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageConversionWarning)
+        x = load_images(image)[0]
+    notes += [str(w.message) for w in caught if issubclass(w.category, ImageConversionWarning)]
+    if x.shape[0] != 1:
+        raise InputError(f"Expected one image, got a batch of {x.shape[0]}.")
+    return x[0], notes
 
 
 def list_images(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:

@@ -15,7 +15,7 @@ from PIL import Image
 
 import salfcbm
 from salfcbm.app.explorer import PREDICTED, Explorer
-from salfcbm.app.images import MAX_PIXELS, load_image, to_rgb01
+from salfcbm.app.images import MAX_PIXELS, load_image
 from salfcbm.errors import InputError, MissingExtraError
 from salfcbm.demo import SmallConvNet, SyntheticScenes
 
@@ -192,12 +192,12 @@ def test_concept_search_indexes_a_folder(model, scenes, tmp_path):
 
 
 @pytest.mark.parametrize("image, note", [
-    (np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8), "grayscale"),
-    (np.random.default_rng(0).integers(0, 255, (40, 50, 4), dtype=np.uint8), "RGBA"),
-    (Image.new("LA", (30, 20), (128, 100)), "grayscale + alpha"),
-    (Image.new("P", (30, 20)), "RGBA"),
-    (Image.new("I;16", (30, 20), 40000), "grayscale"),
-    (np.random.default_rng(0).random((3, 40, 50)) * 255.0, None),
+    (np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8), "Grayscale"),
+    (np.random.default_rng(0).integers(0, 255, (40, 50, 4), dtype=np.uint8), "alpha channel"),
+    (Image.new("LA", (30, 20), (128, 100)), "alpha channel"),
+    (Image.new("P", (30, 20)), None),
+    (Image.new("I;16", (30, 20), 40000), "Grayscale"),
+    (torch.rand(3, 40, 50), None),
 ])
 def test_odd_images_are_converted_with_a_note(explorer, image, note):
     cur, view, msg = explorer.load(image)
@@ -205,9 +205,13 @@ def test_odd_images_are_converted_with_a_note(explorer, image, note):
     assert (note or "Image loaded. _(") in msg
 
 
-def test_transparency_is_composited_on_white():
-    x, notes = to_rgb01(np.zeros((2, 2, 4), dtype=np.uint8))
-    assert torch.equal(x, torch.ones(3, 2, 2)) and notes
+@pytest.mark.parametrize("image, words", [
+    (np.random.default_rng(0).random((40, 50, 3)) * 255.0, "[0, 1]"),  # a float image in 0..255
+    (np.full((4, 4, 3), np.nan), "NaN"),
+    (np.zeros((3, 40, 50)), "channels last"),
+])
+def test_images_the_library_refuses_give_its_message(explorer, image, words):
+    _is_message(explorer.load(image), 3, "Cannot do that", words)
 
 
 def test_huge_and_broken_images_give_messages(explorer, tmp_path, monkeypatch):
@@ -221,8 +225,7 @@ def test_huge_and_broken_images_give_messages(explorer, tmp_path, monkeypatch):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     _is_message(explorer.load(str(tmp_path / "bad.png")), 3, "Could not read 'bad.png'")
     _is_message(explorer.load(None), 3, "No image yet")
-    _is_message(explorer.load(np.zeros((0, 5, 3))), 3, "empty")
-    _is_message(explorer.load(np.full((4, 4, 3), np.nan)), 3, "NaN")
+    _is_message(explorer.load(np.zeros((0, 5, 3))), 3, "The image is empty")
 
 
 def test_a_large_file_is_shrunk_before_the_model_resize(tmp_path):
