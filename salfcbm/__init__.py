@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "wrap": "salfcbm.core.model",
     "SALFCBM": "salfcbm.core.model",
     "SALFCBMOutput": "salfcbm.core.model",
+    "SALFCBMClassifier": "salfcbm.core.model",
     "FeatureTap": "salfcbm.core.tap",
     "default_layer": "salfcbm.core.tap",
     # supervision
@@ -110,7 +111,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
-    from salfcbm.core.model import SALFCBM, SALFCBMOutput, wrap
+    from salfcbm.core.model import SALFCBM, SALFCBMClassifier, SALFCBMOutput, wrap
     from salfcbm.core.tap import FeatureTap, default_layer
     from salfcbm.datasets.folder import ImageFolderDataset
     from salfcbm.explain.attribution import SALFCBMAttribution

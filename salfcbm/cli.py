@@ -250,7 +250,7 @@ def cmd_train(args) -> int:
     res = fit(model, data["train"], data["val"], scorer=_scorer(args), test_data=data.get("test"),
               prompts=PromptGrid(grid=(args.grid, args.grid), radius=args.radius), run_dir=run,
               bottleneck=bottleneck, head=head, batch_size=args.batch_size, num_workers=args.num_workers,
-              device=args.device, progress=not args.quiet)
+              device=args.device, precision=args.precision, progress=not args.quiet)
     if not args.quiet:
         print(json.dumps({k: v for k, v in res.metrics.items() if k != "path"}, indent=2, default=str))
     print(f"saved to {run / 'model'}")
@@ -367,7 +367,8 @@ def _scorer_args(q: argparse.ArgumentParser) -> None:
     g.add_argument("--scorer", default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, a local checkpoint file, or 'none' for a random init (seeded by --seed)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="scorer precision")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="precision of the scorer and of the backbone while features are computed")
     g.add_argument("--grid", type=_positive_int, default=7, help="prompting grid (GRID x GRID; 7 = 49 CLIP passes per image)")
     g.add_argument("--radius", type=_positive_int, default=32,
                    help="prompt circle radius in pixels of a 224 px image (scaled to the scorer's resolution)")

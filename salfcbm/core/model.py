@@ -9,7 +9,6 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +22,12 @@ from salfcbm.core import persistence
 from salfcbm.core.backbones import build_backbone, infer_spec, normalize_spec, parse_backbone_name
 from salfcbm.core.config import POOLINGS, ModelConfig
 from salfcbm.core.images import ImageTransform, resolve_transform
+from salfcbm._utils.tensors import grid_mean_weights
+from salfcbm.core.outputs import SALFCBMClassifier, SALFCBMOutput
 from salfcbm.core.tap import FeatureTap, default_input_size
 from salfcbm.errors import ConceptNotFoundError, ConfigError, ImageInputError, InputError, SalfCBMError
 
-__all__ = ["SALFCBM", "SALFCBMOutput", "wrap"]
+__all__ = ["SALFCBM", "SALFCBMClassifier", "SALFCBMOutput", "wrap"]
 
 logger = logging.getLogger("salfcbm")
 
@@ -35,27 +36,6 @@ CONFIG_NAME = persistence.CONFIG_NAME
 
 if TYPE_CHECKING:  # the explain layer's result types, for annotations only
     from salfcbm.explain.explanations import DecisionRule, ExplanationBatch, InterventionResult, RegionReport
-
-
-@dataclass
-class SALFCBMOutput:
-    """What :meth:`SALFCBM.forward` returns.
-
-    Attributes:
-        logits: ``(B, L)`` class scores.
-        concept_maps: ``(B, M, Hg, Wg)`` one map per concept on the prompting grid, c(x).
-        concept_activations: ``(B, M)`` pooled maps c*(x), before standardisation.
-    """
-
-    logits: torch.Tensor
-    concept_maps: torch.Tensor
-    concept_activations: torch.Tensor
-
-    def to_tuple(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
-
-    def __iter__(self):
-        return iter(self.to_tuple())
 
 
 def _is_count(v) -> bool:
@@ -405,12 +385,17 @@ class SALFCBM(
         device, dtype = self._input_device_dtype()
         return x.to(device=device, dtype=dtype)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The tapped backbone map f(x), ``(B, C, h, w)``."""
+    def forward_features(self, x: torch.Tensor, *, backbone_grad: bool = False) -> torch.Tensor:
+        """The tapped backbone map f(x), ``(B, C, h, w)``.
+
+        A frozen backbone runs without gradients unless ``x`` requires them or ``backbone_grad``
+        (used by :meth:`as_classifier` for attribution tools that differentiate backbone layers).
+        """
         self._require_backbone()
         x = self._check_input(x)
         frozen = self.config["freeze_backbone"]
-        with self._frozen_backbone(), torch.set_grad_enabled(torch.is_grad_enabled() and (not frozen or x.requires_grad)):
+        grad = torch.is_grad_enabled() and (not frozen or backbone_grad or x.requires_grad)
+        with self._frozen_backbone(), torch.set_grad_enabled(grad):
             return self.tap(x)
 
     def resize_to_grid(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -445,11 +430,50 @@ class SALFCBM(
         norm = self.standardize(act)
         return act, norm, self.head(norm)
 
+    def pooled_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """``mean(resize_to_grid(fmap))`` over the grid, ``(B, C)``, without resizing.
+
+        Bilinear resizing is linear, so the mean of the resized map is a fixed weighted sum of
+        the tapped map (:func:`~salfcbm._utils.tensors.grid_mean_weights`).
+        """
+        if tuple(fmap.shape[-2:]) == self.grid:
+            return fmap.mean((-2, -1))
+        k = grid_mean_weights(tuple(fmap.shape[-2:]), self.grid, fmap.device, fmap.dtype)
+        return (fmap * k).sum((-2, -1))
+
+    def output_from_features(self, fmap: torch.Tensor) -> SALFCBMOutput:
+        """Logits, activations and (lazy) concept maps from a tapped map ``(B, C, h, w)``.
+
+        With mean pooling, pooling commutes with the 1x1 projection:
+        ``c*(x) = W_b mean(resize(f)) + b_b``, so the logits cost one ``(B, C) x (C, M)`` product
+        and the ``(B, M, Hg, Wg)`` maps are built only when read. Softmax and max pooling weigh
+        each position by the concept's own map, so they need every map and build them here.
+        """
+        w, b = self.bottleneck.weight, self.bottleneck.bias
+        f = fmap.to(w.dtype)
+        if self.config["pooling"] != "mean":
+            maps = self.concept_maps_from_features(f)
+            act, _, logits = self.head_from_maps(maps)
+            return SALFCBMOutput(logits=logits, concept_maps=maps, concept_activations=act)
+        act = F.linear(self.pooled_features(f), w.flatten(1), b)
+        logits = self.head(self.standardize(act))
+        return SALFCBMOutput(logits=logits, concept_activations=act, features=f, grid=self.grid, weight=w, bias=b)
+
     def forward(self, x: torch.Tensor) -> SALFCBMOutput:
-        """Run the model on backbone-ready images ``(B, 3, H, W)`` (normalised as the backbone expects)."""
-        maps = self.concept_maps_from_features(self.forward_features(x))
-        act, _, logits = self.head_from_maps(maps)
-        return SALFCBMOutput(logits=logits, concept_maps=maps, concept_activations=act)
+        """Run the model on backbone-ready images ``(B, 3, H, W)`` (normalised as the backbone expects).
+
+        Returns a :class:`~salfcbm.SALFCBMOutput` (attribute, key and index access like a Hugging
+        Face ``ModelOutput``); for a module returning the logits tensor use :meth:`as_classifier`.
+        """
+        return self.output_from_features(self.forward_features(x))
+
+    def as_classifier(self) -> SALFCBMClassifier:
+        """This model as ``images -> logits`` (a plain tensor), sharing its parameters.
+
+        The form Captum, pytorch-grad-cam, ``torch.jit.trace``, ``torch.export``, ONNX export and
+        ``F.cross_entropy`` expect; see :class:`~salfcbm.core.outputs.SALFCBMClassifier`.
+        """
+        return SALFCBMClassifier(self)
 
     # ------------------------------------------------------------------ explanations (salfcbm.explain.explanations)
     def explain(

@@ -40,6 +40,7 @@ __all__ = ["FeatureTap", "LayerInfo", "probe_layers", "default_layer", "default_
 
 _HEAD_NAMES = {"head", "heads", "fc", "classifier", "last_linear", "aux_logits", "AuxLogits", "fc_norm", "head_drop"}
 _MAX_PREFIX = 16
+_COMPILE_HOOK_ID = -1  # key of the call-scoped hook under torch.compile (RemovableHandle ids are >= 0)
 
 
 class _StopForward(Exception):
@@ -392,18 +393,31 @@ class FeatureTap:
         captured: list[torch.Tensor] = []
         input_hw = (int(x.shape[-2]), int(x.shape[-1]))
 
+        # torch.export traces module calls on a stack that an exception would unbalance: there the
+        # backbone runs to its end (its classifier head is a few extra FLOPs).
+        stop = self.stop_early and not torch.compiler.is_exporting()
+
         def hook(_m, _i, out):
             captured.append(self.to_map(out, input_hw))
-            if self.stop_early:
+            if stop:
                 raise _StopForward
 
-        handle = self.module.register_forward_hook(hook)
+        # Under torch.compile the hook goes straight into the module's hook dict (a RemovableHandle
+        # is a graph break); either way it is removed in `finally` and never outlives the call.
+        compiling = torch.compiler.is_compiling()
+        handle = None if compiling else self.module.register_forward_hook(hook)
+        saved = self.module._forward_hooks
+        if compiling:
+            self.module._forward_hooks = {**saved, _COMPILE_HOOK_ID: hook}
         try:
             self.backbone(x)
         except _StopForward:
             pass
         finally:
-            handle.remove()
+            if compiling:
+                self.module._forward_hooks = saved
+            else:
+                handle.remove()
         if not captured:
             raise NonSpatialLayerError(
                 f"Module {self.layer!r} did not run during the forward pass; choose a module on the forward path."

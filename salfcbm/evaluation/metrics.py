@@ -354,7 +354,8 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise InputError(
             f"The model must return a (B, num_classes) tensor of logits, got "
             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}. "
-            "Wrap it, e.g. `lambda x: model(x).logits`, in an nn.Module that returns the logits."
+            "Wrap it, e.g. `lambda x: model(x).logits`, in an nn.Module that returns the logits "
+            "(for a SALF-CBM: `model.as_classifier()`)."
         )
     return out
 

@@ -22,13 +22,14 @@ Captum is not needed to use the adapter.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from salfcbm.errors import InputError
+from salfcbm.errors import InputError, closest
 from salfcbm.explain.explanations import _as_batch, class_index
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,13 +115,7 @@ class SALFCBMAttribution:
             if self.mode == "concept":
                 raise InputError("mode='concept' needs `target`: a concept name or index (or one per image).")
             return logits.argmax(-1)
-        if isinstance(target, torch.Tensor):
-            if target.dim() == 0:
-                target = int(target)
-            elif target.dim() == 1 and target.shape[0] == B:
-                target = target.tolist()
-            else:
-                raise InputError(f"A `target` tensor must be a scalar or (B,) with B={B}, got {tuple(target.shape)}.")
+        target = _captum_target(target, B)
         if isinstance(target, (int, str)) and not isinstance(target, bool):
             return torch.full((B,), resolve(target), dtype=torch.long, device=logits.device)
         if isinstance(target, Sequence) and len(target) == B:
@@ -136,6 +131,7 @@ class SALFCBMAttribution:
         additional_forward_args: Any = None,
         *,
         relu_attributions: bool | None = None,
+        **captum_kwargs: Any,
     ) -> torch.Tensor:
         """Heatmaps ``(B, 1, H, W)`` for backbone-ready ``inputs`` ``(B, 3, H, W)``.
 
@@ -145,6 +141,10 @@ class SALFCBMAttribution:
                 the prediction; concept mode: a concept name/index, or one per image.
             additional_forward_args: must be ``None`` (SALF-CBM takes only images).
             relu_attributions: overrides the constructor's ``relu`` for this call.
+            **captum_kwargs: arguments other Captum methods take (``baselines``, ``n_steps``,
+                ``method``, ``internal_batch_size``, ``attribute_to_layer_input``, ...) are accepted
+                so Captum code runs unchanged, and ignored with a warning naming them; SALF-CBM
+                heatmaps need one forward pass and no baselines. Unknown names are errors.
 
         Returns:
             A detached float tensor ``(B, 1, H, W)`` (``(B, 1, Hg, Wg)`` with ``upsample=False``).
@@ -155,16 +155,17 @@ class SALFCBMAttribution:
             inputs = inputs[0]
         if additional_forward_args is not None:
             raise InputError("SALF-CBM takes no additional forward arguments; pass `additional_forward_args=None`.")
+        _warn_ignored(captum_kwargs)
         x = _as_batch(inputs, "inputs")
         B = x.shape[0]
         with torch.no_grad():
             out = self.model(x)
-            maps = out.concept_maps.detach().float()
             t = self._targets(target, B, out.logits)
-            if self.mode == "class":
-                attr = class_heatmaps(self.model, maps, t)
+            if self.mode == "class":  # one weighted sum of the maps, built from the features when lazy
+                w = self.model.head.weight.detach()[t] / self.model.concept_std.detach()
+                attr = out.combine_maps(w).detach().float()
             else:
-                attr = maps[torch.arange(B, device=maps.device), t]
+                attr = out.concept_maps_at(t[:, None]).detach().float()[:, 0]
             attr = attr.unsqueeze(1)
             if self.upsample and tuple(attr.shape[-2:]) != tuple(x.shape[-2:]):
                 kw = {"align_corners": False} if self.interpolate_mode in ("bilinear", "bicubic") else {}
@@ -173,3 +174,63 @@ class SALFCBMAttribution:
             if relu:
                 attr = attr.clamp_min(0)
         return attr
+
+
+# Arguments of Captum's attribute() methods that have no meaning for SALF-CBM heatmaps.
+CAPTUM_IGNORED = (
+    "baselines", "n_steps", "method", "internal_batch_size", "attribute_to_layer_input",
+    "attribute_to_neuron_input", "attr_dim_summation", "grad_kwargs", "nt_type", "nt_samples",
+    "nt_samples_batch_size", "stdevs", "draw_baseline_from_distrib", "feature_mask",
+    "perturbations_per_eval", "sliding_window_shapes", "strides", "show_progress", "n_samples",
+    "layer_baselines", "return_convergence_delta",
+)
+
+
+def _warn_ignored(kwargs: dict[str, Any]) -> None:
+    unknown = sorted(k for k in kwargs if k not in CAPTUM_IGNORED)
+    if unknown:
+        near = sorted({c for k in unknown for c in closest(k, CAPTUM_IGNORED + ("relu_attributions",), n=2)})
+        raise InputError(
+            f"SALFCBMAttribution.attribute() got unknown arguments {unknown}; it takes inputs, target, "
+            f"additional_forward_args, relu_attributions and Captum's usual arguments. Closest: {near}."
+        )
+    if kwargs.get("return_convergence_delta"):
+        raise InputError(
+            "return_convergence_delta=True asks for a convergence delta, which SALF-CBM heatmaps (an exact "
+            "decomposition, no integration) do not have; leave it False."
+        )
+    if kwargs:
+        warnings.warn(
+            f"SALFCBMAttribution ignores the Captum arguments {sorted(kwargs)}: its heatmaps come from one "
+            "forward pass and need no baselines, integration steps or batching.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _captum_target(target: Any, B: int) -> Any:
+    """Captum's target forms -> an int/name or a list with one int/name per image.
+
+    Captum takes an int, a tuple (an index into the output's non-batch dims; for logits a
+    1-tuple), a tensor (scalar, ``(B,)`` or ``(B, 1)``) or a list of ints or 1-tuples.
+    """
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point():
+            raise InputError(f"A `target` tensor must hold integer indices, got dtype {target.dtype}.")
+        if target.dim() == 2 and target.shape[1] == 1:
+            target = target[:, 0]
+        if target.dim() == 0 or target.numel() == 1 and B != 1 and target.dim() == 1:
+            return int(target.reshape(()))
+        if target.dim() == 1 and target.shape[0] == B:
+            return target.tolist()
+        raise InputError(f"A `target` tensor must be a scalar, (B,) or (B, 1) with B={B}, got {tuple(target.shape)}.")
+    if isinstance(target, tuple):
+        if len(target) != 1:
+            raise InputError(
+                f"A tuple `target` indexes the output's non-batch dimensions; logits have one, so give a 1-tuple "
+                f"such as (3,), got {target!r}."
+            )
+        return _captum_target(target[0], B)
+    if isinstance(target, list):
+        return [t[0] if isinstance(t, tuple) and len(t) == 1 else t for t in target]
+    return target

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from salfcbm._utils.io import atomic_write_text
-from salfcbm._utils.tensors import upsample_bilinear
+from salfcbm._utils.tensors import interp_matrix, upsample_bilinear
 from salfcbm.errors import ClassNotFoundError, DegenerateResultWarning, InputError
 from salfcbm.explain.evidence import PRESENT_KINDS, evidence_kinds
 
@@ -138,12 +138,12 @@ def _forward(model: SALFCBM, images: torch.Tensor, output: SALFCBMOutput | None)
     if output is None:
         with torch.no_grad():
             return model(images)
-    maps = getattr(output, "concept_maps", None)
-    if maps is None or maps.dim() != 4 or maps.shape[0] != images.shape[0] or maps.shape[1] != model.num_concepts:
+    act = getattr(output, "concept_activations", None)
+    if not hasattr(output, "concept_maps_at") or act is None or tuple(act.shape) != (images.shape[0], model.num_concepts):
         raise InputError(
             f"`output` must be the SALFCBMOutput of `model(images)` for these {images.shape[0]} image(s) "
-            f"and {model.num_concepts} concepts; got concept maps of shape "
-            f"{None if maps is None else tuple(maps.shape)}. Leave `output=None` to run the model."
+            f"and {model.num_concepts} concepts; got concept activations of shape "
+            f"{None if act is None else tuple(act.shape)}. Leave `output=None` to run the model."
         )
     return output
 
@@ -217,12 +217,7 @@ def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return upsample_bilinear(maps.float(), (int(size[0]), int(size[1])))
 
 
-def _interp_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
-    """(n_out, n_in) matrix A with linear-upsampling(v) == A @ v (same rule as F.interpolate)."""
-    eye = torch.eye(n_in, device=device, dtype=dtype).unsqueeze(0)  # (1, C=n_in, L=n_in)
-    if n_in == n_out:
-        return eye[0]
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+_interp_matrix = interp_matrix  # one home: salfcbm._utils.tensors
 
 
 # ---------------------------------------------------------------------- regions
@@ -908,7 +903,7 @@ def explain(
         signed = contrib.gather(1, idx)
         maps = None
         if heatmaps:
-            sel = out.concept_maps.detach()[img_idx[:, None], idx]  # (P, k, Hg, Wg)
+            sel = out.concept_maps_at(idx, img_idx).detach()  # (P, k, Hg, Wg): the top-k maps only
             maps = upsample_maps(sel, size)
     names, cnames = model.concepts, model.class_names
     results: list[Explanation] = []
@@ -1029,14 +1024,14 @@ def explain_region(
     top_k = _check_top_k(top_k, model.num_concepts)
     H, W = int(x.shape[-2]), int(x.shape[-1])
     out = _forward(model, x, output)
-    maps = out.concept_maps.detach()[0].float()  # (M, Hg, Wg)
-    masks = region_masks((H, W), mask=mask, box=box, points=points, radius=radius, grid=maps.shape[-2:], device=maps.device)
+    Hg, Wg = model.grid
+    device = out.logits.device
+    masks = region_masks((H, W), mask=mask, box=box, points=points, radius=radius, grid=(Hg, Wg), device=device)
     with torch.no_grad():
-        Hg, Wg = maps.shape[-2:]
-        A_h = _interp_matrix(Hg, H, maps.device, maps.dtype)  # (H, Hg)
-        A_w = _interp_matrix(Wg, W, maps.device, maps.dtype)  # (W, Wg)
+        A_h = _interp_matrix(Hg, H, device, torch.float32)  # (H, Hg)
+        A_w = _interp_matrix(Wg, W, device, torch.float32)  # (W, Wg)
         weights = A_h.T @ (masks @ A_w)  # (R, Hg, Wg): the region pulled back to the grid
-        agg = torch.einsum("rij,mij->rm", weights, maps)  # (R, M)
+        agg = out.region_sums(weights, row=0).detach().float()  # (R, M), from the features when maps are lazy
         areas = masks.sum((-2, -1))
         if standardize:
             agg = (agg - areas[:, None] * model.concept_mean.float()) / model.concept_std.float()
@@ -1172,15 +1167,20 @@ def intervene(
     if not all(math.isfinite(b) for b in betas):
         raise InputError(f"`beta` must be finite, got {betas}.")
     out = _forward(model, x, output)
-    maps = out.concept_maps.detach()
+    touched: dict[int, float] = {}  # the edited concepts (a concept named twice gets both betas)
+    for m, b in zip(idx, betas):
+        touched[m] = touched.get(m, 0.0) + b
+    cols = torch.tensor(list(touched), device=out.logits.device)
+    sel = out.concept_maps_at(cols).detach()  # (1, k, Hg, Wg): only the maps that change
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    I = _grid_region(model, size, region, mask, box, points, radius, maps.device).to(maps.dtype)
+    I = _grid_region(model, size, region, mask, box, points, radius, sel.device).to(sel.dtype)
     with torch.no_grad():
-        edited = maps.clone()
-        for m, b in zip(idx, betas):
-            edited[0, m] += b * I
-        act_b, norm_b, logits_b = model.head_from_maps(maps)
-        act_a, norm_a, logits_a = model.head_from_maps(edited)
+        edited = sel + torch.tensor(list(touched.values()), device=sel.device, dtype=sel.dtype)[:, None, None] * I
+        act_b = out.concept_activations.detach()
+        act_a = act_b.clone()
+        act_a[:, cols] = model.pool(edited).to(act_a.dtype)
+        norm_b, norm_a = model.standardize(act_b), model.standardize(act_a)
+        logits_b, logits_a = model.head(norm_b), model.head(norm_a)
         lb, la = logits_b[0].detach(), logits_a[0].detach()
         pb, pa = lb.float().softmax(-1), la.float().softmax(-1)
         pred_b, pred_a = int(lb.argmax()), int(la.argmax())

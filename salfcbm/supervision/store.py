@@ -691,15 +691,25 @@ class SimilarityStore:
         """Stored embeddings ``(B, Hg, Wg, D)`` (fp16)."""
         return self.store.read(indices)
 
-    def targets(self, indices: Any, concepts: Sequence[str]) -> torch.Tensor:
-        """``P[n, m, h, w]`` for the images at ``indices``: ``(B, M, Hg, Wg)`` float32.
+    def targets(self, indices: Any, concepts: Sequence[str], *, layout: str = "NCHW") -> torch.Tensor:
+        """``P[n, m, h, w]`` for the images at ``indices``, float32 and contiguous.
 
         Computed with ``scorer.similarity`` (cosine for CLIP) in one matmul, on the
         scorer's device.
+
+        Args:
+            indices: image indices.
+            concepts: the concept list (one target channel each).
+            layout: ``"NCHW"`` gives ``(B, M, Hg, Wg)``; ``"NHWC"`` gives ``(B, Hg, Wg, M)``, the
+                matmul's own layout (no permutation copy), which bottleneck training uses.
         """
+        if layout not in ("NCHW", "NHWC"):
+            raise InputError(f"`layout` must be 'NCHW' or 'NHWC', got {layout!r}.")
         emb = self.store.read(indices)
         sims = self.scorer.similarity(emb, concepts)  # (B, Hg, Wg, M)
-        return sims.permute(0, 3, 1, 2).float()
+        if layout == "NHWC":
+            return sims.float().contiguous()
+        return sims.float().permute(0, 3, 1, 2).contiguous()
 
     def concept_activity(self, concepts: Sequence[str], *, top_k: int = 5, batch_size: int = 256) -> torch.Tensor:
         """Per concept, the mean of its ``top_k`` highest image-level similarities ``(M,)``.
@@ -713,7 +723,7 @@ class SimilarityStore:
         best: torch.Tensor | None = None
         for start in range(0, self.length, batch_size):
             idx = torch.arange(start, min(start + batch_size, self.length))
-            per_image = self.targets(idx, concepts).amax(dim=(2, 3))  # (B, M)
+            per_image = self.targets(idx, concepts, layout="NHWC").amax(dim=(1, 2))  # (B, M)
             pool = per_image if best is None else torch.cat([best, per_image.to(best.device)])
             best = pool.topk(min(top_k, pool.shape[0]), dim=0).values
         if best is None:

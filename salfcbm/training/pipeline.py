@@ -37,6 +37,7 @@ from salfcbm._utils.io import (
 from salfcbm._utils.progress import close_bar
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
+from salfcbm._utils.tensors import autocast, check_precision, to_device
 from salfcbm.core.model import SALFCBM
 from salfcbm.errors import AlignmentError, AllConceptsCutError, InputError
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
@@ -44,6 +45,7 @@ from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
 from salfcbm.training import diagnostics
+from salfcbm.training.batches import Prefetched, project_channels_last, shard_batches, shard_tensors
 from salfcbm.supervision.store import (
     ShardedStore,
     SimilarityStore,
@@ -191,6 +193,7 @@ class BottleneckReport:
     seconds: float = 0.0
     initial_val_similarity: float = float("nan")
     stop_reason: str = ""
+    data_seconds: float = 0.0  # time the optimisation loop waited for batches
 
 
 @dataclass
@@ -229,6 +232,7 @@ def feature_store(
     device: str | torch.device | None = None,
     desc: str = "Backbone features",
     inputs: str = "auto",
+    precision: str = "fp32",
 ) -> ShardedStore:
     """Cache the backbone features of ``dataset`` resized to the grid: ``(N, C, Hg, Wg)`` fp16.
 
@@ -264,13 +268,23 @@ def feature_store(
         resizable=True,
     )
 
+    check_precision(precision)
+
     @torch.no_grad()
     def fn(images: torch.Tensor, _indices: torch.Tensor) -> torch.Tensor:
-        x = model.image_transform.normalize(images.to(device))  # the views are already cropped
-        return model.resize_to_grid(model.forward_features(x)).float().cpu()
+        return _grid_features(model, images, device, precision)
 
     return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
                          desc=desc, inputs=inputs)
+
+
+def _grid_features(model: SALFCBM, images: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """Backbone features of ``[0, 1]`` views (already cropped to the model's geometry) resized to the
+    grid, float32 on the CPU."""
+    x = model.image_transform.normalize(to_device(images, device))
+    with autocast(device, precision):
+        f = model.resize_to_grid(model.forward_features(x))
+    return f.float().cpu()
 
 
 class OnTheFlyFeatures:
@@ -278,13 +292,16 @@ class OnTheFlyFeatures:
 
     Use it instead of :func:`feature_store` when caching ``(N, C, Hg, Wg)`` features does not
     fit on disk: every epoch runs the backbone again, shard by shard, so memory stays bounded
-    by ``shard_size`` (``fit(..., cache_features=False)``).
+    by ``shard_size`` (``fit(..., cache_features=False)``, or ``"auto"`` above
+    ``max_feature_cache_gb``). Bottleneck training computes the next shard in a background
+    thread while the current one trains.
     """
 
     def __init__(self, model: SALFCBM, dataset: Dataset, *, shard_size: int = 512, batch_size: int = 64,
-                 num_workers: int = 0, device: str | torch.device | None = None):
+                 num_workers: int = 0, device: str | torch.device | None = None, precision: str = "fp32"):
         dataset = align_dataset(dataset, model.image_transform)
         self.model, self.dataset = model, dataset
+        self.precision = check_precision(precision)
         self.length, self.shard_size = len(dataset), int(shard_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.item_shape = (model.config["feature_channels"], *model.grid)
@@ -304,12 +321,9 @@ class OnTheFlyFeatures:
     def read_shard(self, i: int) -> torch.Tensor:
         a, b = self.shard_range(i)
         subset = torch.utils.data.Subset(self.dataset, range(a, b))
-        loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers)
-        out = []
-        for batch in loader:
-            x = self.model.image_transform.normalize(batch[0].to(self.device))  # views, already cropped
-            out.append(self.model.resize_to_grid(self.model.forward_features(x)).float().cpu())
-        return torch.cat(out)
+        loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        return torch.cat([_grid_features(self.model, batch[0], self.device, self.precision) for batch in loader])
 
     def iter_shards(self) -> Iterator[tuple[int, torch.Tensor]]:
         for i in range(self.num_shards):
@@ -318,31 +332,10 @@ class OnTheFlyFeatures:
 
 def _shard_batches(
     features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch_size: int, rng: random.Random
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled ``(features, targets)`` batches, one shard in memory at a time.
-
-    Shards are visited in random order and read whole (one contiguous read of each
-    store); rows are shuffled within the shard, and the remainder of a shard is carried
-    into the next one, so every image is used once per epoch.
-    """
-    order = list(range(features.num_shards))
-    rng.shuffle(order)
-    carry_x = carry_p = None
-    for s in order:
-        a, b = features.shard_range(s)
-        x = features.read_shard(s)  # storage dtype; converted per batch
-        p = targets.targets(torch.arange(a, b), concepts)
-        perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-        x, p = x[perm], p[perm]
-        if carry_x is not None:
-            x, p = torch.cat([carry_x, x]), torch.cat([carry_p, p])
-        n_full = (x.shape[0] // batch_size) * batch_size
-        for i in range(0, n_full, batch_size):
-            yield x[i : i + batch_size].float(), p[i : i + batch_size]
-        carry_x, carry_p = x[n_full:].clone(), p[n_full:].clone()
-        del x, p  # only the carried rows outlive the shard
-    if carry_x is not None and carry_x.shape[0] >= 2:
-        yield carry_x.float(), carry_p
+) -> Prefetched:
+    """Shuffled channels-last ``(features, targets)`` batches, prepared one shard ahead in a background
+    thread (:func:`salfcbm.training.batches.shard_batches`)."""
+    return shard_batches(features, targets, concepts, batch_size, rng)
 
 
 def _val_similarity(
@@ -356,32 +349,31 @@ def _val_similarity(
     device = model.bottleneck.weight.device
     n = features.length
 
-    def shards():
+    def shards():  # channels-last float32 shards, converted once and kept when `cache` is given
         for s in range(features.num_shards):
-            a, b = features.shard_range(s)
             if cache is not None and len(cache) > s:
-                p = cache[s]
+                x, p = cache[s]
             else:
-                p = targets.targets(torch.arange(a, b), concepts)
+                x, p = shard_tensors(features, targets, concepts, s)
                 if cache is not None:
-                    cache.append(p)
-            yield features.read_shard(s).to(device, torch.float32), p.to(device)
+                    cache.append((x, p))
+            yield to_device(x, device), to_device(p, device)
 
     sum_q = sum_p = None
     with torch.no_grad():
         for x, p in shards():
-            q = model.bottleneck(x)
+            q = project_channels_last(model.bottleneck, x)
             sum_q = q.sum(0) if sum_q is None else sum_q + q.sum(0)
             sum_p = p.sum(0) if sum_p is None else sum_p + p.sum(0)
         mq, mp = sum_q / n, sum_p / n
         qp = qq = pp = 0.0
         for x, p in shards():
-            q = (model.bottleneck(x) - mq) ** 3
+            q = (project_channels_last(model.bottleneck, x) - mq) ** 3
             p = (p - mp) ** 3
             qp = qp + (q * p).sum(0)
             qq = qq + (q * q).sum(0)
             pp = pp + (p * p).sum(0)
-    return qp / (qq.sqrt() * pp.sqrt()).clamp_min(1e-12)
+    return (qp / (qq.sqrt() * pp.sqrt()).clamp_min(1e-12)).permute(2, 0, 1)  # (M, Hg, Wg)
 
 
 def train_bottleneck(
@@ -420,16 +412,19 @@ def train_bottleneck(
     opt = torch.optim.Adam(model.bottleneck.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []
     bad, step, done = 0, 0, False
-    val_cache: list | None = [] if val_features.length * model.num_concepts * val_features.item_shape[-1] ** 2 \
-        <= 64_000_000 else None  # keep validation targets in memory when they are small
+    cells = val_features.item_shape[-1] * val_features.item_shape[-2]
+    val_cache: list | None = [] if val_features.length * (model.num_concepts + val_features.item_shape[0]) * cells \
+        <= 64_000_000 else None  # keep the converted validation shards in memory when they are small
     # the initial weights are the first candidate: training must beat them to be kept
     initial = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
     best = (initial, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
     bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
+    data_seconds = 0.0
     while not done:
-        for x, p in _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng):
-            x, p = x.to(device), p.to(device)
-            loss = bottleneck_loss(model.bottleneck(x), p)
+        batches = _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng)
+        for x, p in batches:
+            x, p = to_device(x, device), to_device(p, device)
+            loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -449,6 +444,8 @@ def train_bottleneck(
             if done or step >= cfg.max_steps:
                 done = True
                 break
+        batches.close()
+        data_seconds += batches.wait_seconds
     if bad >= cfg.patience:
         reason = (f"early stop at step {step}/{cfg.max_steps}: no validation gain in {cfg.patience} checks; "
                   f"best step {best[1]}")
@@ -483,6 +480,7 @@ def train_bottleneck(
         seconds=time.perf_counter() - t0,
         initial_val_similarity=float(initial),
         stop_reason=reason,
+        data_seconds=data_seconds,
     )
 
 
@@ -593,6 +591,29 @@ def _check_store_alignment(store: SimilarityStore | None, data, split: str, inpu
         )
 
 
+def _choose_feature_cache(model: SALFCBM, splits: Sequence[Any], cache_features: bool | str,
+                          limit_gb: float) -> tuple[bool, str]:
+    """Whether ``fit`` caches backbone features, and why (the size estimate against the limit)."""
+    if cache_features not in (True, False, "auto"):
+        raise InputError(f"`cache_features` must be True, False or 'auto', got {cache_features!r}.")
+    if not isinstance(limit_gb, (int, float)) or isinstance(limit_gb, bool) or limit_gb < 0:
+        raise InputError(f"`max_feature_cache_gb` must be a number >= 0, got {limit_gb!r}.")
+    n = sum(len(d) for d in splits)
+    per_image = 2 * model.config["feature_channels"] * model.grid[0] * model.grid[1]  # fp16
+    gb = n * per_image / 1e9
+    size = f"{n} images x {per_image / 1e3:.1f} kB = {gb:.3g} GB"
+    if cache_features is True:
+        return True, f"cached on disk (cache_features=True; {size})"
+    if cache_features is False:
+        return False, f"computed on the fly every epoch (cache_features=False; a cache would hold {size})"
+    if gb <= limit_gb:
+        return True, f"cached on disk: {size} is within max_feature_cache_gb={limit_gb:g}"
+    return False, (
+        f"computed on the fly with prefetch, not cached: {size} exceeds max_feature_cache_gb={limit_gb:g} "
+        "(raise it or pass cache_features=True to cache)"
+    )
+
+
 def fit(
     model: SALFCBM,
     train_data: Dataset,
@@ -606,7 +627,8 @@ def fit(
     bottleneck: BottleneckConfig | None = None,
     head: HeadConfig | None = None,
     baseline: bool = True,
-    cache_features: bool = True,
+    cache_features: bool | str = "auto",
+    max_feature_cache_gb: float = 64.0,
     test_data: Dataset | None = None,
     batch_size: int = 64,
     shard_size: int = 512,
@@ -614,6 +636,7 @@ def fit(
     progress: bool = True,
     device: str | torch.device | None = None,
     inputs: str = "auto",
+    precision: str = "fp32",
 ) -> FitResult:
     """Train a wrapped model end to end: similarities, features, bottleneck, head (+ baseline).
 
@@ -637,16 +660,24 @@ def fit(
         bottleneck: bottleneck stage hyper-parameters.
         head: final layer hyper-parameters.
         baseline: also fit the "standard, sparse" head on pooled backbone features.
-        cache_features: cache backbone features in sharded stores (fast epochs); ``False``
-            recomputes them on the fly every epoch (:class:`OnTheFlyFeatures`, no disk).
+        cache_features: ``True`` caches backbone features in sharded fp16 stores (fast epochs);
+            ``False`` recomputes them on the fly every epoch (:class:`OnTheFlyFeatures`, no disk,
+            prefetched in the background); ``"auto"`` caches unless the cache would exceed
+            ``max_feature_cache_gb``. The choice and its reason are logged and recorded in
+            ``metrics["features"]``.
+        max_feature_cache_gb: the cache size above which ``"auto"`` computes features on the fly
+            (ResNet-50's 2048x7x7 fp16 map is about 200 kB per image, 257 GB for ImageNet).
         test_data: optional held-out dataset; both heads are evaluated on it.
         batch_size: images per batch when computing stores.
         shard_size: images per shard of the feature stores.
         num_workers: DataLoader workers.
         progress: show tqdm progress bars.
-        device: where to run (default: where the model is).
+        device: where to run (default: where the model is); CPU-to-GPU copies use pinned memory
+            and do not block.
         inputs: how the stores key their shards by the images (``"auto"``, ``"files"``, ``"content"``
             for a full pixel hash, ``"fingerprint"``; see :func:`~salfcbm.supervision.store.compute_store`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the backbone while computing
+            features (stored as fp16 either way); the bottleneck and head train in fp32.
 
     Returns:
         A :class:`FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
@@ -693,10 +724,13 @@ def fit(
 
     # 2. features
     t = time.perf_counter()
-    kw = dict(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers)
+    kw = dict(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, precision=precision)
+    splits = [d for d in (train_data, val_data, test_data) if d is not None]
+    cache, reason = _choose_feature_cache(model, splits, cache_features, max_feature_cache_gb)
+    (logger.info if cache or cache_features is False else logger.warning)("Backbone features: %s", reason)
 
     def features(data, split):
-        if cache_features:
+        if cache:
             return feature_store(model, data, run / "features" / split, progress=progress,
                                  desc=f"Backbone features ({split})", inputs=inputs, **kw)
         return OnTheFlyFeatures(model, data, **kw)
@@ -769,6 +803,7 @@ def fit(
             "dropped": report.dropped,
         },
         "path": head_fit.summary(),
+        "features": {"cached": cache, "reason": reason},
     }
     f_test = y_test = None
     if test_data is not None:

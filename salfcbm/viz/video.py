@@ -197,7 +197,7 @@ def track_concepts(
                 chunk = chunk.to(dtype)
                 out = model(chunk)
                 size = tuple(chunk.shape[-2:])
-                heat.append(upsample_maps(out.concept_maps[:, sel], size).cpu())
+                heat.append(upsample_maps(out.concept_maps_at(sel), size).cpu())  # the tracked maps only
                 logits.append(out.logits.detach().float().cpu())
                 disp.append(denormalize(chunk, model).cpu())
                 bar.update(chunk.shape[0])
