@@ -64,12 +64,15 @@ def shard_tensors(features: Any, targets: Any, concepts: Sequence[str], shard: i
     return _channels_last_float(x), p.float().contiguous()
 
 
-def _shards(features, targets, concepts, batch_size: int, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled shards, trimmed to whole batches; the remainder of a shard goes into the next one."""
-    order = list(range(features.num_shards))
-    rng.shuffle(order)
+def _shards(features, targets, concepts, batch_size: int, rng: random.Random,
+            repeat: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled shards, trimmed to whole batches; the remainder of a shard goes into the next one.
+
+    With ``repeat`` the epochs follow each other without end (a new shuffle each time), so the
+    first shard of an epoch is prepared while the last one of the previous epoch trains.
+    """
     carry: tuple[torch.Tensor, torch.Tensor] | None = None
-    for s in order:
+    for s in _shard_order(features.num_shards, rng, repeat):
         a, b = features.shard_range(s)
         perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
         x, p = shard_tensors(features, targets, concepts, s, perm)
@@ -84,16 +87,26 @@ def _shards(features, targets, concepts, batch_size: int, rng: random.Random) ->
         yield carry
 
 
+def _shard_order(n: int, rng: random.Random, repeat: bool) -> Iterator[int]:
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from order
+        if not repeat or not order:
+            return
+
+
 def shard_batches(features, targets, concepts: Sequence[str], batch_size: int, rng: random.Random,
-                  *, background: bool = True) -> Prefetched:
+                  *, background: bool = True, repeat: bool = False) -> Prefetched:
     """Shuffled channels-last ``(x, p)`` batches, one shard ahead in a background thread.
 
     Shards are visited in random order and read whole; rows are shuffled within a shard, and the
-    remainder of a shard is carried into the next one, so every image is used once per epoch. A
-    batch is a contiguous slice of a prepared shard (no copy). The returned iterator's
-    ``wait_seconds`` is the time the consumer spent waiting for data.
+    remainder of a shard is carried into the next one, so every image is used once per epoch
+    (``repeat=True``: epoch after epoch, until the consumer stops). A batch is a contiguous slice of
+    a prepared shard (no copy). The returned iterator's ``wait_seconds`` is the time the consumer
+    spent waiting for data; close it when done.
     """
-    shards = _shards(features, targets, concepts, batch_size, rng)
+    shards = _shards(features, targets, concepts, batch_size, rng, repeat)
     source = prefetch(shards, depth=1) if background else Prefetched(shards)
 
     def batches():

@@ -333,9 +333,9 @@ class OnTheFlyFeatures:
 def _shard_batches(
     features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch_size: int, rng: random.Random
 ) -> Prefetched:
-    """Shuffled channels-last ``(features, targets)`` batches, prepared one shard ahead in a background
-    thread (:func:`salfcbm.training.batches.shard_batches`)."""
-    return shard_batches(features, targets, concepts, batch_size, rng)
+    """Shuffled channels-last ``(features, targets)`` batches, epoch after epoch, prepared one shard
+    ahead in a background thread (:func:`salfcbm.training.batches.shard_batches`)."""
+    return shard_batches(features, targets, concepts, batch_size, rng, repeat=True)
 
 
 def _val_similarity(
@@ -419,9 +419,8 @@ def train_bottleneck(
     initial = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
     best = (initial, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
     bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
-    data_seconds = 0.0
+    batches = _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng)  # epochs back to back
     while not done:
-        batches = _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng)
         for x, p in batches:
             x, p = to_device(x, device), to_device(p, device)
             loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
@@ -444,8 +443,10 @@ def train_bottleneck(
             if done or step >= cfg.max_steps:
                 done = True
                 break
-        batches.close()
-        data_seconds += batches.wait_seconds
+        else:  # no batch at all: nothing to train on
+            done = True
+    batches.close()
+    data_seconds = batches.wait_seconds
     if bad >= cfg.patience:
         reason = (f"early stop at step {step}/{cfg.max_steps}: no validation gain in {cfg.patience} checks; "
                   f"best step {best[1]}")

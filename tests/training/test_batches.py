@@ -87,3 +87,13 @@ def test_fit_says_whether_it_caches_features_and_why(caplog):
     assert _choose_feature_cache(model, [range(10)], False, 64.0)[0] is False
     with pytest.raises(salfcbm.errors.InputError, match="cache_features"):
         _choose_feature_cache(model, [range(10)], "yes", 64.0)
+
+
+def test_repeated_batches_run_epochs_back_to_back(tmp_path):
+    from salfcbm.training.batches import shard_batches
+
+    feats, sims = _linear_problem(tmp_path, 100, 0)
+    stream = shard_batches(feats, sims, ["c0", "c1"], 32, random.Random(0), repeat=True)
+    rows = sum(next(stream)[0].shape[0] for _ in range(10))  # more than three epochs' worth of batches
+    stream.close()
+    assert rows > 100
