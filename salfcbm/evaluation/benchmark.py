@@ -390,7 +390,7 @@ def explanation_mask_check(
 ) -> dict[str, Any]:
     """How often a concept an explanation shows is not in the image at all (its ground-truth mask is empty).
 
-    Each image of a :class:`~salfcbm.synthetic.SyntheticScenes` is explained
+    Each image of a :class:`~salfcbm.demo.SyntheticScenes` is explained
     (``model.explain``, its predicted class, ``top_k`` concepts by ``|S|``), and every shown
     concept is looked up in the image's concept masks. A report that draws all top-k concepts
     alike presents each of them as found in the image, so ``shown_mask_empty`` is the share of
@@ -414,7 +414,7 @@ def explanation_mask_check(
 
     Examples:
         >>> import torch, salfcbm
-        >>> from salfcbm.synthetic import SmallConvNet, SyntheticScenes
+        >>> from salfcbm.demo import SmallConvNet, SyntheticScenes
         >>> ds = SyntheticScenes(n=4, image_size=32)
         >>> m = salfcbm.wrap(SmallConvNet(num_classes=ds.num_classes, width=4), concepts=ds.concepts,
         ...                  num_classes=ds.num_classes, grid=4, input_size=(32, 32), backbone_weights=None)
@@ -426,7 +426,7 @@ def explanation_mask_check(
 
     if not hasattr(dataset, "masks_batch") or not hasattr(dataset, "concepts"):
         raise InputError(
-            f"`dataset` must be a salfcbm.synthetic.SyntheticScenes (it needs concept masks), got {type(dataset).__name__}."
+            f"`dataset` must be a salfcbm.demo.SyntheticScenes (it needs concept masks), got {type(dataset).__name__}."
         )
     missing = [c for c in model.concepts if c not in dataset.concepts]
     if missing:

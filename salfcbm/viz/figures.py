@@ -402,7 +402,7 @@ def plot_explanation(
         cmap: matplotlib colormap (default: diverging ``"RdBu_r"``; ``"viridis"`` for raw maps).
         panel_size: inches per panel.
         masks: optional ``(k, H, W)`` ground-truth masks of the shown concepts (data with known
-            concept masks, such as :class:`~salfcbm.synthetic.SyntheticScenes`), drawn in a
+            concept masks, such as :class:`~salfcbm.demo.SyntheticScenes`), drawn in a
             second row under their heatmaps.
 
     Returns:
