@@ -38,6 +38,8 @@ __all__ = [
     "ImageInputError",
     "AlignmentError",
     "ImageConversionWarning",
+    "DownloadError",
+    "DiskSpaceError",
     "closest",
 ]
 
@@ -157,7 +159,7 @@ class InputError(SalfCBMError, ValueError):
 
 
 class DatasetNotFoundError(SalfCBMError, FileNotFoundError):
-    """The dataset file does not exist."""
+    """A dataset path does not exist or is not laid out as the reader expects; the message shows the layout."""
 
 
 class UnsupportedBaselineError(SalfCBMError, NotImplementedError):
@@ -225,3 +227,10 @@ class AlignmentError(SalfCBMError, ValueError):
 
 class ImageConversionWarning(SalfCBMWarning):
     """Images were converted on the way in (grayscale to RGB, RGBA without its alpha, other modes)."""
+
+class DownloadError(SalfCBMError, OSError):
+    """A file could not be downloaded (offline, or the server failed); the message says where to put it by hand."""
+
+
+class DiskSpaceError(SalfCBMError, OSError):
+    """A run would need more disk space than the target file system has free."""

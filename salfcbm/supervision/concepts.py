@@ -103,6 +103,10 @@ def unique_concepts(concepts: Iterable[str] | Mapping[str, Iterable[str]]) -> li
 def load_concepts(path: str | os.PathLike) -> list[str]:
     """Read one concept per line; blank lines, ``#`` comment lines and duplicates are dropped.
 
+    ``"lf-cbm:NAME"`` (``cifar10``, ``cifar100``, ``cub``, ``places365``, ``imagenet``) loads
+    LF-CBM's published concept set instead, downloaded once into the user cache
+    (:func:`salfcbm.concept_sets.lf_cbm_concepts`).
+
     Examples:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "c.txt")
@@ -110,6 +114,10 @@ def load_concepts(path: str | os.PathLike) -> list[str]:
         >>> load_concepts(p)
         ['fur', 'whiskers']
     """
+    if isinstance(path, str) and path.startswith("lf-cbm:") and not os.path.exists(path):
+        from salfcbm.supervision.concept_sets import lf_cbm_concepts
+
+        return unique_concepts(lf_cbm_concepts(path.split(":", 1)[1]))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Concept file {str(path)!r} does not exist; expected a text file with one concept per line.")

@@ -159,6 +159,8 @@ class HeadConfig:
         max_iter: solver iterations per path point.
         val_tolerance: with ``select="val_acc"``, take the sparsest point whose validation
             accuracy is within this much of the best (like glmnet's ``lambda.1se``); 0 = the best.
+        lam: a fixed regularisation strength instead of a path (LF-CBM's and the paper's
+            selection: one ``lam`` per dataset); ``select`` is then ignored.
     """
 
     sparse: bool = True
@@ -169,8 +171,12 @@ class HeadConfig:
     target_nec: float | None = None
     max_iter: int = 2000
     val_tolerance: float = 0.0
+    lam: float | None = None
 
     def __post_init__(self):
+        if self.lam is not None and (isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
+                                     or not self.lam > 0):
+            raise InputError(f"HeadConfig.lam must be a positive number or None, got {self.lam!r}.")
         if self.select not in ("val_acc", "nec"):
             raise InputError(f"HeadConfig.select must be 'val_acc' or 'nec', got {self.select!r}.")
         if not 0 <= self.val_tolerance < 1:
@@ -517,6 +523,9 @@ def fit_head(
     cfg = config or HeadConfig()
     if not cfg.sparse:
         return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
+    if cfg.lam is not None:
+        return fit_sparse_head(x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha,
+                               lambdas=[float(cfg.lam)], select="last", max_iter=cfg.max_iter, progress=progress)
     fit_ = fit_sparse_head(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
         lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,

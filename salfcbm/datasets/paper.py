@@ -1,0 +1,392 @@
+"""Readers for the datasets of the paper, in the layouts they ship in (paper section 4).
+
+* :class:`ImageNetDataset`: ILSVRC-2012 ``train/`` and ``val/`` folders, one sub-folder
+  per WordNet id (the validation images sorted into class folders, as torchvision and
+  LF-CBM expect);
+* :class:`Places365Dataset`: Places365-Standard as torchvision lays it out (file lists,
+  ``data_256/`` and ``val_256/``);
+* :class:`CUB200Dataset`: CUB-200-2011 with its own split file ``train_test_split.txt``;
+* ImageNet-segmentation: :class:`salfcbm.datasets.ImagenetSegmentation`.
+
+Every reader returns ``([0, 1]`` image ``(3, size, size)``, label) like
+:class:`~salfcbm.datasets.ImageFolderDataset` (resize the short side, centre crop), has
+``classes``, ``targets`` and ``fingerprint()``, and raises
+:class:`~salfcbm.errors.DatasetNotFoundError` showing the expected layout when a path is
+wrong. :func:`holdout_split` carves a seeded, stratified validation set out of a training
+set. :func:`write_fake_layout` writes a tiny generated copy of each layout (tests, dry runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salfcbm.errors import DatasetNotFoundError, InputError
+
+__all__ = [
+    "CUB200Dataset",
+    "ImageNetDataset",
+    "LAYOUTS",
+    "Places365Dataset",
+    "SubsetWithTargets",
+    "holdout_split",
+    "write_fake_layout",
+    "write_imagenet_seg_mat",
+]
+
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+#: The expected layout of each dataset, shown in errors and in the docs.
+LAYOUTS: dict[str, str] = {
+    "imagenet": (
+        "ROOT/train/n01440764/n01440764_10026.JPEG ... (1,000 WordNet-id folders)\n"
+        "ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG ... (the 50,000 validation images sorted "
+        "into the same class folders, e.g. with the widely used valprep.sh)"
+    ),
+    "places365": (
+        "ROOT/categories_places365.txt\nROOT/places365_train_standard.txt\nROOT/places365_val.txt\n"
+        "ROOT/data_256/a/airfield/00000001.jpg ...\nROOT/val_256/Places365_val_00000001.jpg ...\n"
+        "(torchvision.datasets.Places365(ROOT, small=True, download=True) writes exactly this; "
+        "data_large/ and val_large/ with small=False)"
+    ),
+    "cub": (
+        "ROOT/images.txt\nROOT/image_class_labels.txt\nROOT/train_test_split.txt\nROOT/classes.txt\n"
+        "ROOT/images/001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg ...\n"
+        "(ROOT is the CUB_200_2011 folder of CUB_200_2011.tgz, or the folder holding it)"
+    ),
+    "imagenet-seg": "a single MATLAB v7.3 file gtsegs_ijcv.mat (value/img, value/gt)",
+}
+
+
+def _missing(kind: str, what: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(f"{what}. Expected the {kind} layout:\n{LAYOUTS[kind]}")
+
+
+def _transform(size: int):
+    from torchvision import transforms
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise InputError(f"`size` must be an int >= 8, got {size!r}.")
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
+
+
+class _ImageList(torch.utils.data.Dataset):
+    """(path, label) samples read as ``[0, 1]`` tensors; the common base of the readers."""
+
+    def __init__(self, root: str | os.PathLike, samples: list[tuple[str, int]], classes: list[str], size: int):
+        self.root, self.size = str(root), size
+        self.samples, self.classes = samples, classes
+        self.targets: list[int] = [label for _, label in samples]
+        self._tf = _transform(size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self._tf(im.convert("RGB")), label
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data (for store manifests): type, root, size, files and labels."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            h.update(f"{os.path.relpath(path, self.root)}\t{label}\n".encode())
+        return {"type": type(self).__name__, "root": os.path.abspath(self.root), "size": self.size,
+                "length": len(self), "files_sha": h.hexdigest()[:24]}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={self.root!r}, n={len(self)}, classes={len(self.classes)})"
+
+
+def _check_split(split: str, valid: Sequence[str]) -> None:
+    if split not in valid:
+        raise InputError(f"split must be one of {list(valid)}, got {split!r}.")
+
+
+class ImageNetDataset(_ImageList):
+    """ILSVRC-2012 classification images from class folders (paper Table 1, ImageNet column).
+
+    Classes are the sorted WordNet-id folder names of ``train/`` (the standard label order,
+    the one LF-CBM's class names follow); ``val/`` must use the same ids. Folders may be
+    empty (a partial copy keeps all 1,000 labels).
+
+    Args:
+        root: the folder holding ``train/`` and ``val/``.
+        split: ``"train"`` or ``"val"``.
+        size: side of the square ``[0, 1]`` images (resize the short side, centre crop).
+
+    Examples:
+        >>> ds = ImageNetDataset("/data/imagenet", "val")  # doctest: +SKIP
+        >>> len(ds), len(ds.classes)  # doctest: +SKIP
+        (50000, 1000)
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224):
+        _check_split(split, ("train", "val"))
+        root = Path(root)
+        if not (root / "train").is_dir():
+            raise _missing("imagenet", f"No folder {root / 'train'}")
+        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        if not classes:
+            raise _missing("imagenet", f"{root / 'train'} holds no class folders")
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise _missing("imagenet", f"No folder {split_dir}")
+        found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+        if found != classes:
+            extra = sorted(set(found) - set(classes))[:5]
+            missing = sorted(set(classes) - set(found))[:5]
+            raise _missing("imagenet", f"{split_dir} has other class folders than train/ (extra {extra}, "
+                           f"missing {missing}); unsorted validation images must be sorted into class folders")
+        samples = [(str(p), i) for i, c in enumerate(classes) for p in sorted((split_dir / c).iterdir())
+                   if p.suffix.lower() in _IMAGE_EXT]
+        if not samples:
+            raise _missing("imagenet", f"{split_dir} holds no images")
+        super().__init__(root, samples, classes, size)
+
+
+class Places365Dataset(_ImageList):
+    """Places365-Standard in torchvision's layout (paper Table 1, Places365 column).
+
+    Args:
+        root: the folder holding the file lists and the image folders.
+        split: ``"train-standard"`` or ``"val"`` (the paper's test set).
+        small: 256 x 256 images (``data_256/``, ``val_256/``, LF-CBM's choice) or the large ones.
+        size: side of the square ``[0, 1]`` images.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train-standard", small: bool = True, size: int = 224):
+        _check_split(split, ("train-standard", "val"))
+        root = Path(root)
+        cat_file = root / "categories_places365.txt"
+        list_file = root / ("places365_train_standard.txt" if split == "train-standard" else "places365_val.txt")
+        folder = root / (("data_256" if small else "data_large") if split == "train-standard"
+                         else ("val_256" if small else "val_large"))
+        for p in (cat_file, list_file, folder):
+            if not p.exists():
+                raise _missing("places365", f"No {p}")
+        cats = [ln.split() for ln in cat_file.read_text().splitlines() if ln.strip()]
+        classes = [name for name, _ in sorted(cats, key=lambda c: int(c[1]))]
+        samples = []
+        for ln in list_file.read_text().splitlines():
+            if ln.strip():
+                rel, label = ln.rsplit(maxsplit=1)
+                samples.append((str(folder / rel.lstrip("/")), int(label)))
+        if not samples:
+            raise _missing("places365", f"{list_file} lists no images")
+        if not os.path.isfile(samples[0][0]):
+            raise _missing("places365", f"{list_file} lists {samples[0][0]}, which does not exist")
+        super().__init__(root, samples, classes, size)
+        self.class_names = [re.sub(r"^/[a-z]/", "", c).replace("/", " ").replace("_", " ") for c in classes]
+
+
+class CUB200Dataset(_ImageList):
+    """CUB-200-2011 with its official train/test split (paper Table 1, CUB-200 column).
+
+    Class names are the folder names without their number (``"Black footed Albatross"``,
+    LF-CBM's spelling) in :attr:`class_names`; :attr:`classes` keeps ``classes.txt``.
+
+    Args:
+        root: the ``CUB_200_2011`` folder (or the folder holding it).
+        split: ``"train"`` (5,994 images) or ``"test"`` (5,794).
+        size: side of the square ``[0, 1]`` images.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224):
+        _check_split(split, ("train", "test"))
+        root = Path(root)
+        if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
+            root = root / "CUB_200_2011"
+        files = {n: root / n for n in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")}
+        for p in [*files.values(), root / "images"]:
+            if not p.exists():
+                raise _missing("cub", f"No {p}")
+
+        def table(name: str) -> dict[int, str]:
+            return {int(k): v for k, v in (ln.split(maxsplit=1) for ln in files[name].read_text().splitlines() if ln.strip())}
+
+        images, labels, is_train = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+        classes = [v for _, v in sorted(table("classes.txt").items())]
+        want = "1" if split == "train" else "0"
+        samples = [(str(root / "images" / images[i]), int(labels[i]) - 1) for i in sorted(images)
+                   if is_train.get(i, "").strip() == want]
+        if not samples:
+            raise _missing("cub", f"train_test_split.txt marks no image as {split!r}")
+        super().__init__(root, samples, classes, size)
+        self.class_names = [re.sub(r"^\d+\.", "", c).replace("_", " ") for c in classes]
+
+
+class SubsetWithTargets(torch.utils.data.Dataset):
+    """A subset that keeps ``classes``, ``targets`` and a fingerprint (unlike ``torch.utils.data.Subset``)."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int], name: str):
+        self.dataset, self.indices, self.name = dataset, list(indices), name
+        self.classes = list(getattr(dataset, "classes", []))
+        targets = getattr(dataset, "targets", None)
+        self.targets = [int(targets[i]) for i in self.indices] if targets is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+    def fingerprint(self) -> dict[str, Any]:
+        base = self.dataset.fingerprint() if callable(getattr(self.dataset, "fingerprint", None)) else {}
+        h = hashlib.sha256(",".join(map(str, self.indices)).encode()).hexdigest()[:16]
+        return {**base, "subset": self.name, "length": len(self), "indices_sha": h}
+
+
+def holdout_split(dataset: Any, fraction: float, seed: int = 0) -> tuple[SubsetWithTargets, SubsetWithTargets]:
+    """Split a training set into (train, validation): ``fraction`` of each class, seeded.
+
+    Every class with at least two images keeps at least one in each part.
+    """
+    if not 0 < fraction < 1:
+        raise InputError(f"`fraction` must be in (0, 1), got {fraction!r}.")
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise InputError("holdout_split needs a dataset with `targets` (the label of every image).")
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    rng = random.Random(seed)
+    train, val = [], []
+    for _, idx in sorted(by_class.items()):
+        idx = idx[:]
+        rng.shuffle(idx)
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        val += idx[:k]
+        train += idx[k:]
+    if not val:
+        raise InputError(f"A {fraction:.0%} holdout of {len(targets)} images leaves no validation image.")
+    return SubsetWithTargets(dataset, sorted(train), "train"), SubsetWithTargets(dataset, sorted(val), "val")
+
+
+# ----------------------------------------------------------------------------- generated copies
+def _fake_image(rng: Any, size: tuple[int, int]) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    a = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    a[y : y + h // 2, x : x + w // 2] = rng.integers(0, 256, size=3, dtype=np.uint8)
+    return Image.fromarray(a)
+
+
+def _splits(kind: str, per_split: dict[str, int] | None) -> dict[str, int]:
+    default = {"imagenet": {"train": 8, "val": 4}, "places365": {"train-standard": 8, "val": 4},
+               "cub": {"train": 8, "test": 4}}[kind]
+    out = dict(default if per_split is None else per_split)
+    if set(out) != set(default):
+        raise InputError(f"per_split for {kind} must have the keys {sorted(default)}, got {sorted(out)}.")
+    return out
+
+
+def write_fake_layout(
+    kind: str,
+    root: str | os.PathLike,
+    *,
+    num_classes: int = 4,
+    per_split: dict[str, int] | None = None,
+    labelled_classes: int = 4,
+    image_size: tuple[int, int] = (40, 48),
+    seed: int = 0,
+) -> Path:
+    """Write a tiny generated copy of a dataset in its real layout (for tests and dry runs).
+
+    ``num_classes`` class entries are written (ImageNet: that many WordNet-id folders);
+    the images of each split (``per_split``) go round-robin to the first
+    ``labelled_classes`` classes. Images are random noise with a coloured block, JPEG.
+
+    Args:
+        kind: ``"imagenet"``, ``"places365"`` or ``"cub"``.
+        root: where to write (the dataset's ROOT).
+        num_classes: classes in the class list.
+        per_split: images per split (default: 8 for training, 4 for the other split).
+        labelled_classes: classes that receive images.
+        image_size: ``(height, width)`` of every image.
+        seed: seed of the pixels.
+
+    Returns:
+        The ROOT to pass to the reader.
+    """
+    import numpy as np
+
+    if kind not in ("imagenet", "places365", "cub"):
+        raise InputError(f"kind must be 'imagenet', 'places365' or 'cub', got {kind!r}.")
+    splits, root, rng = _splits(kind, per_split), Path(root), np.random.default_rng(seed)
+    k = max(1, min(labelled_classes, num_classes))
+    if kind == "imagenet":
+        wnids = [f"n{10000000 + i:08d}" for i in range(num_classes)]
+        for split, n in splits.items():
+            for c in wnids:
+                (root / split / c).mkdir(parents=True, exist_ok=True)
+            for j in range(n):
+                c = wnids[j % k]
+                _fake_image(rng, image_size).save(root / split / c / f"{c}_{split}_{j:05d}.JPEG")
+    elif kind == "places365":
+        names = [f"/{chr(97 + i % 26)}/scene_{i:03d}" for i in range(num_classes)]
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "categories_places365.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(names)))
+        lines = {"train-standard": [], "val": []}
+        for split, n in splits.items():
+            for j in range(n):
+                c = j % k
+                rel = f"{names[c]}/{j + 1:08d}.jpg" if split == "train-standard" else f"Places365_val_{j + 1:08d}.jpg"
+                path = root / ("data_256" if split == "train-standard" else "val_256") / rel.lstrip("/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _fake_image(rng, image_size).save(path)
+                lines[split].append(f"{rel} {c}\n")
+        (root / "places365_train_standard.txt").write_text("".join(lines["train-standard"]))
+        (root / "places365_val.txt").write_text("".join(lines["val"]))
+    else:
+        d = root / "CUB_200_2011"
+        names = [f"{i + 1:03d}.Bird_{i:03d}" for i in range(num_classes)]
+        rows: list[tuple[str, int, int]] = []
+        for split, n in splits.items():
+            for j in range(n):
+                c = j % k
+                rel = f"{names[c]}/{names[c][4:]}_{split}_{j:04d}.jpg"
+                (d / "images" / names[c]).mkdir(parents=True, exist_ok=True)
+                _fake_image(rng, image_size).save(d / "images" / rel)
+                rows.append((rel, c + 1, int(split == "train")))
+        (d / "classes.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(names)))
+        (d / "images.txt").write_text("".join(f"{i + 1} {r[0]}\n" for i, r in enumerate(rows)))
+        (d / "image_class_labels.txt").write_text("".join(f"{i + 1} {r[1]}\n" for i, r in enumerate(rows)))
+        (d / "train_test_split.txt").write_text("".join(f"{i + 1} {r[2]}\n" for i, r in enumerate(rows)))
+    return root
+
+
+def write_imagenet_seg_mat(path: str | os.PathLike, images: Sequence[Any], masks: Sequence[Any]) -> Path:
+    """Write ``(H, W, 3)`` uint8 images and ``(H, W)`` masks as a gtsegs_ijcv.mat-style HDF5 file.
+
+    The layout of MATLAB v7.3 that :class:`~salfcbm.datasets.ImagenetSegmentation`
+    reads: object references under ``value/img`` and, through a ``(1, 1)`` cell, ``value/gt``.
+    """
+    from salfcbm.datasets.imagenet_seg import _h5py
+
+    h5py = _h5py()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        refs, value = f.create_group("#refs#"), f.create_group("value")
+        img_ds = value.create_dataset("img", (len(images), 1), dtype=h5py.ref_dtype)
+        gt_ds = value.create_dataset("gt", (len(images), 1), dtype=h5py.ref_dtype)
+        for i, (img, mask) in enumerate(zip(images, masks)):
+            img_ds[i, 0] = refs.create_dataset(f"img{i}", data=img.transpose(2, 1, 0)).ref
+            cell = refs.create_dataset(f"cell{i}", (1, 1), dtype=h5py.ref_dtype)
+            cell[0, 0] = refs.create_dataset(f"gt{i}", data=mask.T).ref
+            gt_ds[i, 0] = cell.ref
+    return path

@@ -1,0 +1,86 @@
+"""``salfcbm reproduce``: run one of the paper's experiments, print its cost first.
+
+Registered in :mod:`salfcbm.cli` by :func:`add_parser`; everything else lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+__all__ = ["add_parser", "cmd_reproduce"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``reproduce`` sub-command to ``sub`` (the ``salfcbm`` sub-parsers)."""
+    r = sub.add_parser("reproduce", help="run one of the paper's experiments (Tables 1-3, appendix B.1)",
+                       description="Run a named, versioned recipe of the paper. Prints what it will cost first.")
+    r.add_argument("table", nargs="?", help="table1, table2, table3, appendix-b1, or a recipe name (see --list)")
+    r.add_argument("--dataset", choices=["imagenet", "places365", "cub"], help="the dataset column")
+    r.add_argument("--list", action="store_true", help="list the recipes and exit")
+    r.add_argument("--data-root", help="the dataset in its shipped layout")
+    r.add_argument("--run-dir", help="where stores, models and the table go (resumable)")
+    r.add_argument("--seg-file", help="gtsegs_ijcv.mat (Table 2)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="random weights, real shapes, a few generated images in the real layout (no data needed)")
+    r.add_argument("--dry-run-scorer", choices=["full", "tiny"], default="full",
+                   help="dry run with the real CLIP architecture (full) or a tiny CLIP at 224 px (CPU)")
+    r.add_argument("--measure-throughput", action="store_true",
+                   help="time a short batch of the scorer on --device, print the cost with it, and exit")
+    r.add_argument("--throughput", type=float, help="prompted CLIP forwards per second on one GPU (measured)")
+    r.add_argument("--gpus", type=int, default=1, help="GPUs for the cost estimate (torchrun)")
+    r.add_argument("--cost-only", action="store_true", help="print the cost and exit")
+    r.add_argument("--force", action="store_true", help="start even if the disk looks too small")
+    r.add_argument("--device", default=None)
+    r.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_reproduce)
+    return r
+
+
+def _list() -> int:
+    from salfcbm.reproduce.recipes import RECIPES
+
+    for name, rec in RECIPES.items():
+        print(f"{rec.key:28s} {rec.table:8s} {rec.dataset:10s} {rec.backbone['source']}:{rec.backbone['name']} "
+              f"{rec.concepts} ({rec.expected_concepts} concepts) {rec.notes}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """The ``reproduce`` sub-command."""
+    from salfcbm.errors import InputError
+    from salfcbm.reproduce.cost import check_disk, estimate_cost, measure_throughput
+    from salfcbm.reproduce.recipes import get_recipe
+    from salfcbm.reproduce.run import dry_run, run_recipe
+
+    if args.list:
+        return _list()
+    if not args.table:
+        raise InputError("Name a table (table1, table2, table3, appendix-b1) with --dataset, or a recipe; see --list.")
+    recipe = get_recipe(args.table, args.dataset)
+    throughput = args.throughput
+    if args.measure_throughput:
+        throughput = measure_throughput(recipe.scorer[0], device=args.device, precision=args.precision)
+        print(f"measured: {throughput:,.1f} prompted {recipe.scorer[0]} forwards/s ({args.precision})")
+    cost = estimate_cost(recipe, throughput=throughput, gpus=args.gpus)
+    print(cost.summary())
+    if args.cost_only or args.measure_throughput:
+        return 0
+    if not args.run_dir:
+        raise InputError("--run-dir is required to run a recipe.")
+    if args.dry_run:
+        out = dry_run(recipe, args.run_dir, scorer=args.dry_run_scorer, device=args.device, progress=not args.quiet)
+        print(out["table"])
+        print(json.dumps(out["dry_run"], indent=2))
+        return 0
+    if not args.data_root:
+        raise InputError("--data-root is required (or use --dry-run).")
+    check_disk(cost, args.run_dir, force=args.force)
+    out = run_recipe(recipe, args.data_root, args.run_dir, seg_file=args.seg_file, device=args.device,
+                     precision=args.precision, progress=not args.quiet)
+    print(out["table"])
+    return 0
+
+

@@ -1,0 +1,189 @@
+"""Named, versioned recipes: the paper's settings for every experiment (paper 4.1, 4.2, A.2, B.1).
+
+A :class:`Recipe` is a frozen value: backbone and its exact weights, tapped layer, prompt
+grid, scorer, concept set, cutoffs, head selection, batch sizes and splits. Its
+:attr:`Recipe.key` (``name@vN``) is written into every run directory, and a run directory
+made by another version refuses to resume. Change a setting = bump the version.
+
+Settings not stated by the SALF-CBM paper are LF-CBM's (the paper: "the same initial concept
+list and regularization parameters alpha and lambda as in [19]"), from LF-CBM's
+``training_commands.txt``: the concept sets, the top-5 activation cutoff (``clip_cutoff``),
+the interpretability cutoff 0.45 and the fixed ``lam`` of the sparse head (and of the
+"standard, sparse" baseline). Deviation: LF-CBM early-stops on the test set; a recipe holds
+out ``val_fraction`` of the training set instead (stratified, seeded), and reports the
+official validation / test split as the test accuracy, as the paper's Table 1 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from salfcbm.errors import InputError, _UnknownName
+
+__all__ = ["RECIPES", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes"]
+
+
+class UnknownRecipeError(_UnknownName):
+    """A recipe name that does not exist."""
+
+    kind, plural, where = "recipe", "recipes", "`salfcbm reproduce --list`"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One experiment of the paper with all its settings.
+
+    Attributes:
+        name: ``"table1-imagenet"`` etc.
+        version: bumped whenever a setting changes.
+        table: the paper's table or figure it reproduces.
+        dataset: ``"imagenet"``, ``"places365"`` or ``"cub"``.
+        backbone: spec ``{"source", "name", "weights"}``; sources ``torchvision`` and
+            ``pytorchcv`` (LF-CBM's ResNet-18 trained on CUB).
+        layer: the tapped module.
+        cls_concat: concatenate the CLS token to every patch (appendix B.1).
+        grid: prompt grid side (7 in the paper).
+        radius: prompt circle radius at the scorer's 224 px (32).
+        line_width: circle line width in pixels (2).
+        scorer: open_clip model name and pretrained tag.
+        concepts: ``"lf-cbm:NAME"`` or ``"template:TEXT"`` with ``{class}``.
+        activation_cutoff: drop concepts whose top-5 mean CLIP similarity on the training set is below.
+        interpretability_cutoff: drop concepts the bottleneck cannot follow (validation similarity).
+        lam: fixed elastic-net strength of the sparse SALF-CBM head (LF-CBM's, mean form).
+        standard_lam: the same for the "standard, sparse" baseline.
+        alpha: elastic-net mixing.
+        solver_iters: LF-CBM's GLM-SAGA epochs (recorded; salfcbm's solver runs to its KKT tolerance).
+        bottleneck_lr: Adam learning rate of the bottleneck.
+        bottleneck_batch: images per bottleneck step.
+        bottleneck_steps: maximum bottleneck steps.
+        batch_size: images per forward when computing stores.
+        image_size: side of the square images both the scorer and the backbone see.
+        val_fraction: share of the training set held out for validation.
+        splits: the reader's split names ``(train, test)``.
+        num_classes: classes of the dataset.
+        expected_concepts: size of the concept set before filtering.
+        sweep: ``(grid, radius)`` pairs for Table 3; empty for a single run.
+        segmentation: evaluate on ImageNet-segmentation (Table 2).
+        baselines: Table 2's heatmap baselines.
+        dense: also fit the non-sparse heads (Table 1's lower rows).
+    """
+
+    name: str
+    version: int
+    table: str
+    dataset: str
+    backbone: dict[str, Any]
+    layer: str
+    cls_concat: bool = False
+    grid: int = 7
+    radius: int = 32
+    line_width: int = 2
+    scorer: tuple[str, str] = ("ViT-B-16", "openai")
+    concepts: str = "lf-cbm:imagenet"
+    activation_cutoff: float = 0.28
+    interpretability_cutoff: float = 0.45
+    lam: float = 1e-4
+    standard_lam: float = 1e-4
+    alpha: float = 0.99
+    solver_iters: int = 80
+    bottleneck_lr: float = 1e-3
+    bottleneck_batch: int = 256
+    bottleneck_steps: int = 5000
+    batch_size: int = 256
+    image_size: int = 224
+    val_fraction: float = 0.05
+    splits: tuple[str, str] = ("train", "val")
+    num_classes: int = 1000
+    expected_concepts: int = 4751
+    sweep: tuple[tuple[int, int], ...] = ()
+    segmentation: bool = False
+    baselines: tuple[str, ...] = ()
+    dense: bool = True
+    notes: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> str:
+        """``name@vN``: what a run directory records."""
+        return f"{self.name}@v{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-able data."""
+        d = asdict(self)
+        d["key"] = self.key
+        return d
+
+    def runs(self) -> list[Recipe]:
+        """The single runs of this recipe: itself, or one per ``(grid, radius)`` of the sweep."""
+        if not self.sweep:
+            return [self]
+        return [replace(self, grid=g, radius=r, sweep=(), name=f"{self.name}-g{g}-r{r}") for g, r in self.sweep]
+
+
+_RESNET50 = {"source": "torchvision", "name": "resnet50", "weights": "IMAGENET1K_V1"}
+_RESNET18_CUB = {"source": "pytorchcv", "name": "resnet18_cub", "weights": "pretrained"}
+_VIT_B16 = {"source": "torchvision", "name": "vit_b_16", "weights": "IMAGENET1K_V1"}
+_SWEEP = tuple((g, r) for g in (5, 7, 9) for r in (27, 32, 37))
+_TABLE2_BASELINES = ("lrp", "integrated_gradients", "gradcam", "gradcam++", "scorecam", "fullgrad")
+
+_IMAGENET = dict(dataset="imagenet", backbone=_RESNET50, layer="layer4", concepts="lf-cbm:imagenet",
+                 activation_cutoff=0.28, lam=1e-4, standard_lam=1e-4, solver_iters=80, splits=("train", "val"),
+                 num_classes=1000, expected_concepts=4751, val_fraction=0.02)
+_PLACES = dict(dataset="places365", backbone=_RESNET50, layer="layer4", concepts="lf-cbm:places365",
+               activation_cutoff=0.28, lam=3e-4, standard_lam=7e-4, solver_iters=80,
+               splits=("train-standard", "val"), num_classes=365, expected_concepts=2544, val_fraction=0.02)
+_CUB = dict(dataset="cub", backbone=_RESNET18_CUB, layer="features.stage4", concepts="lf-cbm:cub",
+            activation_cutoff=0.26, lam=2e-4, standard_lam=2e-5, solver_iters=5000, splits=("train", "test"),
+            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck_batch=128, batch_size=128)
+
+#: Every recipe by name.
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(name="table1-imagenet", version=1, table="table1", **_IMAGENET),
+        Recipe(name="table1-places365", version=1, table="table1", **_PLACES),
+        Recipe(name="table1-cub", version=1, table="table1", **_CUB),
+        Recipe(name="table2-imagenet-seg", version=1, table="table2",
+               **{**_IMAGENET, "concepts": "template:an image of a {class}", "expected_concepts": 1000,
+                  "activation_cutoff": 0.0, "interpretability_cutoff": 0.0},
+               segmentation=True, baselines=_TABLE2_BASELINES, dense=False),
+        Recipe(name="table3-imagenet", version=1, table="table3", **_IMAGENET, sweep=_SWEEP, dense=False),
+        Recipe(name="table3-cub", version=1, table="table3", **_CUB, sweep=_SWEEP, dense=False),
+        Recipe(name="appendix-b1-vit", version=1, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
+               "layer": "encoder"}, notes="patch tokens only"),
+        Recipe(name="appendix-b1-vit-cls", version=1, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
+               "layer": "encoder"}, cls_concat=True, notes="patch tokens + CLS"),
+    )
+}
+
+#: ``salfcbm reproduce TABLE --dataset D`` -> recipe name.
+_ALIASES = {("table1", "imagenet"): "table1-imagenet", ("table1", "places365"): "table1-places365",
+            ("table1", "cub"): "table1-cub", ("table2", "imagenet"): "table2-imagenet-seg",
+            ("table3", "imagenet"): "table3-imagenet", ("table3", "cub"): "table3-cub",
+            ("appendix-b1", "imagenet"): "appendix-b1-vit", ("figure7", "imagenet"): "appendix-b1-vit"}
+
+
+def list_recipes() -> list[str]:
+    """Names of every recipe."""
+    return list(RECIPES)
+
+
+def get_recipe(name: str, dataset: str | None = None) -> Recipe:
+    """A recipe by its name (``"table1-cub"``) or by table and dataset (``"table1", "cub"``).
+
+    Examples:
+        >>> get_recipe("table1", "cub").backbone["name"], get_recipe("table1-imagenet").expected_concepts
+        ('resnet18_cub', 4751)
+    """
+    if not isinstance(name, str):
+        raise InputError(f"A recipe name must be a string, got {type(name).__name__}.")
+    if dataset is not None and name not in RECIPES:
+        key = _ALIASES.get((name, dataset))
+        if key is None:
+            valid = sorted({t for t, _ in _ALIASES})
+            raise InputError(f"No recipe for {name!r} on {dataset!r}. Tables: {valid}; datasets per table: "
+                             + ", ".join(f"{t}: {sorted(d for tt, d in _ALIASES if tt == t)}" for t in valid) + ".")
+        name = key
+    if name not in RECIPES:
+        raise UnknownRecipeError(name, list(RECIPES))
+    return RECIPES[name]

@@ -1,0 +1,405 @@
+"""Run a recipe end to end and write its table next to the paper's numbers.
+
+:func:`run_recipe` reads the dataset in its shipped layout, loads the concept set, computes
+the prompted CLIP similarities, drops concepts that never fire (LF-CBM's top-5 cutoff),
+trains the bottleneck and the fixed-lambda sparse head with :func:`salfcbm.fit`, fits the
+"standard, sparse" baseline (and the non-sparse rows) on the cached backbone features,
+checks that the saved model reloads to the same logits, explains a few test images, runs
+the ImageNet-segmentation benchmark for Table 2, and writes ``results.json`` and
+``table.md``. Every stage resumes from its artefact in the run directory.
+
+:func:`dry_run` does all of it with random weights at the real shapes on a few generated
+images in the real layout, twice (the second run must resume to the same numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salfcbm._utils.io import atomic_write_bytes
+from salfcbm.errors import ConfigMismatchError, InputError, MissingExtraError, SalfCBMError
+from salfcbm.reproduce.recipes import Recipe
+from salfcbm.reproduce.tables import format_table
+
+__all__ = ["DryRunError", "build_backbone", "dry_run", "load_datasets", "recipe_concepts", "run_recipe"]
+
+
+class DryRunError(SalfCBMError, RuntimeError):
+    """A dry run found the pipeline inconsistent (a resumed run or a reloaded model disagrees)."""
+
+
+def build_backbone(recipe: Recipe, pretrained: bool = True) -> torch.nn.Module:
+    """The recipe's backbone, with its exact weights (``pretrained=False``: random init, same shapes)."""
+    if not pretrained:  # a fixed random init: a resumed dry run must meet the same backbone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _build(recipe, False)
+    return _build(recipe, True)
+
+
+def _build(recipe: Recipe, pretrained: bool) -> torch.nn.Module:
+    spec = recipe.backbone
+    if spec["source"] == "pytorchcv":
+        try:
+            from pytorchcv.model_provider import get_model
+        except ImportError:
+            raise MissingExtraError("pytorchcv", "reproduce", f"The {recipe.name} backbone ({spec['name']})") from None
+        return get_model(spec["name"], pretrained=pretrained)
+    import torchvision
+
+    return torchvision.models.get_model(spec["name"], weights=spec["weights"] if pretrained else None)
+
+
+def load_datasets(recipe: Recipe, data_root: str | os.PathLike, *, seed: int = 0):
+    """``(train, val, test, class_names)`` of the recipe's dataset under ``data_root``."""
+    from salfcbm.datasets.paper import CUB200Dataset, ImageNetDataset, Places365Dataset, holdout_split
+
+    reader = {"imagenet": ImageNetDataset, "places365": Places365Dataset, "cub": CUB200Dataset}[recipe.dataset]
+    full = reader(data_root, recipe.splits[0], size=recipe.image_size)
+    test = reader(data_root, recipe.splits[1], size=recipe.image_size)
+    names = list(getattr(full, "class_names", full.classes))
+    if recipe.dataset == "imagenet" and full.classes and full.classes[0] == "n01440764" and len(full.classes) == 1000:
+        from salfcbm.supervision.concept_sets import lf_cbm_class_names
+
+        names = lf_cbm_class_names("imagenet")
+    if len(full.classes) != recipe.num_classes:
+        warnings.warn(f"{data_root} has {len(full.classes)} classes; the {recipe.name} recipe expects "
+                      f"{recipe.num_classes}. The numbers will not be comparable to the paper's.", stacklevel=2)
+    train, val = holdout_split(full, recipe.val_fraction, seed=seed)
+    return train, val, test, names
+
+
+def recipe_concepts(recipe: Recipe, class_names: list[str]) -> list[str]:
+    """The recipe's concept list before filtering (``lf-cbm:NAME`` or ``template:TEXT``)."""
+    from salfcbm.supervision.concepts import concepts_from_templates, load_concepts
+
+    if recipe.concepts.startswith("template:"):
+        return concepts_from_templates(class_names, recipe.concepts.split(":", 1)[1])
+    return load_concepts(recipe.concepts)
+
+
+def _active_concepts(recipe: Recipe, store: Any, concepts: list[str]) -> tuple[list[str], int]:
+    if recipe.activation_cutoff <= 0:
+        return concepts, 0
+    activity = store.concept_activity(concepts, top_k=5)
+    kept = [c for c, a in zip(concepts, activity.tolist()) if a > recipe.activation_cutoff]
+    if not kept:
+        warnings.warn(f"No concept passes the activation cutoff {recipe.activation_cutoff} (random weights?); "
+                      "keeping all of them.", stacklevel=2)
+        return concepts, 0
+    return kept, len(concepts) - len(kept)
+
+
+def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: int) -> dict[str, float]:
+    """The standard model's heads on pooled backbone features (sparse with ``standard_lam``; dense)."""
+    from salfcbm.head import fit_dense_head
+    from salfcbm.supervision.store import ShardedStore
+    from salfcbm.training.pipeline import HeadConfig, _labels_of, _standardize, fit_head, pooled_features
+
+    g = [pooled_features(ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
+    y = [_labels_of(d) for d in (train, val, test)]
+    _, _, z = _standardize(*g)
+    out = {}
+    sparse = fit_head(z[0], y[0], z[1], y[1], num_classes, HeadConfig(lam=recipe.standard_lam, alpha=recipe.alpha),
+                      progress=False)
+    out["standard_sparse"] = 100 * float((sparse.logits(z[2]).argmax(1) == y[2]).float().mean())
+    if recipe.dense:
+        dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=num_classes, progress=False)
+        out["standard_dense"] = 100 * float((dense.logits(z[2]).argmax(1) == y[2]).float().mean())
+    return out
+
+
+def _salf_dense(model, run: Path, train, val, test) -> float:
+    from salfcbm.head import fit_dense_head
+    from salfcbm.supervision.store import ShardedStore
+    from salfcbm.training.pipeline import _labels_of, _standardize, concept_activations
+
+    a = [concept_activations(model, ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
+    y = [_labels_of(d) for d in (train, val, test)]
+    _, _, z = _standardize(*a)
+    dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=model.num_classes, progress=False)
+    return 100 * float((dense.logits(z[2]).argmax(1) == y[2]).float().mean())
+
+
+def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> dict[str, Any]:
+    """Reload the saved model, compare logits, explain ``n`` test images into an HTML report."""
+    from salfcbm.core.model import SALFCBM
+    from salfcbm.viz import write_html_report
+
+    device = next(model.bottleneck.parameters()).device
+    x = torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(device)
+    model.eval()
+    reloaded = SALFCBM.from_pretrained(str(run / "model"), backbone=backbone).to(device).eval()
+    with torch.no_grad():
+        a, b = model(model.preprocess(x)).logits, reloaded(reloaded.preprocess(x)).logits
+    if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
+        raise DryRunError(f"The reloaded model's logits differ from the trained one's by {(a - b).abs().max():.3g}.")
+    expl = model.explain(model.preprocess(x), top_k=5)
+    write_html_report(run / "explanations.html", x.cpu(), expl, model=model)
+    return {"reload_max_abs_diff": float((a - b).abs().max()), "explained": int(x.shape[0])}
+
+
+def _segmentation(recipe: Recipe, model, seg_file: str | os.PathLike, run: Path, *, n_steps: int,
+                  max_images: int | None, device) -> dict[str, dict[str, float]]:
+    """Table 2: SALF-CBM and the baselines on ImageNet-segmentation."""
+    from salfcbm.evaluation.benchmark import build_methods, run_attribution_benchmark
+    from salfcbm.datasets.imagenet_seg import ImagenetSegmentation
+
+    seg = ImagenetSegmentation(seg_file, size=recipe.image_size)
+    methods, skipped = build_methods(model, ["salfcbm", *recipe.baselines], on_error="record")
+    loader = torch.utils.data.DataLoader(seg, batch_size=min(16, recipe.batch_size))
+    res = run_attribution_benchmark(methods, loader, n_steps=n_steps, max_images=max_images, device=device,
+                                    timing_batch=0, reference=None, progress=False, on_error="record")
+    res.save(run / "segmentation.json", run / "segmentation.md")
+    out = {k: {m: 100 * float(v[m]) for m in ("pixel_accuracy", "miou", "map") if v.get(m) is not None}
+           for k, v in res.rows.items()}
+    for name, why in skipped.items():
+        warnings.warn(f"Table 2: {name} was left out: {why}", stacklevel=2)
+    return out
+
+
+def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
+                device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool) -> dict[str, Any]:
+    """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
+    from salfcbm.core.model import wrap
+    from salfcbm.supervision.prompts import PromptGrid
+    from salfcbm.supervision.store import compute_similarity_store
+    from salfcbm.training import BottleneckConfig, HeadConfig, fit
+
+    train, val, test, class_names = data
+    prompts = PromptGrid(grid=(recipe.grid, recipe.grid), radius=recipe.radius, line_width=recipe.line_width)
+    kw = dict(batch_size=recipe.batch_size, progress=progress)
+    s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
+    s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
+    kept, n_inactive = _active_concepts(recipe, s_train, concepts)
+    backbone = build_backbone(recipe, pretrained=pretrained)
+    model = wrap(backbone, concepts=kept, num_classes=len(class_names), class_names=class_names, layer=recipe.layer,
+                 grid=recipe.grid, cls_concat=recipe.cls_concat, input_size=(recipe.image_size, recipe.image_size),
+                 backbone_weights=recipe.backbone["weights"] if pretrained else None)
+    res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
+              bottleneck=BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=recipe.bottleneck_batch,
+                                          max_steps=recipe.bottleneck_steps, cutoff=recipe.interpretability_cutoff),
+              head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
+              device=device, progress=progress)
+    out: dict[str, Any] = {"salfcbm_sparse": 100 * res.metrics["salfcbm"]["test_accuracy"],
+                           "concepts": {"initial": len(concepts), "inactive": n_inactive,
+                                        "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts},
+                           "nec": res.metrics["salfcbm"]["nec"]}
+    out.update(_standard_heads(recipe, run, train, val, test, len(class_names)))
+    if recipe.dense:
+        out["salfcbm_dense"] = _salf_dense(res.model, run, train, val, test)
+    out["checks"] = _check_reload_and_explain(res.model, backbone, run, test)
+    if recipe.segmentation and seg_file is not None:
+        out["table2"] = _segmentation(recipe, res.model, seg_file, run, n_steps=seg_steps,
+                                      max_images=seg_max_images, device=device)
+    return out
+
+
+def _claim_run_dir(run: Path, recipe: Recipe, force: bool) -> None:
+    """Write ``recipe.json``; refuse a directory made by another recipe or version."""
+    run.mkdir(parents=True, exist_ok=True)
+    f = run / "recipe.json"
+    if f.exists():
+        old = json.loads(f.read_text()).get("key")
+        if old != recipe.key and not force:
+            raise ConfigMismatchError(f"{run} holds a run of {old}, not {recipe.key}; use another --run-dir "
+                                      "(or force=True / --force to reuse its stores at your own risk).")
+    atomic_write_bytes(f, json.dumps(recipe.to_dict(), indent=2, default=str).encode(), fsync=False)
+
+
+def _measured_table(recipe: Recipe, results: dict[str, Any]) -> dict:
+    if recipe.table == "table3":
+        return {(r.grid, r.radius): results[r.name]["salfcbm_sparse"] for r in recipe.runs()}
+    one = results[recipe.runs()[0].name]
+    return one.get("table2", {}) if recipe.table == "table2" else one
+
+
+def run_recipe(
+    recipe: Recipe,
+    data_root: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    scorer: Any = None,
+    concepts: list[str] | None = None,
+    pretrained: bool = True,
+    seg_file: str | os.PathLike | None = None,
+    seg_steps: int = 20,
+    seg_max_images: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
+
+    Args:
+        recipe: a :class:`~salfcbm.reproduce.recipes.Recipe`.
+        data_root: the dataset's ROOT in its shipped layout (see :mod:`salfcbm.datasets.paper`).
+        run_dir: where everything goes; a rerun resumes.
+        scorer: a concept scorer (default: the recipe's CLIP with its pretrained weights).
+        concepts: override the recipe's concept list (dry runs).
+        pretrained: load the backbone's published weights (``False``: random init).
+        seg_file: ``gtsegs_ijcv.mat`` for Table 2.
+        seg_steps: deletion / insertion steps of the segmentation benchmark.
+        seg_max_images: stop the segmentation benchmark after this many images.
+        device: where to run (default CUDA if available).
+        precision: the scorer's autocast precision (``fp32``, ``bf16``, ``fp16``).
+        force: reuse a run directory made by another recipe version.
+        progress: progress bars.
+
+    Returns:
+        ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
+    """
+    from salfcbm.supervision.scorers import CLIPScorer
+
+    if recipe.segmentation and seg_file is None:
+        raise InputError(f"{recipe.name} needs the ImageNet-segmentation file: pass seg_file= / --seg-file "
+                         "path/to/gtsegs_ijcv.mat.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = Path(run_dir)
+    _claim_run_dir(run, recipe, force)
+    data = load_datasets(recipe, data_root)
+    concepts = list(concepts) if concepts is not None else recipe_concepts(recipe, data[3])
+    if len(concepts) != recipe.expected_concepts:
+        warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
+                      stacklevel=2)
+    scorer = scorer or CLIPScorer(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
+    results = {}
+    for sub in recipe.runs():
+        sub_dir = run if sub is recipe else run / sub.name
+        results[sub.name] = _run_single(sub, data, concepts, sub_dir, scorer=scorer, pretrained=pretrained,
+                                        device=device, seg_file=seg_file, seg_steps=seg_steps,
+                                        seg_max_images=seg_max_images, progress=progress)
+    table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
+                         title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
+    out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
+    atomic_write_bytes(run / "results.json", json.dumps(out, indent=2, default=str).encode(), fsync=False)
+    atomic_write_bytes(run / "table.md", table.encode(), fsync=False)
+    return out
+
+
+#: A tiny open_clip model at the real 224 px input, for dry runs on a CPU (``scorer="tiny"``).
+TINY_SCORER_CFG = dict(embed_dim=64, vision_cfg=dict(image_size=224, layers=1, width=64, patch_size=16),
+                       text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+
+
+def dry_run_scorer(recipe: Recipe, kind: str = "full", device=None):
+    """The recipe's scorer architecture with random weights (``"full"``), or a tiny CLIP at 224 px (``"tiny"``)."""
+    from salfcbm.supervision.scorers import CLIPScorer
+
+    if kind == "full":
+        return CLIPScorer(recipe.scorer[0], pretrained=None, device=device)
+    if kind != "tiny":
+        raise InputError(f"The dry-run scorer must be 'full' or 'tiny', got {kind!r}.")
+    import open_clip
+
+    open_clip.factory._MODEL_CONFIGS.setdefault("salfcbm-dry-run-tiny", TINY_SCORER_CFG)
+    return CLIPScorer("salfcbm-dry-run-tiny", pretrained=None, device=device)
+
+
+def _peak_memory(device) -> dict[str, float]:
+    out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def _numbers(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "checks"} for k, v in results["runs"].items()}
+
+
+def dry_run(
+    recipe: Recipe,
+    run_dir: str | os.PathLike,
+    *,
+    scorer: str = "full",
+    images: tuple[int, int] = (8, 4),
+    bottleneck_steps: int = 20,
+    sweep_points: int | None = None,
+    seg_images: int = 2,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``recipe`` end to end with random weights at the real shapes on generated data, twice.
+
+    The dataset is generated in its real layout (all of the recipe's classes, ``images``
+    training / test images), the concept list has the recipe's size (generated names for an
+    LF-CBM set, the real template for Table 2), the backbone is the recipe's architecture
+    with random weights at 224 px, and the scorer the recipe's CLIP architecture with random
+    weights (``scorer="full"``) or a tiny CLIP at 224 px (``"tiny"``, for CPUs). Everything
+    of :func:`run_recipe` runs: similarities, features, bottleneck at the full concept count,
+    head, non-sparse rows, save and reload, explanations, Table 2's benchmark and the table.
+    Then the run is repeated in the same directory: it must resume to the same numbers.
+
+    Args:
+        recipe: the recipe.
+        run_dir: where the generated data and the run go.
+        scorer: ``"full"`` or ``"tiny"``.
+        images: ``(training, test)`` images to generate.
+        bottleneck_steps: bottleneck steps (scaled down, like the data; the two concept cutoffs
+            are switched off, since with random weights no concept would pass them).
+        sweep_points: run only the first points of a Table 3 sweep.
+        seg_images: ImageNet-segmentation images for Table 2.
+        device: where to run.
+        progress: progress bars.
+
+    Returns:
+        ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``.
+
+    Raises:
+        DryRunError: the resumed run or the reloaded model disagrees.
+    """
+    from salfcbm.datasets.paper import write_fake_layout
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = Path(run_dir)
+    split_names = {"imagenet": ("train", "val"), "places365": ("train-standard", "val"), "cub": ("train", "test")}
+    root = run / "data" / recipe.dataset
+    if not root.exists():
+        write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
+                          per_split=dict(zip(split_names[recipe.dataset], images)))
+    small = replace(recipe, bottleneck_steps=bottleneck_steps, activation_cutoff=0.0, interpretability_cutoff=-1.0,
+                    sweep=recipe.sweep[:sweep_points] if sweep_points else recipe.sweep,
+                    baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
+    concepts = None
+    if not recipe.concepts.startswith("template:"):
+        concepts = [f"dry-run concept {i:05d}" for i in range(recipe.expected_concepts)]
+    seg_file = None
+    if recipe.segmentation:
+        import numpy as np
+
+        from salfcbm.datasets.paper import write_imagenet_seg_mat
+
+        rng = np.random.default_rng(0)
+        imgs = [rng.integers(0, 256, size=(240, 300, 3), dtype=np.uint8) for _ in range(seg_images)]
+        masks = [np.zeros((240, 300), np.uint8) for _ in range(seg_images)]
+        for m in masks:
+            m[60:180, 80:220] = 1
+        seg_file = write_imagenet_seg_mat(run / "data" / "gtsegs_ijcv.mat", imgs, masks)
+    sc = dry_run_scorer(recipe, scorer, device)
+    kw = dict(scorer=sc, concepts=concepts, pretrained=False, seg_file=seg_file, seg_steps=2, device=device,
+              progress=progress, force=True)
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: degenerate-result warnings are expected
+        first = run_recipe(small, root, run / "run", **kw)
+        seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        second = run_recipe(small, root, run / "run", **kw)
+    resume = time.perf_counter() - t
+    if json.dumps(_numbers(first), sort_keys=True, default=str) != json.dumps(_numbers(second), sort_keys=True, default=str):
+        raise DryRunError(f"Resuming {recipe.name} in the same run directory gave other numbers: "
+                          f"{_numbers(first)} vs {_numbers(second)}.")
+    first["dry_run"] = {"seconds": seconds, "resume_seconds": resume, **_peak_memory(device), "scorer": scorer,
+                        "images": list(images), "concepts": recipe.expected_concepts, "device": str(device),
+                        "bottleneck_steps": bottleneck_steps, "runs": len(small.runs())}
+    return first

@@ -1,0 +1,107 @@
+"""The paper's numbers, and tables that put a run's numbers next to them with the difference.
+
+All numbers are percentages, copied from the paper (Tables 1, 2 and 3). Figure 7 (appendix
+B.1, ViT-B/16) is a bar chart without printed values, so its rows have no paper column.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from salfcbm.errors import InputError
+
+__all__ = ["PAPER", "TABLE1_ROWS", "TABLE2_METHODS", "comparison_rows", "format_table"]
+
+#: Table 1 rows: measured key -> label.
+TABLE1_ROWS: dict[str, str] = {
+    "salfcbm_sparse": "SALF-CBM, sparse",
+    "standard_sparse": "Standard, sparse",
+    "lf_cbm": "LF-CBM, sparse",
+    "salfcbm_dense": "SALF-CBM, non-sparse",
+    "standard_dense": "Standard, non-sparse",
+}
+#: Table 2 methods in the paper's order: measured key -> label.
+TABLE2_METHODS: dict[str, str] = {
+    "lrp": "LRP", "integrated_gradients": "IG", "gradcam": "GradCAM", "gradcam++": "GradCAM++",
+    "scorecam": "ScoreCAM", "fullgrad": "FullGrad", "salfcbm": "SALF-CBM",
+}
+
+#: The paper's numbers (%).
+PAPER: dict[str, Any] = {
+    "table1": {
+        "imagenet": {"salfcbm_sparse": 75.32, "standard_sparse": 74.35, "lf_cbm": 71.95,
+                     "salfcbm_dense": 76.26, "standard_dense": 76.13},
+        "places365": {"salfcbm_sparse": 46.73, "standard_sparse": 38.46, "lf_cbm": 43.68,
+                      "salfcbm_dense": 49.38, "standard_dense": 48.56},
+        "cub": {"salfcbm_sparse": 74.35, "standard_sparse": 75.96, "lf_cbm": 74.31,
+                "salfcbm_dense": 76.21, "standard_dense": 76.70},
+    },
+    "table2": {  # pixel accuracy, mIoU, mAP
+        "lrp": (69.52, 36.85, 69.95), "integrated_gradients": (68.49, 46.59, 73.46),
+        "gradcam": (71.34, 53.34, 83.88), "gradcam++": (71.31, 53.56, 83.93),
+        "scorecam": (69.56, 51.44, 81.78), "fullgrad": (73.04, 55.78, 88.35), "salfcbm": (76.94, 58.30, 85.31),
+    },
+    "table3": {  # (grid, radius) -> sparse SALF-CBM accuracy
+        "imagenet": {(5, 27): 74.17, (5, 32): 74.37, (5, 37): 75.01, (7, 27): 74.67, (7, 32): 75.32,
+                     (7, 37): 75.31, (9, 27): 75.06, (9, 32): 75.22, (9, 37): 75.22},
+        "cub": {(5, 27): 73.36, (5, 32): 73.59, (5, 37): 73.80, (7, 27): 73.42, (7, 32): 74.35,
+                (7, 37): 74.01, (9, 27): 73.83, (9, 32): 74.12, (9, 37): 73.93},
+    },
+}
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def comparison_rows(table: str, dataset: str, measured: Mapping[Any, Any]) -> list[dict[str, Any]]:
+    """``[{"row", "measured", "paper", "difference"}]`` (percentages) for one of the paper's tables.
+
+    Args:
+        table: ``"table1"``, ``"table2"``, ``"table3"`` or ``"figure7"``.
+        dataset: the dataset column.
+        measured: table1/figure7: ``{row key: %}``; table2: ``{method: {"pixel_accuracy", "miou",
+            "map"}}``; table3: ``{(grid, radius): %}``.
+
+    Examples:
+        >>> comparison_rows("table1", "cub", {"salfcbm_sparse": 74.0})[0]
+        {'row': 'SALF-CBM, sparse', 'measured': 74.0, 'paper': 74.35, 'difference': -0.35}
+    """
+    rows: list[dict[str, Any]] = []
+
+    def add(label: str, got: Any, paper: Any) -> None:
+        got, paper = _num(got), _num(paper)
+        diff = round(got - paper, 2) if got is not None and paper is not None else None
+        rows.append({"row": label, "measured": got, "paper": paper, "difference": diff})
+
+    if table in ("table1", "figure7"):
+        paper = PAPER["table1"].get(dataset, {}) if table == "table1" else {}
+        for key, label in TABLE1_ROWS.items():
+            if key in measured or key in paper:
+                add(label, measured.get(key), paper.get(key))
+    elif table == "table2":
+        for key, label in TABLE2_METHODS.items():
+            got = measured.get(key, {})
+            for i, metric in enumerate(("pixel_accuracy", "miou", "map")):
+                add(f"{label} {('pixel acc.', 'mIoU', 'mAP')[i]}", got.get(metric), PAPER["table2"][key][i])
+    elif table == "table3":
+        paper = PAPER["table3"].get(dataset, {})
+        for g, r in sorted(set(paper) | {tuple(k) for k in measured}):
+            add(f"grid {g}x{g}, r = {r}", measured.get((g, r)), paper.get((g, r)))
+    else:
+        raise InputError(f"Unknown table {table!r}; expected table1, table2, table3 or figure7.")
+    return rows
+
+
+def format_table(table: str, dataset: str, measured: Mapping[Any, Any], title: str = "") -> str:
+    """A markdown table of :func:`comparison_rows`: measured, paper, difference (percentage points)."""
+    def f(v: float | None, sign: bool = False) -> str:
+        return "n/a" if v is None else (f"{v:+.2f}" if sign else f"{v:.2f}")
+
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| | measured (%) | paper (%) | difference (pp) |", "|---|---|---|---|"]
+    for r in comparison_rows(table, dataset, measured):
+        lines.append(f"| {r['row']} | {f(r['measured'])} | {f(r['paper'])} | {f(r['difference'], True)} |")
+    return "\n".join(lines) + "\n"
