@@ -19,6 +19,7 @@ from salfcbm.explain.explanations import (
     points_mask,
     upsample_maps,
 )
+from salfcbm.explain.neurons import NeuronTopImages, plot_top_images, top_activating_images
 
 __all__ = [
     "ClassExplanation",
@@ -26,6 +27,7 @@ __all__ = [
     "Explanation",
     "ExplanationBatch",
     "InterventionResult",
+    "NeuronTopImages",
     "RegionExplanation",
     "RegionReport",
     "SALFCBMAttribution",
@@ -35,6 +37,8 @@ __all__ = [
     "explain",
     "explain_region",
     "intervene",
+    "plot_top_images",
     "points_mask",
+    "top_activating_images",
     "upsample_maps",
 ]

@@ -143,9 +143,8 @@ def estimate_cost(recipe: Recipe, *, throughput: float | None = None, gpus: int 
 
     Examples:
         >>> from salfcbm.reproduce.recipes import get_recipe
-        >>> c = estimate_cost(get_recipe("table1-cub"))
-        >>> c.clip_forwards == (5994 + 5794) * 49 // 1 or c.clip_forwards  # doctest: +SKIP
-        True
+        >>> estimate_cost(get_recipe("table1-cub")).clip_forwards  # 5,994 training images x 49 prompts
+        293706
     """
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise InputError(f"gpus must be a positive int, got {gpus!r}.")

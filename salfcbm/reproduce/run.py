@@ -4,7 +4,8 @@
 the prompted CLIP similarities, drops concepts that never fire (LF-CBM's top-5 cutoff),
 trains the bottleneck and the fixed-lambda sparse head with :func:`salfcbm.fit`, fits the
 "standard, sparse" baseline (and the non-sparse rows) on the cached backbone features,
-checks that the saved model reloads to the same logits, explains a few test images, runs
+checks that the saved model reloads to the same logits, explains a few test images, draws
+the top test images of five random concept neurons (appendix C, ``neurons.png``), runs
 the ImageNet-segmentation benchmark for Table 2, and writes ``results.json`` and
 ``table.md``. Every stage resumes from its artefact in the run directory.
 
@@ -144,8 +145,22 @@ def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> d
     if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
         raise DryRunError(f"The reloaded model's logits differ from the trained one's by {(a - b).abs().max():.3g}.")
     expl = model.explain(model.preprocess(x), top_k=5)
-    write_html_report(run / "explanations.html", x.cpu(), expl, model=model)
-    return {"reload_max_abs_diff": float((a - b).abs().max()), "explained": int(x.shape[0])}
+    if not (run / "explanations.html").exists():  # pictures are a resumable stage too
+        write_html_report(run / "explanations.html", x.cpu(), expl, model=model)
+    return {"reload_max_abs_diff": float((a - b).abs().max()), "explained": int(x.shape[0]),
+            "neurons": _neuron_figure(model, test, run / "neurons.png")}
+
+
+def _neuron_figure(model, test, path: Path, n: int = 5, k: int = 3) -> list[str]:
+    """Appendix C / Figure 9: the top-``k`` test images of ``n`` randomly chosen concept neurons."""
+    from salfcbm.explain.neurons import plot_top_images, top_activating_images
+
+    g = torch.Generator().manual_seed(0)
+    chosen = torch.randperm(model.num_concepts, generator=g)[:n].tolist()
+    tops = top_activating_images(model, test, chosen, k=min(k, len(test)))
+    if not path.exists():
+        plot_top_images(tops).savefig(path, dpi=80)
+    return [t.concept for t in tops]
 
 
 def _segmentation(recipe: Recipe, model, seg_file: str | os.PathLike, run: Path, *, n_steps: int,

@@ -114,3 +114,4 @@ def test_dry_run_cub_at_full_size(tmp_path):
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["grid"] == [7, 7] and saved["input_size"] == [224, 224] and len(saved["concepts"]) == 370
     assert (tmp_path / "run" / "table.md").exists() and (tmp_path / "run" / "explanations.html").exists()
+    assert len(run["checks"]["neurons"]) == 5 and (tmp_path / "run" / "neurons.png").exists()
