@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 __all__ = ["add_parser", "cmd_reproduce"]
@@ -78,8 +79,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.data_root:
         raise InputError("--data-root is required (or use --dry-run).")
     check_disk(cost, args.run_dir, force=args.force)
-    out = run_recipe(recipe, args.data_root, args.run_dir, seg_file=args.seg_file, device=args.device,
-                     precision=args.precision, progress=not args.quiet)
+    kw = dict(seg_file=args.seg_file, precision=args.precision, progress=not args.quiet)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks share the stores, rank 0 trains
+        import torch
+
+        from salfcbm.cli import _init_distributed
+
+        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        _init_distributed(args)
+        run_recipe(recipe, args.data_root, args.run_dir, device=args.device, stores_only=True, **kw)
+        torch.distributed.barrier()
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return 0
+    out = run_recipe(recipe, args.data_root, args.run_dir, device=args.device, **kw)
     print(out["table"])
     return 0
 

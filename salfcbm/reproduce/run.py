@@ -183,12 +183,13 @@ def _segmentation(recipe: Recipe, model, seg_file: str | os.PathLike, run: Path,
 
 
 def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
-                device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool) -> dict[str, Any]:
+                device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool,
+                stores_only: bool = False) -> dict[str, Any]:
     """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
     from salfcbm.core.model import wrap
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.store import compute_similarity_store
-    from salfcbm.training import BottleneckConfig, HeadConfig, fit
+    from salfcbm.training import BottleneckConfig, HeadConfig, feature_store, fit
 
     train, val, test, class_names = data
     prompts = PromptGrid(grid=(recipe.grid, recipe.grid), radius=recipe.radius, line_width=recipe.line_width)
@@ -200,6 +201,11 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
     model = wrap(backbone, concepts=kept, num_classes=len(class_names), class_names=class_names, layer=recipe.layer,
                  grid=recipe.grid, cls_concat=recipe.cls_concat, input_size=(recipe.image_size, recipe.image_size),
                  backbone_weights=recipe.backbone["weights"] if pretrained else None)
+    if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
+        model.to(device)
+        for split, d in (("train", train), ("val", val), ("test", test)):
+            feature_store(model, d, run / "features" / split, batch_size=recipe.batch_size, progress=progress)
+        return {}
     res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
               bottleneck=BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=recipe.bottleneck_batch,
                                           max_steps=recipe.bottleneck_steps, cutoff=recipe.interpretability_cutoff),
@@ -253,6 +259,7 @@ def run_recipe(
     precision: str = "fp32",
     force: bool = False,
     progress: bool = True,
+    stores_only: bool = False,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
 
@@ -270,6 +277,8 @@ def run_recipe(
         precision: the scorer's autocast precision (``fp32``, ``bf16``, ``fp16``).
         force: reuse a run directory made by another recipe version.
         progress: progress bars.
+        stores_only: only compute the similarity and feature stores (each ``torchrun`` rank
+            its share of the shards), then return; a later call trains from them.
 
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
@@ -293,7 +302,9 @@ def run_recipe(
         sub_dir = run if sub is recipe else run / sub.name
         results[sub.name] = _run_single(sub, data, concepts, sub_dir, scorer=scorer, pretrained=pretrained,
                                         device=device, seg_file=seg_file, seg_steps=seg_steps,
-                                        seg_max_images=seg_max_images, progress=progress)
+                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only)
+    if stores_only:
+        return {"recipe": recipe.to_dict(), "runs": results, "table": ""}
     table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
                          title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
     out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
@@ -311,14 +322,17 @@ def dry_run_scorer(recipe: Recipe, kind: str = "full", device=None):
     """The recipe's scorer architecture with random weights (``"full"``), or a tiny CLIP at 224 px (``"tiny"``)."""
     from salfcbm.supervision.scorers import CLIPScorer
 
-    if kind == "full":
-        return CLIPScorer(recipe.scorer[0], pretrained=None, device=device)
-    if kind != "tiny":
+    if kind not in ("full", "tiny"):
         raise InputError(f"The dry-run scorer must be 'full' or 'tiny', got {kind!r}.")
-    import open_clip
+    name = recipe.scorer[0]
+    if kind == "tiny":
+        import open_clip
 
-    open_clip.factory._MODEL_CONFIGS.setdefault("salfcbm-dry-run-tiny", TINY_SCORER_CFG)
-    return CLIPScorer("salfcbm-dry-run-tiny", pretrained=None, device=device)
+        open_clip.factory._MODEL_CONFIGS.setdefault("salfcbm-dry-run-tiny", TINY_SCORER_CFG)
+        name = "salfcbm-dry-run-tiny"
+    with torch.random.fork_rng(devices=[]):  # the same random weights in every process: stores resume
+        torch.manual_seed(0)
+        return CLIPScorer(name, pretrained=None, device=device)
 
 
 def _peak_memory(device) -> dict[str, float]:

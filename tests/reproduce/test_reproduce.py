@@ -115,3 +115,13 @@ def test_dry_run_cub_at_full_size(tmp_path):
     assert saved["grid"] == [7, 7] and saved["input_size"] == [224, 224] and len(saved["concepts"]) == 370
     assert (tmp_path / "run" / "table.md").exists() and (tmp_path / "run" / "explanations.html").exists()
     assert len(run["checks"]["neurons"]) == 5 and (tmp_path / "run" / "neurons.png").exists()
+
+
+def test_dry_run_weights_are_the_same_in_every_process():
+    """A dry run resumed in a new process (or another torchrun rank) must meet the same random weights."""
+    from salfcbm.reproduce.run import build_backbone, dry_run_scorer
+
+    r = get_recipe("table1-cub")
+    assert dry_run_scorer(r, "tiny").fingerprint() == dry_run_scorer(r, "tiny").fingerprint()
+    a, b = build_backbone(r, pretrained=False), build_backbone(r, pretrained=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
