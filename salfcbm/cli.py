@@ -193,17 +193,9 @@ def cmd_demo(args) -> int:
 
 def _init_distributed(args) -> None:
     """Under torchrun (WORLD_SIZE > 1): one process per GPU, ranks split the shards."""
-    import torch
+    from salfcbm._utils.distributed import init_distributed
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if str(args.device).startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        args.device = f"cuda:{local}"
-        torch.distributed.init_process_group("nccl")
-    else:
-        torch.distributed.init_process_group("gloo")
+    args.device = init_distributed(args.device)
 
 
 def cmd_similarities(args) -> int:

@@ -40,6 +40,9 @@ __all__ = [
     "ImageConversionWarning",
     "DownloadError",
     "DiskSpaceError",
+    "DryRunError",
+    "UnknownConceptSetError",
+    "UnknownRecipeError",
     "closest",
 ]
 
@@ -234,3 +237,19 @@ class DownloadError(SalfCBMError, OSError):
 
 class DiskSpaceError(SalfCBMError, OSError):
     """A run would need more disk space than the target file system has free."""
+
+
+class DryRunError(SalfCBMError, RuntimeError):
+    """A dry run found the pipeline inconsistent (a resumed run or a reloaded model disagrees)."""
+
+
+class UnknownConceptSetError(_UnknownName):
+    """A published concept-set name that salfcbm does not know (``load_concepts("lf-cbm:NAME")``)."""
+
+    kind, plural, where = "concept set", "concept sets", "salfcbm.supervision.concept_sets.LF_CBM_CONCEPT_SETS"
+
+
+class UnknownRecipeError(_UnknownName):
+    """A recipe name that does not exist."""
+
+    kind, plural, where = "recipe", "recipes", "`salfcbm reproduce --list`"

@@ -19,7 +19,7 @@ from salfcbm.explain.explanations import (
     points_mask,
     upsample_maps,
 )
-from salfcbm.explain.neurons import NeuronTopImages, plot_top_images, top_activating_images
+from salfcbm.explain.neurons import NeuronTopImages, top_activating_images
 
 __all__ = [
     "ClassExplanation",
@@ -37,7 +37,6 @@ __all__ = [
     "explain",
     "explain_region",
     "intervene",
-    "plot_top_images",
     "points_mask",
     "top_activating_images",
     "upsample_maps",

@@ -3,7 +3,7 @@
 :func:`top_activating_images` streams a dataset through a trained model once and keeps, for
 each requested concept neuron of the bottleneck, the ``k`` images with the highest global
 activation ``c*(x)[m]`` and their concept maps upsampled to the image;
-:func:`plot_top_images` draws them, one row per neuron.
+:func:`salfcbm.viz.plot_top_images` draws them, one row per neuron.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ import torch
 from salfcbm.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
     from salfcbm.core.model import SALFCBM
 
-__all__ = ["NeuronTopImages", "plot_top_images", "top_activating_images"]
+__all__ = ["NeuronTopImages", "top_activating_images"]
 
 
 @dataclass
@@ -70,7 +68,7 @@ def top_activating_images(
 
     Examples:
         >>> tops = top_activating_images(model, val_set, ["striped", "red"], k=3)  # doctest: +SKIP
-        >>> fig = plot_top_images(tops)  # doctest: +SKIP
+        >>> fig = salfcbm.viz.plot_top_images(tops)  # doctest: +SKIP
     """
     from salfcbm.explain.explanations import upsample_maps
 
@@ -101,24 +99,3 @@ def top_activating_images(
         out.append(NeuronTopImages(model.concepts[int(idx[row])], int(idx[row]), chosen, best_v[row].clone(),
                                    images.cpu(), upsample_maps(maps, images.shape[-2:]).cpu()))
     return out
-
-
-def plot_top_images(tops: Sequence[NeuronTopImages], *, alpha: float = 0.5, cmap: str = "jet") -> Figure:
-    """One row per neuron: its top images with the concept map overlaid, titled with the activation."""
-    from matplotlib.figure import Figure
-
-    from salfcbm.viz.figures import plot_overlay
-
-    tops = list(tops)
-    if not tops:
-        raise InputError("Nothing to plot: pass the result of top_activating_images().")
-    cols = max(len(t.indices) for t in tops)
-    fig = Figure(figsize=(2.2 * cols, 2.4 * len(tops)))
-    for r, t in enumerate(tops):
-        for c in range(len(t.indices)):
-            ax = fig.add_subplot(len(tops), cols, r * cols + c + 1)
-            plot_overlay(t.images[c], t.maps[c], ax=ax, alpha=alpha, cmap=cmap,
-                         title=f"{t.concept}\nc*={float(t.activations[c]):.3f}" if c == 0 else
-                         f"c*={float(t.activations[c]):.3f}")
-    fig.tight_layout()
-    return fig

@@ -83,10 +83,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks share the stores, rank 0 trains
         import torch
 
-        from salfcbm.cli import _init_distributed
+        from salfcbm._utils.distributed import init_distributed
 
-        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        _init_distributed(args)
+        args.device = init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         run_recipe(recipe, args.data_root, args.run_dir, device=args.device, stores_only=True, **kw)
         torch.distributed.barrier()
         rank = torch.distributed.get_rank()

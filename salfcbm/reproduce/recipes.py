@@ -19,15 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from salfcbm.errors import InputError, _UnknownName
+from salfcbm.errors import InputError, UnknownRecipeError
 
 __all__ = ["RECIPES", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes"]
-
-
-class UnknownRecipeError(_UnknownName):
-    """A recipe name that does not exist."""
-
-    kind, plural, where = "recipe", "recipes", "`salfcbm reproduce --list`"
 
 
 @dataclass(frozen=True)

@@ -27,15 +27,11 @@ from typing import Any
 import torch
 
 from salfcbm._utils.io import atomic_write_bytes
-from salfcbm.errors import ConfigMismatchError, InputError, MissingExtraError, SalfCBMError
+from salfcbm.errors import ConfigMismatchError, DryRunError, InputError, MissingExtraError
 from salfcbm.reproduce.recipes import Recipe
 from salfcbm.reproduce.tables import format_table
 
 __all__ = ["DryRunError", "build_backbone", "dry_run", "load_datasets", "recipe_concepts", "run_recipe"]
-
-
-class DryRunError(SalfCBMError, RuntimeError):
-    """A dry run found the pipeline inconsistent (a resumed run or a reloaded model disagrees)."""
 
 
 def build_backbone(recipe: Recipe, pretrained: bool = True) -> torch.nn.Module:
@@ -153,7 +149,8 @@ def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> d
 
 def _neuron_figure(model, test, path: Path, n: int = 5, k: int = 3) -> list[str]:
     """Appendix C / Figure 9: the top-``k`` test images of ``n`` randomly chosen concept neurons."""
-    from salfcbm.explain.neurons import plot_top_images, top_activating_images
+    from salfcbm.explain.neurons import top_activating_images
+    from salfcbm.viz.neurons import plot_top_images
 
     g = torch.Generator().manual_seed(0)
     chosen = torch.randperm(model.num_concepts, generator=g)[:n].tolist()

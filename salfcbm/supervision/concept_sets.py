@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salfcbm._utils.io import atomic_write_bytes
-from salfcbm.errors import ChecksumError, DownloadError, InputError, _UnknownName
+from salfcbm.errors import ChecksumError, DownloadError, InputError, UnknownConceptSetError
 
 __all__ = [
     "LF_CBM_COMMIT",
@@ -90,12 +90,6 @@ LF_CBM_CLASS_NAMES: dict[str, RemoteFile] = {
     "imagenet": RemoteFile("data/imagenet_classes.txt",
                            "cf94df9eb46d33f94eb8496fce052f8e667c75aab5909e22f9031cbf890480fe", 1000),
 }
-
-
-class UnknownConceptSetError(_UnknownName):
-    """A concept-set name that salfcbm does not know."""
-
-    kind, plural, where = "concept set", "concept sets", "salfcbm.concept_sets.LF_CBM_CONCEPT_SETS"
 
 
 def cache_dir() -> Path:

@@ -6,7 +6,8 @@ import torch
 
 import salfcbm
 from salfcbm.errors import ConceptNotFoundError, InputError
-from salfcbm.explain import plot_top_images, top_activating_images
+from salfcbm.explain import top_activating_images
+from salfcbm.viz import plot_top_images
 
 
 @pytest.fixture(scope="module")
