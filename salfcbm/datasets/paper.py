@@ -9,7 +9,9 @@
 * ImageNet-segmentation: :class:`salfcbm.datasets.ImagenetSegmentation`.
 
 Every reader returns ``([0, 1]`` image ``(3, size, size)``, label) like
-:class:`~salfcbm.datasets.ImageFolderDataset` (resize the short side, centre crop), has
+:class:`~salfcbm.datasets.ImageFolderDataset` (resize the short side to ``resize``, default
+``size``, then centre crop ``size``; ``resize=256, size=224`` is the usual ImageNet evaluation
+transform that LF-CBM uses), has
 ``classes``, ``targets`` and ``fingerprint()``, and raises
 :class:`~salfcbm.errors.DatasetNotFoundError` showing the expected layout when a path is
 wrong. :func:`holdout_split` carves a seeded, stratified validation set out of a training
@@ -69,22 +71,26 @@ def _missing(kind: str, what: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(f"{what}. Expected the {kind} layout:\n{LAYOUTS[kind]}")
 
 
-def _transform(size: int):
+def _transform(size: int, resize: int | None):
     from torchvision import transforms
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise InputError(f"`size` must be an int >= 8, got {size!r}.")
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
+    resize = size if resize is None else resize
+    if isinstance(resize, bool) or not isinstance(resize, int) or resize < size:
+        raise InputError(f"`resize` must be an int >= size ({size}) or None, got {resize!r}.")
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor()])
 
 
 class _ImageList(torch.utils.data.Dataset):
     """(path, label) samples read as ``[0, 1]`` tensors; the common base of the readers."""
 
-    def __init__(self, root: str | os.PathLike, samples: list[tuple[str, int]], classes: list[str], size: int):
-        self.root, self.size = str(root), size
+    def __init__(self, root: str | os.PathLike, samples: list[tuple[str, int]], classes: list[str], size: int,
+                 resize: int | None = None):
+        self.root, self.size, self.resize = str(root), size, resize
         self.samples, self.classes = samples, classes
         self.targets: list[int] = [label for _, label in samples]
-        self._tf = _transform(size)
+        self._tf = _transform(size, resize)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,7 +108,7 @@ class _ImageList(torch.utils.data.Dataset):
         for path, label in self.samples:
             h.update(f"{os.path.relpath(path, self.root)}\t{label}\n".encode())
         return {"type": type(self).__name__, "root": os.path.abspath(self.root), "size": self.size,
-                "length": len(self), "files_sha": h.hexdigest()[:24]}
+                "resize": self.resize, "length": len(self), "files_sha": h.hexdigest()[:24]}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={self.root!r}, n={len(self)}, classes={len(self.classes)})"
@@ -124,6 +130,7 @@ class ImageNetDataset(_ImageList):
         root: the folder holding ``train/`` and ``val/``.
         split: ``"train"`` or ``"val"``.
         size: side of the square ``[0, 1]`` images (resize the short side, centre crop).
+        resize: short side before the crop (default ``size``).
 
     Examples:
         >>> ds = ImageNetDataset("/data/imagenet", "val")  # doctest: +SKIP
@@ -131,7 +138,7 @@ class ImageNetDataset(_ImageList):
         (50000, 1000)
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224):
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224, resize: int | None = None):
         _check_split(split, ("train", "val"))
         root = Path(root)
         if not (root / "train").is_dir():
@@ -152,7 +159,7 @@ class ImageNetDataset(_ImageList):
                    if p.suffix.lower() in _IMAGE_EXT]
         if not samples:
             raise _missing("imagenet", f"{split_dir} holds no images")
-        super().__init__(root, samples, classes, size)
+        super().__init__(root, samples, classes, size, resize)
 
 
 class Places365Dataset(_ImageList):
@@ -163,9 +170,11 @@ class Places365Dataset(_ImageList):
         split: ``"train-standard"`` or ``"val"`` (the paper's test set).
         small: 256 x 256 images (``data_256/``, ``val_256/``, LF-CBM's choice) or the large ones.
         size: side of the square ``[0, 1]`` images.
+        resize: short side before the crop (default ``size``).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train-standard", small: bool = True, size: int = 224):
+    def __init__(self, root: str | os.PathLike, split: str = "train-standard", small: bool = True, size: int = 224,
+                 resize: int | None = None):
         _check_split(split, ("train-standard", "val"))
         root = Path(root)
         cat_file = root / "categories_places365.txt"
@@ -186,7 +195,7 @@ class Places365Dataset(_ImageList):
             raise _missing("places365", f"{list_file} lists no images")
         if not os.path.isfile(samples[0][0]):
             raise _missing("places365", f"{list_file} lists {samples[0][0]}, which does not exist")
-        super().__init__(root, samples, classes, size)
+        super().__init__(root, samples, classes, size, resize)
         self.class_names = [re.sub(r"^/[a-z]/", "", c).replace("/", " ").replace("_", " ") for c in classes]
 
 
@@ -200,9 +209,10 @@ class CUB200Dataset(_ImageList):
         root: the ``CUB_200_2011`` folder (or the folder holding it).
         split: ``"train"`` (5,994 images) or ``"test"`` (5,794).
         size: side of the square ``[0, 1]`` images.
+        resize: short side before the crop (default ``size``).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224):
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224, resize: int | None = None):
         _check_split(split, ("train", "test"))
         root = Path(root)
         if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
@@ -222,7 +232,7 @@ class CUB200Dataset(_ImageList):
                    if is_train.get(i, "").strip() == want]
         if not samples:
             raise _missing("cub", f"train_test_split.txt marks no image as {split!r}")
-        super().__init__(root, samples, classes, size)
+        super().__init__(root, samples, classes, size, resize)
         self.class_names = [re.sub(r"^\d+\.", "", c).replace("_", " ") for c in classes]
 
 

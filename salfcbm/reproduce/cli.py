@@ -65,6 +65,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.measure_throughput:
         throughput = measure_throughput(recipe.scorer[0], device=args.device, precision=args.precision)
         print(f"measured: {throughput:,.1f} prompted {recipe.scorer[0]} forwards/s ({args.precision})")
+        import torch
+
+        if torch.cuda.is_available() and str(args.device or "cuda").startswith("cuda"):
+            print(f"peak GPU memory of the scorer batch: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     cost = estimate_cost(recipe, throughput=throughput, gpus=args.gpus)
     print(cost.summary())
     if args.cost_only or args.measure_throughput:

@@ -53,6 +53,7 @@ class Recipe:
         bottleneck_steps: maximum bottleneck steps.
         batch_size: images per forward when computing stores.
         image_size: side of the square images both the scorer and the backbone see.
+        resize: short side the images are resized to before the centre crop (LF-CBM: 256).
         val_fraction: share of the training set held out for validation.
         splits: the reader's split names ``(train, test)``.
         num_classes: classes of the dataset.
@@ -86,6 +87,7 @@ class Recipe:
     bottleneck_steps: int = 5000
     batch_size: int = 256
     image_size: int = 224
+    resize: int = 256
     val_fraction: float = 0.05
     splits: tuple[str, str] = ("train", "val")
     num_classes: int = 1000

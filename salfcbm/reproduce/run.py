@@ -61,8 +61,8 @@ def load_datasets(recipe: Recipe, data_root: str | os.PathLike, *, seed: int = 0
     from salfcbm.datasets.paper import CUB200Dataset, ImageNetDataset, Places365Dataset, holdout_split
 
     reader = {"imagenet": ImageNetDataset, "places365": Places365Dataset, "cub": CUB200Dataset}[recipe.dataset]
-    full = reader(data_root, recipe.splits[0], size=recipe.image_size)
-    test = reader(data_root, recipe.splits[1], size=recipe.image_size)
+    full = reader(data_root, recipe.splits[0], size=recipe.image_size, resize=recipe.resize)
+    test = reader(data_root, recipe.splits[1], size=recipe.image_size, resize=recipe.resize)
     names = list(getattr(full, "class_names", full.classes))
     if recipe.dataset == "imagenet" and full.classes and full.classes[0] == "n01440764" and len(full.classes) == 1000:
         from salfcbm.supervision.concept_sets import lf_cbm_class_names

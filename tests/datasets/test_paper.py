@@ -99,3 +99,14 @@ def test_generated_imagenet_seg_file_reads_back(tmp_path):
     ds = ImagenetSegmentation(write_imagenet_seg_mat(tmp_path / "gtsegs_ijcv.mat", images, [mask]), size=None)
     img, gt = ds.read_raw(0)
     assert (img == images[0]).all() and (gt == mask).all()
+
+
+def test_resize_then_crop_like_the_imagenet_evaluation_transform(tmp_path):
+    root = write_fake_layout("cub", tmp_path / "cub", image_size=(40, 80))  # a wide image
+    full, cropped = CUB200Dataset(root, "test", size=32), CUB200Dataset(root, "test", size=32, resize=64)
+    assert full[0][0].shape == cropped[0][0].shape == (3, 32, 32)
+    assert not torch.equal(full[0][0], cropped[0][0])  # the 256/224-style crop keeps less of the image
+    assert full.fingerprint()["files_sha"] == cropped.fingerprint()["files_sha"] != None  # noqa: E711
+    assert full.fingerprint() != cropped.fingerprint()
+    with pytest.raises(InputError, match="resize"):
+        CUB200Dataset(root, "test", size=32, resize=16)
