@@ -1,4 +1,4 @@
-"""The ``salfcbm`` command line: ``demo``, ``similarities``, ``train``, ``explain``, ``push``, ``app``.
+"""The ``salfcbm`` command line: ``demo``, ``similarities``, ``train``, ``explain``, ``push``, ``app``, ``reproduce``.
 
 Every subcommand has ``--help`` (with defaults) and ``--quiet``; long steps show one
 labelled progress bar per stage; training writes a run directory with ``args.json``,
@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     _explain_parser(sub)
     _push_parser(sub)
     _app_parser(sub)
+    from salfcbm.reproduce.cli import add_parser as add_reproduce
+
+    add_reproduce(sub)
     return p
 
 
