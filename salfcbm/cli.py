@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     _app_parser(sub)
     from salfcbm.reproduce.cli import add_parser as add_reproduce
 
-    add_reproduce(sub)
+    add_reproduce(sub, formatter_class=_Formatter)
     return p
 
 

@@ -93,7 +93,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def test_every_option_has_help_and_shows_its_default():
     subs = _subparsers(build_parser())
-    assert set(subs) == {"demo", "similarities", "train", "explain", "push", "app"}
+    assert set(subs) == {"demo", "similarities", "train", "explain", "push", "app", "reproduce"}
     for name, p in subs.items():
         text = p.format_help()
         for a in p._actions:

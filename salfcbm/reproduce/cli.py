@@ -13,9 +13,10 @@ import os
 __all__ = ["add_parser", "cmd_reproduce"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction, formatter_class: type | None = None) -> argparse.ArgumentParser:
     """Add the ``reproduce`` sub-command to ``sub`` (the ``salfcbm`` sub-parsers)."""
     r = sub.add_parser("reproduce", help="run one of the paper's experiments (Tables 1-3, appendix B.1)",
+                       formatter_class=formatter_class or argparse.HelpFormatter,
                        description="Run a named, versioned recipe of the paper. Prints what it will cost first.")
     r.add_argument("table", nargs="?", help="table1, table2, table3, appendix-b1, or a recipe name (see --list)")
     r.add_argument("--dataset", choices=["imagenet", "places365", "cub"], help="the dataset column")
@@ -33,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--gpus", type=int, default=1, help="GPUs for the cost estimate (torchrun)")
     r.add_argument("--cost-only", action="store_true", help="print the cost and exit")
     r.add_argument("--force", action="store_true", help="start even if the disk looks too small")
-    r.add_argument("--device", default=None)
-    r.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    r.add_argument("--device", default=None, help="where to run (default: CUDA if available, else CPU)")
+    r.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="scorer precision")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reproduce)
     return r
