@@ -40,11 +40,12 @@ def cost_table() -> str:
     lines += ["", f"Hours assume {src.throughput:,.0f} prompted CLIP ViT-B/16 forwards per second per GPU "
               f"({src.throughput_source}); measure yours with `salfcbm reproduce table1 --dataset cub "
               "--measure-throughput` and pass `--throughput`. FLOPs are torch's flop counter on the real "
-              "architectures (2 per multiply-add)."]
+              "architectures (2 per multiply-add); they include an upper bound for the sparse heads (2,000 full-batch "
+              "proximal-gradient iterations)."]
     return "\n".join(lines) + "\n"
 
 
-def one(name: str, scorer: str, out: str) -> None:
+def one(name: str, scorer: str, out: str, sweep_points: str = "0") -> None:
     import torch
 
     from salfcbm.reproduce.recipes import get_recipe
@@ -52,7 +53,7 @@ def one(name: str, scorer: str, out: str) -> None:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix=f"dry-{name}-") as d:
-        res = dry_run(get_recipe(name), d, scorer=scorer, sweep_points=None)
+        res = dry_run(get_recipe(name), d, scorer=scorer, sweep_points=int(sweep_points) or None)
     Path(out).write_text(json.dumps({"recipe": name, **res["dry_run"], "table": res["table"]}, default=str))
 
 
@@ -64,7 +65,9 @@ def main() -> None:
     ap.add_argument("--scorer", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--also-full", nargs="*", default=["table1-cub"], help="recipes also dry-run with the full scorer")
     ap.add_argument("--cost-only", action="store_true")
-    ap.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--sweep-points", type=int, default=2,
+                    help="Table 3 points per sweep recipe (spread from the smallest to the largest grid; 0 = all 9)")
+    ap.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._one:
         return one(*args._one)
@@ -80,7 +83,8 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             tmp = f.name
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        p = subprocess.run([sys.executable, __file__, "--_one", name, scorer, tmp], env=env, capture_output=True, text=True)
+        cmd = [sys.executable, __file__, "--_one", name, scorer, tmp, str(args.sweep_points)]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if p.returncode != 0:
             rows[f"{name}/{scorer}"] = {"recipe": name, "scorer": scorer, "error": p.stderr[-2000:]}
         else:

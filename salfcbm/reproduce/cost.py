@@ -96,6 +96,7 @@ class CostEstimate:
     clip_forwards: int
     text_forwards: int
     flops: float
+    head_flops: float
     similarity_store_bytes: int
     feature_cache_bytes: int
     head_memory_bytes: int
@@ -117,7 +118,8 @@ class CostEstimate:
     def summary(self) -> str:
         """A few lines for the terminal."""
         return (f"{self.recipe}: {self.images:,} images, {self.clip_forwards:,} prompted CLIP forwards "
-                f"+ {self.text_forwards:,} text forwards, {self.flops / 1e15:,.1f} PFLOP\n"
+                f"+ {self.text_forwards:,} text forwards, {self.flops / 1e15:,.1f} PFLOP (of which the heads, "
+                f"at most {self.head_flops / 1e15:,.1f})\n"
                 f"  disk: similarity stores {_gib(self.similarity_store_bytes)}, feature cache "
                 f"{_gib(self.feature_cache_bytes)}\n"
                 f"  memory: head stage {_gib(self.head_memory_bytes)} host RAM, bottleneck batch "
@@ -138,7 +140,8 @@ def estimate_cost(recipe: Recipe, *, throughput: float | None = None, gpus: int 
         recipe: the recipe.
         throughput: measured prompted CLIP ViT forwards per second on one GPU
             (:func:`measure_throughput`); default: derived from :data:`ASSUMED_FLOPS`.
-        gpus: GPUs sharing the work (torchrun splits the similarity and feature stores).
+        gpus: GPUs sharing the work (torchrun splits the similarity and feature stores; the heads
+            train on one).
         sizes: ``(training, test)`` images, default the dataset's (:data:`DATASET_SIZES`).
 
     Examples:
@@ -161,16 +164,21 @@ def estimate_cost(recipe: Recipe, *, throughput: float | None = None, gpus: int 
         images += n_train + n_test
     seg = _SEG_IMAGES if recipe.segmentation else 0
     text = recipe.expected_concepts
-    flops = forwards * f["scorer_image"] + text * f["scorer_text"] + images * f["backbone"] + seg * f["backbone"] * 10
     m, g2 = recipe.expected_concepts, recipe.grid**2
+    # full-batch proximal gradient heads (SALF-CBM on M concepts, standard on C features), at most
+    # HeadConfig.max_iter = 2000 iterations of a forward and a gradient matmul each: an upper bound
+    head_flops = len(recipe.runs()) * 2000 * 4 * n_train * (m + f["channels"]) * recipe.num_classes
+    flops = (forwards * f["scorer_image"] + text * f["scorer_text"] + images * f["backbone"]
+             + seg * f["backbone"] * 10 + head_flops)
     head = 2 * n_train * m * 4  # activations + standardised copy, fp32
     batch = recipe.bottleneck_batch * (f["channels"] + 3 * m) * g2 * 4
     if throughput is None:
         throughput, source = ASSUMED_FLOPS / f["scorer_image"], f"assumed {ASSUMED_FLOPS / 1e12:.0f} TFLOP/s per GPU"
     else:
         source = "measured"
-    seconds = flops / (throughput * f["scorer_image"]) / gpus
-    return CostEstimate(recipe.name, images, forwards, text, float(flops), sims, feat, head, batch,
+    rate = throughput * f["scorer_image"]  # FLOP/s of one GPU
+    seconds = (flops - head_flops) / rate / gpus + head_flops / rate  # torchrun shares the stores; rank 0 trains
+    return CostEstimate(recipe.name, images, forwards, text, float(flops), float(head_flops), sims, feat, head, batch,
                         float(throughput), source, gpus, seconds / 3600)
 
 

@@ -332,6 +332,15 @@ def dry_run_scorer(recipe: Recipe, kind: str = "full", device=None):
         return CLIPScorer(name, pretrained=None, device=device)
 
 
+def _spread(sweep: tuple, k: int | None) -> tuple:
+    """``k`` points of ``sweep`` spread evenly from its first to its last (all with ``None``)."""
+    if not k or k >= len(sweep):
+        return sweep
+    if k == 1:
+        return sweep[:1]
+    return tuple(sweep[round(i * (len(sweep) - 1) / (k - 1))] for i in range(k))
+
+
 def _peak_memory(device) -> dict[str, float]:
     out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -373,7 +382,8 @@ def dry_run(
         images: ``(training, test)`` images to generate.
         bottleneck_steps: bottleneck steps (scaled down, like the data; the two concept cutoffs
             are switched off, since with random weights no concept would pass them).
-        sweep_points: run only the first points of a Table 3 sweep.
+        sweep_points: run only this many points of a Table 3 sweep, spread from its first to
+            its last (2: the smallest and the largest grid).
         seg_images: ImageNet-segmentation images for Table 2.
         device: where to run.
         progress: progress bars.
@@ -394,7 +404,7 @@ def dry_run(
         write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
                           per_split=dict(zip(split_names[recipe.dataset], images)))
     small = replace(recipe, bottleneck_steps=bottleneck_steps, activation_cutoff=0.0, interpretability_cutoff=-1.0,
-                    sweep=recipe.sweep[:sweep_points] if sweep_points else recipe.sweep,
+                    sweep=_spread(recipe.sweep, sweep_points),
                     baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
     concepts = None
     if not recipe.concepts.startswith("template:"):

@@ -125,3 +125,11 @@ def test_dry_run_weights_are_the_same_in_every_process():
     assert dry_run_scorer(r, "tiny").fingerprint() == dry_run_scorer(r, "tiny").fingerprint()
     a, b = build_backbone(r, pretrained=False), build_backbone(r, pretrained=False)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_sweep_points_spread_from_smallest_to_largest_grid():
+    from salfcbm.reproduce.run import _spread
+
+    sweep = get_recipe("table3-cub").sweep
+    assert _spread(sweep, 2) == ((5, 27), (9, 37)) and _spread(sweep, None) == sweep
+    assert _spread(sweep, 3) == ((5, 27), (7, 32), (9, 37)) and _spread(sweep, 1) == ((5, 27),)
