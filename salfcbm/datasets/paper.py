@@ -9,9 +9,10 @@
 * ImageNet-segmentation: :class:`salfcbm.datasets.ImagenetSegmentation`.
 
 Every reader returns ``([0, 1]`` image ``(3, size, size)``, label) like
-:class:`~salfcbm.datasets.ImageFolderDataset` (resize the short side to ``resize``, default
-``size``, then centre crop ``size``; ``resize=256, size=224`` is the usual ImageNet evaluation
-transform that LF-CBM uses), has
+:class:`~salfcbm.datasets.ImageFolderDataset`: the image as the model sees it (resize the short
+side to ``resize``, default ``size``, then centre crop ``size``; ``resize=256, size=224`` is
+the usual ImageNet evaluation transform; pass ``transform=model.image_transform`` to use the
+model's own, which ``fit`` does by itself through ``with_transform``), has
 ``classes``, ``targets`` and ``fingerprint()``, and raises
 :class:`~salfcbm.errors.DatasetNotFoundError` showing the expected layout when a path is
 wrong. :func:`holdout_split` carves a seeded, stratified validation set out of a training
@@ -20,6 +21,7 @@ set. :func:`write_fake_layout` writes a tiny generated copy of each layout (test
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import random
@@ -30,6 +32,7 @@ from typing import Any
 
 import torch
 
+from salfcbm.core.images import ImageTransform
 from salfcbm.errors import DatasetNotFoundError, InputError
 
 __all__ = [
@@ -71,44 +74,61 @@ def _missing(kind: str, what: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(f"{what}. Expected the {kind} layout:\n{LAYOUTS[kind]}")
 
 
-def _transform(size: int, resize: int | None):
-    from torchvision import transforms
-
+def _transform(size: int, resize: int | None, transform: Any) -> ImageTransform:
+    if transform is not None:
+        if not isinstance(transform, ImageTransform):
+            raise InputError(f"`transform` must be a salfcbm ImageTransform (e.g. model.image_transform), got "
+                             f"{type(transform).__name__}.")
+        return transform
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise InputError(f"`size` must be an int >= 8, got {size!r}.")
     resize = size if resize is None else resize
     if isinstance(resize, bool) or not isinstance(resize, int) or resize < size:
         raise InputError(f"`resize` must be an int >= size ({size}) or None, got {resize!r}.")
-    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor()])
+    return ImageTransform(size=(size, size), crop_pct=size / resize, interpolation="bilinear")
 
 
 class _ImageList(torch.utils.data.Dataset):
-    """(path, label) samples read as ``[0, 1]`` tensors; the common base of the readers."""
+    """(path, label) samples, each image as the model sees it; the common base of the readers.
+
+    Like :class:`~salfcbm.datasets.ImageFolderDataset`, images go through ``image_transform``
+    (:meth:`~salfcbm.core.images.ImageTransform.view`) and :meth:`with_transform` re-crops
+    from the original files, so ``fit`` gives the scorer and the backbone the model's view.
+    """
 
     def __init__(self, root: str | os.PathLike, samples: list[tuple[str, int]], classes: list[str], size: int,
-                 resize: int | None = None):
-        self.root, self.size, self.resize = str(root), size, resize
+                 resize: int | None = None, transform: ImageTransform | None = None):
+        self.root = str(root)
         self.samples, self.classes = samples, classes
         self.targets: list[int] = [label for _, label in samples]
-        self._tf = _transform(size, resize)
+        self._set_transform(_transform(size, resize, transform))
+
+    def _set_transform(self, transform: ImageTransform) -> None:
+        self.image_transform = transform
+        self.size = transform.size[0] if transform.size[0] == transform.size[1] else list(transform.size)
+
+    def with_transform(self, transform: ImageTransform) -> _ImageList:
+        """The same files and labels, cropped with ``transform``."""
+        out = copy.copy(self)
+        out._set_transform(_transform(0, None, transform))
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            return self._tf(im.convert("RGB")), label
+        return self.image_transform.view(path)[0], label
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the data (for store manifests): type, root, size, files and labels."""
+        """What identifies the data (for store manifests): type, root, geometry, files and labels."""
         h = hashlib.sha256()
         for path, label in self.samples:
             h.update(f"{os.path.relpath(path, self.root)}\t{label}\n".encode())
-        return {"type": type(self).__name__, "root": os.path.abspath(self.root), "size": self.size,
-                "resize": self.resize, "length": len(self), "files_sha": h.hexdigest()[:24]}
+        t = self.image_transform
+        view = {"crop_pct": t.crop_pct, "crop_mode": t.crop_mode, "interpolation": t.interpolation}
+        return {"type": type(self).__name__, "root": os.path.abspath(self.root), "size": self.size, "view": view,
+                "length": len(self), "files_sha": h.hexdigest()[:24]}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={self.root!r}, n={len(self)}, classes={len(self.classes)})"
@@ -131,6 +151,7 @@ class ImageNetDataset(_ImageList):
         split: ``"train"`` or ``"val"``.
         size: side of the square ``[0, 1]`` images (resize the short side, centre crop).
         resize: short side before the crop (default ``size``).
+        transform: the view instead of ``size`` / ``resize`` (e.g. ``model.image_transform``).
 
     Examples:
         >>> ds = ImageNetDataset("/data/imagenet", "val")  # doctest: +SKIP
@@ -138,7 +159,8 @@ class ImageNetDataset(_ImageList):
         (50000, 1000)
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224, resize: int | None = None):
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224, resize: int | None = None,
+                 transform: ImageTransform | None = None):
         _check_split(split, ("train", "val"))
         root = Path(root)
         if not (root / "train").is_dir():
@@ -159,7 +181,7 @@ class ImageNetDataset(_ImageList):
                    if p.suffix.lower() in _IMAGE_EXT]
         if not samples:
             raise _missing("imagenet", f"{split_dir} holds no images")
-        super().__init__(root, samples, classes, size, resize)
+        super().__init__(root, samples, classes, size, resize, transform)
 
 
 class Places365Dataset(_ImageList):
@@ -171,10 +193,11 @@ class Places365Dataset(_ImageList):
         small: 256 x 256 images (``data_256/``, ``val_256/``, LF-CBM's choice) or the large ones.
         size: side of the square ``[0, 1]`` images.
         resize: short side before the crop (default ``size``).
+        transform: the view instead of ``size`` / ``resize`` (e.g. ``model.image_transform``).
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train-standard", small: bool = True, size: int = 224,
-                 resize: int | None = None):
+                 resize: int | None = None, transform: ImageTransform | None = None):
         _check_split(split, ("train-standard", "val"))
         root = Path(root)
         cat_file = root / "categories_places365.txt"
@@ -195,7 +218,7 @@ class Places365Dataset(_ImageList):
             raise _missing("places365", f"{list_file} lists no images")
         if not os.path.isfile(samples[0][0]):
             raise _missing("places365", f"{list_file} lists {samples[0][0]}, which does not exist")
-        super().__init__(root, samples, classes, size, resize)
+        super().__init__(root, samples, classes, size, resize, transform)
         self.class_names = [re.sub(r"^/[a-z]/", "", c).replace("/", " ").replace("_", " ") for c in classes]
 
 
@@ -210,9 +233,11 @@ class CUB200Dataset(_ImageList):
         split: ``"train"`` (5,994 images) or ``"test"`` (5,794).
         size: side of the square ``[0, 1]`` images.
         resize: short side before the crop (default ``size``).
+        transform: the view instead of ``size`` / ``resize`` (e.g. ``model.image_transform``).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224, resize: int | None = None):
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224, resize: int | None = None,
+                 transform: ImageTransform | None = None):
         _check_split(split, ("train", "test"))
         root = Path(root)
         if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
@@ -232,7 +257,7 @@ class CUB200Dataset(_ImageList):
                    if is_train.get(i, "").strip() == want]
         if not samples:
             raise _missing("cub", f"train_test_split.txt marks no image as {split!r}")
-        super().__init__(root, samples, classes, size, resize)
+        super().__init__(root, samples, classes, size, resize, transform)
         self.class_names = [re.sub(r"^\d+\.", "", c).replace("_", " ") for c in classes]
 
 
@@ -250,6 +275,20 @@ class SubsetWithTargets(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.dataset[self.indices[i]]
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``(path, label)`` of the subset's images (stores key their shards by these files)."""
+        return [self.dataset.samples[i] for i in self.indices]
+
+    @property
+    def image_transform(self) -> ImageTransform | None:
+        """The view of the underlying dataset."""
+        return getattr(self.dataset, "image_transform", None)
+
+    def with_transform(self, transform: ImageTransform) -> SubsetWithTargets:
+        """The same subset of the underlying dataset re-cropped with ``transform``."""
+        return SubsetWithTargets(self.dataset.with_transform(transform), self.indices, self.name)
 
     def fingerprint(self) -> dict[str, Any]:
         base = self.dataset.fingerprint() if callable(getattr(self.dataset, "fingerprint", None)) else {}

@@ -31,7 +31,7 @@ class NeuronTopImages:
         index: its bottleneck channel.
         indices: dataset indices of the top images, highest activation first.
         activations: ``(k,)`` global activations ``c*(x)[m]`` (pooled, before standardisation).
-        images: ``(k, 3, H, W)`` the images as the dataset gives them (``[0, 1]``).
+        images: ``(k, 3, H, W)`` the images as the model sees them (``[0, 1]``).
         maps: ``(k, H, W)`` the concept maps upsampled (bilinear) to the images.
     """
 
@@ -57,7 +57,8 @@ def top_activating_images(
 
     Args:
         model: a trained :class:`~salfcbm.SALFCBM`.
-        dataset: ``(image, label)`` items with ``[0, 1]`` images ``(3, H, W)``, all the same size.
+        dataset: ``(image, label)`` items with ``[0, 1]`` images ``(3, H, W)``; each is taken as the
+            model sees it (:func:`salfcbm.core.images.align_dataset`).
         concepts: one or several concepts, by name or index.
         k: images per concept.
         batch_size: images per forward pass.
@@ -70,6 +71,7 @@ def top_activating_images(
         >>> tops = top_activating_images(model, val_set, ["striped", "red"], k=3)  # doctest: +SKIP
         >>> fig = salfcbm.viz.plot_top_images(tops)  # doctest: +SKIP
     """
+    from salfcbm.core.images import align_dataset
     from salfcbm.explain.explanations import upsample_maps
 
     names = [concepts] if isinstance(concepts, (int, str)) else list(concepts)
@@ -79,13 +81,15 @@ def top_activating_images(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(dataset):
         raise InputError(f"`k` must be an int in [1, {len(dataset)}] (the dataset's size), got {k!r}.")
     device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
+    dataset = align_dataset(dataset, model.image_transform)  # the model's view of every image
+    norm = model.image_transform.normalize
     best_v = torch.full((len(names), 0), float("-inf"))
     best_i = torch.zeros((len(names), 0), dtype=torch.long)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     start = 0
     for batch in loader:
         x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
-        act = model(model.preprocess(x)).concept_activations[:, idx.to(device)].float().cpu().T  # (C, B)
+        act = model(norm(x)).concept_activations[:, idx.to(device)].float().cpu().T  # (C, B)
         ids = torch.arange(start, start + x.shape[0]).expand(len(names), -1)
         v, i = torch.cat([best_v, act], 1), torch.cat([best_i, ids], 1)
         top = v.topk(min(k, v.shape[1]), dim=1)
@@ -95,7 +99,7 @@ def top_activating_images(
     for row, name in enumerate(names):
         chosen = best_i[row].tolist()
         images = torch.stack([torch.as_tensor(dataset[j][0]) for j in chosen])
-        maps = model(model.preprocess(images.to(device))).concept_maps[:, int(idx[row])]
+        maps = model(norm(images.to(device))).concept_maps[:, int(idx[row])]
         out.append(NeuronTopImages(model.concepts[int(idx[row])], int(idx[row]), chosen, best_v[row].clone(),
                                    images.cpu(), upsample_maps(maps, images.shape[-2:]).cpu()))
     return out

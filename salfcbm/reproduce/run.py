@@ -132,15 +132,15 @@ def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> d
     from salfcbm.core.model import SALFCBM
     from salfcbm.viz import write_html_report
 
-    device = next(model.bottleneck.parameters()).device
-    x = torch.stack([test[i][0] for i in range(min(n, len(test)))]).to(device)
+    paths = [p for p, _ in test.samples[: min(n, len(test))]]
+    x = model.image_transform.view(paths)  # what the model sees, [0, 1]
     model.eval()
-    reloaded = SALFCBM.from_pretrained(str(run / "model"), backbone=backbone).to(device).eval()
+    reloaded = SALFCBM.from_pretrained(str(run / "model"), backbone=backbone).eval()
     with torch.no_grad():
-        a, b = model(model.preprocess(x)).logits, reloaded(reloaded.preprocess(x)).logits
+        a, b = model(model.preprocess(paths)).logits, reloaded(reloaded.preprocess(paths)).logits.to(model.head.weight.device)
     if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
         raise DryRunError(f"The reloaded model's logits differ from the trained one's by {(a - b).abs().max():.3g}.")
-    expl = model.explain(model.preprocess(x), top_k=5)
+    expl = model.explain(model.preprocess(paths), top_k=5)
     if not (run / "explanations.html").exists():  # pictures are a resumable stage too
         write_html_report(run / "explanations.html", x.cpu(), expl, model=model)
     return {"reload_max_abs_diff": float((a - b).abs().max()), "explained": int(x.shape[0]),
@@ -183,6 +183,7 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
                 device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool,
                 stores_only: bool = False) -> dict[str, Any]:
     """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
+    from salfcbm.core.images import align_dataset
     from salfcbm.core.model import wrap
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.store import compute_similarity_store
@@ -190,16 +191,19 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
 
     train, val, test, class_names = data
     prompts = PromptGrid(grid=(recipe.grid, recipe.grid), radius=recipe.radius, line_width=recipe.line_width)
+    backbone = build_backbone(recipe, pretrained=pretrained)
+    model = wrap(backbone, concepts=concepts, num_classes=len(class_names), class_names=class_names, layer=recipe.layer,
+                 grid=recipe.grid, cls_concat=recipe.cls_concat, input_size=(recipe.image_size, recipe.image_size),
+                 backbone_weights=recipe.backbone["weights"] if pretrained else None).to(device)
+    # one geometry: the scorer and the backbone see the model's own view of every image
+    train, val, test = (align_dataset(d, model.image_transform) for d in (train, val, test))
     kw = dict(batch_size=recipe.batch_size, progress=progress)
     s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
     s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
     kept, n_inactive = _active_concepts(recipe, s_train, concepts)
-    backbone = build_backbone(recipe, pretrained=pretrained)
-    model = wrap(backbone, concepts=kept, num_classes=len(class_names), class_names=class_names, layer=recipe.layer,
-                 grid=recipe.grid, cls_concat=recipe.cls_concat, input_size=(recipe.image_size, recipe.image_size),
-                 backbone_weights=recipe.backbone["weights"] if pretrained else None)
+    if n_inactive:
+        model.select_concepts(kept)
     if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
-        model.to(device)
         for split, d in (("train", train), ("val", val), ("test", test)):
             feature_store(model, d, run / "features" / split, batch_size=recipe.batch_size, progress=progress)
         return {}

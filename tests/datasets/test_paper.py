@@ -110,3 +110,15 @@ def test_resize_then_crop_like_the_imagenet_evaluation_transform(tmp_path):
     assert full.fingerprint() != cropped.fingerprint()
     with pytest.raises(InputError, match="resize"):
         CUB200Dataset(root, "test", size=32, resize=16)
+
+
+def test_with_transform_recrops_from_the_files(tmp_path):
+    from salfcbm.core.images import ImageTransform
+
+    ds = ImageNetDataset(write_fake_layout("imagenet", tmp_path / "in"), "val", size=32)
+    train, val = holdout_split(ImageNetDataset(tmp_path / "in", "train", size=32), 0.5)
+    view = ImageTransform(size=(16, 16), crop_pct=0.5)
+    for d in (ds, val):
+        other = d.with_transform(view)
+        assert other[0][0].shape == (3, 16, 16) and other.samples == d.samples and other.image_transform == view
+        assert d[0][0].shape == (3, 32, 32)  # the original is untouched
