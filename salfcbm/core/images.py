@@ -68,8 +68,16 @@ def load_images(images: Any) -> list[torch.Tensor]:
     if isinstance(images, (list, tuple)):
         if not images:
             raise ImageInputError("Got an empty list of images; pass at least one image.")
-        return [b for item in images for b in _load_one(item, single=True)]
-    return _load_one(images, single=False)
+        batches = [b for item in images for b in _load_one(item, single=True)]
+    else:
+        batches = _load_one(images, single=False)
+    for b in batches:
+        if b.shape[-1] == 0 or b.shape[-2] == 0:
+            raise ImageInputError(
+                f"Got an image with no pixels (height x width {b.shape[-2]} x {b.shape[-1]}); pass images "
+                "of at least one pixel in each direction."
+            )
+    return batches
 
 
 def _load_one(item: Any, *, single: bool) -> list[torch.Tensor]:

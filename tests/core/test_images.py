@@ -386,3 +386,16 @@ def test_video_frames_of_any_kind_share_the_geometry(model):
     torch.testing.assert_close(track.frames, ref, atol=1e-5, rtol=0)
     as_uint8 = torch.stack([torch.from_numpy(np.array(f)).permute(2, 0, 1) for f in frames])
     torch.testing.assert_close(track_concepts(model, as_uint8, ["a"], progress=False).logits, track.logits)
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 4, 3), (5, 0, 3)])
+def test_images_without_pixels_are_refused(shape):
+    import numpy as np
+
+    from salfcbm.core.images import load_images
+    from salfcbm.errors import ImageInputError
+
+    with pytest.raises(ImageInputError, match="no pixels"):
+        load_images(np.zeros(shape, np.uint8))
+    with pytest.raises(ImageInputError, match="no pixels"):
+        load_images(torch.zeros(shape[2], shape[0], shape[1], dtype=torch.uint8))
