@@ -213,7 +213,9 @@ class Attributor:
                     with torch.no_grad():
                         tgt = _logits(self.model, images).argmax(1)
                 with torch.enable_grad():
-                    heat = self._attribute(images.detach(), tgt)
+                    # The input carries the graph: on a backbone frozen with requires_grad_(False)
+                    # no parameter does, and the user's flags are never touched.
+                    heat = self._attribute(images.detach().requires_grad_(True), tgt)
         heat = heat.detach().to(device=images.device, dtype=torch.float32)
         if heat.shape != (B, 1, H, W):  # pragma: no cover - guards the adapters below
             raise SalfCBMError(f"{self.name} produced shape {tuple(heat.shape)}, expected {(B, 1, H, W)}.")
