@@ -176,6 +176,10 @@ def cmd_demo(args) -> int:
     print("|---|---|---|---|")
     print(f"| SALF-CBM (sparse) | {s['test_accuracy']:.3f} | {s['val_accuracy']:.3f} | {s['nec']:.2f} |")
     print(f"| standard, sparse  | {b['test_accuracy']:.3f} | {b['val_accuracy']:.3f} | {b['nec']:.2f} |")
+    mb = m.get("matched_nec", {}).get("standard_sparse")
+    if mb:
+        print(f"| standard, sparse, same NEC | {mb.get('test_accuracy', float('nan')):.3f} | {mb['val_accuracy']:.3f} "
+              f"| {mb['nec']:.2f} |")
     print()
     print(f"concept maps vs ground-truth masks: mIoU {seg['miou']:.3f} (random maps {rnd['miou']:.3f}), "
           f"pixel acc {seg['pixel_accuracy']:.3f}, mAP {seg['map']:.3f} (random {rnd['map']:.3f})")
@@ -219,7 +223,7 @@ def cmd_train(args) -> int:
     from salfcbm.core.model import wrap
     from salfcbm.supervision.concepts import load_concepts
     from salfcbm.supervision.prompts import PromptGrid
-    from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
+    from salfcbm.training.pipeline import BottleneckConfig, fit
 
     _set_threads(args)
     torch.manual_seed(args.seed)
@@ -236,8 +240,7 @@ def cmd_train(args) -> int:
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     _write_args(run, args)
-    head = HeadConfig(sparse=not args.dense, select="nec" if args.target_nec else "val_acc",
-                      target_nec=args.target_nec, n_lambdas=args.path_points)
+    head = _head_config(args)
     bottleneck = BottleneckConfig(cutoff=args.cutoff, max_steps=args.steps, lr=args.lr, seed=args.seed)
     res = fit(model, data["train"], data["val"], scorer=_scorer(args), test_data=data.get("test"),
               prompts=PromptGrid(grid=(args.grid, args.grid), radius=args.radius), run_dir=run,
@@ -247,6 +250,20 @@ def cmd_train(args) -> int:
         print(json.dumps({k: v for k, v in res.metrics.items() if k != "path"}, indent=2, default=str))
     print(f"saved to {run / 'model'}")
     return 0
+
+
+def _head_config(args):
+    """The head selection asked for on the command line (``--preset``, ``--lam``, ``--target-nec``)."""
+    from salfcbm.training.pipeline import HeadConfig
+
+    kw = {"sparse": not args.dense, "n_lambdas": args.path_points}
+    if args.preset:
+        return HeadConfig.paper(args.preset, **kw)
+    if args.lam is not None:
+        return HeadConfig(select="fixed", lam=args.lam, **kw)
+    if args.target_nec:
+        return HeadConfig(select="nec", target_nec=args.target_nec, **kw)
+    return HeadConfig(**kw)
 
 
 def _model_source(path: str) -> tuple[str, Path | None]:
@@ -418,8 +435,13 @@ def _train_parser(sub) -> None:
     t.add_argument("--dense", action="store_true", help="dense head instead of the sparse path")
     t.add_argument("--path-points", type=_positive_int, default=h.n_lambdas,
                    help="points on the sparse head's regularisation path")
-    t.add_argument("--target-nec", type=_positive_float, default=None,
-                   help="choose the head by non-zeros per class (default: by validation accuracy)")
+    sel = t.add_mutually_exclusive_group()
+    sel.add_argument("--target-nec", type=_positive_float, default=None,
+                     help="choose the head by non-zeros per class (default: by validation accuracy)")
+    sel.add_argument("--lam", type=_positive_float, default=None,
+                     help="the paper's selection: one fixed lambda (LF-CBM's default is 7e-4)")
+    sel.add_argument("--preset", default=None, choices=["imagenet", "places365", "cub", "cifar10", "cifar100", "default"],
+                     help="the paper's selection: LF-CBM's fixed lambda for this dataset")
     _scorer_args(t)
     _common(t)
     t.set_defaults(func=cmd_train)

@@ -19,6 +19,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from salfcbm.core.images import align_dataset
 from salfcbm._utils.tensors import autocast, check_precision, to_device
 from salfcbm.core.model import SALFCBM
 from salfcbm.errors import AlignmentError, AllConceptsCutError, InputError
-from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head
+from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head, lambda_max
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
@@ -58,6 +59,7 @@ __all__ = [
     "bottleneck_loss",
     "BottleneckConfig",
     "HeadConfig",
+    "PAPER_LAMBDAS",
     "BottleneckReport",
     "FitResult",
     "feature_store",
@@ -144,23 +146,55 @@ class BottleneckConfig:
             raise InputError("BottleneckConfig.batch_size must be at least 2 (the loss is taken across the batch).")
 
 
+#: LF-CBM's fixed lambda per dataset (``training_commands.txt`` of LF-CBM), which SALF-CBM reuses (paper 3.4):
+#: ``(SALF-CBM / LF-CBM head, standard-sparse baseline)``. "default" is LF-CBM's ``--lam`` default (CIFAR).
+PAPER_LAMBDAS: dict[str, tuple[float, float]] = {
+    "imagenet": (1e-4, 1e-4),
+    "places365": (3e-4, 7e-4),
+    "cub": (2e-4, 2e-5),
+    "cifar10": (7e-4, 0.0125),
+    "cifar100": (7e-4, 3e-3),
+    "default": (7e-4, 7e-4),
+}
+_PRESET_ALIASES = {"places": "places365", "cub200": "cub", "cub-200-2011": "cub", "in1k": "imagenet"}
+
+
 @dataclass
 class HeadConfig:
     """Hyper-parameters of the final layer (paper 3.4).
 
+    Selection of the regularisation strength ``lam``:
+
+    * ``"fixed"``: the paper's choice. SALF-CBM reuses LF-CBM's single fixed ``lam`` per
+      dataset (:data:`PAPER_LAMBDAS`; :meth:`paper` builds it); the validation set plays no
+      part in choosing the head.
+    * ``"val_acc"`` (salfcbm's default, an extension): the path point with the best
+      validation accuracy (optionally the sparsest within ``val_tolerance``).
+    * ``"nec"`` (extension, as in VLG-CBM): the densest point with at most ``target_nec``
+      non-zero weights per class.
+
     Attributes:
-        sparse: elastic-net path (GLM-SAGA objective) if True, else a dense L2 head.
+        sparse: elastic-net head (GLM-SAGA objective) if True, else a dense L2 head.
         alpha: elastic-net mixing (0.99 in the paper).
-        n_lambdas: points on the regularisation path.
+        n_lambdas: points on the regularisation path (with ``"fixed"``: at most this many
+            warm-start points from ``lam_max`` down to ``lam``; the solution is the same).
         lambda_min_ratio: end of the path relative to ``lam_max``.
-        select: ``"val_acc"`` (best validation accuracy) or ``"nec"`` (a target number of
-            non-zero weights per class, as in VLG-CBM).
+        select: ``"fixed"``, ``"val_acc"`` or ``"nec"``.
         target_nec: the NEC target with ``select="nec"``.
         max_iter: solver iterations per path point.
         val_tolerance: with ``select="val_acc"``, take the sparsest point whose validation
             accuracy is within this much of the best (like glmnet's ``lambda.1se``); 0 = the best.
-        lam: a fixed regularisation strength instead of a path (LF-CBM's and the paper's
-            selection: one ``lam`` per dataset); ``select`` is then ignored.
+        lam: the regularisation strength with ``select="fixed"`` (GLM-SAGA's scale: mean
+            cross-entropy + ``lam * R(W)``, as LF-CBM's ``--lam``); ``HeadConfig(lam=...)`` alone
+            means ``select="fixed"``.
+        baseline_lam: ``lam`` of the standard-sparse baseline with ``select="fixed"``
+            (LF-CBM fits it with its own value); ``None`` = ``lam``.
+
+    Examples:
+        >>> HeadConfig.paper("imagenet").lam
+        0.0001
+        >>> HeadConfig(select="fixed", lam=7e-4).select
+        'fixed'
     """
 
     sparse: bool = True
@@ -172,17 +206,54 @@ class HeadConfig:
     max_iter: int = 2000
     val_tolerance: float = 0.0
     lam: float | None = None
+    baseline_lam: float | None = None
 
     def __post_init__(self):
-        if self.lam is not None and (isinstance(self.lam, bool) or not isinstance(self.lam, (int, float))
-                                     or not self.lam > 0):
-            raise InputError(f"HeadConfig.lam must be a positive number or None, got {self.lam!r}.")
-        if self.select not in ("val_acc", "nec"):
-            raise InputError(f"HeadConfig.select must be 'val_acc' or 'nec', got {self.select!r}.")
+        if self.lam is not None and self.select == "val_acc":
+            self.select = "fixed"  # a lam given alone is the paper's fixed-lambda selection
+        if self.select not in ("val_acc", "nec", "fixed"):
+            raise InputError(f"HeadConfig.select must be 'fixed', 'val_acc' or 'nec', got {self.select!r}.")
         if not 0 <= self.val_tolerance < 1:
             raise InputError(f"HeadConfig.val_tolerance must be in [0, 1), got {self.val_tolerance!r}.")
         if self.select == "nec" and not self.target_nec:
             raise InputError("HeadConfig.select='nec' needs target_nec (non-zero weights per class), e.g. 5.")
+        if self.select == "fixed" and self.lam is None:
+            raise InputError(
+                "HeadConfig.select='fixed' needs lam (e.g. 7e-4, LF-CBM's default), or use "
+                f"HeadConfig.paper(dataset) with dataset in {sorted(PAPER_LAMBDAS)}."
+            )
+        for k in ("lam", "baseline_lam"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+                raise InputError(f"HeadConfig.{k} must be a positive number, got {v!r}.")
+        if self.lam is not None and self.select != "fixed":
+            raise InputError(f"HeadConfig.lam={self.lam!r} is only used with select='fixed'; got select={self.select!r}.")
+
+    @classmethod
+    def paper(cls, dataset: str = "default", **overrides: Any) -> HeadConfig:
+        """The paper's head selection: LF-CBM's fixed ``lam`` for ``dataset``, ``alpha = 0.99``.
+
+        ``dataset`` is one of ``imagenet``, ``places365``, ``cub``, ``cifar10``, ``cifar100`` or
+        ``default`` (LF-CBM's ``--lam`` default, 7e-4, for any other data).
+        """
+        key = _PRESET_ALIASES.get(str(dataset).lower(), str(dataset).lower())
+        if key not in PAPER_LAMBDAS:
+            from salfcbm.errors import closest
+
+            near = closest(key, list(PAPER_LAMBDAS))
+            raise InputError(
+                f"No paper preset for dataset {dataset!r}; expected one of {sorted(PAPER_LAMBDAS)}"
+                + (f" (closest: {', '.join(near)})" if near else "")
+                + ". Use 'default' (lam = 7e-4) for other data, or HeadConfig(select='fixed', lam=...)."
+            )
+        lam, base = PAPER_LAMBDAS[key]
+        return cls(**{"select": "fixed", "lam": lam, "baseline_lam": base, "alpha": 0.99, **overrides})
+
+    def for_baseline(self) -> HeadConfig:
+        """The configuration of the standard-sparse baseline (its own ``lam`` when fixed)."""
+        if self.select == "fixed" and self.baseline_lam is not None:
+            return replace(self, lam=self.baseline_lam)
+        return self
 
 
 @dataclass
@@ -523,9 +594,8 @@ def fit_head(
     cfg = config or HeadConfig()
     if not cfg.sparse:
         return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
-    if cfg.lam is not None:
-        return fit_sparse_head(x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha,
-                               lambdas=[float(cfg.lam)], select="last", max_iter=cfg.max_iter, progress=progress)
+    if cfg.select == "fixed":
+        return _fit_fixed_lambda(x_train, y_train, x_val, y_val, num_classes, cfg, progress=progress, desc=desc)
     fit_ = fit_sparse_head(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
         lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,
@@ -538,6 +608,60 @@ def fit_head(
         p = fit_.path[i]
         fit_ = replace(fit_, weight=p.weight, bias=p.bias, lam=p.lam, selected=i, criterion="val_acc_tolerance")
     return fit_
+
+
+def _fit_fixed_lambda(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
+    cfg: HeadConfig, *, progress: bool = True, desc: str = "Sparse head path",
+) -> HeadFit:
+    """The paper's head: Eq. 2 solved at one fixed ``lam`` (warm-started down from ``lam_max``)."""
+    lam_top = lambda_max(x_train, y_train, num_classes, cfg.alpha)
+    lam = float(cfg.lam)
+    if lam >= lam_top:
+        warnings.warn(
+            f"The fixed lam={lam:g} is at or above lam_max={lam_top:.4g} for these features: the head has no "
+            "non-zero weight and predicts the majority class. Lower lam (LF-CBM's default is 7e-4).",
+            RuntimeWarning, stacklevel=3,
+        )
+        lams = [lam]
+    else:
+        n = max(2, min(cfg.n_lambdas, 1 + math.ceil(10 * math.log10(lam_top / lam))))
+        lams = [lam_top * (lam / lam_top) ** (k / (n - 1)) for k in range(n)]
+        lams[-1] = lam
+    fit_ = fit_sparse_head(
+        x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, lambdas=lams, select="last",
+        max_iter=cfg.max_iter, progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
+    )
+    return replace(fit_, criterion="fixed")
+
+
+def _matched_nec(
+    salf: dict[str, Any], train: tuple, val: tuple, test: tuple, num_classes: int, cfg: HeadConfig,
+    *, progress: bool = True,
+) -> dict[str, Any]:
+    """The standard-sparse baseline re-selected on its path at SALF-CBM's sparsity (same NEC).
+
+    Accuracies of heads with different numbers of non-zero weights per class are not
+    comparable; this row compares the baseline at the densest path point whose NEC does not
+    exceed SALF-CBM's, so both models explain a class with (about) as many weights.
+    """
+    target = float(salf["nec"])
+    out: dict[str, Any] = {"nec": target, "salfcbm": {k: salf[k] for k in ("val_accuracy", "test_accuracy", "nec")
+                                                       if k in salf}}
+    if target <= 0:
+        warnings.warn("SALF-CBM's head has no non-zero weight: no matched-sparsity comparison.", RuntimeWarning,
+                      stacklevel=3)
+        return out
+    fit_ = fit_sparse_head(
+        train[0], train[1], val[0], val[1], num_classes=num_classes, alpha=cfg.alpha, n_lambdas=max(cfg.n_lambdas, 40),
+        lambda_min_ratio=min(cfg.lambda_min_ratio, 1e-3), select="nec", target_nec=target, max_iter=cfg.max_iter,
+        progress=progress, desc="Sparse head path (standard baseline at SALF-CBM's NEC)",
+    )
+    row = {"nec": float(fit_.point.nec), "lambda": fit_.lam, "val_accuracy": _accuracy(fit_.logits(val[0]), val[1])}
+    if test[0] is not None:
+        row["test_accuracy"] = _accuracy(fit_.logits(test[0]), test[1])
+    out["standard_sparse"] = row
+    return out
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -801,6 +925,7 @@ def fit(
             "nnz": int((head_fit.weight != 0).sum()),
             "nec": float((head_fit.weight != 0).sum() / head_fit.weight.shape[0]),
             "lambda": head_fit.lam,
+            "selection": head_fit.criterion,
             "concepts": model.num_concepts,
             "concepts_dropped": len(report.dropped),
         },
@@ -825,7 +950,7 @@ def fit(
         t = time.perf_counter()
         g_train, g_val = pooled_features(f_train), pooled_features(f_val)
         g_mean, g_std, (s_train, s_val) = _standardize(g_train, g_val)
-        base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg, progress=progress,
+        base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg.for_baseline(), progress=progress,
                             desc="Sparse head path (standard baseline)")
         name = "standard_sparse" if hcfg.sparse else "standard_dense"
         metrics[name] = {
@@ -833,11 +958,17 @@ def fit(
             "val_accuracy": _accuracy(base_fit.logits(s_val), y_val),
             "nnz": int((base_fit.weight != 0).sum()),
             "nec": float((base_fit.weight != 0).sum() / base_fit.weight.shape[0]),
+            "lambda": base_fit.lam,
             "features": int(g_train.shape[1]),
         }
-        if f_test is not None:
-            s_test = (pooled_features(f_test) - g_mean) / g_std
+        s_test = (pooled_features(f_test) - g_mean) / g_std if f_test is not None else None
+        if s_test is not None:
             metrics[name]["test_accuracy"] = _accuracy(base_fit.logits(s_test), y_test)
+        if hcfg.sparse:
+            metrics["matched_nec"] = _matched_nec(
+                metrics["salfcbm"], (s_train, y_train), (s_val, y_val), (s_test, y_test), model.num_classes, hcfg,
+                progress=progress,
+            )
         timings["baseline"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
