@@ -69,6 +69,9 @@ class ModelConfig:
         freeze_backbone: backbone kept fixed.
         softmax_temperature: temperature of softmax pooling (positive).
         head_stats: metrics shown on the model card.
+        bottleneck_bias: the 1x1 bottleneck conv has a bias (``False`` since salfcbm 0.2: the paper and
+            LF-CBM have none); ``None`` in files written before the field existed (then the weights
+            file decides).
         backbone_fingerprint: SHA-256 prefix of the backbone's weights when saved
             (:func:`salfcbm.core.backbones.backbone_fingerprint`), checked on load.
         weights_sha256: SHA-256 of ``model.safetensors`` (set in the written file only).
@@ -102,6 +105,7 @@ class ModelConfig:
     freeze_backbone: bool = True
     softmax_temperature: float = 1.0
     head_stats: dict | None = None
+    bottleneck_bias: bool | None = None
     backbone_fingerprint: str | None = None
     weights_sha256: str | None = None
     version: int = CONFIG_VERSION
@@ -129,6 +133,8 @@ class ModelConfig:
             raise _fail("grid", self.grid, "a pair of positive ints [H~, W~]")
         if self.pooling not in POOLINGS:
             raise _fail("pooling", self.pooling, f"one of {POOLINGS}")
+        if self.bottleneck_bias is not None and not isinstance(self.bottleneck_bias, bool):
+            raise _fail("bottleneck_bias", self.bottleneck_bias, "true, false or null")
         if not isinstance(self.cls_concat, bool) or not isinstance(self.freeze_backbone, bool):
             raise _fail("cls_concat/freeze_backbone", (self.cls_concat, self.freeze_backbone), "true or false")
         names = self.class_names
@@ -192,6 +198,8 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         for k in ("grid", "input_size", "input_mean", "input_std"):
             d[k] = list(d[k])
+        if d["bottleneck_bias"] is None:  # not recorded (older files): keep their canonical form
+            del d["bottleneck_bias"]
         return d
 
     @classmethod

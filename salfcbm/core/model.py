@@ -65,10 +65,14 @@ class SALFCBM(
     Implements paper sections 3.3-3.4: the backbone's feature map at ``layer`` is
     resized bilinearly to the prompting grid, projected to ``M`` concept maps by a
     1x1 convolution (the concept bottleneck layer), pooled, standardised with
-    training statistics and classified by a (sparse) linear head. Deviations: the
-    pooling can also be softmax-weighted (as in the authors' released inference
-    code) or max; the backbone runs in eval mode under ``no_grad`` while frozen,
-    without changing the user's module.
+    training statistics and classified by a (sparse) linear head. The paper does not
+    say how the maps are pooled; the authors' released inference code pools with a
+    softmax. salfcbm's default is the mean: the same global average pooling as the
+    standard baseline's features (so the two heads compare like for like), and linear,
+    so a concept's contribution is exactly the sum of its cells' (the intervention and
+    Explain Anything arithmetic stays exact). ``pooling="softmax"`` is the authors'
+    choice. The backbone runs in eval mode under ``no_grad`` while frozen, without
+    changing the user's module.
 
     Use :func:`salfcbm.wrap` to build one around a model; this constructor takes
     plain JSON-able arguments so the Hub mixin can save and rebuild it.
@@ -80,7 +84,8 @@ class SALFCBM(
         num_classes: number of classes of the head.
         layer: module to tap; ``None`` = the last spatial stage.
         grid: prompting grid ``(H~, W~)``.
-        pooling: ``"mean"`` (paper), ``"softmax"`` or ``"max"``.
+        pooling: ``"mean"`` (salfcbm's default; the paper names none), ``"softmax"`` (the
+            authors' released code) or ``"max"``.
         cls_concat: concatenate the CLS token to every position (appendix B.1).
         class_names: optional names of the classes.
         feature_channels: channels of the tapped map (probed if ``None``).
@@ -99,6 +104,10 @@ class SALFCBM(
             its weights: ``"auto"`` (its source's pretrained weights), ``None`` (random init) or a tag.
         softmax_temperature: temperature of softmax pooling.
         head_stats: metrics shown on the model card (set by :func:`salfcbm.fit`).
+        bottleneck_bias: give the 1x1 bottleneck conv a bias. Off: neither the paper (Sec. 3.3,
+            "a single 1x1 convolution") nor LF-CBM's projection (``bias=False``) has one, and Eq. 1
+            centres every cell over the batch, so a bias gets no gradient and is removed by the
+            standardisation anyway. Models saved before salfcbm 0.2 have one and load with it.
 
     Examples:
         >>> import timm, torch, salfcbm
@@ -133,6 +142,7 @@ class SALFCBM(
         backbone_weights: str | None = "auto",
         softmax_temperature: float = 1.0,
         head_stats: dict | None = None,
+        bottleneck_bias: bool = False,
     ):
         super().__init__()
         _check_concepts(concepts)
@@ -180,11 +190,12 @@ class SALFCBM(
                 class_names=list(class_names) if class_names is not None else None,
                 layout=self.tap.layout, num_prefix_tokens=self.tap.num_prefix_tokens, **transform.to_config(),
                 freeze_backbone=freeze_backbone, softmax_temperature=softmax_temperature, head_stats=head_stats,
+                bottleneck_bias=bool(bottleneck_bias),
             )
         except ConfigError as e:
             raise InputError(str(e).replace("Fix config.json (or the argument)", "Fix the argument")) from None
         self._backbone_weights = backbone_weights  # recorded by the lazily inferred spec (backbone_spec)
-        self.bottleneck = nn.Conv2d(channels, len(concepts), kernel_size=1)
+        self.bottleneck = nn.Conv2d(channels, len(concepts), kernel_size=1, bias=bool(bottleneck_bias))
         self.head = nn.Linear(len(concepts), num_classes)
         self.register_buffer("concept_mean", torch.zeros(len(concepts)))
         self.register_buffer("concept_std", torch.ones(len(concepts)))
@@ -283,13 +294,15 @@ class SALFCBM(
         if repeated:
             raise InputError(f"select_concepts got the same concept more than once: {repeated}. List each once.")
         t = torch.tensor(idx, device=self.bottleneck.weight.device)
-        conv = nn.Conv2d(self.bottleneck.in_channels, len(idx), kernel_size=1).to(
+        conv = nn.Conv2d(self.bottleneck.in_channels, len(idx), kernel_size=1,
+                         bias=self.bottleneck.bias is not None).to(
             self.bottleneck.weight.device, self.bottleneck.weight.dtype
         )
         head = nn.Linear(len(idx), self.num_classes).to(self.head.weight.device, self.head.weight.dtype)
         with torch.no_grad():
             conv.weight.copy_(self.bottleneck.weight[t])
-            conv.bias.copy_(self.bottleneck.bias[t])
+            if conv.bias is not None:
+                conv.bias.copy_(self.bottleneck.bias[t])
             head.weight.copy_(self.head.weight[:, t])
             head.bias.copy_(self.head.bias)
         self.bottleneck, self.head = conv, head
@@ -742,7 +755,8 @@ def wrap(
         num_classes: classes of the head.
         layer: module to tap; ``None`` picks the last spatial stage.
         grid: prompting grid, e.g. ``7`` or ``(7, 7)``.
-        pooling: ``"mean"``, ``"softmax"`` or ``"max"``.
+        pooling: ``"mean"`` (default; the paper names none), ``"softmax"`` (the authors'
+            released code) or ``"max"``.
         cls_concat: concatenate the CLS token to every position (ViTs).
         class_names: names of the classes.
         freeze_backbone: keep the backbone fixed.

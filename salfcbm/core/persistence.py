@@ -296,6 +296,8 @@ def load_model(cls: type, model_id: str | os.PathLike, *, backbone: nn.Module | 
         raise InputError(f"from_pretrained got unexpected keyword arguments {unknown}; it takes backbone=, "
                          "verify=, verify_backbone=, map_location=, Hub options and model config fields.")
     kwargs = _constructor_kwargs(config, backbone, overrides)
+    if kwargs.get("bottleneck_bias") is None:  # saved before the field existed: the weights decide
+        kwargs["bottleneck_bias"] = "bottleneck.bias" in state
     model = cls(**kwargs)
     check_backbone(model, config, config.feature_channels, verify_backbone=verify_backbone)
     check_state_matches(model, state, str(model_id))

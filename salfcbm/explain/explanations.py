@@ -1121,6 +1121,11 @@ def intervene(
     grid size ``(Hg, Wg)`` is used as it is. With mean pooling, the logit of class ``l`` changes by
     exactly ``sum_m beta_m * W[l, m] * mean(I) / std[m]``.
 
+    This is the paper's edit: one ``beta * I`` added once, with ``I`` the region's fractional
+    coverage of each cell. The authors' released inference code differs: it dilates the region
+    into a binary grid mask and adds ``beta`` times it twice (a ``2 * beta`` edit). To reproduce
+    their numbers pass ``beta=2 * beta`` and a binary grid mask (``mask_to_grid(...) > 0``).
+
     Args:
         model: a :class:`~salfcbm.SALFCBM`.
         image: one backbone-ready image.

@@ -65,6 +65,7 @@ __all__ = [
     "feature_store",
     "OnTheFlyFeatures",
     "train_bottleneck",
+    "apply_cutoff",
     "concept_activations",
     "pooled_features",
     "fit_head",
@@ -118,8 +119,15 @@ class BottleneckConfig:
         val_every: steps between validation checks.
         patience: validation checks without improvement before stopping.
         weight_decay: Adam weight decay.
-        cutoff: interpretability cutoff: concepts whose mean validation similarity is below it are removed.
+        cutoff: interpretability cutoff (LF-CBM's, 0.45; the paper states none): concepts whose
+            validation similarity (``cutoff_statistic``) is below it are removed.
         seed: seed of the initialisation and the batch order.
+        cutoff_statistic: what the cutoff is compared with. ``"cell"`` (default): the Eq. 1
+            similarity of every grid cell, averaged over the cells, i.e. how well the concept's
+            *map* is learned. ``"pooled"``: LF-CBM's statistic, the cubic cosine similarity of
+            the pooled activation ``c*(x)`` with the pooled target across validation images,
+            i.e. how well the concept's *presence* is learned. Per-cell similarities are lower
+            (a cell sees less signal), so the same cutoff removes more concepts with ``"cell"``.
     """
 
     lr: float = 1e-3
@@ -130,8 +138,13 @@ class BottleneckConfig:
     weight_decay: float = 0.0
     cutoff: float = 0.45
     seed: int = 0
+    cutoff_statistic: str = "cell"
 
     def __post_init__(self):
+        if self.cutoff_statistic not in ("cell", "pooled"):
+            raise InputError(
+                f"BottleneckConfig.cutoff_statistic must be 'cell' or 'pooled' (LF-CBM's), got {self.cutoff_statistic!r}."
+            )
         for k in ("lr", "batch_size", "max_steps", "val_every", "patience"):
             v = getattr(self, k)
             if k != "lr" and (not isinstance(v, int) or isinstance(v, bool)):
@@ -271,6 +284,9 @@ class BottleneckReport:
     initial_val_similarity: float = float("nan")
     stop_reason: str = ""
     data_seconds: float = 0.0  # time the optimisation loop waited for batches
+    pooled_similarity: dict[str, float] = field(default_factory=dict)
+    cell_similarity: dict[str, float] = field(default_factory=dict)
+    statistic: str = "cell"
 
 
 @dataclass
@@ -417,11 +433,12 @@ def _shard_batches(
 
 def _val_similarity(
     model: SALFCBM, features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str],
-    cache: list | None = None,
+    cache: list | None = None, pooled: bool = False,
 ) -> torch.Tensor:
     """Cubic cosine similarity over the whole validation set, streamed in two passes: ``(M, Hg, Wg)``.
 
     ``cache`` (a list) keeps the per-shard targets between calls when they fit in memory.
+    ``pooled=True`` compares the pooled maps ``c*(x)`` with the pooled targets instead: ``(M,)``.
     """
     device = model.bottleneck.weight.device
     n = features.length
@@ -434,23 +451,32 @@ def _val_similarity(
                 x, p = shard_tensors(features, targets, concepts, s)
                 if cache is not None:
                     cache.append((x, p))
-            yield to_device(x, device), to_device(p, device)
+            x, p = to_device(x, device), to_device(p, device)
+            yield x, (pool(p) if pooled else p)
+
+    def pool(t):  # channels-last (B, Hg, Wg, M) -> (B, M) with the model's pooling
+        return model.pool(t.permute(0, 3, 1, 2))
+
+    def project(x):
+        q = project_channels_last(model.bottleneck, x)
+        return pool(q) if pooled else q
 
     sum_q = sum_p = None
     with torch.no_grad():
         for x, p in shards():
-            q = project_channels_last(model.bottleneck, x)
+            q = project(x)
             sum_q = q.sum(0) if sum_q is None else sum_q + q.sum(0)
             sum_p = p.sum(0) if sum_p is None else sum_p + p.sum(0)
         mq, mp = sum_q / n, sum_p / n
         qp = qq = pp = 0.0
         for x, p in shards():
-            q = (project_channels_last(model.bottleneck, x) - mq) ** 3
+            q = (project(x) - mq) ** 3
             p = (p - mp) ** 3
             qp = qp + (q * p).sum(0)
             qq = qq + (q * q).sum(0)
             pp = pp + (p * p).sum(0)
-    return (qp / (qq.sqrt() * pp.sqrt()).clamp_min(1e-12)).permute(2, 0, 1)  # (M, Hg, Wg)
+    out = qp / (qq.sqrt() * pp.sqrt()).clamp_min(1e-12)
+    return out if pooled else out.permute(2, 0, 1)  # (M,) or (M, Hg, Wg)
 
 
 def train_bottleneck(
@@ -485,7 +511,8 @@ def train_bottleneck(
     rng = random.Random(cfg.seed)
     device = model.bottleneck.weight.device
     nn.init.normal_(model.bottleneck.weight, std=1.0 / math.sqrt(model.bottleneck.in_channels))
-    nn.init.zeros_(model.bottleneck.bias)
+    if model.bottleneck.bias is not None:
+        nn.init.zeros_(model.bottleneck.bias)
     opt = torch.optim.Adam(model.bottleneck.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []
     bad, step, done = 0, 0, False
@@ -532,34 +559,53 @@ def train_bottleneck(
     close_bar(bar, step, reason)
     logger.info("Concept bottleneck: %s (validation similarity %.4f, initially %.4f)", reason, best[0], initial)
     model.bottleneck.load_state_dict(best[2])
-    per_concept = _val_similarity(model, val_features, val_targets, concepts, val_cache).flatten(1).mean(1).cpu()
-    sims = {c: float(s) for c, s in zip(concepts, per_concept)}
-    keep = [c for c in concepts if sims[c] >= cfg.cutoff]
-    dropped = [(c, sims[c]) for c in concepts if sims[c] < cfg.cutoff]
+    per_cell = _val_similarity(model, val_features, val_targets, concepts, val_cache).flatten(1).mean(1).cpu()
+    pooled = _val_similarity(model, val_features, val_targets, concepts, val_cache, pooled=True).cpu()
+    report = BottleneckReport(
+        steps=step,
+        best_step=best[1],
+        best_val_similarity=float(best[0]),
+        concept_similarity={},
+        kept=list(concepts),
+        dropped=[],
+        history=history,
+        seconds=time.perf_counter() - t0,
+        pooled_similarity={c: float(v) for c, v in zip(concepts, pooled)},
+        cell_similarity={c: float(v) for c, v in zip(concepts, per_cell)},
+        initial_val_similarity=float(initial),
+        stop_reason=reason,
+        data_seconds=data_seconds,
+    )
+    return apply_cutoff(model, report, cfg, prune=prune)
+
+
+def apply_cutoff(model: SALFCBM, report: BottleneckReport, config: BottleneckConfig, *, prune: bool = True
+                 ) -> BottleneckReport:
+    """The interpretability cutoff (LF-CBM's, 0.45 by default) on a trained bottleneck.
+
+    Concepts whose validation similarity (``config.cutoff_statistic``: per cell or pooled)
+    is below ``config.cutoff`` are listed in ``report.dropped`` and, with ``prune``, removed
+    from ``model`` (bottleneck rows, head columns, statistics). The model must still hold
+    every concept of ``report.cell_similarity``.
+    """
+    stat = config.cutoff_statistic
+    sims = dict(report.pooled_similarity if stat == "pooled" else report.cell_similarity)
+    concepts = [c for c in model.concepts if c in sims]
+    keep = [c for c in concepts if sims[c] >= config.cutoff]
+    dropped = [(c, sims[c]) for c in concepts if sims[c] < config.cutoff]
     if prune:
         if not keep:
             raise AllConceptsCutError(
-                f"Every concept fell below the interpretability cutoff {cfg.cutoff} (best validation similarity "
-                f"{max(sims.values()):.3f}). Lower `cutoff`, train longer, or check that the similarities match "
-                "the images.",
+                f"Every concept fell below the interpretability cutoff {config.cutoff} ({stat} validation similarity, "
+                f"best {max(sims.values()):.3f}). Lower `cutoff`, use cutoff_statistic='pooled' (LF-CBM's), train "
+                "longer, or check that the similarities match the images.",
                 sims,
             )
         if dropped:
             model.select_concepts(keep)
             logger.info("Interpretability cutoff removed %d concepts: %s", len(dropped), [d[0] for d in dropped])
-    return BottleneckReport(
-        steps=step,
-        best_step=best[1],
-        best_val_similarity=float(best[0]),
-        concept_similarity=sims,
-        kept=keep if prune else concepts,
-        dropped=dropped if prune else [],
-        history=history,
-        seconds=time.perf_counter() - t0,
-        initial_val_similarity=float(initial),
-        stop_reason=reason,
-        data_seconds=data_seconds,
-    )
+    return replace(report, concept_similarity=sims, statistic=stat, kept=keep if prune else concepts,
+                   dropped=dropped if prune else [])
 
 
 @torch.no_grad()
@@ -633,6 +679,40 @@ def _fit_fixed_lambda(
         max_iter=cfg.max_iter, progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
     )
     return replace(fit_, criterion="fixed")
+
+
+def _cutoff_check(
+    report: BottleneckReport, bcfg: BottleneckConfig, candidates: list[str], train: tuple, val: tuple,
+    num_classes: int, hcfg: HeadConfig, val_accuracy: float, *, progress: bool = True,
+) -> dict[str, Any]:
+    """Does the head need a concept that the interpretability cutoff removed?
+
+    Fits the same head on every candidate concept; a dropped concept that this head gives a
+    non-zero weight, while it reaches a better validation accuracy, was needed: warn loudly.
+    """
+    out: dict[str, Any] = {"cutoff": bcfg.cutoff, "statistic": bcfg.cutoff_statistic, "dropped": len(report.dropped),
+                           "needed_by_head": []}
+    if not report.dropped:
+        return out
+    _, _, (z_train, z_val) = _standardize(train[0], val[0])
+    full = fit_head(z_train, train[1], z_val, val[1], num_classes, hcfg, progress=progress)
+    acc = _accuracy(full.logits(z_val), val[1])
+    out["val_accuracy_without_cutoff"] = acc
+    used = (full.weight != 0).any(0)
+    other = report.pooled_similarity if bcfg.cutoff_statistic == "cell" else report.cell_similarity
+    needed = [(c, round(s, 3), round(other.get(c, float("nan")), 3)) for c, s in report.dropped
+              if used[candidates.index(c)]]
+    out["needed_by_head"] = needed
+    if needed and acc > val_accuracy:
+        other_name = "pooled" if bcfg.cutoff_statistic == "cell" else "per-cell"
+        warnings.warn(
+            f"The interpretability cutoff ({bcfg.cutoff_statistic} similarity < {bcfg.cutoff}) removed concepts the "
+            f"head uses when they are kept: {', '.join(f'{c!r} ({s}, {other_name} {o})' for c, s, o in needed)}. "
+            f"Validation accuracy with them {acc:.3f}, without {val_accuracy:.3f}. Lower the cutoff, or use "
+            "BottleneckConfig(cutoff_statistic='pooled') (LF-CBM's statistic).",
+            RuntimeWarning, stacklevel=3,
+        )
+    return out
 
 
 def _matched_nec(
@@ -872,11 +952,13 @@ def fit(
     f_train, f_val = features(train_data, "train"), features(val_data, "val")
     timings["features"] = time.perf_counter() - t
 
-    # 3. bottleneck (resumable)
+    # 3. bottleneck (resumable; the cutoff is applied after, so changing it does not retrain)
     t = time.perf_counter()
     candidates = list(model.concepts)
-    key = _stage_key({"b": asdict(bcfg), "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
-                      "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)]})
+    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic")}
+    key = _stage_key({"b": trained, "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
+                      "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)],
+                      "v": 2})
     bfile, bjson = run / "bottleneck.safetensors", run / "bottleneck.json"
     report = None
     meta = read_checked_metadata(bfile) if bfile.exists() and bjson.exists() else None
@@ -885,28 +967,29 @@ def fit(
         if saved.get("key") == key:
             from safetensors.torch import load_file
 
-            state = load_file(bfile)
-            model.select_concepts(saved["report"]["kept"])
-            model.bottleneck.load_state_dict(state)
+            model.bottleneck.load_state_dict(load_file(bfile))
             r = saved["report"]
             report = BottleneckReport(**{**r, "dropped": [tuple(d) for d in r["dropped"]]})
             logger.info("Resumed the bottleneck stage from %s", bfile)
     if report is None:
-        try:
-            report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg,
-                                      progress=progress)
-        except AllConceptsCutError as e:
-            _record_all_cut(run, e, bcfg.cutoff)
-            raise
+        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg,
+                                  progress=progress, prune=False)
         state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
         _write_json(bjson, {"key": key, "report": asdict(report)})
         atomic_write_bytes(bfile, checked_safetensors(state, {"salfcbm.key": key}))
+    full_train, full_val = concept_activations(model, f_train), concept_activations(model, f_val)
+    try:
+        report = apply_cutoff(model, report, bcfg)
+    except AllConceptsCutError as e:
+        _record_all_cut(run, e, bcfg.cutoff)
+        raise
     timings["bottleneck"] = time.perf_counter() - t
 
     # 4. head on standardised pooled concept activations
     t = time.perf_counter()
     y_train, y_val = _labels_of(train_data), _labels_of(val_data)
-    a_train, a_val = concept_activations(model, f_train), concept_activations(model, f_val)
+    cols = [candidates.index(c) for c in model.concepts]
+    a_train, a_val = full_train[:, cols], full_val[:, cols]
     mean, std, (z_train, z_val) = _standardize(a_train, a_val)
     head_fit = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
                         desc="Sparse head path (SALF-CBM)")
@@ -940,6 +1023,8 @@ def fit(
         "path": head_fit.summary(),
         "features": {"cached": cache, "reason": reason},
     }
+    metrics["cutoff"] = _cutoff_check(report, bcfg, candidates, (full_train, y_train), (full_val, y_val),
+                                      model.num_classes, hcfg, metrics["salfcbm"]["val_accuracy"], progress=progress)
     f_test = y_test = None
     if test_data is not None:
         f_test = features(test_data, "test")

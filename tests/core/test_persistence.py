@@ -76,7 +76,7 @@ def test_weights_file_holds_the_adapter_only(tmp_path):
                                        backbone_weights=None))
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
-    assert set(state) == {"bottleneck.weight", "bottleneck.bias", "head.weight", "head.bias", "concept_mean",
+    assert set(state) == {"bottleneck.weight", "head.weight", "head.bias", "concept_mean",
                           "concept_std"}
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["backbone"] == {"source": "timm", "name": "test_vit", "weights": None, "kwargs": {}}

@@ -1,0 +1,65 @@
+"""Issue 15 item 6: the interpretability cutoff's statistic (per cell vs LF-CBM's pooled) and a warning
+when the cutoff removes a concept that the head needs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import salfcbm
+from salfcbm.prompts import PromptGrid
+from salfcbm.store import ShardedStore, compute_similarity_store
+from salfcbm.training import BottleneckConfig, BottleneckReport, HeadConfig, _cutoff_check, train_bottleneck
+from tests.test_training import _Table
+
+
+def _noisy_problem(tmp_path, n, seed):
+    """c0, c1 follow the features exactly; c2 follows them with strong per-cell noise."""
+    a = torch.randn(3, 6, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, 6, 3, 3, generator=g) + torch.randn(n, 6, 1, 1, generator=g)
+    p = torch.einsum("mc,nchw->nmhw", a, feats)
+    p[:, 2] += 1.0 * torch.randn(n, 3, 3, generator=g) * p[:, 2].std()
+    fstore = ShardedStore(tmp_path / f"f{seed}", manifest={"k": seed}, item_shape=(6, 3, 3), length=n,
+                          shard_size=128, dtype=torch.float32)
+    for i in fstore.missing_shards():
+        a_, b_ = fstore.shard_range(i)
+        fstore.write_shard(i, feats[a_:b_])
+    table = _Table(p.permute(0, 2, 3, 1).contiguous())
+    sims = compute_similarity_store(tmp_path / f"s{seed}", table, table, PromptGrid(grid=(3, 3), radius=1),
+                                    progress=False, dtype=torch.float32)
+    return fstore, sims
+
+
+@pytest.mark.parametrize("statistic", ["cell", "pooled"])
+def test_cutoff_statistic(tmp_path, statistic):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
+    model = salfcbm.wrap(net, concepts=["c0", "c1", "c2"], num_classes=2, grid=3, input_size=(6, 6))
+    f_train, s_train = _noisy_problem(tmp_path, 512, 0)
+    f_val, s_val = _noisy_problem(tmp_path, 256, 1)
+    cfg = BottleneckConfig(max_steps=300, val_every=25, batch_size=128, lr=1e-2, cutoff=0.65,
+                           cutoff_statistic=statistic)
+    r = train_bottleneck(model, f_train, s_train, f_val, s_val, cfg, progress=False)
+    assert r.statistic == statistic
+    # pooling averages the per-cell noise away: LF-CBM's statistic sees a well-learned concept
+    assert r.pooled_similarity["c2"] > r.cell_similarity["c2"] + 0.2
+    assert r.concept_similarity == (r.pooled_similarity if statistic == "pooled" else r.cell_similarity)
+    assert ("c2" in model.concepts) == (statistic == "pooled")
+
+
+def test_bad_statistic():
+    with pytest.raises(salfcbm.errors.InputError, match="cutoff_statistic"):
+        BottleneckConfig(cutoff_statistic="mean")
+
+
+def test_cutting_a_concept_the_head_needs_warns():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(400, 3, generator=g)
+    y = (acts[:, 2] > 0).long()  # only the dropped concept predicts the class
+    report = BottleneckReport(steps=1, best_step=1, best_val_similarity=0.5, concept_similarity={}, kept=["c0", "c1"],
+                              dropped=[("c2", 0.3)], pooled_similarity={"c0": .9, "c1": .9, "c2": .7},
+                              cell_similarity={"c0": .8, "c1": .8, "c2": .3})
+    with pytest.warns(RuntimeWarning, match="c2"):
+        out = _cutoff_check(report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"], (acts[:300], y[:300]),
+                            (acts[300:], y[300:]), 2, HeadConfig(select="fixed", lam=1e-3), 0.5, progress=False)
+    assert out["needed_by_head"][0][0] == "c2" and out["val_accuracy_without_cutoff"] > 0.9
