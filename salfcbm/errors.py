@@ -21,6 +21,7 @@ __all__ = [
     "ClassNotFoundError",
     "StoreMismatchError",
     "StoreCorruptError",
+    "ScorerDatasetError",
     "MissingExtraError",
     "BackboneSpecError",
     "InputError",
@@ -141,6 +142,10 @@ class StoreMismatchError(SalfCBMError, ValueError):
 
 class StoreCorruptError(SalfCBMError, OSError):
     """A store on disk is unreadable or inconsistent with its manifest."""
+
+
+class ScorerDatasetError(SalfCBMError, ValueError):
+    """A scorer that reads its data by index is bound to another dataset than the one being scored."""
 
 
 class MissingExtraError(SalfCBMError, ImportError):

@@ -54,3 +54,46 @@ def test_fit_reports_test_accuracy_and_matched_nec(paper_run):
     assert "test_accuracy" in matched["standard_sparse"] and "test_accuracy" in matched["salfcbm"]
     saved = json.loads((paper_run.run_dir / "metrics.json").read_text())
     assert saved["matched_nec"]["standard_sparse"]["nec"] == pytest.approx(matched["standard_sparse"]["nec"])
+
+
+def test_one_by_index_scorer_scores_each_split_with_its_own_items(paper_run):
+    from salfcbm.store import SimilarityStore
+    from salfcbm.synthetic import GroundTruthScorer
+
+    train, val, _ = _data()
+    prompts = PromptGrid(grid=(4, 4), radius=4)
+    stored = SimilarityStore.open(paper_run.run_dir / "similarities" / "val", GroundTruthScorer(val))
+    idx = torch.arange(8)
+    images = torch.stack([val[i][0] for i in range(8)])
+    own = GroundTruthScorer(val).embed(images, idx, prompts)
+    wrong = GroundTruthScorer(train).embed(images, idx, prompts)  # what a by-index scorer bound to train reads
+    assert not torch.allclose(own, wrong)
+    assert torch.allclose(stored.embeddings(idx).float(), own, atol=1e-3)
+
+
+class _ByIndex:
+    """A scorer that reads its own table by index and names its dataset, without for_dataset()."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def fingerprint(self):
+        return {"scorer": "by-index", "dataset": self.dataset.fingerprint()}
+
+    def embed(self, images, indices, prompts):
+        return torch.zeros(len(indices), *prompts.grid, 2)
+
+    def similarity(self, emb, concepts):
+        return emb[..., : len(concepts)]
+
+
+def test_a_scorer_bound_to_another_dataset_is_refused(tmp_path):
+    from salfcbm.errors import ScorerDatasetError
+    from salfcbm.store import compute_similarity_store
+
+    train, val, _ = _data()
+    with pytest.raises(ScorerDatasetError, match="bound to another dataset"):
+        compute_similarity_store(tmp_path / "v", val, _ByIndex(train), PromptGrid(grid=(2, 2), radius=4),
+                                 progress=False)
+    assert compute_similarity_store(tmp_path / "t", train, _ByIndex(train), PromptGrid(grid=(2, 2), radius=4),
+                                    progress=False).length == len(train)

@@ -31,6 +31,8 @@ Examples:
 
 from __future__ import annotations
 
+import copy
+
 import functools
 import itertools
 import math
@@ -652,6 +654,24 @@ class GroundTruthScorer:
             "seed": self.seed,
             "dim": self.dim,
         }
+
+    def for_dataset(self, dataset: SyntheticScenes) -> GroundTruthScorer:
+        """The same scorer bound to ``dataset`` (its ``embed`` indices then refer to ``dataset``).
+
+        :func:`~salfcbm.store.compute_similarity_store` calls it, so ``fit(scorer=GroundTruthScorer(train))``
+        scores the validation images with the validation masks.
+        """
+        if dataset is self.dataset:
+            return self
+        if not isinstance(dataset, SyntheticScenes):
+            raise InputError(
+                f"GroundTruthScorer reads SyntheticScenes masks by index; it cannot score a {type(dataset).__name__}."
+            )
+        if list(dataset.concepts) != self.concepts:
+            raise InputError("GroundTruthScorer.for_dataset needs a dataset with the same concepts.")
+        other = copy.copy(self)
+        other.dataset = dataset
+        return other
 
     def geometry(self, prompts: PromptGrid) -> tuple[torch.Tensor, float]:
         """Prompt centres ``(Hg, Wg, 2)`` (float, dataset pixels) and radius used by :meth:`embed`."""

@@ -50,7 +50,18 @@ class ConceptScorer(Protocol):
 
     def embed(self, images: torch.Tensor, indices: torch.Tensor, prompts: PromptGrid) -> torch.Tensor:
         """``(B, 3, H, W)`` float images in ``[0, 1]`` (not normalised, any size) and
-        their ``(B,)`` dataset indices -> ``(B, Hg, Wg, D)``, one vector per prompted image."""
+        their ``(B,)`` indices -> ``(B, Hg, Wg, D)``, one vector per prompted image.
+
+        ``indices`` are the images' positions ``0 .. len(dataset) - 1`` in the dataset being
+        stored (the ``dataset`` of :func:`~salfcbm.store.compute_similarity_store`); they
+        restart at 0 for every split. A scorer should read the pixels it is given. A scorer
+        that reads data *by index* instead (like
+        :class:`~salfcbm.synthetic.GroundTruthScorer`) must know which dataset the indices
+        refer to: it puts that dataset's fingerprint under ``"dataset"`` in
+        :meth:`fingerprint` (a store of another dataset is then refused), and may offer
+        ``for_dataset(dataset) -> scorer``, which :func:`~salfcbm.store.compute_similarity_store`
+        calls so one scorer serves every split.
+        """
         ...
 
     def similarity(self, embeddings: torch.Tensor, concepts: Sequence[str]) -> torch.Tensor:

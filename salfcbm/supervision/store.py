@@ -41,7 +41,7 @@ from salfcbm._utils.io import (
     read_checked_metadata,
 )
 from salfcbm._utils.io import writer_alive as _writer_alive
-from salfcbm.errors import InputError, StoreCorruptError, StoreMismatchError
+from salfcbm.errors import InputError, ScorerDatasetError, StoreCorruptError, StoreMismatchError
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import (
     batch_digest,
@@ -57,6 +57,7 @@ __all__ = [
     "compute_store",
     "SimilarityStore",
     "compute_similarity_store",
+    "bind_scorer",
 ]
 
 _MAX_OPEN_SHARDS = 4  # memory-mapped shards kept open (bounded, so RSS does not grow with N)
@@ -731,6 +732,32 @@ class SimilarityStore:
         return best.mean(dim=0).cpu()
 
 
+def bind_scorer(scorer: ConceptScorer, dataset: Any) -> ConceptScorer:
+    """The scorer to use on ``dataset``: rebound to it when it reads data by index.
+
+    A scorer with ``for_dataset`` is asked for a copy bound to ``dataset``. A scorer whose
+    fingerprint names a dataset (under ``"dataset"``) must then name this one: its
+    ``embed`` reads items by index, so another dataset's items would be scored silently.
+    """
+    rebind = getattr(scorer, "for_dataset", None)
+    if callable(rebind):
+        scorer = rebind(dataset)
+    bound = _jsonable(scorer.fingerprint()).get("dataset")
+    if bound is None or getattr(scorer, "dataset", None) is dataset:
+        return scorer
+    fp = getattr(dataset, "fingerprint", None)
+    mine = _jsonable(fp()) if callable(fp) else None
+    if mine is None or _diff_keys(bound, mine):
+        raise ScorerDatasetError(
+            f"{type(scorer).__name__} reads its data by index and is bound to another dataset than the one being "
+            f"scored ({type(dataset).__name__} of {len(dataset)} images; differing: "
+            f"{', '.join(_diff_keys(bound, mine)) if mine is not None else 'the dataset has no fingerprint()'}). "
+            "It would score these images with the other dataset's items. Build one scorer per split, e.g. "
+            "GroundTruthScorer(val_set) for the validation store, or give the scorer a for_dataset() method."
+        )
+    return scorer
+
+
 def compute_similarity_store(
     root: str | os.PathLike,
     dataset: Any,
@@ -794,6 +821,7 @@ def compute_similarity_store(
             f"dataset[0] must give a (3, H, W) float image (or a tuple starting with one); got "
             f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}."
         )
+    scorer = bind_scorer(scorer, dataset)
     meta = {
         "kind": "similarity",
         "scorer": _jsonable(scorer.fingerprint()),
