@@ -97,3 +97,30 @@ def test_a_scorer_bound_to_another_dataset_is_refused(tmp_path):
                                  progress=False)
     assert compute_similarity_store(tmp_path / "t", train, _ByIndex(train), PromptGrid(grid=(2, 2), radius=4),
                                     progress=False).length == len(train)
+
+
+def test_fit_filters_concepts_by_default_and_saves_the_report(paper_run):
+    report = json.loads((paper_run.run_dir / "concept_filter.json").read_text())["report"]
+    assert report["settings"]["activation_source"].startswith("unprompted images")
+    assert paper_run.metrics["concept_filter"]["kept"] == len(report["kept"])
+    assert paper_run.model.concepts == [c for c in report["kept"] if c in paper_run.model.concepts]
+    assert set(paper_run.model.concepts) <= set(report["kept"])
+
+
+def test_fit_filter_drops_concepts_absent_from_the_unprompted_images(paper_run):
+    train, _, _ = _data()
+    present = train.masks_batch(range(len(train))).flatten(2).any(-1).sum(0)  # images showing each concept
+    # top-5 mean of presence (0 or 1) <= 0.25  <=>  the concept shows in at most one training image
+    absent = {c for c, n in zip(train.concepts, present.tolist()) if n <= 1}
+    report = json.loads((paper_run.run_dir / "concept_filter.json").read_text())["report"]
+    never = {c for c, r in report["dropped"] if r.startswith("never fires")}
+    assert never == absent and absent, "the test scenes must hold a concept that (almost) never appears"
+
+
+def test_fit_filter_option_is_validated(tmp_path):
+    from salfcbm.synthetic import GroundTruthScorer
+
+    train, val, _ = _data()
+    with pytest.raises(salfcbm.errors.InputError, match="filter_concepts must be"):
+        fit(_model(train.concepts), train, val, scorer=GroundTruthScorer(train), run_dir=tmp_path, filter_concepts="yes",
+            progress=False, prompts=PromptGrid(grid=(4, 4), radius=4))

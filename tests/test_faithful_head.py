@@ -67,3 +67,13 @@ def test_cli_head_options():
     assert _head_config(args).select == "nec"
     args = build_parser().parse_args(base)
     assert _head_config(args).select == "val_acc"
+
+
+def test_cli_filter_and_cutoff_options():
+    from salfcbm.cli import build_parser
+
+    base = ["train", "--backbone", "timm:resnet18", "--train", "a", "--val", "b", "--concepts", "c", "--run-dir", "d"]
+    args = build_parser().parse_args(base)
+    assert not args.no_filter and args.clip_cutoff == 0.25 and args.cutoff_statistic == "cell"
+    args = build_parser().parse_args(base + ["--no-filter", "--clip-cutoff", "0.28", "--cutoff-statistic", "pooled"])
+    assert args.no_filter and args.clip_cutoff == 0.28 and args.cutoff_statistic == "pooled"

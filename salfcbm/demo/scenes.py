@@ -655,6 +655,15 @@ class GroundTruthScorer:
             "dim": self.dim,
         }
 
+    def embed_images(self, images: torch.Tensor, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Unprompted "embeddings" ``(B, D)``: 1 where a concept appears anywhere in the image, else 0.
+
+        The stand-in for CLIP on the whole image, used by the "never fires" concept filter.
+        """
+        idx = torch.as_tensor(indices).reshape(-1)
+        masks = torch.stack([torch.from_numpy(self._masks_np(int(i))) for i in idx])  # (B, K, H, W)
+        return masks.flatten(2).any(-1).to(images.device, torch.float32)
+
     def for_dataset(self, dataset: SyntheticScenes) -> GroundTruthScorer:
         """The same scorer bound to ``dataset`` (its ``embed`` indices then refer to ``dataset``).
 

@@ -41,6 +41,7 @@ __all__ = [
     "load_concepts",
     "save_concepts",
     "unique_concepts",
+    "unprompted_activity",
 ]
 
 #: LF-CBM's three concept-generation prompts (paper 3.1); ``{class}`` is replaced by the class name.
@@ -58,21 +59,29 @@ _SYSTEM_PROMPT = (
 
 # -- plain lists ------------------------------------------------------------------------
 def format_concept(text: str) -> str:
-    """Normalise one concept as LF-CBM does: lower case, punctuation to spaces, no leading article.
+    """Normalise one LLM answer line: lower case, no bullet or numbering, punctuation to spaces.
+
+    Articles are kept, as in LF-CBM's concept lists ("a long tail"): CLIP embeds "a long tail"
+    and "long tail" differently, and LF-CBM's own cleaning only strips the ``-`` bullet and
+    whitespace. Lower-casing and turning punctuation into spaces are salfcbm's additions (they
+    merge case and punctuation variants that LF-CBM keeps as separate concepts).
 
     Examples:
         >>> format_concept("  - A Long-Tail, (striped). ")
-        'long tail striped'
+        'a long tail striped'
     """
     s = text.strip().lower()
     s = re.sub(r"^\s*(?:[-*\u2022]+|\d+[.)]|[a-z][.)](?=\s))\s*", "", s)  # bullets, "1.", "a)"
     s = re.sub(r"[-,.;:()\[\]\"'`_/]", " ", s)
-    s = " ".join(s.split())
-    for article in ("a ", "an ", "the "):
-        if s.startswith(article):
-            s = s[len(article) :]
-            break
-    return s
+    return " ".join(s.split())
+
+
+_ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
+
+
+def _bare(text: str) -> str:
+    """Lower case without a leading article: LF-CBM drops "a cat" and "The cat" for class "cat"."""
+    return _ARTICLE.sub("", text.strip()).lower()
 
 
 def unique_concepts(concepts: Iterable[str] | Mapping[str, Iterable[str]]) -> list[str]:
@@ -374,14 +383,23 @@ def filter_concepts(
     2. longer than ``max_length`` characters (``"too long: ..."``);
     3. equal to a class name, or cosine similarity of text embeddings
        ``>= class_similarity`` to a class name (``"too similar to class: ..."``);
-    4. cosine similarity ``>= concept_similarity`` to an earlier kept concept
-       (``"too similar to concept: ..."``); the first of a near-duplicate pair is kept;
+    4. cosine similarity ``>= concept_similarity`` to another concept
+       (``"too similar to concept: ..."``). As in LF-CBM's ``filter_too_similar``, pairs
+       are visited in order and, of two near-duplicates not yet removed, the one with
+       the *lower* total similarity to all concepts is removed: the more general one is
+       kept;
     5. never fires on the training images: the mean of its ``top_k`` highest
        image similarities is ``<= activation_cutoff`` (``"never fires: ..."``).
+       LF-CBM measures it on the unprompted images (cutoff 0.25; 0.26 for CUB,
+       0.28 for ImageNet and Places365); :func:`salfcbm.fit` does the same with a
+       scorer's ``embed_images`` (see :func:`unprompted_activity`).
 
     Steps 3-4 need ``scorer.text_embeddings`` (skipped, except exact class
     matches, when ``scorer`` is ``None`` or raises ``NotImplementedError``);
-    step 5 needs ``activations``.
+    step 5 needs ``activations``. Difference from LF-CBM: its similarities in steps
+    3-4 average CLIP ViT-B/16 and all-mpnet-base-v2 text embeddings
+    (``(mpnet + 3 * clip) / 4``); salfcbm uses the scorer's text embeddings only, so as
+    not to depend on sentence-transformers.
 
     Args:
         concepts: candidate concepts.
@@ -454,12 +472,12 @@ def filter_concepts(
             survivors.append(c)
     kept = survivors
 
-    # 3. class names
-    class_lower = {c.strip().lower(): c for c in classes}
+    # 3. class names (as LF-CBM: also "a {class}", "the {class}", any case)
+    class_lower = {_bare(c): c for c in classes}
     survivors = []
     for c in kept:
-        if c.lower() in class_lower:
-            report.dropped.append((c, f"too similar to class: equals class {class_lower[c.lower()]!r}"))
+        if _bare(c) in class_lower:
+            report.dropped.append((c, f"too similar to class: equals class {class_lower[_bare(c)]!r}"))
         else:
             survivors.append(c)
     kept = survivors
@@ -477,21 +495,12 @@ def filter_concepts(
                 rows.append(j)
         kept, cemb = survivors, cemb[rows]
 
-    # 4. concept near-duplicates (greedy, first kept wins)
+    # 4. concept near-duplicates (LF-CBM: of a pair, the one with the lower total similarity goes)
     if cemb is not None and len(kept) > 1:
-        sims = cemb @ cemb.T
-        keep_rows: list[int] = []
-        survivors = []
-        for j, c in enumerate(kept):
-            if keep_rows:
-                s = sims[j, keep_rows]
-                k = int(s.argmax())
-                if s[k] >= concept_similarity:
-                    report.dropped.append((c, f"too similar to concept: {kept[keep_rows[k]]!r} (cosine {s[k]:.3f} >= {concept_similarity})"))
-                    continue
-            keep_rows.append(j)
-            survivors.append(c)
-        kept = survivors
+        gone = _near_duplicates(cemb @ cemb.T, concept_similarity)
+        for j, (k, sim) in gone.items():
+            report.dropped.append((kept[j], f"too similar to concept: {kept[k]!r} (cosine {sim:.3f} >= {concept_similarity})"))
+        kept = [c for j, c in enumerate(kept) if j not in gone]
 
     # 5. activation on training images
     if activations is not None and kept:
@@ -505,6 +514,55 @@ def filter_concepts(
         kept = survivors
     report.kept = kept
     return report
+
+
+@torch.no_grad()
+def unprompted_activity(
+    scorer: Any, dataset: Any, concepts: Sequence[str], *, top_k: int = 5, batch_size: int = 64, num_workers: int = 0,
+    progress: bool = True,
+) -> torch.Tensor:
+    """LF-CBM's "does it appear in the data" statistic: per concept, the mean of its ``top_k``
+    highest similarities to the *unprompted* training images, ``(M,)``.
+
+    Needs ``scorer.embed_images`` (one scorer pass per image, 1/49 of the prompted cost) and
+    streams: memory holds ``top_k x M`` similarities. Pass the result as ``activations`` to
+    :func:`filter_concepts` (LF-CBM's ``clip_cutoff``: 0.25, 0.26 for CUB, 0.28 for ImageNet
+    and Places365).
+    """
+    from tqdm.auto import tqdm
+
+    from .store import _collate_images
+
+    if not callable(getattr(scorer, "embed_images", None)):
+        raise InputError(f"{type(scorer).__name__} has no embed_images(); it cannot embed unprompted images.")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=_collate_images)
+    best, start = None, 0
+    for images in tqdm(loader, desc="Unprompted embeddings", disable=not progress, leave=False):
+        idx = torch.arange(start, start + images.shape[0])
+        start += images.shape[0]
+        sims = scorer.similarity(scorer.embed_images(images, idx), list(concepts)).float().cpu()  # (B, M)
+        pool = sims if best is None else torch.cat([best, sims])
+        best = pool.topk(min(top_k, pool.shape[0]), dim=0).values
+    return best.mean(0) if best is not None else torch.zeros(len(concepts))
+
+
+def _near_duplicates(sims: torch.Tensor, cutoff: float) -> dict[int, tuple[int, float]]:
+    """LF-CBM's ``filter_too_similar``: ``{removed index: (the index it duplicates, cosine)}``.
+
+    Pairs ``(i, j)`` are visited in row order; when neither is removed yet and their
+    similarity is ``>= cutoff``, the one whose row sum (total similarity to every concept)
+    is lower is removed (ties remove ``j``).
+    """
+    totals = sims.sum(1)
+    gone: dict[int, tuple[int, float]] = {}
+    rows, cols = torch.nonzero(sims >= cutoff, as_tuple=True)
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        if i == j or i in gone or j in gone:
+            continue
+        lose, win = (i, j) if totals[i] < totals[j] else (j, i)
+        gone[lose] = (win, float(sims[i, j]))
+    return gone
 
 
 def _activations(activations: Any, kept: list[str], original: Sequence[str], top_k: int) -> torch.Tensor:

@@ -72,6 +72,10 @@ class ConceptScorer(Protocol):
         """``(M, D)`` L2-normalised text embeddings; may raise ``NotImplementedError``."""
         ...
 
+    # Optional: ``embed_images(images, indices) -> (B, D)``, the *unprompted* image embeddings.
+    # With it, the concept filter of :func:`salfcbm.fit` measures "never fires" on whole images
+    # as LF-CBM does; without it, on the best prompted cell of each image.
+
 
 def _state_dict_sha256(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
@@ -354,6 +358,15 @@ class CLIPScorer:
                 outs.append(F.normalize(feats.float(), dim=-1))
         emb = torch.cat(outs)
         return emb.view(b, hg, wg, emb.shape[-1])
+
+    @torch.inference_mode()
+    def embed_images(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Unprompted image embeddings ``(B, D)``: what LF-CBM scores its concepts with.
+
+        Used by the "never fires" concept filter (LF-CBM's top-5 cutoff on the training
+        images, without red circles). ``indices`` is accepted for the protocol and ignored.
+        """
+        return self.encode(self._normalise(self.preprocess(images)))
 
     def _get_tokenizer(self):
         if self._tokenizer is None:

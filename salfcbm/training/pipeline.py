@@ -40,7 +40,9 @@ from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
 from salfcbm._utils.tensors import autocast, check_precision, to_device
 from salfcbm.core.model import SALFCBM
-from salfcbm.errors import AlignmentError, AllConceptsCutError, InputError
+from salfcbm.errors import AlignmentError, AllConceptsCutError, InputError, SalfCBMError
+from salfcbm.supervision.concepts import ConceptFilterReport, unprompted_activity
+from salfcbm.supervision.concepts import filter_concepts as _filter
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head, lambda_max
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
@@ -681,6 +683,45 @@ def _fit_fixed_lambda(
     return replace(fit_, criterion="fixed")
 
 
+def _filter_stage(model: SALFCBM, train_data: Dataset, sims: SimilarityStore, options: bool | dict[str, Any],
+                  run: Path, *, batch_size: int, num_workers: int, progress: bool) -> ConceptFilterReport:
+    """LF-CBM's concept filters on the model's concepts (resumable); the model keeps the survivors."""
+    if not isinstance(options, (bool, dict)):
+        raise InputError(f"filter_concepts must be True, False or a dict of filter_concepts options; got {options!r}.")
+    opts = {} if options is True else dict(options)
+    scorer = sims.scorer
+    unprompted = callable(getattr(scorer, "embed_images", None))
+    classes = model.config["class_names"] or []
+    key = _stage_key({"concepts": model.concepts, "classes": classes, "opts": opts, "s": sims.store.meta,
+                      "unprompted": unprompted})
+    path = run / "concept_filter.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("key") == key:
+        r = saved["report"]
+        report = ConceptFilterReport(kept=r["kept"], dropped=[tuple(d) for d in r["dropped"]], settings=r["settings"])
+    else:
+        top_k = opts.get("top_k", 5)
+        if unprompted:
+            act = unprompted_activity(scorer, train_data, model.concepts, top_k=top_k, batch_size=batch_size,
+                                      num_workers=num_workers, progress=progress)
+        else:
+            act = sims.concept_activity(model.concepts, top_k=top_k)
+        report = _filter(model.concepts, classes=classes, scorer=scorer, activations=act, **opts)
+        report.settings["activation_source"] = "unprompted images (LF-CBM)" if unprompted else \
+            "best prompted cell (the scorer has no embed_images)"
+        _write_json(path, {"key": key, "report": report.to_dict()})
+    if not report.kept:
+        raise SalfCBMError(
+            f"The concept filters removed every concept ({report}). Check the concept list against the class names "
+            "and the data, relax the filter options, or pass filter_concepts=False."
+        )
+    if report.dropped:
+        logger.info("Concept filters removed %d of %d concepts (%s); report in %s", len(report.dropped),
+                    len(model.concepts), report.reasons, path)
+        model.select_concepts(report.kept)
+    return report
+
+
 def _cutoff_check(
     report: BottleneckReport, bcfg: BottleneckConfig, candidates: list[str], train: tuple, val: tuple,
     num_classes: int, hcfg: HeadConfig, val_accuracy: float, *, progress: bool = True,
@@ -844,6 +885,7 @@ def fit(
     cache_features: bool | str = "auto",
     max_feature_cache_gb: float = 64.0,
     test_data: Dataset | None = None,
+    filter_concepts: bool | dict[str, Any] = True,
     batch_size: int = 64,
     shard_size: int = 512,
     num_workers: int = 0,
@@ -881,7 +923,13 @@ def fit(
             ``metrics["features"]``.
         max_feature_cache_gb: the cache size above which ``"auto"`` computes features on the fly
             (ResNet-50's 2048x7x7 fp16 map is about 200 kB per image, 257 GB for ImageNet).
-        test_data: optional held-out dataset; both heads are evaluated on it.
+        test_data: optional held-out dataset; both heads are evaluated on it (``test_accuracy``).
+        filter_concepts: run LF-CBM's concept filters (:func:`~salfcbm.concepts.filter_concepts`)
+            on the model's concepts before training: length, class and concept near-duplicates,
+            and "never fires" on the unprompted training images when the scorer has
+            ``embed_images`` (else on the best prompted cell). A dict passes keyword options
+            (e.g. ``{"activation_cutoff": 0.28}`` for ImageNet); ``False`` skips it. The report
+            is saved as ``run_dir/concept_filter.json``.
         batch_size: images per batch when computing stores.
         shard_size: images per shard of the feature stores.
         num_workers: DataLoader workers.
@@ -935,6 +983,13 @@ def fit(
             num_workers=num_workers, desc="Prompted embeddings (val)", inputs=inputs,
         )
     timings["similarities"] = time.perf_counter() - t
+
+    freport = None
+    if filter_concepts is not False:
+        t = time.perf_counter()
+        freport = _filter_stage(model, train_data, train_similarities, filter_concepts, run, batch_size=batch_size,
+                      num_workers=num_workers, progress=progress)
+        timings["concept_filter"] = time.perf_counter() - t
 
     # 2. features
     t = time.perf_counter()
@@ -1023,6 +1078,9 @@ def fit(
         "path": head_fit.summary(),
         "features": {"cached": cache, "reason": reason},
     }
+    if freport is not None:
+        metrics["concept_filter"] = {"kept": len(freport.kept), "dropped": len(freport.dropped),
+                                     "reasons": freport.reasons, "settings": freport.settings}
     metrics["cutoff"] = _cutoff_check(report, bcfg, candidates, (full_train, y_train), (full_val, y_val),
                                       model.num_classes, hcfg, metrics["salfcbm"]["val_accuracy"], progress=progress)
     f_test = y_test = None
