@@ -9,10 +9,17 @@ from salfcbm.supervision.concepts import (
     load_concepts,
     save_concepts,
     unique_concepts,
+    unprompted_activity,
 )
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
-from salfcbm.supervision.store import ShardedStore, SimilarityStore, compute_similarity_store, compute_store
+from salfcbm.supervision.store import (
+    ShardedStore,
+    SimilarityStore,
+    bind_scorer,
+    compute_similarity_store,
+    compute_store,
+)
 
 __all__ = [
     "CLIPScorer",
@@ -21,6 +28,7 @@ __all__ = [
     "PromptGrid",
     "ShardedStore",
     "SimilarityStore",
+    "bind_scorer",
     "compute_similarity_store",
     "compute_store",
     "concepts_from_templates",
@@ -30,4 +38,5 @@ __all__ = [
     "load_concepts",
     "save_concepts",
     "unique_concepts",
+    "unprompted_activity",
 ]

@@ -531,7 +531,7 @@ def unprompted_activity(
     """
     from tqdm.auto import tqdm
 
-    from .store import _collate_images
+    from salfcbm.supervision.store import _collate_images
 
     if not callable(getattr(scorer, "embed_images", None)):
         raise InputError(f"{type(scorer).__name__} has no embed_images(); it cannot embed unprompted images.")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from salfcbm.baselines import list_baselines, make_baseline
-from tests.test_baselines import TinyCNN, _kwargs
+from salfcbm.evaluation.baselines import list_baselines, make_baseline
+from tests.evaluation.test_baselines import TinyCNN, _kwargs
 
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["all-frozen", "head-trainable"])

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import salfcbm
-from salfcbm.prompts import PromptGrid
-from salfcbm.store import ShardedStore, compute_similarity_store
-from salfcbm.training import BottleneckConfig, BottleneckReport, HeadConfig, _cutoff_check, train_bottleneck
-from tests.test_training import _Table
+from salfcbm.supervision.prompts import PromptGrid
+from salfcbm.supervision.store import ShardedStore, compute_similarity_store
+from salfcbm.training.pipeline import BottleneckConfig, BottleneckReport, HeadConfig, _cutoff_check, train_bottleneck
+from tests.training.test_training import _Table
 
 
 def _noisy_problem(tmp_path, n, seed):

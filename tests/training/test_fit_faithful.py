@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import salfcbm
-from salfcbm.prompts import PromptGrid
-from salfcbm.training import BottleneckConfig, HeadConfig, fit
+from salfcbm.supervision.prompts import PromptGrid
+from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
 
 
 def _data():
-    from salfcbm.synthetic import SyntheticScenes
+    from salfcbm.demo.scenes import SyntheticScenes
 
     kw = dict(num_classes=2, image_size=32)
     return (SyntheticScenes(n=64, split="train", **kw), SyntheticScenes(n=32, split="val", **kw),
@@ -22,7 +22,7 @@ def _data():
 
 
 def _model(concepts):
-    from salfcbm.synthetic import SmallConvNet
+    from salfcbm.demo.scenes import SmallConvNet
 
     torch.manual_seed(0)
     return salfcbm.wrap(SmallConvNet(num_classes=2, width=4).eval(), concepts=concepts, num_classes=2, grid=4,
@@ -34,7 +34,7 @@ _FAST = BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-1.0)
 
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
-    from salfcbm.synthetic import GroundTruthScorer
+    from salfcbm.demo.scenes import GroundTruthScorer
 
     train, val, test = _data()
     run = tmp_path_factory.mktemp("paper")
@@ -57,8 +57,8 @@ def test_fit_reports_test_accuracy_and_matched_nec(paper_run):
 
 
 def test_one_by_index_scorer_scores_each_split_with_its_own_items(paper_run):
-    from salfcbm.store import SimilarityStore
-    from salfcbm.synthetic import GroundTruthScorer
+    from salfcbm.supervision.store import SimilarityStore
+    from salfcbm.demo.scenes import GroundTruthScorer
 
     train, val, _ = _data()
     prompts = PromptGrid(grid=(4, 4), radius=4)
@@ -89,7 +89,7 @@ class _ByIndex:
 
 def test_a_scorer_bound_to_another_dataset_is_refused(tmp_path):
     from salfcbm.errors import ScorerDatasetError
-    from salfcbm.store import compute_similarity_store
+    from salfcbm.supervision.store import compute_similarity_store
 
     train, val, _ = _data()
     with pytest.raises(ScorerDatasetError, match="bound to another dataset"):
@@ -118,7 +118,7 @@ def test_fit_filter_drops_concepts_absent_from_the_unprompted_images(paper_run):
 
 
 def test_fit_filter_option_is_validated(tmp_path):
-    from salfcbm.synthetic import GroundTruthScorer
+    from salfcbm.demo.scenes import GroundTruthScorer
 
     train, val, _ = _data()
     with pytest.raises(salfcbm.errors.InputError, match="filter_concepts must be"):

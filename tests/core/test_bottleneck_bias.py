@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import salfcbm
-from salfcbm.synthetic import SmallConvNet
+from salfcbm.demo.scenes import SmallConvNet
 
 
 def _model(**kw):
