@@ -493,6 +493,21 @@ class SyntheticScenes(Dataset):
         _, ids, layout = self._render(j)
         return torch.from_numpy(self._masks_from(ids, layout))
 
+    def _class_object_masks(self, masks: np.ndarray) -> np.ndarray:
+        """``(L, H, W)``: per class, the objects meeting one of its rule's object requirements.
+
+        The region "an image of a {class}" refers to: for each requirement the intersection of
+        its concept masks, united over the requirements (backgrounds left out, as the
+        ImageNet-segmentation masks hold foreground objects only).
+        """
+        out = np.zeros((len(self._rules), *masks.shape[-2:]), dtype=bool)
+        for c, rule in enumerate(self._rules):
+            for req in rule.objects:
+                phrases = req.phrases()
+                if phrases:
+                    out[c] |= np.logical_and.reduce([masks[self._concept_index[p]] for p in phrases])
+        return out
+
     def sample(self, i: int) -> SceneSample:
         """Image, label and masks of item ``i``, rendered once.
 
@@ -595,6 +610,9 @@ class GroundTruthScorer:
             circle: scores become ``(1 - context) * local + context * present`` where
             ``present`` is 1 if the concept appears anywhere in the image. Default 0.
         seed: Seed of the noise.
+        class_template: Also score one class concept per class, ``template`` with ``{class}``
+            replaced by the class name (the paper's Table 2 model is trained on "An image of a
+            {class}"); its mask is the objects that meet the class rule's requirements.
 
     Examples:
         >>> ds = SyntheticScenes(n=8, image_size=64)
@@ -615,7 +633,10 @@ class GroundTruthScorer:
         noise: float = 0.0,
         context: float = 0.0,
         seed: int = 0,
+        class_template: str | None = None,
     ) -> None:
+        if class_template is not None and (not isinstance(class_template, str) or "{class}" not in class_template):
+            raise InputError(f"class_template must be a string containing '{{class}}'; got {class_template!r}.")
         if not isinstance(dataset, SyntheticScenes):
             raise InputError(
                 f"GroundTruthScorer needs a SyntheticScenes dataset (it reads its masks); got {type(dataset).__name__}."
@@ -633,7 +654,10 @@ class GroundTruthScorer:
         self.noise = float(noise)
         self.context = float(context)
         self.seed = seed
+        self.class_template = class_template
         self.concepts: list[str] = list(dataset.concepts)
+        if class_template is not None:  # Table 2's class concepts, "an image of a {class}"
+            self.concepts += [class_template.replace("{class}", c) for c in dataset.classes]
         self._index = {c: k for k, c in enumerate(self.concepts)}
 
     @property
@@ -653,6 +677,7 @@ class GroundTruthScorer:
             "context": self.context,
             "seed": self.seed,
             "dim": self.dim,
+            "class_template": self.class_template,
         }
 
     def embed_images(self, images: torch.Tensor, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -676,7 +701,7 @@ class GroundTruthScorer:
             raise InputError(
                 f"GroundTruthScorer reads SyntheticScenes masks by index; it cannot score a {type(dataset).__name__}."
             )
-        if list(dataset.concepts) != self.concepts:
+        if list(dataset.concepts) != list(self.dataset.concepts) or dataset.classes != self.dataset.classes:
             raise InputError("GroundTruthScorer.for_dataset needs a dataset with the same concepts.")
         other = copy.copy(self)
         other.dataset = dataset
@@ -751,7 +776,10 @@ class GroundTruthScorer:
         img, ids, layout = self.dataset._render(i)
         if image is not None:
             self._check_aligned(i, image, img)
-        return self.dataset._masks_from(ids, layout)
+        masks = self.dataset._masks_from(ids, layout)
+        if self.class_template is None:
+            return masks
+        return np.concatenate([masks, self.dataset._class_object_masks(masks)])
 
     def _check_aligned(self, i: int, image: torch.Tensor, own: np.ndarray) -> None:
         if tuple(image.shape) != own.shape or float((image.detach().float().cpu() - torch.from_numpy(own)).abs().max()) > 0.05:

@@ -206,11 +206,15 @@ def build_methods(
     baseline_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     reference_colour: Sequence[float] | None = None,
     on_error: str = "raise",
+    class_template: str | None = None,
 ) -> tuple[dict[str, BenchmarkMethod], dict[str, str]]:
     """SALF-CBM and the baselines of :mod:`salfcbm.evaluation.baselines`, ready for :func:`run_attribution_benchmark`.
 
-    ``"salfcbm"`` is :class:`~salfcbm.explain.attribution.SALFCBMAttribution` (class mode: the
-    spatial decomposition of the class logit, paper 3.5) on ``model``, fed
+    ``"salfcbm"`` is the paper's Table 2 protocol: the model is trained with one concept per
+    class, ``"An image of a {class}"``, and the heatmap of a class is that concept's map
+    (:class:`~salfcbm.explain.attribution.SALFCBMAttribution` in ``"class_concept"`` mode).
+    ``"salfcbm_logit"`` is the extra row: the spatial decomposition of the class logit (paper
+    3.5; ``"class"`` mode), which any SALF-CBM has. Both run on ``model``, fed
     ``model.preprocess(images)``. Every other name is a baseline built with
     :func:`~salfcbm.evaluation.baselines.make_baseline` on ``model.backbone``, the standard model
     with its own classifier (the paper's Table 2 compares against it), at ``layer``
@@ -234,9 +238,12 @@ def build_methods(
             gradients integrates from an image of this colour (unless
             ``baseline_kwargs`` sets ``baseline``); use the same colour for the deletion
             substrate (:func:`constant_substrate`).
-        on_error: ``"raise"`` or ``"record"``: a baseline that cannot explain this model
+        class_template: the class-concept phrase of ``"salfcbm"`` (default ``"An image of a {class}"``,
+            matched case-insensitively).
+        on_error: ``"raise"`` or ``"record"``: a method that cannot explain this model (``"salfcbm"``
+            on a model without class concepts, or a baseline
             (:class:`~salfcbm.evaluation.baselines.UnsupportedBaselineError`, e.g. LRP on a module
-            type without a rule) is left out and its reason returned.
+            type without a rule)) is left out and its reason returned.
 
     Returns:
         ``(methods, skipped)``: the methods by name, and ``{name: reason}`` for those
@@ -244,20 +251,21 @@ def build_methods(
 
     Examples:
         >>> import timm, salfcbm
-        >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
-        ...                  num_classes=2, backbone_weights=None)
-        >>> methods, skipped = build_methods(m, ["salfcbm", "gradcam", "random"])
+        >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), num_classes=2,
+        ...                  concepts=["An image of a cat", "An image of a dog"], class_names=["cat", "dog"],
+        ...                  backbone_weights=None)
+        >>> methods, skipped = build_methods(m, ["salfcbm", "salfcbm_logit", "gradcam", "random"])
         >>> sorted(methods), methods["gradcam"].attributor.layer_name
-        (['gradcam', 'random', 'salfcbm'], 'layer4')
+        (['gradcam', 'random', 'salfcbm', 'salfcbm_logit'], 'layer4')
     """
-    from salfcbm.explain.attribution import SALFCBMAttribution
+    from salfcbm.explain.attribution import CLASS_TEMPLATE, SALFCBMAttribution
     from salfcbm.evaluation.baselines import UnsupportedBaselineError, list_baselines, make_baseline
 
     if not hasattr(model, "head_from_maps") or getattr(model, "backbone", None) is None:
         raise InputError(f"`model` must be a salfcbm.SALFCBM with its backbone, got {type(model).__name__}.")
     if on_error not in ("raise", "record"):
         raise InputError(f"`on_error` must be 'raise' or 'record', got {on_error!r}.")
-    valid = ["salfcbm", *list_baselines()]
+    valid = ["salfcbm", "salfcbm_logit", *list_baselines()]
     names = list(valid if names is None else names)
     bad = [n for n in names if n not in valid]
     if bad or not names:
@@ -284,10 +292,16 @@ def build_methods(
     methods: dict[str, BenchmarkMethod] = {}
     skipped: dict[str, str] = {}
     for name in names:
-        if name == "salfcbm":
-            methods[name] = BenchmarkMethod(
-                SALFCBMAttribution(model), model, full_frame, explains="SALF-CBM"
-            )
+        if name in ("salfcbm", "salfcbm_logit"):
+            try:
+                attr = SALFCBMAttribution(model, mode="class_concept", template=class_template or CLASS_TEMPLATE) \
+                    if name == "salfcbm" else SALFCBMAttribution(model, mode="class")
+            except InputError as e:
+                if on_error == "raise":
+                    raise
+                skipped[name] = str(e)
+                continue
+            methods[name] = BenchmarkMethod(attr, model, full_frame, explains="SALF-CBM")
             continue
         kw = dict(baseline_kwargs.get(name, {}))
         if name == "integrated_gradients" and "baseline" not in kw:

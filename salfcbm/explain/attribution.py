@@ -17,6 +17,10 @@ With mean pooling its grid-resolution mean plus a constant gives the logit exact
 ``logit_l = mean_{h,w} A_l^{grid} + b_l - sum_m W[l, m] mu_m / sigma_m``.
 
 Concept mode returns the (upsampled) concept map ``c_up(x)[m]`` of one concept per image.
+
+Class-concept mode is the paper's Table 2 protocol (section 4.2): the model is trained with one
+concept per class, "An image of a {class}", and the heatmap for class ``l`` is the map of the
+concept of class ``l``.
 Captum is not needed to use the adapter.
 """
 
@@ -35,10 +39,31 @@ from salfcbm.explain.explanations import _as_batch, class_index
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM
 
-__all__ = ["SALFCBMAttribution", "class_heatmaps"]
+__all__ = ["CLASS_TEMPLATE", "SALFCBMAttribution", "class_concept_indices", "class_heatmaps"]
 
-MODES = ("class", "concept")
+MODES = ("class", "concept", "class_concept")
+#: The class-concept template of the paper's Table 2 model.
+CLASS_TEMPLATE = "An image of a {class}"
 INTERPOLATE_MODES = ("bilinear", "nearest", "bicubic", "area")
+
+
+def class_concept_indices(model: SALFCBM, template: str = CLASS_TEMPLATE) -> torch.Tensor:
+    """``(L,)``: the index of the concept ``template.replace("{class}", name)`` for every class.
+
+    Raises :class:`~salfcbm.errors.InputError` naming the missing phrases when the model was
+    not trained with class concepts (Table 2 needs them).
+    """
+    lower = {c.lower(): i for i, c in enumerate(model.concepts)}
+    want = [template.replace("{class}", name) for name in model.class_names]
+    missing = [w for w in want if w.lower() not in lower]
+    if missing:
+        raise InputError(
+            f"The paper's Table 2 protocol scores the map of the class concept {template!r}, but this model has no "
+            f"concept {missing[0]!r} ({len(missing)} of {len(want)} classes missing). Train a model with "
+            "concepts_from_templates(class_names, template) (and class_names set), or use mode='class' for the "
+            "class-logit decomposition."
+        )
+    return torch.tensor([lower[w.lower()] for w in want], dtype=torch.long)
 
 
 def class_heatmaps(model: SALFCBM, concept_maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,8 +89,10 @@ class SALFCBMAttribution:
 
     Args:
         model: a :class:`~salfcbm.SALFCBM`.
-        mode: ``"class"`` (the logit's spatial decomposition, see the module docstring) or
-            ``"concept"`` (one concept's map; then ``target`` names the concept).
+        mode: ``"class"`` (the logit's spatial decomposition, see the module docstring),
+            ``"concept"`` (one concept's map; then ``target`` names the concept) or
+            ``"class_concept"`` (Table 2: the map of the concept ``template`` of the target class).
+        template: the class-concept phrase with ``{class}`` (matched case-insensitively).
         relu: clamp negative values to 0 (Grad-CAM's ``relu_attributions``).
         interpolate_mode: how to upsample from the grid to the input (``"bilinear"`` as in the paper;
             Captum's ``interpolate`` defaults to ``"nearest"``).
@@ -87,6 +114,7 @@ class SALFCBMAttribution:
         relu: bool = False,
         interpolate_mode: str = "bilinear",
         upsample: bool = True,
+        template: str = CLASS_TEMPLATE,
     ):
         if not hasattr(model, "head_from_maps") or not hasattr(model, "concept_maps_from_features"):
             raise InputError(f"`model` must be a salfcbm.SALFCBM, got {type(model).__name__}.")
@@ -99,6 +127,8 @@ class SALFCBMAttribution:
         self.relu = bool(relu)
         self.interpolate_mode = interpolate_mode
         self.upsample = bool(upsample)
+        self.template = template
+        self._class_concept = class_concept_indices(model, template) if mode == "class_concept" else None
 
     def __repr__(self) -> str:
         return f"SALFCBMAttribution(mode={self.mode!r}, relu={self.relu}, interpolate_mode={self.interpolate_mode!r})"
@@ -109,7 +139,7 @@ class SALFCBMAttribution:
 
     def _targets(self, target: Any, B: int, logits: torch.Tensor) -> torch.Tensor:
         resolve = (
-            (lambda t: class_index(self.model, t)) if self.mode == "class" else self.model.concept_index
+            self.model.concept_index if self.mode == "concept" else (lambda t: class_index(self.model, t))
         )
         if target is None:
             if self.mode == "concept":
@@ -164,6 +194,9 @@ class SALFCBMAttribution:
             if self.mode == "class":  # one weighted sum of the maps, built from the features when lazy
                 w = self.model.head.weight.detach()[t] / self.model.concept_std.detach()
                 attr = out.combine_maps(w).detach().float()
+            elif self.mode == "class_concept":
+                k = self._class_concept.to(t.device)[t]
+                attr = out.concept_maps_at(k[:, None]).detach().float()[:, 0]
             else:
                 attr = out.concept_maps_at(t[:, None]).detach().float()[:, 0]
             attr = attr.unsqueeze(1)

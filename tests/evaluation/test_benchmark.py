@@ -30,7 +30,7 @@ from salfcbm.errors import InputError
 from salfcbm.demo.scenes import SmallConvNet, SyntheticScenes
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL = ["salfcbm", *list_baselines()]
+ALL = ["salfcbm", "salfcbm_logit", *list_baselines()]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def tiny_salfcbm(scenes):
     """A SALF-CBM around a random SmallConvNet; random bottleneck and head (nothing is trained)."""
     torch.manual_seed(0)
     net = SmallConvNet(num_classes=scenes.num_classes, width=4).eval()
-    model = salfcbm.wrap(net, concepts=scenes.concepts, num_classes=scenes.num_classes, grid=4,
+    concepts = scenes.concepts + [f"An image of a {c}" for c in scenes.classes]  # Table 2's class concepts
+    model = salfcbm.wrap(net, concepts=concepts, num_classes=scenes.num_classes, grid=4,
                          input_size=(32, 32), backbone_weights=None, class_names=scenes.classes)
     return model.eval()
 
@@ -86,7 +87,7 @@ def test_runner_scores_every_method(scenes, tiny_salfcbm):
         assert _finite_row(row), (name, row)
         assert 0 <= row["miou"] <= 1 and 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
         assert row["n_images"] == 3 and 0 <= row["explained_is_label"] <= 1
-        assert row["explains"] == ("SALF-CBM" if name == "salfcbm" else "backbone")
+        assert row["explains"] == ("SALF-CBM" if name.startswith("salfcbm") else "backbone")
     assert res.rows["salfcbm"]["speed_ratio"] == pytest.approx(1.0)
     assert res.examples["images"].shape == (2, 3, 32, 32) and set(res.examples["heatmaps"]) == set(ALL)
     # JSON and Markdown carry every method; the figure has a column per method plus image and mask
@@ -146,8 +147,9 @@ def test_real_data_path_end_to_end(tmp_path):
     """--model (a saved SALF-CBM on a timm backbone) + --imagenet-seg (a v7.3 .mat): the whole CLI, offline."""
     h5py = pytest.importorskip("h5py")
     torch.manual_seed(0)
-    model = salfcbm.wrap("timm:test_resnet", pretrained=False, concepts=["a dog", "grass", "sky"], num_classes=4,
-                         input_size=(32, 32))
+    names = ["cat", "dog", "car", "tree"]
+    model = salfcbm.wrap("timm:test_resnet", pretrained=False, concepts=[f"An image of a {c}" for c in names],
+                         class_names=names, num_classes=4, input_size=(32, 32))
     with torch.no_grad():
         model.concept_std.fill_(1.0)
     model.save_pretrained(tmp_path / "model")
@@ -223,3 +225,30 @@ def test_constant_substrate_fills_every_pixel(colour, b):
     out = constant_substrate(colour)(x)
     assert out.shape == x.shape
     assert torch.allclose(out, torch.tensor(colour, dtype=x.dtype).view(1, -1, 1, 1).expand_as(x))
+
+
+def test_table2_protocol_scores_the_class_concept_map_and_keeps_the_logit_row(scenes, tiny_salfcbm):
+    from salfcbm.explain.attribution import SALFCBMAttribution
+
+    x = torch.stack([scenes[i][0] for i in range(3)])
+    methods, _ = build_methods(tiny_salfcbm, ["salfcbm", "salfcbm_logit"], backbone_preprocess=None)
+    target = torch.tensor([0, 1, 0])
+    inputs = tiny_salfcbm.preprocess(x)
+    maps = tiny_salfcbm(inputs).concept_maps
+    got = methods["salfcbm"].attribute(inputs, target)
+    for b, t in enumerate(target.tolist()):
+        k = tiny_salfcbm.concepts.index(f"An image of a {scenes.classes[t]}")
+        want = torch.nn.functional.interpolate(maps[b : b + 1, k : k + 1], size=(32, 32), mode="bilinear")
+        assert torch.allclose(got[b : b + 1], want, atol=1e-5)
+    logit = SALFCBMAttribution(tiny_salfcbm, mode="class").attribute(inputs, target)
+    assert torch.allclose(methods["salfcbm_logit"].attribute(inputs, target), logit)
+
+
+def test_table2_protocol_needs_class_concepts(scenes):
+    net = SmallConvNet(num_classes=scenes.num_classes, width=4).eval()
+    plain = salfcbm.wrap(net, concepts=scenes.concepts, num_classes=scenes.num_classes, grid=4, input_size=(32, 32),
+                         backbone_weights=None, class_names=scenes.classes)
+    with pytest.raises(InputError, match="Table 2"):
+        build_methods(plain, ["salfcbm"])
+    methods, skipped = build_methods(plain, ["salfcbm", "salfcbm_logit"], on_error="record")
+    assert list(methods) == ["salfcbm_logit"] and "An image of a" in skipped["salfcbm"]
