@@ -358,7 +358,7 @@ def _text_embeddings(scorer: Any, texts: Sequence[str]) -> torch.Tensor | None:
         return None
     try:
         emb = scorer.text_embeddings(list(texts))
-    except NotImplementedError:
+    except (NotImplementedError, KeyError):  # no text side, or only a closed vocabulary (GroundTruthScorer)
         return None
     return torch.nn.functional.normalize(emb.detach().float().cpu(), dim=-1)
 
@@ -395,7 +395,8 @@ def filter_concepts(
        scorer's ``embed_images`` (see :func:`unprompted_activity`).
 
     Steps 3-4 need ``scorer.text_embeddings`` (skipped, except exact class
-    matches, when ``scorer`` is ``None`` or raises ``NotImplementedError``);
+    matches, when ``scorer`` is ``None`` or raises ``NotImplementedError``, or a
+    ``KeyError`` for text outside a closed vocabulary);
     step 5 needs ``activations``. Difference from LF-CBM: its similarities in steps
     3-4 average CLIP ViT-B/16 and all-mpnet-base-v2 text embeddings
     (``(mpnet + 3 * clip) / 4``); salfcbm uses the scorer's text embeddings only, so as
@@ -482,8 +483,8 @@ def filter_concepts(
             survivors.append(c)
     kept = survivors
     cemb = _text_embeddings(scorer, kept)
-    if cemb is not None and classes:
-        clemb = _text_embeddings(scorer, classes)
+    clemb = _text_embeddings(scorer, classes) if cemb is not None and classes else None
+    if clemb is not None:
         sims = cemb @ clemb.T  # (M, L)
         best, which = sims.max(dim=1)
         survivors, rows = [], []

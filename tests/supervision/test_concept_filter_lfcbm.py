@@ -47,3 +47,11 @@ def test_format_concept_keeps_articles_and_class_match_ignores_them():
     assert format_concept("2) the ability to fly.") == "the ability to fly"
     r = filter_concepts(["a Cat", "The dog", "cat fur"], classes=["cat", "dog"])
     assert r.kept == ["cat fur"] and r.reason("a Cat").startswith("too similar to class: equals class 'cat'")
+
+
+def test_a_closed_vocabulary_scorer_skips_the_class_similarity_filter():
+    from salfcbm.demo.scenes import GroundTruthScorer, SyntheticScenes
+
+    ds = SyntheticScenes(n=4, image_size=32, num_classes=8)
+    r = filter_concepts(ds.concepts, classes=ds.classes, scorer=GroundTruthScorer(ds))  # class names: free text
+    assert r.kept == ds.concepts

@@ -227,7 +227,7 @@ def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     sims = {s: compute_similarity_store(tmp_path / s, d, GroundTruthScorer(d), prompts, progress=False)
             for s, d in (("train", train), ("val", val))}
     res = fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=tmp_path / "run",
-              cache_features=False, baseline=True, progress=False,
+              cache_features=False, baseline=True, progress=False, filter_concepts=False,
               bottleneck=BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-1.0))
     assert not (tmp_path / "run" / "features").exists()
     assert res.metrics["salfcbm"]["concepts"] == len(train.concepts)
