@@ -736,7 +736,8 @@ def _cutoff_check(
     if not report.dropped:
         return out
     _, _, (z_train, z_val) = _standardize(train[0], val[0])
-    full = fit_head(z_train, train[1], z_val, val[1], num_classes, hcfg, progress=progress)
+    full = fit_head(z_train, train[1], z_val, val[1], num_classes, hcfg, progress=progress,
+                    desc="Sparse head path (all concepts, cutoff check)")
     acc = _accuracy(full.logits(z_val), val[1])
     out["val_accuracy_without_cutoff"] = acc
     used = (full.weight != 0).any(0)

@@ -32,9 +32,13 @@ def test_a_checkpoint_saved_with_a_bias_still_loads(tmp_path):
         old.bottleneck.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
         old.head.weight.normal_()
     old.save_pretrained(tmp_path)
+    # rewrite it as the version-1 files of earlier salfcbm: no bottleneck_bias key, no checksums
     cfg = json.loads((tmp_path / "config.json").read_text())
-    del cfg["bottleneck_bias"]  # a config written before the option existed
+    for k in ("bottleneck_bias", "weights_sha256", "backbone_fingerprint"):
+        cfg.pop(k, None)
+    cfg["version"] = 1
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file(dict(load_file(tmp_path / "model.safetensors")), tmp_path / "model.safetensors")
     assert "bottleneck.bias" in load_file(tmp_path / "model.safetensors")
     new = salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=net).eval()
     assert new.bottleneck.bias is not None
@@ -47,7 +51,5 @@ def test_new_checkpoint_has_no_bias(tmp_path):
     m = _model()
     m.save_pretrained(tmp_path)
     assert "bottleneck.bias" not in load_file(tmp_path / "model.safetensors")
-    state = load_file(tmp_path / "model.safetensors")
-    save_file(state, tmp_path / "model.safetensors")
     again = salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=m.backbone)
     assert again.bottleneck.bias is None
