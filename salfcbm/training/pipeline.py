@@ -128,8 +128,11 @@ class BottleneckConfig:
             similarity of every grid cell, averaged over the cells, i.e. how well the concept's
             *map* is learned. ``"pooled"``: LF-CBM's statistic, the cubic cosine similarity of
             the pooled activation ``c*(x)`` with the pooled target across validation images,
-            i.e. how well the concept's *presence* is learned. Per-cell similarities are lower
-            (a cell sees less signal), so the same cutoff removes more concepts with ``"cell"``.
+            i.e. how well the concept's *presence* is learned. Neither is uniformly lower: noise
+            that pooling averages away lowers the per-cell value, while a concept whose amount
+            varies little between images (a texture) has a low pooled one. On the demo's scenes
+            (``docs/synthetic.md``) the pooled statistic removed 10 of 56 concepts at 0.3 where
+            the per-cell one removed 1, at the same test accuracy.
     """
 
     lr: float = 1e-3
@@ -775,7 +778,7 @@ def _matched_nec(
                       stacklevel=3)
         return out
     fit_ = fit_sparse_head(
-        train[0], train[1], val[0], val[1], num_classes=num_classes, alpha=cfg.alpha, n_lambdas=max(cfg.n_lambdas, 40),
+        train[0], train[1], val[0], val[1], num_classes=num_classes, alpha=cfg.alpha, n_lambdas=max(cfg.n_lambdas, 100),
         lambda_min_ratio=min(cfg.lambda_min_ratio, 1e-3), select="nec", target_nec=target, max_iter=cfg.max_iter,
         progress=progress, desc="Sparse head path (standard baseline at SALF-CBM's NEC)",
     )

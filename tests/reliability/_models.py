@@ -22,7 +22,7 @@ def model(variant: int = 0, net: nn.Module | None = None) -> salfcbm.SALFCBM:
     m = salfcbm.wrap(net, concepts=CONCEPTS, num_classes=3, layer="2", input_size=(32, 32), grid=4)
     g = torch.Generator().manual_seed(100 + variant)
     with torch.no_grad():
-        for p in (m.bottleneck.weight, m.bottleneck.bias, m.head.weight, m.head.bias, m.concept_mean):
+        for p in (m.bottleneck.weight, m.head.weight, m.head.bias, m.concept_mean):  # the bottleneck has no bias
             p.copy_(torch.randn(p.shape, generator=g))
         m.concept_std.copy_(torch.rand(m.num_concepts, generator=g) + 0.5)
     return m.eval()
