@@ -40,7 +40,7 @@ from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
 from salfcbm._utils.tensors import autocast, check_precision, to_device
 from salfcbm.core.model import SALFCBM
-from salfcbm.errors import AlignmentError, AllConceptsCutError, InputError, SalfCBMError
+from salfcbm.errors import AlignmentError, AllConceptsCutError, DegenerateResultWarning, InputError, SalfCBMError
 from salfcbm.supervision.concepts import ConceptFilterReport, unprompted_activity
 from salfcbm.supervision.concepts import filter_concepts as _filter
 from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head, lambda_max
@@ -672,7 +672,7 @@ def _fit_fixed_lambda(
         warnings.warn(
             f"The fixed lam={lam:g} is at or above lam_max={lam_top:.4g} for these features: the head has no "
             "non-zero weight and predicts the majority class. Lower lam (LF-CBM's default is 7e-4).",
-            RuntimeWarning, stacklevel=3,
+            DegenerateResultWarning, stacklevel=3,
         )
         lams = [lam]
     else:
@@ -755,7 +755,7 @@ def _cutoff_check(
             f"head uses when they are kept: {', '.join(f'{c!r} ({s}, {other_name} {o})' for c, s, o in needed)}. "
             f"Validation accuracy with them {acc:.3f}, without {val_accuracy:.3f}. Lower the cutoff, or use "
             "BottleneckConfig(cutoff_statistic='pooled') (LF-CBM's statistic).",
-            RuntimeWarning, stacklevel=3,
+            DegenerateResultWarning, stacklevel=3,
         )
     return out
 
@@ -774,7 +774,7 @@ def _matched_nec(
     out: dict[str, Any] = {"nec": target, "salfcbm": {k: salf[k] for k in ("val_accuracy", "test_accuracy", "nec")
                                                        if k in salf}}
     if target <= 0:
-        warnings.warn("SALF-CBM's head has no non-zero weight: no matched-sparsity comparison.", RuntimeWarning,
+        warnings.warn("SALF-CBM's head has no non-zero weight: no matched-sparsity comparison.", DegenerateResultWarning,
                       stacklevel=3)
         return out
     fit_ = fit_sparse_head(

@@ -59,7 +59,7 @@ def test_cutting_a_concept_the_head_needs_warns():
     report = BottleneckReport(steps=1, best_step=1, best_val_similarity=0.5, concept_similarity={}, kept=["c0", "c1"],
                               dropped=[("c2", 0.3)], pooled_similarity={"c0": .9, "c1": .9, "c2": .7},
                               cell_similarity={"c0": .8, "c1": .8, "c2": .3})
-    with pytest.warns(RuntimeWarning, match="c2"):
+    with pytest.warns(salfcbm.errors.DegenerateResultWarning, match="c2"):
         out = _cutoff_check(report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"], (acts[:300], y[:300]),
                             (acts[300:], y[300:]), 2, HeadConfig(select="fixed", lam=1e-3), 0.5, progress=False)
     assert out["needed_by_head"][0][0] == "c2" and out["val_accuracy_without_cutoff"] > 0.9

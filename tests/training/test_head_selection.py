@@ -50,7 +50,7 @@ def test_fixed_lambda_is_the_solution_at_lam_and_ignores_validation():
 
 def test_fixed_lambda_above_lam_max_warns():
     xt, yt, xv, yv = _problem()
-    with pytest.warns(RuntimeWarning, match="lam_max"):
+    with pytest.warns(salfcbm.errors.DegenerateResultWarning, match="lam_max"):
         f = fit_head(xt, yt, xv, yv, 4, HeadConfig(select="fixed", lam=50.0), progress=False)
     assert f.point.nnz == 0
 
