@@ -141,6 +141,7 @@ def _table2_model(demo_model, data, cfg: dict, out: Path, progress: bool, device
         model, data["train"], data["val"], scorer=GroundTruthScorer(data["train"], class_template=CLASS_TEMPLATE),
         prompts=PromptGrid(grid=demo_model.grid, radius=cfg["radius"]), run_dir=out / "table2", baseline=False,
         head=HeadConfig.paper("default"), progress=progress, device=device,
+        filter_concepts=False,  # the class concepts are the protocol: LF-CBM's filters would drop them as too long
         bottleneck=BottleneckConfig(max_steps=cfg["bottleneck_steps"], batch_size=256, val_every=50, patience=8,
                                     lr=cfg["bottleneck_lr"], cutoff=cfg["cutoff"], seed=cfg["seed"]),
     )
