@@ -66,7 +66,8 @@ def test_one_by_index_scorer_scores_each_split_with_its_own_items(paper_run):
     idx = torch.arange(8)
     images = torch.stack([val[i][0] for i in range(8)])
     own = GroundTruthScorer(val).embed(images, idx, prompts)
-    wrong = GroundTruthScorer(train).embed(images, idx, prompts)  # what a by-index scorer bound to train reads
+    train_images = torch.stack([train[i][0] for i in range(8)])
+    wrong = GroundTruthScorer(train).embed(train_images, idx, prompts)  # what a scorer bound to train reads at idx
     assert not torch.allclose(own, wrong)
     assert torch.allclose(stored.embeddings(idx).float(), own, atol=1e-3)
 
