@@ -753,8 +753,8 @@ def _cutoff_check(
         warnings.warn(
             f"The interpretability cutoff ({bcfg.cutoff_statistic} similarity < {bcfg.cutoff}) removed concepts the "
             f"head uses when they are kept: {', '.join(f'{c!r} ({s}, {other_name} {o})' for c, s, o in needed)}. "
-            f"Validation accuracy with them {acc:.3f}, without {val_accuracy:.3f}. Lower the cutoff, or use "
-            "BottleneckConfig(cutoff_statistic='pooled') (LF-CBM's statistic).",
+            f"Validation accuracy with them {acc:.3f}, without {val_accuracy:.3f}. Lower the cutoff, or compare "
+            f"with the {other_name} statistic (BottleneckConfig(cutoff_statistic=...)).",
             DegenerateResultWarning, stacklevel=3,
         )
     return out

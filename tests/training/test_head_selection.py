@@ -31,8 +31,9 @@ def test_paper_presets_are_lfcbm_lambdas():
         HeadConfig.paper("imagenett")
     with pytest.raises(salfcbm.errors.InputError, match="needs lam"):
         HeadConfig(select="fixed")
+    assert HeadConfig(lam=1e-3).select == "fixed"  # a lam alone is the fixed selection
     with pytest.raises(salfcbm.errors.InputError, match="only used with select='fixed'"):
-        HeadConfig(lam=1e-3)
+        HeadConfig(select="nec", target_nec=5, lam=1e-3)
 
 
 def test_fixed_lambda_is_the_solution_at_lam_and_ignores_validation():
