@@ -427,16 +427,7 @@ def filter_concepts(
         >>> r.reasons
         {'duplicate': 1, 'too long': 1, 'too similar to class': 1}
     """
-    if isinstance(concepts, str):
-        raise InputError("concepts must be a list of strings, not a single string.")
-    classes = list(classes)
-    if not all(isinstance(c, str) for c in classes):
-        raise InputError("classes must be strings.")
-    if not isinstance(max_length, int) or max_length < 1:
-        raise InputError(f"max_length must be a positive int; got {max_length!r}.")
-    for name, v in (("class_similarity", class_similarity), ("concept_similarity", concept_similarity)):
-        if not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0:
-            raise InputError(f"{name} must be a cosine similarity cutoff in [-1, 1]; got {v!r}.")
+    classes = _check_filter_options(concepts, classes, max_length, class_similarity, concept_similarity)
     report = ConceptFilterReport(
         settings=dict(
             max_length=max_length,
@@ -448,8 +439,42 @@ def filter_concepts(
             activations=activations is not None,
         )
     )
+    kept = _drop_duplicates(concepts, report)  # 1
+    kept = _drop_where(kept, report, lambda c: len(c) > max_length,  # 2
+                       lambda c: f"too long: {len(c)} > {max_length} characters")
+    kept, cemb = _drop_class_names(kept, classes, scorer, class_similarity, report)  # 3
+    if cemb is not None and len(kept) > 1:  # 4. of a near-duplicate pair, the lower total similarity goes
+        gone = _near_duplicates(cemb @ cemb.T, concept_similarity)
+        for j, (k, sim) in gone.items():
+            report.dropped.append((kept[j], f"too similar to concept: {kept[k]!r} (cosine {sim:.3f} >= {concept_similarity})"))
+        kept = [c for j, c in enumerate(kept) if j not in gone]
+    if activations is not None and kept:  # 5. activation on training images
+        act = dict(zip(kept, _activations(activations, kept, concepts, top_k)))
+        kept = _drop_where(kept, report, lambda c: act[c] <= activation_cutoff,
+                           lambda c: f"never fires: mean top-{top_k} similarity {float(act[c]):.3f} <= {activation_cutoff}")
+    report.kept = kept
+    return report
 
-    # 1. blanks / duplicates
+
+def _check_filter_options(
+    concepts: Any, classes: Sequence[str], max_length: Any, class_similarity: Any, concept_similarity: Any
+) -> list[str]:
+    """Validate `filter_concepts`' arguments eagerly; return the class names as a list."""
+    if isinstance(concepts, str):
+        raise InputError("concepts must be a list of strings, not a single string.")
+    classes = list(classes)
+    if not all(isinstance(c, str) for c in classes):
+        raise InputError("classes must be strings.")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise InputError(f"max_length must be a positive int; got {max_length!r}.")
+    for name, v in (("class_similarity", class_similarity), ("concept_similarity", concept_similarity)):
+        if not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0:
+            raise InputError(f"{name} must be a cosine similarity cutoff in [-1, 1]; got {v!r}.")
+    return classes
+
+
+def _drop_duplicates(concepts: Sequence[Any], report: ConceptFilterReport) -> list[str]:
+    """Filter 1: blanks and case-insensitive duplicates (white space folded)."""
     seen: dict[str, str] = {}
     kept: list[str] = []
     for c in concepts:
@@ -463,58 +488,42 @@ def filter_concepts(
         else:
             seen[norm.lower()] = norm
             kept.append(norm)
+    return kept
 
-    # 2. length
+
+def _drop_where(kept: list[str], report: ConceptFilterReport, drop: Any, reason: Any) -> list[str]:
+    """Keep the concepts for which ``drop(c)`` is false; report the others with ``reason(c)``."""
     survivors = []
     for c in kept:
-        if len(c) > max_length:
-            report.dropped.append((c, f"too long: {len(c)} > {max_length} characters"))
+        if drop(c):
+            report.dropped.append((c, reason(c)))
         else:
             survivors.append(c)
-    kept = survivors
+    return survivors
 
-    # 3. class names (as LF-CBM: also "a {class}", "the {class}", any case)
+
+def _drop_class_names(
+    kept: list[str], classes: list[str], scorer: Any, class_similarity: float, report: ConceptFilterReport
+) -> tuple[list[str], torch.Tensor | None]:
+    """Filter 3: equal to a class name (as LF-CBM: also "a {class}", "the {class}", any case), or
+    text-embedding similarity to one at or above ``class_similarity``. Returns the survivors and
+    their text embeddings (``None`` without a text scorer)."""
     class_lower = {_bare(c): c for c in classes}
-    survivors = []
-    for c in kept:
-        if _bare(c) in class_lower:
-            report.dropped.append((c, f"too similar to class: equals class {class_lower[_bare(c)]!r}"))
-        else:
-            survivors.append(c)
-    kept = survivors
+    kept = _drop_where(kept, report, lambda c: _bare(c) in class_lower,
+                       lambda c: f"too similar to class: equals class {class_lower[_bare(c)]!r}")
     cemb = _text_embeddings(scorer, kept)
     clemb = _text_embeddings(scorer, classes) if cemb is not None and classes else None
-    if clemb is not None:
-        sims = cemb @ clemb.T  # (M, L)
-        best, which = sims.max(dim=1)
-        survivors, rows = [], []
-        for j, c in enumerate(kept):
-            if best[j] >= class_similarity:
-                report.dropped.append((c, f"too similar to class: {classes[int(which[j])]!r} (cosine {best[j]:.3f} >= {class_similarity})"))
-            else:
-                survivors.append(c)
-                rows.append(j)
-        kept, cemb = survivors, cemb[rows]
-
-    # 4. concept near-duplicates (LF-CBM: of a pair, the one with the lower total similarity goes)
-    if cemb is not None and len(kept) > 1:
-        gone = _near_duplicates(cemb @ cemb.T, concept_similarity)
-        for j, (k, sim) in gone.items():
-            report.dropped.append((kept[j], f"too similar to concept: {kept[k]!r} (cosine {sim:.3f} >= {concept_similarity})"))
-        kept = [c for j, c in enumerate(kept) if j not in gone]
-
-    # 5. activation on training images
-    if activations is not None and kept:
-        act = _activations(activations, kept, concepts, top_k)
-        survivors = []
-        for j, c in enumerate(kept):
-            if act[j] <= activation_cutoff:
-                report.dropped.append((c, f"never fires: mean top-{top_k} similarity {float(act[j]):.3f} <= {activation_cutoff}"))
-            else:
-                survivors.append(c)
-        kept = survivors
-    report.kept = kept
-    return report
+    if clemb is None:
+        return kept, cemb
+    best, which = (cemb @ clemb.T).max(dim=1)  # (M,) against the L classes
+    survivors, rows = [], []
+    for j, c in enumerate(kept):
+        if best[j] >= class_similarity:
+            report.dropped.append((c, f"too similar to class: {classes[int(which[j])]!r} (cosine {best[j]:.3f} >= {class_similarity})"))
+        else:
+            survivors.append(c)
+            rows.append(j)
+    return survivors, cemb[rows]
 
 
 @torch.no_grad()
