@@ -615,6 +615,360 @@ def _check_tensor_inputs(images: torch.Tensor, masks: Any) -> torch.Tensor:
     return masks
 
 
+def _check_benchmark_options(
+    methods: Any,
+    batch_size: Any,
+    n_steps: Any,
+    perturbation_batch_size: Any,
+    timing_repeats: Any,
+    n_examples: Any,
+    timing_batch: Any,
+    max_images: Any,
+    on_error: Any,
+    deletion_substrate: Any,
+    insertion_substrate: Any,
+) -> None:
+    """Validate the benchmark's methods and scalar options, raising :class:`InputError`."""
+    if not isinstance(methods, Mapping) or not methods:
+        raise InputError(f"`methods` must be a non-empty mapping name -> BenchmarkMethod, got {methods!r}.")
+    for name, m in methods.items():
+        if not isinstance(m, BenchmarkMethod):
+            raise InputError(
+                f"methods[{name!r}] must be a BenchmarkMethod(attributor, model, preprocess), got {type(m).__name__}."
+            )
+    for nm, v, lo in (
+        ("batch_size", batch_size, 1),
+        ("n_steps", n_steps, 1),
+        ("perturbation_batch_size", perturbation_batch_size, 1),
+        ("timing_repeats", timing_repeats, 1),
+        ("n_examples", n_examples, 0),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise InputError(f"`{nm}` must be an int >= {lo}, got {v!r}.")
+    for nm, v in (("timing_batch", timing_batch), ("max_images", max_images)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if nm == "timing_batch" else 1)):
+            raise InputError(f"`{nm}` must be a positive int or None, got {v!r}.")
+    if on_error not in ("raise", "record"):
+        raise InputError(f"`on_error` must be 'raise' or 'record', got {on_error!r}.")
+    for nm, fn in (("deletion_substrate", deletion_substrate), ("insertion_substrate", insertion_substrate)):
+        if fn is not None and not callable(fn):
+            raise InputError(f"`{nm}` must be a callable images -> images or None, got {type(fn).__name__}.")
+
+
+def _check_benchmark_data(
+    images: torch.Tensor | Iterable[Any], masks: Any, labels: Any, targets: Any
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Validate ``targets`` and the images / masks / labels; return the normalised ``(masks, labels)``."""
+    if not isinstance(targets, str) or targets not in _TARGET_MODES:
+        raise InputError(f"`targets` must be one of {_TARGET_MODES}, got {targets!r}.")
+    if isinstance(images, torch.Tensor):
+        masks = _check_tensor_inputs(images, masks)
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) or labels.is_floating_point():
+                raise InputError(
+                    f"`labels` must be an (N,) integer tensor with N={images.shape[0]}, got "
+                    f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}."
+                )
+            labels = labels.long()
+        elif targets == "labels":
+            raise InputError("targets='labels' needs `labels`, an (N,) tensor of class indices.")
+    elif masks is not None or labels is not None:
+        raise InputError(
+            "`masks` and `labels` are only accepted with tensor `images`; an iterable must yield "
+            "(images, masks) or (images, masks, labels) batches."
+        )
+    return masks, labels
+
+
+@dataclass
+class _ScoringState:
+    """Accumulators of one benchmark run's scoring pass (metrics, errors, examples, timing batch)."""
+
+    seg: dict[str, Any]
+    faith: dict[str, Any]
+    errors: dict[str, str] = field(default_factory=dict)
+    agree: dict[str, list[int]] = field(default_factory=dict)  # [explained == label, images] when labels known
+    ex_images: list[torch.Tensor] = field(default_factory=list)
+    ex_masks: list[torch.Tensor] = field(default_factory=list)
+    ex_heat: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    timing_set: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    n_seen: int = 0
+
+
+def _make_scoring_state(
+    methods: Mapping[str, BenchmarkMethod],
+    ap_backend: str,
+    n_steps: int,
+    perturbation_batch_size: int,
+    deletion_substrate: Callable[[torch.Tensor], torch.Tensor] | None,
+    insertion_substrate: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> _ScoringState:
+    """Build the per-method segmentation and deletion / insertion scorers and empty accumulators."""
+    from salfcbm.evaluation.metrics import (
+        DeletionInsertion,
+        SegmentationMetrics,
+        blur_substrate,
+        zeros_substrate,
+    )
+
+    seg = {n: SegmentationMetrics(ap_backend=ap_backend) for n in methods}
+    faith = {
+        n: DeletionInsertion(
+            _Pipeline(m),
+            n_steps=n_steps,
+            batch_size=perturbation_batch_size,
+            deletion_substrate_fn=deletion_substrate or zeros_substrate,
+            insertion_substrate_fn=insertion_substrate or blur_substrate,
+            progress=False,
+        )
+        for n, m in methods.items()
+    }
+    return _ScoringState(
+        seg=seg, faith=faith, agree={n: [0, 0] for n in methods}, ex_heat={n: [] for n in methods}
+    )
+
+
+def _prepare_batch(
+    x01: torch.Tensor, g: Any, y: Any, n_seen: int, max_images: int | None, dev: torch.device | None, targets: str
+) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    """Trim a batch to ``max_images``, move it to ``dev`` as float, and check / convert its labels."""
+    if max_images is not None and n_seen + x01.shape[0] > max_images:
+        keep = max_images - n_seen
+        x01, g, y = x01[:keep], g[:keep], (y[:keep] if y is not None else None)
+    if dev is not None:
+        x01 = x01.to(dev)
+    x01 = x01.float()
+    if targets == "labels" and y is None:
+        raise InputError("targets='labels' needs labels: pass `labels=` or yield (images, masks, labels) batches.")
+    if y is not None:
+        y = torch.as_tensor(y).long().to(x01.device)
+    return x01, g, y
+
+
+def _method_heatmaps(
+    name: str, m: BenchmarkMethod, x01: torch.Tensor, y: torch.Tensor | None, targets: str, agree: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose a method's explained classes on a batch, compute and check its heatmaps; return ``(heat, t)``."""
+    inp = m.inputs(x01)
+    if targets == "predicted":
+        with torch.no_grad():
+            t = m.logits(inp).argmax(1)
+    else:
+        t = y  # type: ignore[assignment]
+    if y is not None:
+        agree[0] += int((t == y).sum())
+        agree[1] += int(y.numel())
+    heat = m.attribute(inp, t)
+    if not isinstance(heat, torch.Tensor) or heat.dim() not in (3, 4) or heat.shape[0] != x01.shape[0]:
+        got = tuple(heat.shape) if isinstance(heat, torch.Tensor) else type(heat).__name__
+        raise SalfCBMError(f"{name!r} returned {got}; expected (B, 1, h, w) heatmaps.")
+    heat = heat.detach().float()
+    if heat.dim() == 3:
+        heat = heat[:, None]
+    heat = torch.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    return heat, t
+
+
+def _score_batch(
+    state: _ScoringState,
+    methods: Mapping[str, BenchmarkMethod],
+    x01: torch.Tensor,
+    g: Any,
+    y: torch.Tensor | None,
+    targets: str,
+    n_examples: int,
+    on_error: str,
+) -> None:
+    """Score every (not yet failed) method on one batch and keep the example images and heatmaps."""
+    if state.timing_set is None:
+        state.timing_set = (x01, y)
+    keep_ex = max(0, n_examples - len(state.ex_images))
+    if keep_ex:
+        state.ex_images.extend(x01[:keep_ex].cpu())
+        state.ex_masks.extend(torch.as_tensor(g)[:keep_ex].cpu())
+    for name, m in methods.items():
+        if name in state.errors:
+            continue
+        try:
+            heat, t = _method_heatmaps(name, m, x01, y, targets, state.agree[name])
+            state.seg[name].update(heat, torch.as_tensor(g))
+            state.faith[name].update(x01, heat, t)
+            if keep_ex:
+                state.ex_heat[name].extend(heat[:keep_ex].cpu())
+        except Exception as e:
+            if on_error == "raise":
+                raise
+            state.errors[name] = f"{type(e).__name__}: {e}"
+
+
+def _score_all_batches(
+    state: _ScoringState,
+    methods: Mapping[str, BenchmarkMethod],
+    images: torch.Tensor | Iterable[Any],
+    masks: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    *,
+    batch_size: int,
+    max_images: int | None,
+    dev: torch.device | None,
+    targets: str,
+    n_examples: int,
+    on_error: str,
+    progress: bool,
+) -> None:
+    """Run the scoring pass over all batches (up to ``max_images``), with an optional progress bar."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = None
+        if isinstance(images, torch.Tensor):
+            total = min(images.shape[0], max_images or images.shape[0])
+        bar = tqdm(total=total, desc="attribution benchmark", unit="img")
+    try:
+        for x01, g, y in _iter_batches(images, masks, labels, batch_size):
+            if max_images is not None and state.n_seen >= max_images:
+                break
+            x01, g, y = _prepare_batch(x01, g, y, state.n_seen, max_images, dev, targets)
+            _score_batch(state, methods, x01, g, y, targets, n_examples, on_error)
+            state.n_seen += x01.shape[0]
+            if bar is not None:
+                bar.update(x01.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    if state.n_seen == 0:
+        raise InputError("No images were given (the image iterable was empty).")
+
+
+def _result_rows(methods: Mapping[str, BenchmarkMethod], state: _ScoringState) -> dict[str, dict[str, Any]]:
+    """One row per method: its segmentation and faithfulness scores, or its error."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, m in methods.items():
+        row: dict[str, Any] = {"explains": m.explains}
+        if name in state.errors:
+            row["error"] = state.errors[name]
+            rows[name] = row
+            continue
+        s = state.seg[name].compute()
+        d = state.faith[name].compute()
+        row.update(
+            pixel_accuracy=s["pixel_accuracy"],
+            miou=s["miou"],
+            map=s["map"],
+            iou_foreground=s["iou_foreground"],
+            iou_background=s["iou_background"],
+            deletion_auc=d["deletion_auc"],
+            insertion_auc=d["insertion_auc"],
+            n_images=s["n_images"],
+        )
+        if state.agree[name][1]:
+            row["explained_is_label"] = state.agree[name][0] / state.agree[name][1]
+        rows[name] = row
+    return rows
+
+
+def _prepare_timing(
+    methods: Mapping[str, BenchmarkMethod],
+    rows: dict[str, dict[str, Any]],
+    errors: Mapping[str, str],
+    x01: torch.Tensor,
+    y: torch.Tensor | None,
+    targets: str,
+    on_error: str,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each surviving method's inputs and explained classes on the timing batch (failures recorded in rows)."""
+    prepared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, m in methods.items():
+        if name in errors:
+            continue
+        try:
+            inp = m.inputs(x01)
+            with torch.no_grad():
+                t = m.logits(inp).argmax(1) if targets == "predicted" or y is None else y
+            prepared[name] = (inp, t)
+        except Exception as e:
+            if on_error == "raise":
+                raise
+            rows[name]["timing_error"] = f"{type(e).__name__}: {e}"
+    return prepared
+
+
+def _timing_rounds(
+    methods: Mapping[str, BenchmarkMethod],
+    rows: dict[str, dict[str, Any]],
+    prepared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    timing_repeats: int,
+    on_error: str,
+) -> None:
+    """Time the prepared methods in interleaved rounds and store the median seconds per image in rows."""
+    from salfcbm.evaluation.baselines import time_attribution
+
+    # Rounds over all methods (round 0 warms up), so a change in the machine's load hits
+    # every method alike; the median round is kept.
+    wall: dict[str, list[float]] = {n: [] for n in prepared}
+    cpu: dict[str, list[float]] = {n: [] for n in prepared}
+    for rnd in range(timing_repeats + 1):
+        for name, (inp, t) in list(prepared.items()):
+            m = methods[name]
+            try:
+                c0 = time.process_time()
+                w = time_attribution(lambda a, b, m=m: m.attribute(a, b), inp, t, repeats=1, warmup=0)
+                c = (time.process_time() - c0) / inp.shape[0]
+            except Exception as e:
+                if on_error == "raise":
+                    raise
+                rows[name]["timing_error"] = f"{type(e).__name__}: {e}"
+                del prepared[name]
+                continue
+            if rnd:
+                wall[name].append(w)
+                cpu[name].append(c)
+    for name in prepared:
+        rows[name]["seconds_per_image"] = statistics.median(wall[name])
+        rows[name]["cpu_seconds_per_image"] = statistics.median(cpu[name])
+
+
+def _time_methods(
+    methods: Mapping[str, BenchmarkMethod],
+    rows: dict[str, dict[str, Any]],
+    state: _ScoringState,
+    n_time: int,
+    *,
+    targets: str,
+    timing_repeats: int,
+    reference: str | None,
+    on_error: str,
+) -> str:
+    """Time every surviving method on the first ``n_time`` images, add speed ratios; return the clock used."""
+    clock = "wall"
+    if n_time and state.timing_set is not None:
+        x01, y = state.timing_set
+        x01, y = x01[:n_time], (y[:n_time] if y is not None else None)
+        clock = "wall" if x01.is_cuda else "cpu"
+        prepared = _prepare_timing(methods, rows, state.errors, x01, y, targets, on_error)
+        _timing_rounds(methods, rows, prepared, timing_repeats, on_error)
+        key = "seconds_per_image" if clock == "wall" else "cpu_seconds_per_image"
+        ref_s = rows.get(reference, {}).get(key) if reference is not None else None
+        if ref_s:
+            for r in rows.values():
+                if r.get(key) is not None:
+                    r["speed_ratio"] = r[key] / ref_s
+    return clock
+
+
+def _collect_examples(state: _ScoringState) -> dict[str, Any]:
+    """Stack the kept example images, masks and (complete) per-method heatmaps."""
+    examples: dict[str, Any] = {}
+    if state.ex_images:
+        examples = {
+            "images": torch.stack(state.ex_images),
+            "masks": torch.stack([torch.as_tensor(mk).bool() for mk in state.ex_masks]),
+            "heatmaps": {n: torch.stack(h) for n, h in state.ex_heat.items() if len(h) == len(state.ex_images)},
+        }
+    return examples
+
+
 def run_attribution_benchmark(
     methods: Mapping[str, BenchmarkMethod],
     images: torch.Tensor | Iterable[Any],
@@ -704,221 +1058,56 @@ def run_attribution_benchmark(
         >>> [k for k in METRIC_COLUMNS if k in res.rows["gradcam"]] == list(METRIC_COLUMNS)
         True
     """
-    from salfcbm.evaluation.baselines import time_attribution
-    from salfcbm.evaluation.metrics import (
-        DeletionInsertion,
-        SegmentationMetrics,
-        blur_substrate,
-        zeros_substrate,
+    _check_benchmark_options(
+        methods,
+        batch_size,
+        n_steps,
+        perturbation_batch_size,
+        timing_repeats,
+        n_examples,
+        timing_batch,
+        max_images,
+        on_error,
+        deletion_substrate,
+        insertion_substrate,
     )
-
-    if not isinstance(methods, Mapping) or not methods:
-        raise InputError(f"`methods` must be a non-empty mapping name -> BenchmarkMethod, got {methods!r}.")
-    for name, m in methods.items():
-        if not isinstance(m, BenchmarkMethod):
-            raise InputError(
-                f"methods[{name!r}] must be a BenchmarkMethod(attributor, model, preprocess), got {type(m).__name__}."
-            )
-    for nm, v, lo in (
-        ("batch_size", batch_size, 1),
-        ("n_steps", n_steps, 1),
-        ("perturbation_batch_size", perturbation_batch_size, 1),
-        ("timing_repeats", timing_repeats, 1),
-        ("n_examples", n_examples, 0),
-    ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise InputError(f"`{nm}` must be an int >= {lo}, got {v!r}.")
-    for nm, v in (("timing_batch", timing_batch), ("max_images", max_images)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if nm == "timing_batch" else 1)):
-            raise InputError(f"`{nm}` must be a positive int or None, got {v!r}.")
-    if on_error not in ("raise", "record"):
-        raise InputError(f"`on_error` must be 'raise' or 'record', got {on_error!r}.")
-    for nm, fn in (("deletion_substrate", deletion_substrate), ("insertion_substrate", insertion_substrate)):
-        if fn is not None and not callable(fn):
-            raise InputError(f"`{nm}` must be a callable images -> images or None, got {type(fn).__name__}.")
-
-    if not isinstance(targets, str) or targets not in _TARGET_MODES:
-        raise InputError(f"`targets` must be one of {_TARGET_MODES}, got {targets!r}.")
-    if isinstance(images, torch.Tensor):
-        masks = _check_tensor_inputs(images, masks)
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) or labels.is_floating_point():
-                raise InputError(
-                    f"`labels` must be an (N,) integer tensor with N={images.shape[0]}, got "
-                    f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}."
-                )
-            labels = labels.long()
-        elif targets == "labels":
-            raise InputError("targets='labels' needs `labels`, an (N,) tensor of class indices.")
-    elif masks is not None or labels is not None:
-        raise InputError(
-            "`masks` and `labels` are only accepted with tensor `images`; an iterable must yield "
-            "(images, masks) or (images, masks, labels) batches."
-        )
+    masks, labels = _check_benchmark_data(images, masks, labels, targets)
     dev = torch.device(device) if device is not None else None
 
-    seg = {n: SegmentationMetrics(ap_backend=ap_backend) for n in methods}
-    faith = {
-        n: DeletionInsertion(
-            _Pipeline(m),
-            n_steps=n_steps,
-            batch_size=perturbation_batch_size,
-            deletion_substrate_fn=deletion_substrate or zeros_substrate,
-            insertion_substrate_fn=insertion_substrate or blur_substrate,
-            progress=False,
-        )
-        for n, m in methods.items()
-    }
-    errors: dict[str, str] = {}
-    agree: dict[str, list[int]] = {n: [0, 0] for n in methods}  # [explained == label, images] when labels known
-    ex_images: list[torch.Tensor] = []
-    ex_masks: list[torch.Tensor] = []
-    ex_heat: dict[str, list[torch.Tensor]] = {n: [] for n in methods}
-    timing_set: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    state = _make_scoring_state(
+        methods, ap_backend, n_steps, perturbation_batch_size, deletion_substrate, insertion_substrate
+    )
     t_start = time.perf_counter()
-    n_seen = 0
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        total = None
-        if isinstance(images, torch.Tensor):
-            total = min(images.shape[0], max_images or images.shape[0])
-        bar = tqdm(total=total, desc="attribution benchmark", unit="img")
-    try:
-        for x01, g, y in _iter_batches(images, masks, labels, batch_size):
-            if max_images is not None and n_seen >= max_images:
-                break
-            if max_images is not None and n_seen + x01.shape[0] > max_images:
-                keep = max_images - n_seen
-                x01, g, y = x01[:keep], g[:keep], (y[:keep] if y is not None else None)
-            if dev is not None:
-                x01 = x01.to(dev)
-            x01 = x01.float()
-            if targets == "labels" and y is None:
-                raise InputError("targets='labels' needs labels: pass `labels=` or yield (images, masks, labels) batches.")
-            if y is not None:
-                y = torch.as_tensor(y).long().to(x01.device)
-            if timing_set is None:
-                timing_set = (x01, y)
-            keep_ex = max(0, n_examples - len(ex_images))
-            if keep_ex:
-                ex_images.extend(x01[:keep_ex].cpu())
-                ex_masks.extend(torch.as_tensor(g)[:keep_ex].cpu())
-            for name, m in methods.items():
-                if name in errors:
-                    continue
-                try:
-                    inp = m.inputs(x01)
-                    if targets == "predicted":
-                        with torch.no_grad():
-                            t = m.logits(inp).argmax(1)
-                    else:
-                        t = y  # type: ignore[assignment]
-                    if y is not None:
-                        agree[name][0] += int((t == y).sum())
-                        agree[name][1] += int(y.numel())
-                    heat = m.attribute(inp, t)
-                    if not isinstance(heat, torch.Tensor) or heat.dim() not in (3, 4) or heat.shape[0] != x01.shape[0]:
-                        got = tuple(heat.shape) if isinstance(heat, torch.Tensor) else type(heat).__name__
-                        raise SalfCBMError(f"{name!r} returned {got}; expected (B, 1, h, w) heatmaps.")
-                    heat = heat.detach().float()
-                    if heat.dim() == 3:
-                        heat = heat[:, None]
-                    heat = torch.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
-                    seg[name].update(heat, torch.as_tensor(g))
-                    faith[name].update(x01, heat, t)
-                    if keep_ex:
-                        ex_heat[name].extend(heat[:keep_ex].cpu())
-                except Exception as e:
-                    if on_error == "raise":
-                        raise
-                    errors[name] = f"{type(e).__name__}: {e}"
-            n_seen += x01.shape[0]
-            if bar is not None:
-                bar.update(x01.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-    if n_seen == 0:
-        raise InputError("No images were given (the image iterable was empty).")
+    _score_all_batches(
+        state,
+        methods,
+        images,
+        masks,
+        labels,
+        batch_size=batch_size,
+        max_images=max_images,
+        dev=dev,
+        targets=targets,
+        n_examples=n_examples,
+        on_error=on_error,
+        progress=progress,
+    )
     seconds_scoring = time.perf_counter() - t_start
 
-    rows: dict[str, dict[str, Any]] = {}
-    for name, m in methods.items():
-        row: dict[str, Any] = {"explains": m.explains}
-        if name in errors:
-            row["error"] = errors[name]
-            rows[name] = row
-            continue
-        s = seg[name].compute()
-        d = faith[name].compute()
-        row.update(
-            pixel_accuracy=s["pixel_accuracy"],
-            miou=s["miou"],
-            map=s["map"],
-            iou_foreground=s["iou_foreground"],
-            iou_background=s["iou_background"],
-            deletion_auc=d["deletion_auc"],
-            insertion_auc=d["insertion_auc"],
-            n_images=s["n_images"],
-        )
-        if agree[name][1]:
-            row["explained_is_label"] = agree[name][0] / agree[name][1]
-        rows[name] = row
-
+    rows = _result_rows(methods, state)
     n_time = batch_size if timing_batch is None else timing_batch
-    clock = "wall"
-    if n_time and timing_set is not None:
-        x01, y = timing_set
-        x01, y = x01[:n_time], (y[:n_time] if y is not None else None)
-        clock = "wall" if x01.is_cuda else "cpu"
-        prepared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, m in methods.items():
-            if name in errors:
-                continue
-            try:
-                inp = m.inputs(x01)
-                with torch.no_grad():
-                    t = m.logits(inp).argmax(1) if targets == "predicted" or y is None else y
-                prepared[name] = (inp, t)
-            except Exception as e:
-                if on_error == "raise":
-                    raise
-                rows[name]["timing_error"] = f"{type(e).__name__}: {e}"
-        # Rounds over all methods (round 0 warms up), so a change in the machine's load hits
-        # every method alike; the median round is kept.
-        wall: dict[str, list[float]] = {n: [] for n in prepared}
-        cpu: dict[str, list[float]] = {n: [] for n in prepared}
-        for rnd in range(timing_repeats + 1):
-            for name, (inp, t) in list(prepared.items()):
-                m = methods[name]
-                try:
-                    c0 = time.process_time()
-                    w = time_attribution(lambda a, b, m=m: m.attribute(a, b), inp, t, repeats=1, warmup=0)
-                    c = (time.process_time() - c0) / inp.shape[0]
-                except Exception as e:
-                    if on_error == "raise":
-                        raise
-                    rows[name]["timing_error"] = f"{type(e).__name__}: {e}"
-                    del prepared[name]
-                    continue
-                if rnd:
-                    wall[name].append(w)
-                    cpu[name].append(c)
-        for name in prepared:
-            rows[name]["seconds_per_image"] = statistics.median(wall[name])
-            rows[name]["cpu_seconds_per_image"] = statistics.median(cpu[name])
-        key = "seconds_per_image" if clock == "wall" else "cpu_seconds_per_image"
-        ref_s = rows.get(reference, {}).get(key) if reference is not None else None
-        if ref_s:
-            for r in rows.values():
-                if r.get(key) is not None:
-                    r["speed_ratio"] = r[key] / ref_s
-
+    clock = _time_methods(
+        methods,
+        rows,
+        state,
+        n_time,
+        targets=targets,
+        timing_repeats=timing_repeats,
+        reference=reference,
+        on_error=on_error,
+    )
     meta = {
-        "n_images": n_seen,
+        "n_images": state.n_seen,
         "targets": targets,
         "batch_size": batch_size,
         "n_steps": n_steps,
@@ -927,19 +1116,12 @@ def run_attribution_benchmark(
         "speed_clock": clock,
         "reference": reference,
         "ap_backend": ap_backend,
-        "device": str(timing_set[0].device) if timing_set is not None else None,
+        "device": str(state.timing_set[0].device) if state.timing_set is not None else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "seconds_scoring": seconds_scoring,
     }
-    examples: dict[str, Any] = {}
-    if ex_images:
-        examples = {
-            "images": torch.stack(ex_images),
-            "masks": torch.stack([torch.as_tensor(mk).bool() for mk in ex_masks]),
-            "heatmaps": {n: torch.stack(h) for n, h in ex_heat.items() if len(h) == len(ex_images)},
-        }
-    return BenchmarkResult(rows=rows, meta=meta, examples=examples)
+    return BenchmarkResult(rows=rows, meta=meta, examples=_collect_examples(state))
 
 
 # --------------------------------------------------------------------------- forward speed
