@@ -211,7 +211,8 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
               bottleneck=BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=recipe.bottleneck_batch,
                                           max_steps=recipe.bottleneck_steps, cutoff=recipe.interpretability_cutoff),
               head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
-              device=device, progress=progress)
+              device=device, progress=progress,
+              filter_concepts=False)  # LF-CBM's published lists are filtered; the activation cutoff ran above
     out: dict[str, Any] = {"salfcbm_sparse": 100 * res.metrics["salfcbm"]["test_accuracy"],
                            "concepts": {"initial": len(concepts), "inactive": n_inactive,
                                         "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts},
