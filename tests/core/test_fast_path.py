@@ -31,7 +31,8 @@ def _reference(model, x):
 def _randomize(model):
     with torch.no_grad():
         for p in (model.bottleneck.bias, model.head.weight, model.head.bias):
-            p.normal_()
+            if p is not None:  # the bottleneck is bias-free unless an old checkpoint carries one
+                p.normal_()
         model.concept_mean.normal_()
         model.concept_std.uniform_(0.5, 2.0)
     return model

@@ -22,7 +22,8 @@ def model():
                      input_size=(64, 64), backbone_weights=None)
     with torch.no_grad():
         m.head.weight.normal_()
-        m.bottleneck.bias.normal_()
+        if m.bottleneck.bias is not None:
+            m.bottleneck.bias.normal_()
     return m
 
 
