@@ -73,11 +73,9 @@ def _scorer(args):
     from salfcbm.supervision.scorers import CLIPScorer
 
     pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
-    if pretrained is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            return CLIPScorer(args.scorer, pretrained=None, device=args.device, precision=args.precision)
-    return CLIPScorer(args.scorer, pretrained=pretrained, device=args.device, precision=args.precision)
+    with torch.random.fork_rng(devices=[]):  # a random init (`none`, a local-dir: without weights) is seeded
+        torch.manual_seed(args.seed)
+        return CLIPScorer(args.scorer, pretrained=pretrained, device=args.device, precision=args.precision)
 
 
 def _image_folder(root: str, size: int, skip_corrupt: bool = False):
@@ -390,7 +388,7 @@ def _scorer_args(q: argparse.ArgumentParser) -> None:
                    help="leave out unreadable images (named in a warning) instead of stopping at the first one")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
     g.add_argument("--num-workers", type=_nonneg_int, default=4, help="DataLoader worker processes")
-    g.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random CLIP init, bottleneck init and batch order")
 
 
@@ -575,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for a user error, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("similarities", "train") and args.device is None:
+        args.device = "cuda" if _cuda() else "cpu"
     try:
         return args.func(args)
     except _user_errors() as e:

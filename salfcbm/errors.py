@@ -1,6 +1,6 @@
 """Every error salfcbm raises.
 
-Each class subclasses :class:`SalfCBMError` *and* the builtin it refines, so
+Each class subclasses `SalfCBMError` *and* the builtin it refines, so
 ``except ValueError`` keeps working for callers who do not know salfcbm. Every
 message says what was received, what was expected and how to fix it.
 """

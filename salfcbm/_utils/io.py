@@ -140,7 +140,7 @@ def writer_alive(name: str) -> bool:
 
 
 def clean_staging(target: str | os.PathLike) -> list[Path]:
-    """Remove staging directories of interrupted :func:`atomic_directory` calls for ``target``."""
+    """Remove staging directories of interrupted `atomic_directory` calls for ``target``."""
     import re
     import shutil
 
@@ -249,7 +249,7 @@ def checked_safetensors(tensors: dict, metadata: dict[str, str] | None = None) -
 def read_checked_metadata(path: str | os.PathLike) -> dict[str, str] | None:
     """The metadata of a checked safetensors file, or ``None`` if it is truncated, corrupt or unchecked.
 
-    Verified once per process per file version (:func:`verify_once`).
+    Verified once per process per file version (`verify_once`).
     """
     import json
 

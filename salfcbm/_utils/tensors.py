@@ -59,7 +59,7 @@ def interp_matrix(n_in: int, n_out: int, device=None, dtype=None) -> torch.Tenso
 def grid_mean_weights(hw: tuple[int, int], grid: tuple[int, int], device=None, dtype=None) -> torch.Tensor:
     """``(h, w)`` weights ``k`` with ``mean(resize(f, grid)) == sum(k * f)`` for any ``(..., h, w)`` map ``f``.
 
-    The resize is bilinear with ``align_corners=False``, as :meth:`salfcbm.SALFCBM.resize_to_grid`.
+    The resize is bilinear with ``align_corners=False``, as `salfcbm.SALFCBM.resize_to_grid`.
 
     Examples:
         >>> f = torch.randn(2, 5, 3)

@@ -8,7 +8,7 @@ notebook::
 
 Built on Gradio (``pip install 'salfcbm[app]'``), so a saved model can also become a Hugging Face
 Space. ``import salfcbm`` does not load this package. The panels are the methods of
-:class:`~salfcbm.app.explorer.Explorer`, which call the library's public API only.
+`Explorer`, which call the library's public API only.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _gradio():
 def load_model(source: Any):
     """A model and the images that come with it: ``(model, images or None)``.
 
-    ``source`` is a :class:`~salfcbm.SALFCBM`, a directory written by ``save_pretrained`` or a
+    ``source`` is a `SALFCBM`, a directory written by ``save_pretrained`` or a
     Hub repo id. A demo run (``runs/demo`` or its ``runs/demo/model``) is recognised: its backbone
     is the demo's own network, saved beside the model, and its test scenes come along as the
     images to search.
@@ -91,7 +91,7 @@ def _example_files(images: Any, n: int = 8) -> list[str]:
 
 
 def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int = 1000) -> gradio.Blocks:
-    """The explorer as a :class:`gradio.Blocks` (not started): ``app.launch()`` or mount it yourself."""
+    """The explorer as a `gradio.Blocks` (not started): ``app.launch()`` or mount it yourself."""
     from salfcbm.app.explorer import Explorer
     from salfcbm.app.ui import build_app as _build
 
@@ -118,7 +118,7 @@ def launch(
     """Start the explorer on ``http://host:port`` (default 127.0.0.1 and a free port from 7860).
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`, a saved model directory or a Hub repo id.
+        model: a `SALFCBM`, a saved model directory or a Hub repo id.
         images: a folder (or list of images, or a dataset) to search by concept; the demo's model
             brings its test scenes.
         host: interface to listen on; the default serves this machine only.
@@ -130,7 +130,7 @@ def launch(
         quiet: no start-up message.
 
     Returns:
-        The running :class:`gradio.Blocks`; ``app.close()`` stops it, ``app.local_url`` is its address.
+        The running `gradio.Blocks`; ``app.close()`` stops it, ``app.local_url`` is its address.
 
     Raises:
         MissingExtraError: gradio is not installed (``pip install 'salfcbm[app]'``).

@@ -1,10 +1,10 @@
 """The explorer's panels as plain functions: images and tables in, images, tables and a message out.
 
-:class:`Explorer` holds a model and, optionally, a set of images to search. Each ``*_panel``
-method is one callback of the web app (:mod:`salfcbm.app.ui` only lays them out) and calls the
-library's public API: :meth:`~salfcbm.SALFCBM.explain`, :meth:`~salfcbm.SALFCBM.explain_region`,
-:meth:`~salfcbm.SALFCBM.intervene`, :meth:`~salfcbm.SALFCBM.decision_rules` and the
-:mod:`salfcbm.viz` pictures. A panel never raises: bad input comes back as a message for the page
+`Explorer` holds a model and, optionally, a set of images to search. Each ``*_panel``
+method is one callback of the web app (`salfcbm.app.ui` only lays them out) and calls the
+library's public API: `explain`, `explain_region`,
+`intervene`, `decision_rules` and the
+`salfcbm.viz` pictures. A panel never raises: bad input comes back as a message for the page
 (the last value every panel returns), so a user sees what to fix instead of a stack trace.
 
 Coordinates: the page shows images at ``view_scale`` times the model's input size; clicks and
@@ -89,7 +89,7 @@ class Explorer:
     """The panels of ``salfcbm app`` for one model, usable without a browser.
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM` (not modified: no mode switch, no weight change).
+        model: a `SALFCBM` (not modified: no mode switch, no weight change).
         images: what Concept search looks through: a folder, a list of paths/images/tensors, or a
             dataset of ``(image, label)`` pairs; ``None`` disables the folder search.
         top_k: concepts shown per class or region.
@@ -122,7 +122,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ images
     def prepare(self, image: Any) -> Current:
-        """An uploaded image (path, PIL, array) -> :class:`Current`, with one forward pass."""
+        """An uploaded image (path, PIL, array) -> `Current`, with one forward pass."""
         if image is None:
             raise InputError("No image yet: upload one or pick an example.")
         pixels, notes = load_image(image, self.size)

@@ -1,7 +1,7 @@
 """Images as a browser hands them over, turned into what a SALF-CBM takes.
 
-Uploads arrive as files, PIL images or arrays of any mode. :func:`load_image` reads them with the
-library's one image entry point (:func:`salfcbm.core.images.load_images`: its dtype and layout rule,
+Uploads arrive as files, PIL images or arrays of any mode. `load_image` reads them with the
+library's one image entry point (`salfcbm.core.images.load_images`: its dtype and layout rule,
 grayscale and alpha conversions), turns its conversion warnings into notes for the page, refuses
 images too large to decode and shrinks large files cheaply before the model's exact resize.
 """
@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def load_image(image: Any, size: Sequence[int] | None = None) -> tuple[torch.Tensor, list[str]]:
     """Open a path (or take an image) and return ``(3, H, W)`` ``[0, 1]`` pixels and notes.
 
-    A file larger than :data:`MAX_PIXELS` is refused; with ``size`` a large file is shrunk by
+    A file larger than `MAX_PIXELS` is refused; with ``size`` a large file is shrunk by
     PIL's fast reducers to about twice ``size`` first (the exact resize is the model's).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError

@@ -1,4 +1,4 @@
-"""The explorer's page: five tabs laid out with Gradio, every callback an :class:`Explorer` method.
+"""The explorer's page: five tabs laid out with Gradio, every callback an `Explorer` method.
 
 Element ids (``#upload``, ``#predict-msg``, ``#ea-click``, ``#iv-msg``, ...) are stable, so the
 browser test and the docs' screenshot script can find each control.
@@ -147,7 +147,7 @@ def _search_tab(gr, ex: Explorer, state):
 
 
 def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = "salfcbm explorer"):
-    """The explorer's :class:`gradio.Blocks` for an :class:`Explorer` (``launch`` it, or mount it)."""
+    """The explorer's `gradio.Blocks` for an `Explorer` (``launch`` it, or mount it)."""
     from salfcbm.app import _gradio
 
     gr = _gradio()

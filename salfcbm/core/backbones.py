@@ -42,7 +42,7 @@ SAFE_KWARGS = frozenset({
 
 
 def _check_untrusted_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse kwargs from a file that are not in :data:`SAFE_KWARGS` or are not plain numbers/flags."""
+    """Refuse kwargs from a file that are not in `SAFE_KWARGS` or are not plain numbers/flags."""
     bad = sorted(set(kwargs) - SAFE_KWARGS)
     if bad:
         raise BackboneSpecError(
@@ -64,7 +64,7 @@ def normalize_spec(spec: dict[str, Any], *, trusted: bool = True) -> dict[str, A
     """Validate a spec dict and fill defaults.
 
     ``trusted=False`` (a spec read from ``config.json``) also limits ``kwargs`` to
-    :data:`SAFE_KWARGS` with plain values, so a file can never point timm at a checkpoint.
+    `SAFE_KWARGS` with plain values, so a file can never point timm at a checkpoint.
     """
     if not isinstance(spec, dict):
         raise BackboneSpecError(f"A backbone spec must be a dict, got {type(spec).__name__}.")

@@ -1,7 +1,7 @@
 """The typed, validated model configuration: the schema of ``config.json``.
 
-:class:`ModelConfig` is frozen: a model's configuration changes only by building a new
-one (:func:`dataclasses.replace`), never by writing into a shared dict. ``version``
+`ModelConfig` is frozen: a model's configuration changes only by building a new
+one (`dataclasses.replace`), never by writing into a shared dict. ``version``
 says which format a file was written in, so later formats can still read old files;
 files written before the field existed (no ``version``) are read as version 1.
 """
@@ -45,12 +45,12 @@ def _fail(key: str, got: Any, expected: str) -> ConfigError:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that rebuilds a :class:`~salfcbm.SALFCBM` except its weights (``config.json``).
+    """Everything that rebuilds a `SALFCBM` except its weights (``config.json``).
 
     Attributes:
         concepts: concept names, one per bottleneck channel (unique, non-empty strings).
         num_classes: classes of the head.
-        backbone: the backbone spec (:mod:`salfcbm.core.backbones`); ``None`` until inferred.
+        backbone: the backbone spec (`salfcbm.core.backbones`); ``None`` until inferred.
         layer: the tapped module.
         grid: prompting grid ``[H~, W~]``.
         pooling: ``"mean"``, ``"softmax"`` or ``"max"``.
@@ -59,10 +59,10 @@ class ModelConfig:
         feature_channels: channels of the tapped map.
         layout: the tap's layout (``"NCHW"``, ``"NHWC"``, ``"NLC"``).
         num_prefix_tokens: leading tokens dropped from a token sequence.
-        input_size: resolution the backbone is run at (the crop of :meth:`SALFCBM.preprocess`).
-        input_mean: normalisation mean of :meth:`SALFCBM.preprocess`.
+        input_size: resolution the backbone is run at (the crop of `SALFCBM.preprocess`).
+        input_mean: normalisation mean of `SALFCBM.preprocess`.
         input_std: normalisation std (positive).
-        input_crop_pct: :meth:`SALFCBM.preprocess` resizes the shorter side to ``input_size / input_crop_pct``
+        input_crop_pct: `SALFCBM.preprocess` resizes the shorter side to ``input_size / input_crop_pct``
             before the centre crop (the backbone's own data config; files before version 3: 1.0).
         input_crop_mode: ``"center"``, ``"squash"`` or ``"border"``.
         input_interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
@@ -73,7 +73,7 @@ class ModelConfig:
             LF-CBM have none); ``None`` in files written before the field existed (then the weights
             file decides).
         backbone_fingerprint: SHA-256 prefix of the backbone's weights when saved
-            (:func:`salfcbm.core.backbones.backbone_fingerprint`), checked on load.
+            (`salfcbm.core.backbones.backbone_fingerprint`), checked on load.
         weights_sha256: SHA-256 of ``model.safetensors`` (set in the written file only).
         version: format version of the file.
 

@@ -3,12 +3,12 @@
 Every path of salfcbm that takes images (``fit``, ``explain``, the CLI, video, the
 image folder dataset, the scorer's supervision) goes through two steps:
 
-1. **Reading** (:func:`load_images`): tensors, NumPy arrays, PIL images, file paths or
+1. **Reading** (`load_images`): tensors, NumPy arrays, PIL images, file paths or
    lists of them become float32 ``(B, 3, H, W)`` images in ``[0, 1]``. The rule:
 
    * ``uint8`` is divided by 255 and ``uint16`` by 65535;
    * a float image must already be in ``[0, 1]``: values above 1 (a float image in
-     0..255) or below 0 (an already normalised image) raise :class:`ImageInputError`,
+     0..255) or below 0 (an already normalised image) raise `ImageInputError`,
      and so do NaN or infinite pixels;
    * any other dtype (``bool``, signed integers) raises;
    * tensors are channels-first (``(3, H, W)`` or ``(B, 3, H, W)``); a channels-last
@@ -16,13 +16,13 @@ image folder dataset, the scorer's supervision) goes through two steps:
      image convention, channels-last (``(H, W)``, ``(H, W, C)``, ``(B, H, W, C)``);
    * grayscale is repeated to three channels and the alpha channel of RGBA is
      dropped (as PIL's ``convert("RGB")`` does), each with an
-     :class:`~salfcbm.errors.ImageConversionWarning`.
+     `ImageConversionWarning`.
 
-2. **Geometry** (:class:`ImageTransform`): the backbone's own evaluation transform
+2. **Geometry** (`ImageTransform`): the backbone's own evaluation transform
    (timm ``resolve_data_config``, torchvision weights' ``transforms()``): resize the
    shorter side to ``size / crop_pct`` with the model's interpolation, centre-crop
    ``size``, normalise with the model's mean and std. It is recorded in the model's
-   ``config.json``. The cropped, un-normalised image (:meth:`ImageTransform.view`) is
+   ``config.json``. The cropped, un-normalised image (`ImageTransform.view`) is
    what the prompt grid is laid over *and* what the backbone sees, so grid cell
    ``(i, j)`` is the same region of the original image for the scorer and the
    concept maps.
@@ -321,7 +321,7 @@ class ImageTransform:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ImageTransform:
-        """Rebuild from :meth:`to_config` keys."""
+        """Rebuild from `to_config` keys."""
         return cls(
             size=tuple(config["input_size"]),
             crop_pct=config.get("input_crop_pct", 1.0),
@@ -333,7 +333,7 @@ class ImageTransform:
 
     # -- geometry
     def is_identity_for(self, height: int, width: int) -> bool:
-        """Whether :meth:`view` returns an ``H x W`` image unchanged."""
+        """Whether `view` returns an ``H x W`` image unchanged."""
         return self.crop_pct == 1.0 and (int(height), int(width)) == self.size
 
     def scale_size(self) -> tuple[int, int]:
@@ -343,7 +343,7 @@ class ImageTransform:
     def view(self, images: Any) -> torch.Tensor:
         """What the backbone sees, before normalisation: ``(B, 3, H, W)`` float in ``[0, 1]``.
 
-        Accepts anything :func:`load_images` reads; images of different sizes are each
+        Accepts anything `load_images` reads; images of different sizes are each
         transformed and then stacked.
         """
         batches = images if _is_loaded(images) else load_images(images)
@@ -497,10 +497,10 @@ def resolve_transform(
 
 # ----------------------------------------------------------------------------- datasets
 class AlignedDataset(torch.utils.data.Dataset):
-    """A dataset whose images are replaced by the model's views (:meth:`ImageTransform.view`).
+    """A dataset whose images are replaced by the model's views (`ImageTransform.view`).
 
     Items keep their label and any other fields; indices are the wrapped dataset's.
-    Use :func:`align_dataset`, which returns the dataset itself when it already yields
+    Use `align_dataset`, which returns the dataset itself when it already yields
     the views.
     """
 

@@ -74,11 +74,11 @@ class SALFCBM(
     choice. The backbone runs in eval mode under ``no_grad`` while frozen, without
     changing the user's module.
 
-    Use :func:`salfcbm.wrap` to build one around a model; this constructor takes
+    Use `salfcbm.wrap` to build one around a model; this constructor takes
     plain JSON-able arguments so the Hub mixin can save and rebuild it.
 
     Args:
-        backbone: a spec dict (see :mod:`salfcbm.core.backbones`), a name such as
+        backbone: a spec dict (see `salfcbm.core.backbones`), a name such as
             ``"timm:resnet50"``, or an ``nn.Module``.
         concepts: the concept names, one per bottleneck channel.
         num_classes: number of classes of the head.
@@ -91,10 +91,10 @@ class SALFCBM(
         feature_channels: channels of the tapped map (probed if ``None``).
         layout: tap layout (probed if ``None``).
         num_prefix_tokens: leading tokens to drop (probed if ``None``).
-        input_size: the backbone's input resolution (the crop of :meth:`preprocess`; also used to probe).
-        input_mean: mean the backbone's inputs are normalised with (used by :meth:`preprocess`).
+        input_size: the backbone's input resolution (the crop of `preprocess`; also used to probe).
+        input_mean: mean the backbone's inputs are normalised with (used by `preprocess`).
         input_std: std the backbone's inputs are normalised with.
-        input_crop_pct: :meth:`preprocess` resizes the shorter side to ``input_size / input_crop_pct``
+        input_crop_pct: `preprocess` resizes the shorter side to ``input_size / input_crop_pct``
             before the centre crop (``None``: the model's own data config, 1.0 for custom modules).
         input_crop_mode: ``"center"``, ``"squash"`` or ``"border"`` (``None``: the model's own).
         input_interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (``None``: the model's own).
@@ -103,7 +103,7 @@ class SALFCBM(
         backbone_weights: with a module and no ``backbone_spec``, what the inferred spec records as
             its weights: ``"auto"`` (its source's pretrained weights), ``None`` (random init) or a tag.
         softmax_temperature: temperature of softmax pooling.
-        head_stats: metrics shown on the model card (set by :func:`salfcbm.fit`).
+        head_stats: metrics shown on the model card (set by `salfcbm.fit`).
         bottleneck_bias: give the 1x1 bottleneck conv a bias. Off: neither the paper (Sec. 3.3,
             "a single 1x1 convolution") nor LF-CBM's projection (``bias=False``) has one, and Eq. 1
             centres every cell over the batch, so a bias gets no gradient and is removed by the
@@ -327,10 +327,10 @@ class SALFCBM(
     def preprocess(self, images: Any, size: Sequence[int] | None = None, *, crop: bool = True) -> torch.Tensor:
         """Raw images -> backbone-ready ``(B, 3, H, W)``, on the model's device and in its dtype.
 
-        The library's one image entry point (see :mod:`salfcbm.core.images`): takes tensors
+        The library's one image entry point (see `salfcbm.core.images`): takes tensors
         (``uint8`` is divided by 255; float must be in ``[0, 1]``), NumPy arrays, PIL images,
         file paths or lists of them; grayscale and RGBA are converted with a warning. The
-        geometry is the backbone's own eval transform (:attr:`image_transform`: resize the
+        geometry is the backbone's own eval transform (`image_transform`: resize the
         shorter side with the model's interpolation, centre crop, normalise).
 
         Args:
@@ -380,7 +380,7 @@ class SALFCBM(
 
     def _as_input(self, images: Any, name: str = "images") -> torch.Tensor:
         """What ``explain`` and friends accept: backbone-ready float tensors (checked: not empty,
-        finite, moved to the model's device and dtype) or raw images (:meth:`preprocess`)."""
+        finite, moved to the model's device and dtype) or raw images (`preprocess`)."""
         if not (isinstance(images, torch.Tensor) and images.is_floating_point()):
             return self.preprocess(images)
         x = images.unsqueeze(0) if images.dim() == 3 else images
@@ -402,7 +402,7 @@ class SALFCBM(
         """The tapped backbone map f(x), ``(B, C, h, w)``.
 
         A frozen backbone runs without gradients unless ``x`` requires them or ``backbone_grad``
-        (used by :meth:`as_classifier` for attribution tools that differentiate backbone layers).
+        (used by `as_classifier` for attribution tools that differentiate backbone layers).
         """
         self._require_backbone()
         x = self._check_input(x)
@@ -447,7 +447,7 @@ class SALFCBM(
         """``mean(resize_to_grid(fmap))`` over the grid, ``(B, C)``, without resizing.
 
         Bilinear resizing is linear, so the mean of the resized map is a fixed weighted sum of
-        the tapped map (:func:`~salfcbm._utils.tensors.grid_mean_weights`).
+        the tapped map (`grid_mean_weights`).
         """
         if tuple(fmap.shape[-2:]) == self.grid:
             return fmap.mean((-2, -1))
@@ -475,8 +475,8 @@ class SALFCBM(
     def forward(self, x: torch.Tensor) -> SALFCBMOutput:
         """Run the model on backbone-ready images ``(B, 3, H, W)`` (normalised as the backbone expects).
 
-        Returns a :class:`~salfcbm.SALFCBMOutput` (attribute, key and index access like a Hugging
-        Face ``ModelOutput``); for a module returning the logits tensor use :meth:`as_classifier`.
+        Returns a `SALFCBMOutput` (attribute, key and index access like a Hugging
+        Face ``ModelOutput``); for a module returning the logits tensor use `as_classifier`.
         """
         return self.output_from_features(self.forward_features(x))
 
@@ -484,7 +484,7 @@ class SALFCBM(
         """This model as ``images -> logits`` (a plain tensor), sharing its parameters.
 
         The form Captum, pytorch-grad-cam, ``torch.jit.trace``, ``torch.export``, ONNX export and
-        ``F.cross_entropy`` expect; see :class:`~salfcbm.core.outputs.SALFCBMClassifier`.
+        ``F.cross_entropy`` expect; see `SALFCBMClassifier`.
         """
         return SALFCBMClassifier(self)
 
@@ -629,7 +629,7 @@ class SALFCBM(
         The new files are written aside and swapped in with one atomic rename, so a kill or a
         full disk at any point leaves the previous model loadable; leftovers of an interrupted
         save are removed by the next one. ``config.json`` records a SHA-256 of the weights and
-        the backbone's weights fingerprint (see :mod:`salfcbm.core.persistence`).
+        the backbone's weights fingerprint (see `salfcbm.core.persistence`).
         """
         persistence.save_model(self, save_directory)
         if push_to_hub:
@@ -669,17 +669,17 @@ class SALFCBM(
         revision: str | None = None,
         **config_overrides: Any,
     ) -> SALFCBM:
-        """Load a model saved with :meth:`save_pretrained` from a folder or a Hub repo.
+        """Load a model saved with `save_pretrained` from a folder or a Hub repo.
 
         Everything is checked before it is used: ``config.json`` against the
-        :class:`~salfcbm.core.config.ModelConfig` schema (backbone constructor arguments
-        limited to :data:`salfcbm.core.backbones.SAFE_KWARGS`), both files against the checksums
+        `ModelConfig` schema (backbone constructor arguments
+        limited to `salfcbm.core.backbones.SAFE_KWARGS`), both files against the checksums
         recorded at save time (``verify``), the tensors (exactly the adapter's, finite floats,
         positive ``concept_std``), the backbone's channels at the layer (probed) and its
         weights fingerprint (``verify_backbone``). Your ``backbone`` is never modified.
 
         Args:
-            pretrained_model_name_or_path: a folder written by :meth:`save_pretrained` or a Hub repo id.
+            pretrained_model_name_or_path: a folder written by `save_pretrained` or a Hub repo id.
             backbone: the backbone to use instead of rebuilding it from the saved spec.
             verify: check the checksums of ``model.safetensors`` and ``config.json``.
             verify_backbone: refuse a backbone whose weights differ from the saved fingerprint.
@@ -763,10 +763,10 @@ def wrap(
         backbone_weights: what to record in the spec for a model passed in: ``"auto"`` assumes its
             source's pretrained weights, ``None`` a random init, or a tag.
         input_size: resolution to probe the backbone at (default: the model's own).
-        input_mean: mean :meth:`SALFCBM.preprocess` normalises ``[0, 1]`` images with (default: timm's
+        input_mean: mean `SALFCBM.preprocess` normalises ``[0, 1]`` images with (default: timm's
             ``pretrained_cfg``, else ImageNet's). Use ``(0, 0, 0)`` for a model that normalises itself.
-        input_std: std for :meth:`SALFCBM.preprocess` (default as for ``input_mean``).
-        input_crop_pct: :meth:`SALFCBM.preprocess` resizes the shorter side to ``input_size / input_crop_pct``
+        input_std: std for `SALFCBM.preprocess` (default as for ``input_mean``).
+        input_crop_pct: `SALFCBM.preprocess` resizes the shorter side to ``input_size / input_crop_pct``
             and centre-crops ``input_size`` (default: the model's own data config, e.g. timm's ``crop_pct``,
             torchvision's ``crop_size / resize_size``; 1.0 for other modules). 1.0 keeps the whole shorter side.
         input_crop_mode: ``"center"``, ``"squash"`` or ``"border"`` (default: the model's own, else ``"center"``).
@@ -775,7 +775,7 @@ def wrap(
         **backbone_kwargs: passed to ``timm.create_model`` / ``torchvision.models.get_model`` with a name.
 
     Returns:
-        A :class:`SALFCBM` with an untrained bottleneck and head.
+        A `SALFCBM` with an untrained bottleneck and head.
 
     Examples:
         >>> import timm, salfcbm

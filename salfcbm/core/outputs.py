@@ -1,15 +1,15 @@
 """What a SALF-CBM returns, and a view of the model that returns plain logits.
 
-:class:`SALFCBMOutput` behaves like a Hugging Face ``ModelOutput``: attribute access
+`SALFCBMOutput` behaves like a Hugging Face ``ModelOutput``: attribute access
 (``out.logits``), key access (``out["logits"]``), index access (``out[0]``), ``keys()`` /
-``items()`` and :meth:`~SALFCBMOutput.to_tuple`. Its concept maps are computed lazily: with mean
+``items()`` and `to_tuple`. Its concept maps are computed lazily: with mean
 pooling the model pools the backbone's map *before* the 1x1 projection (pooling commutes with it),
 so the logits cost what the backbone costs, and the ``(B, M, Hg, Wg)`` maps are only built when a
 caller reads ``concept_maps`` -- or, cheaper, only for the concepts it needs
-(:meth:`~SALFCBMOutput.concept_maps_at`, :meth:`~SALFCBMOutput.combine_maps`,
-:meth:`~SALFCBMOutput.region_sums`).
+(`concept_maps_at`, `combine_maps`,
+`region_sums`).
 
-:class:`SALFCBMClassifier` (``model.as_classifier()``) is the model seen as an ordinary classifier
+`SALFCBMClassifier` (``model.as_classifier()``) is the model seen as an ordinary classifier
 ``images -> logits``, the form Captum, pytorch-grad-cam, ``torch.jit.trace``, ``torch.export``,
 ONNX export and ``F.cross_entropy`` expect.
 """
@@ -34,7 +34,7 @@ _KEYS = ("logits", "concept_maps", "concept_activations")
 
 
 class SALFCBMOutput(Mapping):
-    """What :meth:`SALFCBM.forward` returns; a Hugging Face ``ModelOutput`` look-alike.
+    """What `SALFCBM.forward` returns; a Hugging Face ``ModelOutput`` look-alike.
 
     Attributes:
         logits: ``(B, L)`` class scores.
@@ -180,9 +180,9 @@ class SALFCBMOutput(Mapping):
 
 
 class SALFCBMClassifier(nn.Module):
-    """A :class:`~salfcbm.SALFCBM` seen as a plain classifier: ``forward(images) -> logits`` tensor.
+    """A `SALFCBM` seen as a plain classifier: ``forward(images) -> logits`` tensor.
 
-    Made by :meth:`SALFCBM.as_classifier`. It shares the model's parameters (no copy) and is the
+    Made by `SALFCBM.as_classifier`. It shares the model's parameters (no copy) and is the
     module to hand to tools that expect logits: Captum (``IntegratedGradients``,
     ``LayerGradCam``), pytorch-grad-cam (``GradCAM``), ``torch.jit.trace``, ``torch.export``,
     ``torch.onnx.export`` and losses such as ``F.cross_entropy``. Gradients flow back through the

@@ -2,12 +2,12 @@
 
 * A save writes ``model.safetensors``, ``config.json`` and ``README.md`` into a staging
   directory next to the target and swaps it in with one atomic rename
-  (:func:`salfcbm._utils.io.atomic_directory`): a kill or a full disk at any moment leaves the
+  (`salfcbm._utils.io.atomic_directory`): a kill or a full disk at any moment leaves the
   previous model loadable; leftovers are removed by the next save.
 * ``config.json`` records the SHA-256 of ``model.safetensors``; the weights file records
   the SHA-256 of the config in its metadata. Loading checks both (once per file per
   process), so a flipped byte in either file is an error, never a silently wrong model.
-* Loading validates the config against :class:`~salfcbm.core.config.ModelConfig`, accepts
+* Loading validates the config against `ModelConfig`, accepts
   exactly the adapter's tensors (finite floats of the right shapes, positive ``concept_std``),
   probes the backbone's channels at the layer and checks the backbone's weights fingerprint.
 """

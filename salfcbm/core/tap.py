@@ -1,6 +1,6 @@
 """Read a spatial feature map out of any backbone.
 
-:class:`FeatureTap` hooks one module of a timm or torchvision model and turns
+`FeatureTap` hooks one module of a timm or torchvision model and turns
 whatever it emits into a ``(B, C, h, w)`` map (paper section 3.3: "for ViTs, the
 patch tokens are reshaped into their original spatial formation"):
 
@@ -275,13 +275,13 @@ class FeatureTap:
 
     Construct, then call: configuration goes in the constructor (which probes the
     layer once to learn its layout), data in the call. The forward hook lives only
-    inside :meth:`__call__` and is removed in ``finally``, so no hook outlives a
+    inside `__call__` and is removed in ``finally``, so no hook outlives a
     call, whether it succeeds or raises. The user's model is never switched to
     ``eval()`` here and its parameters are never touched.
 
     Args:
         backbone: any ``nn.Module`` taking ``(B, 3, H, W)`` images.
-        layer: module name (as in ``named_modules()``); ``None`` picks :func:`default_layer`.
+        layer: module name (as in ``named_modules()``); ``None`` picks `default_layer`.
         cls_concat: concatenate the CLS token to every position along channels (appendix B.1).
         stop_early: stop the backbone's forward right after ``layer`` (skips the classifier head).
         input_size: probing resolution; defaults to the model's own.

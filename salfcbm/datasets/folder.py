@@ -39,12 +39,12 @@ def _path_loader(path: str) -> str:  # module level: picklable for DataLoader wo
 class ImageFolderDataset(torch.utils.data.Dataset):
     """An image folder (one sub-folder per class), each image as the model sees it.
 
-    Images are read with salfcbm's one image entry point (:func:`salfcbm.core.images.load_images`:
+    Images are read with salfcbm's one image entry point (`salfcbm.core.images.load_images`:
     grayscale and RGBA are converted with a warning) and cropped with ``transform``
-    (:meth:`~salfcbm.core.images.ImageTransform.view`). Pass the model's own,
+    (`view`). Pass the model's own,
     ``transform=model.image_transform``, so that training, the scorer and ``explain`` see
     the same pixels; ``fit`` re-crops a folder built with another transform from the
-    original files (:meth:`with_transform`). With only ``size``, images are resized
+    original files (`with_transform`). With only ``size``, images are resized
     (shorter side) and centre-cropped to ``size`` (``crop_pct=1``, bilinear).
 
     Images come out as ``[0, 1]`` float tensors: the scorer and the backbone each apply

@@ -54,7 +54,7 @@ class ImagenetSegmentation(torch.utils.data.Dataset):
       with nearest-neighbour interpolation (as in the reference).
 
     The HDF5 file is opened lazily in each process (so the dataset works with
-    ``DataLoader(num_workers > 0)``) and kept open; :meth:`close` closes it.
+    ``DataLoader(num_workers > 0)``) and kept open; `close` closes it.
 
     Args:
         path: path to ``gtsegs_ijcv.mat``.

@@ -1,22 +1,22 @@
 """Readers for the datasets of the paper, in the layouts they ship in (paper section 4).
 
-* :class:`ImageNetDataset`: ILSVRC-2012 ``train/`` and ``val/`` folders, one sub-folder
+* `ImageNetDataset`: ILSVRC-2012 ``train/`` and ``val/`` folders, one sub-folder
   per WordNet id (the validation images sorted into class folders, as torchvision and
   LF-CBM expect);
-* :class:`Places365Dataset`: Places365-Standard as torchvision lays it out (file lists,
+* `Places365Dataset`: Places365-Standard as torchvision lays it out (file lists,
   ``data_256/`` and ``val_256/``);
-* :class:`CUB200Dataset`: CUB-200-2011 with its own split file ``train_test_split.txt``;
-* ImageNet-segmentation: :class:`salfcbm.datasets.ImagenetSegmentation`.
+* `CUB200Dataset`: CUB-200-2011 with its own split file ``train_test_split.txt``;
+* ImageNet-segmentation: `salfcbm.datasets.ImagenetSegmentation`.
 
 Every reader returns ``([0, 1]`` image ``(3, size, size)``, label) like
-:class:`~salfcbm.datasets.ImageFolderDataset`: the image as the model sees it (resize the short
+`ImageFolderDataset`: the image as the model sees it (resize the short
 side to ``resize``, default ``size``, then centre crop ``size``; ``resize=256, size=224`` is
 the usual ImageNet evaluation transform; pass ``transform=model.image_transform`` to use the
 model's own, which ``fit`` does by itself through ``with_transform``), has
 ``classes``, ``targets`` and ``fingerprint()``, and raises
-:class:`~salfcbm.errors.DatasetNotFoundError` showing the expected layout when a path is
-wrong. :func:`holdout_split` carves a seeded, stratified validation set out of a training
-set. :func:`write_fake_layout` writes a tiny generated copy of each layout (tests, dry runs).
+`DatasetNotFoundError` showing the expected layout when a path is
+wrong. `holdout_split` carves a seeded, stratified validation set out of a training
+set. `write_fake_layout` writes a tiny generated copy of each layout (tests, dry runs).
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def _transform(size: int, resize: int | None, transform: Any) -> ImageTransform:
 class _ImageList(torch.utils.data.Dataset):
     """(path, label) samples, each image as the model sees it; the common base of the readers.
 
-    Like :class:`~salfcbm.datasets.ImageFolderDataset`, images go through ``image_transform``
-    (:meth:`~salfcbm.core.images.ImageTransform.view`) and :meth:`with_transform` re-crops
+    Like `ImageFolderDataset`, images go through ``image_transform``
+    (`view`) and `with_transform` re-crops
     from the original files, so ``fit`` gives the scorer and the backbone the model's view.
     """
 
@@ -226,7 +226,7 @@ class CUB200Dataset(_ImageList):
     """CUB-200-2011 with its official train/test split (paper Table 1, CUB-200 column).
 
     Class names are the folder names without their number (``"Black footed Albatross"``,
-    LF-CBM's spelling) in :attr:`class_names`; :attr:`classes` keeps ``classes.txt``.
+    LF-CBM's spelling) in `class_names`; `classes` keeps ``classes.txt``.
 
     Args:
         root: the ``CUB_200_2011`` folder (or the folder holding it).
@@ -421,7 +421,7 @@ def write_fake_layout(
 def write_imagenet_seg_mat(path: str | os.PathLike, images: Sequence[Any], masks: Sequence[Any]) -> Path:
     """Write ``(H, W, 3)`` uint8 images and ``(H, W)`` masks as a gtsegs_ijcv.mat-style HDF5 file.
 
-    The layout of MATLAB v7.3 that :class:`~salfcbm.datasets.ImagenetSegmentation`
+    The layout of MATLAB v7.3 that `ImagenetSegmentation`
     reads: object references under ``value/img`` and, through a ``(1, 1)`` cell, ``value/gt``.
     """
     from salfcbm.datasets.imagenet_seg import _h5py

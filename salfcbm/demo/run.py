@@ -3,9 +3,9 @@
 No pretrained weights or datasets can be assumed, so the demo stands in for each
 missing piece with something whose truth is known:
 
-* the images are :class:`~salfcbm.demo.scenes.SyntheticScenes` (each concept has a mask);
+* the images are `SyntheticScenes` (each concept has a mask);
 * the "pretrained backbone" is a small CNN trained on those scenes, then frozen;
-* the CLIP scorer is :class:`~salfcbm.demo.scenes.GroundTruthScorer`, which reads the
+* the CLIP scorer is `GroundTruthScorer`, which reads the
   masks (it is *not* CLIP: it tells how much of each prompt circle a concept covers).
 
 Then the real pipeline runs unchanged: prompted similarities, cached features,
@@ -132,7 +132,7 @@ def concept_map_miou(
 
     For each test image and each concept of the model present in it, the concept map
     upsampled to the image is scored with the Chefer et al. protocol
-    (:class:`~salfcbm.evaluation.metrics.SegmentationMetrics`). ``random_maps=True`` scores random
+    (`SegmentationMetrics`). ``random_maps=True`` scores random
     grid maps instead: the floor to compare with.
     """
     from salfcbm.evaluation.metrics import SegmentationMetrics

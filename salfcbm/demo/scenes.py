@@ -3,18 +3,18 @@
 salfcbm cannot download CLIP, ImageNet or a pretrained backbone in its tests and examples,
 so it ships three stand-ins that exercise the whole pipeline offline:
 
-* :class:`SyntheticScenes` -- deterministic scenes of 2-3 coloured, textured shapes on a
+* `SyntheticScenes` -- deterministic scenes of 2-3 coloured, textured shapes on a
   background. Item ``i`` is rendered from ``(seed, split, i)`` on demand (no stored
   pixels, well under a millisecond per 64x64 image). Every image comes with a
   ground-truth mask per concept, and every class is a *composition* of concepts (for
   example "an orange triangle *and* a blue square"), so a concept bottleneck has
   something real to learn and its concept maps have something to localise.
-* :class:`GroundTruthScorer` -- a :class:`~salfcbm.supervision.scorers.ConceptScorer` that plays
+* `GroundTruthScorer` -- a `ConceptScorer` that plays
   CLIP's role in paper section 3.2: for every red-circle prompt location it returns the
   fraction of the circle's disc covered by each concept's ground-truth mask. It is a
   stand-in for CLIP, *not* a model of it: it is exact where CLIP is noisy, and it only
   knows the dataset's own concepts.
-* :class:`SmallConvNet` and :func:`pretrain_backbone` -- a small CNN trained on the
+* `SmallConvNet` and `pretrain_backbone` -- a small CNN trained on the
   scenes' labels, standing in for a pretrained backbone (paper 3.3).
 
 Examples:
@@ -249,7 +249,7 @@ class SyntheticScenes(Dataset):
     dotted). The concepts are short phrases naming these attributes (``"a circle"``,
     ``"something blue"``, ``"a striped texture"``, ``"a grassy background"``), 16 in all.
 
-    A class is a rule over concepts (see :attr:`class_concepts`), such as "a yellow circle
+    A class is a rule over concepts (see `class_concepts`), such as "a yellow circle
     in the sky" or "a ring and a cross": a scene of class ``c`` satisfies rule ``c`` and no
     other rule of the full table, and its remaining objects are random distractors. Every
     concept therefore appears in many classes, and no single colour, shape or background
@@ -483,7 +483,7 @@ class SyntheticScenes(Dataset):
         return torch.from_numpy(img), layout.label
 
     def masks(self, i: int) -> torch.Tensor:
-        """Ground-truth masks ``(K, H, W)`` bool, one per entry of :attr:`concepts`.
+        """Ground-truth masks ``(K, H, W)`` bool, one per entry of `concepts`.
 
         A shape, colour or texture concept covers the visible pixels of every object with
         that attribute (a texture mask covers the whole object, light and dark parts); a
@@ -575,14 +575,14 @@ def _disc_matrix(
 
 
 class GroundTruthScorer:
-    """A stand-in for CLIP that reads :class:`SyntheticScenes`' ground-truth masks.
+    """A stand-in for CLIP that reads `SyntheticScenes`' ground-truth masks.
 
-    Implements the :class:`~salfcbm.supervision.scorers.ConceptScorer` protocol (paper 3.2). Where
+    Implements the `ConceptScorer` protocol (paper 3.2). Where
     CLIP embeds each red-circle-prompted copy of an image and compares it to text
     embeddings, this scorer returns, for every prompt location, the fraction of the
     prompt circle's disc covered by each concept's ground-truth mask. The "embedding
     space" has one dimension per dataset concept (``D = len(dataset.concepts)``),
-    :meth:`text_embeddings` are one-hot rows and :meth:`similarity` selects columns, so
+    `text_embeddings` are one-hot rows and `similarity` selects columns, so
     ``P[n, m, h, w]`` is exactly "how much of the circle at ``(h, w)`` shows concept m".
 
     **It is not CLIP.** It reads the masks of the dataset items named by ``indices``
@@ -593,13 +593,13 @@ class GroundTruthScorer:
 
     The masks are in the dataset's pixels, so the images it is given must be the
     dataset's own (not resized or cropped): it checks them and raises
-    :class:`~salfcbm.errors.AlignmentError` otherwise (for ``fit``, wrap the backbone with
+    `AlignmentError` otherwise (for ``fit``, wrap the backbone with
     ``input_size`` = the scene size and ``input_crop_pct=1.0``). The prompt radius is in
-    :class:`~salfcbm.supervision.prompts.PromptGrid`'s one unit: the default ``PromptGrid()`` (7x7,
+    `PromptGrid`'s one unit: the default ``PromptGrid()`` (7x7,
     r = 32 at 224 px) draws 9 px discs on a 64 px scene, the paper's proportion.
 
     Args:
-        dataset: The dataset whose items the ``indices`` of :meth:`embed` refer to.
+        dataset: The dataset whose items the ``indices`` of `embed` refer to.
         resolution: Where the prompt centres are placed. ``None`` (the default): the grid
             of the dataset's image. An int (say ``224``, CLIP ViT-B/16's input) places
             them as a scorer with that input size would after resizing the image. The
@@ -692,7 +692,7 @@ class GroundTruthScorer:
     def for_dataset(self, dataset: SyntheticScenes) -> GroundTruthScorer:
         """The same scorer bound to ``dataset`` (its ``embed`` indices then refer to ``dataset``).
 
-        :func:`~salfcbm.store.compute_similarity_store` calls it, so ``fit(scorer=GroundTruthScorer(train))``
+        `compute_similarity_store` calls it, so ``fit(scorer=GroundTruthScorer(train))``
         scores the validation images with the validation masks.
         """
         if dataset is self.dataset:
@@ -708,7 +708,7 @@ class GroundTruthScorer:
         return other
 
     def geometry(self, prompts: PromptGrid) -> tuple[torch.Tensor, float]:
-        """Prompt centres ``(Hg, Wg, 2)`` (float, dataset pixels) and radius used by :meth:`embed`."""
+        """Prompt centres ``(Hg, Wg, 2)`` (float, dataset pixels) and radius used by `embed`."""
         if not isinstance(prompts, PromptGrid):
             raise InputError(f"prompts must be a salfcbm.supervision.prompts.PromptGrid; got {type(prompts).__name__}.")
         size = self.dataset.image_size
@@ -847,7 +847,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 
 class SmallConvNet(nn.Module):
-    """A small CNN for :class:`SyntheticScenes`, standing in for a pretrained backbone (paper 3.3).
+    """A small CNN for `SyntheticScenes`, standing in for a pretrained backbone (paper 3.3).
 
     Takes images in ``[0, 1]`` directly (normalisation is the first module). A stride-2
     stem, then four stages named ``stages.0`` to ``stages.3`` (3x3 conv, BatchNorm, ReLU);
@@ -945,10 +945,10 @@ def pretrain_backbone(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> SmallConvNet:
-    """Train a :class:`SmallConvNet` on a labelled dataset; a stand-in for a pretrained backbone.
+    """Train a `SmallConvNet` on a labelled dataset; a stand-in for a pretrained backbone.
 
     Cross-entropy, AdamW with a one-cycle schedule, random horizontal flips (which keep
-    every :class:`SyntheticScenes` label). The dataset is rendered into memory once. The
+    every `SyntheticScenes` label). The dataset is rendered into memory once. The
     run is deterministic for a given ``seed`` on a given device and thread count, and the
     global RNG state is left as it was. On two CPU cores, 3000 scenes at 64 px and the
     defaults take about a minute (see ``docs/synthetic.md`` for measurements).
@@ -957,7 +957,7 @@ def pretrain_backbone(
         train_dataset: Items ``(image (3, H, W) in [0, 1], label)``.
         epochs: Passes over the data.
         batch_size: Mini-batch size.
-        width: :class:`SmallConvNet` width.
+        width: `SmallConvNet` width.
         lr: Peak learning rate.
         weight_decay: AdamW weight decay.
         num_classes: Output classes; default ``len(train_dataset.classes)``.

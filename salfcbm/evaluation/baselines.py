@@ -1,6 +1,6 @@
 """Heatmap baselines behind one interface, for comparing against SALF-CBM (paper section 4.2, Table 2).
 
-``make_baseline(name, model, layer)`` returns an :class:`Attributor`;
+``make_baseline(name, model, layer)`` returns an `Attributor`;
 ``attributor.attribute(images, target)`` returns a ``(B, 1, H, W)`` float
 heatmap at the input size, whatever the method. The methods are the ones of the
 paper's Table 2, from the libraries people use for them, plus two floors:
@@ -17,9 +17,9 @@ paper's Table 2, from the libraries people use for them, plus two floors:
 | `center` | centred Gaussian (centre-bias floor) | ignored |
 
 Used layers may be omitted: ``layer=None`` picks the last spatial stage
-(:func:`salfcbm.core.tap.default_layer`). Token layers (ViT ``(B, N, C)``) and NHWC
+(`salfcbm.core.tap.default_layer`). Token layers (ViT ``(B, N, C)``) and NHWC
 stages (Swin) are folded into a ``(B, C, h, w)`` map with the same logic as
-:class:`salfcbm.core.tap.FeatureTap` (prefix tokens dropped, grid from the input
+`salfcbm.core.tap.FeatureTap` (prefix tokens dropped, grid from the input
 size), unless you pass your own ``reshape_transform``.
 
 Conventions, for every attributor:
@@ -159,9 +159,9 @@ def _reduce_channels(attr: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class Attributor:
-    """One heatmap method, Captum style: configure in the constructor, call :meth:`attribute`.
+    """One heatmap method, Captum style: configure in the constructor, call `attribute`.
 
-    Subclasses implement :meth:`_attribute`; this class validates inputs,
+    Subclasses implement `_attribute`; this class validates inputs,
     resolves ``target``, switches to ``eval()`` (if ``eval_mode``) and restores
     the model's modes, hooks and gradients afterwards.
 
@@ -596,7 +596,7 @@ _LAYER_METHODS = {"gradcam", "gradcam++", "scorecam"}
 
 
 def list_baselines() -> list[str]:
-    """Names accepted by :func:`make_baseline`.
+    """Names accepted by `make_baseline`.
 
     Examples:
         >>> list_baselines()
@@ -611,7 +611,7 @@ def make_baseline(
     """Build the baseline ``name`` for ``model``.
 
     Args:
-        name: one of :func:`list_baselines`.
+        name: one of `list_baselines`.
         model: classifier returning ``(B, num_classes)`` logits (may be ``None``
             for ``"random"`` and ``"center"``).
         layer: module name or module for ``"gradcam"``, ``"gradcam++"`` and
@@ -630,7 +630,7 @@ def make_baseline(
             * ``random``: ``seed=0``; ``center``: ``sigma=0.25`` (fraction of the side).
 
     Returns:
-        An :class:`Attributor`.
+        An `Attributor`.
 
     Raises:
         InputError: unknown ``name`` or keyword argument.
@@ -673,7 +673,7 @@ def time_attribution(
     """Median wall-clock seconds per image of ``attributor.attribute(images, target)``.
 
     ``attributor`` is anything with an ``attribute(images, target)`` method (an
-    :class:`Attributor`, :class:`salfcbm.explain.attribution.SALFCBMAttribution`) or a
+    `Attributor`, `salfcbm.explain.attribution.SALFCBMAttribution`) or a
     callable ``f(images, target)``. Runs ``warmup`` untimed calls, then ``repeats`` timed calls (synchronising
     CUDA around each), and divides the median by the batch size.
 

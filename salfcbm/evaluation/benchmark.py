@@ -1,23 +1,23 @@
 """Benchmark SALF-CBM heatmaps against attribution baselines (paper section 4.2, Table 2 and figure 4).
 
-One runner, :func:`run_attribution_benchmark`, scores any set of heatmap methods on
+One runner, `run_attribution_benchmark`, scores any set of heatmap methods on
 the same images with the same protocol:
 
 * **zero-shot segmentation** against ground-truth foreground masks, with the protocol of
   Chefer et al. (CVPR 2021, ``imagenet_seg_eval.py``) that the paper's Table 2 uses
-  (:class:`~salfcbm.evaluation.metrics.SegmentationMetrics`: pixel accuracy, mIoU, mAP);
+  (`SegmentationMetrics`: pixel accuracy, mIoU, mAP);
 * **faithfulness**: the deletion and insertion AUC of RISE
-  (:class:`~salfcbm.evaluation.metrics.DeletionInsertion`), each method measured on *the model it
+  (`DeletionInsertion`), each method measured on *the model it
   explains* (SALF-CBM's own logits for SALF-CBM, the standard backbone's for the
   baselines);
-* **speed**: seconds per explained image (:func:`~salfcbm.evaluation.baselines.time_attribution`,
+* **speed**: seconds per explained image (`time_attribution`,
   same device and batch for every method) and its ratio to SALF-CBM's.
 
-A method is a :class:`BenchmarkMethod`: an attributor (anything with
+A method is a `BenchmarkMethod`: an attributor (anything with
 ``attribute(inputs, target) -> (B, 1, h, w)``), the model it explains, and the function
 that turns the benchmark's images (``[0, 1]``, as datasets give them) into that model's
-inputs. :func:`build_methods` builds SALF-CBM's entry and every baseline of
-:mod:`salfcbm.evaluation.baselines` for a trained :class:`~salfcbm.SALFCBM`: the baselines explain
+inputs. `build_methods` builds SALF-CBM's entry and every baseline of
+`salfcbm.evaluation.baselines` for a trained `SALFCBM`: the baselines explain
 the wrapped backbone with its own classifier (the "standard model" of Table 2), and the
 layer methods use the layer SALF-CBM taps.
 
@@ -29,7 +29,7 @@ Protocol choices (documented in ``docs/benchmarks.md``):
   ``labels=``) to explain the ground-truth class instead.
 * **Deletion substrate**: pixels are deleted and inserted in the benchmark's ``[0, 1]``
   image space, before each model's own preprocessing, so every method is perturbed the
-  same way; :func:`constant_substrate` with the backbone's normalisation mean is RISE's
+  same way; `constant_substrate` with the backbone's normalisation mean is RISE's
   "zeros" of a mean-normalised model.
 * **Floors**: ``random`` and ``center`` are scored on the backbone's logits.
 
@@ -72,7 +72,7 @@ __all__ = [
     "run_attribution_benchmark",
 ]
 
-#: Keys of every method's row in :attr:`BenchmarkResult.rows`, in table order.
+#: Keys of every method's row in `BenchmarkResult.rows`, in table order.
 METRIC_COLUMNS: tuple[str, ...] = (
     "pixel_accuracy",
     "miou",
@@ -95,11 +95,11 @@ class BenchmarkMethod:
 
     Args:
         attributor: an object with ``attribute(inputs, target) -> (B, 1, h, w)`` (an
-            :class:`~salfcbm.evaluation.baselines.Attributor`,
-            :class:`~salfcbm.explain.attribution.SALFCBMAttribution`, a Captum method wrapped to
+            `Attributor`,
+            `SALFCBMAttribution`, a Captum method wrapped to
             return one channel) or a plain callable ``f(inputs, target)``.
         model: the explained model, ``inputs -> (B, num_classes)`` logits (or an output
-            with a ``.logits`` field, such as a :class:`~salfcbm.SALFCBM`). Its arg-max
+            with a ``.logits`` field, such as a `SALFCBM`). Its arg-max
             is the explained class with ``targets="predicted"`` and its softmax is scored
             by deletion / insertion.
         preprocess: maps the benchmark's images to this model's inputs (resize and
@@ -208,27 +208,27 @@ def build_methods(
     on_error: str = "raise",
     class_template: str | None = None,
 ) -> tuple[dict[str, BenchmarkMethod], dict[str, str]]:
-    """SALF-CBM and the baselines of :mod:`salfcbm.evaluation.baselines`, ready for :func:`run_attribution_benchmark`.
+    """SALF-CBM and the baselines of `salfcbm.evaluation.baselines`, ready for `run_attribution_benchmark`.
 
     ``"salfcbm"`` is the paper's Table 2 protocol: the model is trained with one concept per
     class, ``"An image of a {class}"``, and the heatmap of a class is that concept's map
-    (:class:`~salfcbm.explain.attribution.SALFCBMAttribution` in ``"class_concept"`` mode).
+    (`SALFCBMAttribution` in ``"class_concept"`` mode).
     ``"salfcbm_logit"`` is the extra row: the spatial decomposition of the class logit (paper
     3.5; ``"class"`` mode), which any SALF-CBM has. Both run on ``model``, fed
     ``model.preprocess(images)``. Every other name is a baseline built with
-    :func:`~salfcbm.evaluation.baselines.make_baseline` on ``model.backbone``, the standard model
+    `make_baseline` on ``model.backbone``, the standard model
     with its own classifier (the paper's Table 2 compares against it), at ``layer``
     (default: the layer SALF-CBM taps, ``model.layer``) for the layer methods.
 
     Args:
         model: a trained SALF-CBM with its backbone.
-        names: methods, among ``"salfcbm"`` and :func:`~salfcbm.evaluation.baselines.list_baselines`
+        names: methods, among ``"salfcbm"`` and `list_baselines`
             (default: all of them).
         backbone_preprocess: how benchmark images become backbone inputs: ``"model"``
             (``model.preprocess(images, crop=False)``: resize the whole image and normalise with the
             backbone's statistics,
             right for timm / torchvision backbones), ``None`` (unchanged: a backbone that
-            takes ``[0, 1]`` images, like :class:`~salfcbm.demo.scenes.SmallConvNet`) or a
+            takes ``[0, 1]`` images, like `SmallConvNet`) or a
             callable.
         layer: layer for Grad-CAM, Grad-CAM++ and Score-CAM (default ``model.layer``).
         baseline_kwargs: per-method keyword arguments for ``make_baseline``, e.g.
@@ -237,12 +237,12 @@ def build_methods(
             backbone's normalisation mean, ``model.config["input_mean"]``). Integrated
             gradients integrates from an image of this colour (unless
             ``baseline_kwargs`` sets ``baseline``); use the same colour for the deletion
-            substrate (:func:`constant_substrate`).
+            substrate (`constant_substrate`).
         class_template: the class-concept phrase of ``"salfcbm"`` (default ``"An image of a {class}"``,
             matched case-insensitively).
         on_error: ``"raise"`` or ``"record"``: a method that cannot explain this model (``"salfcbm"``
             on a model without class concepts, or a baseline
-            (:class:`~salfcbm.evaluation.baselines.UnsupportedBaselineError`, e.g. LRP on a module
+            (`UnsupportedBaselineError`, e.g. LRP on a module
             type without a rule)) is left out and its reason returned.
 
     Returns:
@@ -332,7 +332,7 @@ def class_evidence_masks(
 ) -> torch.Tensor:
     """The ground-truth segmentation target of procedural scenes: where the class evidence is.
 
-    A :class:`~salfcbm.demo.scenes.SyntheticScenes` class is a rule over concepts (``"an
+    A `SyntheticScenes` class is a rule over concepts (``"an
     orange triangle and a blue square"``); the target mask of an image is the part of
     the image its rule talks about:
 
@@ -404,11 +404,11 @@ def explanation_mask_check(
 ) -> dict[str, Any]:
     """How often a concept an explanation shows is not in the image at all (its ground-truth mask is empty).
 
-    Each image of a :class:`~salfcbm.demo.SyntheticScenes` is explained
+    Each image of a `SyntheticScenes` is explained
     (``model.explain``, its predicted class, ``top_k`` concepts by ``|S|``), and every shown
     concept is looked up in the image's concept masks. A report that draws all top-k concepts
     alike presents each of them as found in the image, so ``shown_mask_empty`` is the share of
-    shown concepts it misrepresents; the evidence kinds (:mod:`salfcbm.evidence`) should put the
+    shown concepts it misrepresents; the evidence kinds (`salfcbm.evidence`) should put the
     empty-mask concepts on the absent side: ``present.mask_empty`` is the share of concepts
     *shown as present* that are not there, ``absent.mask_empty`` the share of concepts shown as
     absent that are indeed not there.
@@ -493,7 +493,7 @@ def explanation_mask_check(
 
 @dataclass
 class BenchmarkResult:
-    """What :func:`run_attribution_benchmark` measured.
+    """What `run_attribution_benchmark` measured.
 
     Attributes:
         rows: per method, ``pixel_accuracy``, ``miou``, ``map`` (segmentation, fractions),
@@ -505,8 +505,8 @@ class BenchmarkResult:
         meta: the protocol settings (targets, steps, batch sizes, device, ...).
         examples: the first images, their masks and every method's heatmaps
             (``{"images": ..., "masks": ..., "heatmaps": {name: (n, 1, h, w)}}``), for
-            :func:`plot_attribution_examples`; not part of :meth:`to_dict`.
-        forward: optional forward-pass timing (see :func:`forward_speed`).
+            `plot_attribution_examples`; not part of `to_dict`.
+        forward: optional forward-pass timing (see `forward_speed`).
     """
 
     rows: dict[str, dict[str, Any]]
@@ -569,7 +569,7 @@ class BenchmarkResult:
         return "\n".join(lines) + "\n"
 
     def save(self, json_path: str | os.PathLike, markdown_path: str | os.PathLike | None = None) -> None:
-        """Write :meth:`to_dict` as JSON (and :meth:`to_markdown`), atomically."""
+        """Write `to_dict` as JSON (and `to_markdown`), atomically."""
         import json
 
         from salfcbm._utils.io import atomic_write_text
@@ -628,7 +628,7 @@ def _check_benchmark_options(
     deletion_substrate: Any,
     insertion_substrate: Any,
 ) -> None:
-    """Validate the benchmark's methods and scalar options, raising :class:`InputError`."""
+    """Validate the benchmark's methods and scalar options, raising `InputError`."""
     if not isinstance(methods, Mapping) or not methods:
         raise InputError(f"`methods` must be a non-empty mapping name -> BenchmarkMethod, got {methods!r}.")
     for name, m in methods.items():
@@ -997,23 +997,23 @@ def run_attribution_benchmark(
     prediction, or the given label), the method's heatmaps are computed on the model's
     inputs, and they are scored
 
-    * against ``masks`` with :class:`~salfcbm.evaluation.metrics.SegmentationMetrics` (heatmaps
+    * against ``masks`` with `SegmentationMetrics` (heatmaps
       resized bilinearly to the masks; pixel accuracy, mIoU, mAP as in Chefer et al.);
-    * by deletion / insertion (:class:`~salfcbm.evaluation.metrics.DeletionInsertion`) on the
+    * by deletion / insertion (`DeletionInsertion`) on the
       method's own model: pixels of the ``[0, 1]`` benchmark image are replaced in order
       of decreasing saliency and the softmax probability of the explained class is
       followed (AUC over the fraction of pixels changed).
 
     Then each method is timed on the first ``timing_batch`` images
-    (:func:`~salfcbm.evaluation.baselines.time_attribution`, median of ``timing_repeats`` rounds), and
+    (`time_attribution`, median of ``timing_repeats`` rounds), and
     ``speed_ratio`` is its time per image divided by the ``reference`` method's.
 
     Args:
-        methods: name -> :class:`BenchmarkMethod` (see :func:`build_methods`).
+        methods: name -> `BenchmarkMethod` (see `build_methods`).
         images: ``(N, 3, H, W)`` float images in the benchmark space (``[0, 1]``), or,
             with ``masks=None``, an iterable of ``(images, masks)`` or
             ``(images, masks, labels)`` batches (e.g. a ``DataLoader`` over
-            :class:`~salfcbm.datasets.imagenet_seg.ImagenetSegmentation`).
+            `ImagenetSegmentation`).
         masks: ``(N, H, W)`` bool foreground masks (with tensor ``images``).
         targets: ``"predicted"`` (each method explains its model's top-1 class; Chefer et
             al.'s protocol) or ``"labels"`` (the ground-truth class).
@@ -1026,7 +1026,7 @@ def run_attribution_benchmark(
             curve every 1 %).
         perturbation_batch_size: perturbed images per forward pass in deletion / insertion.
         deletion_substrate: what deleted pixels become, ``images -> images`` (default
-            zeros; see :func:`constant_substrate`).
+            zeros; see `constant_substrate`).
         insertion_substrate: the canvas insertion starts from (default: RISE's blur).
         timing_batch: images in the timing batch (default ``batch_size``); ``0`` skips timing.
         timing_repeats: timed calls per method, in rounds over all methods after one
@@ -1035,7 +1035,7 @@ def run_attribution_benchmark(
             on the CPU (robust to other processes on a shared machine) and wall time on CUDA
             (``meta["speed_clock"]``).
         reference: method the speed ratios divide by (``None`` or absent: no ratios).
-        n_examples: images whose heatmaps are kept in :attr:`BenchmarkResult.examples`.
+        n_examples: images whose heatmaps are kept in `BenchmarkResult.examples`.
         max_images: stop after this many images (useful with an iterable).
         device: move models' inputs here (the models must already be there).
         ap_backend: ``"sklearn"`` or ``"torch"`` for the mAP (see ``SegmentationMetrics``).
@@ -1044,7 +1044,7 @@ def run_attribution_benchmark(
         progress: tqdm progress bar.
 
     Returns:
-        A :class:`BenchmarkResult`.
+        A `BenchmarkResult`.
 
     Examples:
         >>> import torch
@@ -1216,7 +1216,7 @@ def plot_attribution_examples(
     method's heatmap (min-max scaled per image) over the image.
 
     Args:
-        result: a :class:`BenchmarkResult` (its ``examples``) or the ``examples`` dict.
+        result: a `BenchmarkResult` (its ``examples``) or the ``examples`` dict.
         path: where to save the figure (atomically; format from the suffix); ``None``
             only returns it.
         methods: columns to show, in order (default: every method with heatmaps).

@@ -2,19 +2,19 @@
 
 Two protocols live here.
 
-* :class:`SegmentationMetrics`, the zero-shot segmentation protocol of Chefer et
+* `SegmentationMetrics`, the zero-shot segmentation protocol of Chefer et
   al. (CVPR 2021, ``imagenet_seg_eval.py``) that the SALF-CBM paper uses for its
   Table 2 (section 4.2): every heatmap is min-max normalised per image,
   binarised at its own mean, and scored against the ground-truth mask with
   pixel accuracy and mIoU (both accumulated over the whole dataset) and mAP
   (average precision per image, then the mean over images).
-* :func:`deletion_insertion` / :class:`DeletionInsertion`, the causal
+* `deletion_insertion` / `DeletionInsertion`, the causal
   deletion and insertion metrics of RISE (Petsiuk et al., BMVC 2018): pixels are
   removed from (or inserted into) the image in order of decreasing saliency and
   the area under the curve of the target class probability is reported.
 
 Both take heatmaps from any method (SALF-CBM concept maps, the baselines in
-:mod:`salfcbm.evaluation.baselines`, or your own) as plain tensors.
+`salfcbm.evaluation.baselines`, or your own) as plain tensors.
 """
 
 from __future__ import annotations
@@ -152,13 +152,13 @@ class SegmentationMetrics:
     differs from the masks' are resized to the mask size bilinearly (as the
     reference upsamples its 14x14 maps), before normalisation. Images and masks
     themselves are expected at the evaluation resolution already (224x224 in
-    the paper; :class:`salfcbm.datasets.imagenet_seg.ImagenetSegmentation` does that).
+    the paper; `salfcbm.datasets.imagenet_seg.ImagenetSegmentation` does that).
 
     Deviation: the normalisation runs in float64 rather than float32, so
     pixels exactly at the mean can differ from the reference in the last ulp.
 
-    Accumulator in the torchmetrics style: :meth:`update` per batch,
-    :meth:`compute` at the end, :meth:`reset` to start over.
+    Accumulator in the torchmetrics style: `update` per batch,
+    `compute` at the end, `reset` to start over.
 
     Args:
         ap_backend: ``"sklearn"`` (default, the reference's
@@ -208,7 +208,7 @@ class SegmentationMetrics:
         Returns:
             Per-image values of this batch, as CPU tensors: ``"pixel_accuracy"``,
             ``"iou_background"``, ``"iou_foreground"`` and ``"ap"`` (each ``(B,)``),
-            for inspection; the dataset-level scores come from :meth:`compute`.
+            for inspection; the dataset-level scores come from `compute`.
         """
         h = _as_heatmaps(heatmaps)
         g = _as_masks(masks)
@@ -262,7 +262,7 @@ class SegmentationMetrics:
         }
 
     def compute(self) -> dict[str, float]:
-        """Dataset-level scores over every image passed to :meth:`update`.
+        """Dataset-level scores over every image passed to `update`.
 
         Returns:
             ``pixel_accuracy``, ``miou``, ``map``, ``iou_background``,
@@ -452,18 +452,18 @@ class DeletionInsertion:
 
     # -- accumulator interface
     def reset(self) -> None:
-        """Forget the AUCs accumulated by :meth:`update`."""
+        """Forget the AUCs accumulated by `update`."""
         self._aucs: dict[str, list[torch.Tensor]] = {m: [] for m in self.modes}
 
     def update(self, images: torch.Tensor, saliency: torch.Tensor, target: Any = None) -> dict[str, torch.Tensor]:
-        """Evaluate one batch (like :meth:`__call__`) and keep its AUCs for :meth:`compute`."""
+        """Evaluate one batch (like `__call__`) and keep its AUCs for `compute`."""
         out = self(images, saliency, target)
         for m in self.modes:
             self._aucs[m].append(out[f"{m}_auc"])
         return out
 
     def compute(self) -> dict[str, float]:
-        """Mean AUCs over every image passed to :meth:`update`, plus ``n_images``."""
+        """Mean AUCs over every image passed to `update`, plus ``n_images``."""
         first = self._aucs[self.modes[0]]
         if not first:
             raise InputError(
@@ -584,7 +584,7 @@ def deletion_insertion(
     eval_mode: bool = True,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Deletion and insertion AUC of ``saliency`` for ``images`` (RISE); see :class:`DeletionInsertion`.
+    """Deletion and insertion AUC of ``saliency`` for ``images`` (RISE); see `DeletionInsertion`.
 
     Examples:
         >>> import torch

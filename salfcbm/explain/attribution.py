@@ -1,14 +1,14 @@
 """A Captum-style attribution adapter for SALF-CBM heatmaps.
 
 Benchmark code written for Captum (``LayerGradCam(model, layer).attribute(x, target=...)``
-followed by ``LayerAttribution.interpolate``) can use :class:`SALFCBMAttribution` unchanged:
+followed by ``LayerAttribution.interpolate``) can use `SALFCBMAttribution` unchanged:
 it returns ``(B, 1, H, W)`` heatmaps at input resolution, and needs no gradients.
 
 Class mode (default) returns the spatial decomposition of the class logit (paper 3.5):
 
-.. math::
-
-    A_l(x)[h, w] = \\sum_m \\frac{W[l, m]}{\\sigma_m} \\, c_{up}(x)[m][h, w]
+```text
+A_l(x)[h, w] = sum_m  W[l, m] / sigma_m * c_up(x)[m][h, w]
+```
 
 where ``W`` is the head's weight, ``sigma`` the training std of the pooled activations and
 ``c_up`` the concept maps upsampled (bilinear by default) to the input size. It is computed at
@@ -50,7 +50,7 @@ INTERPOLATE_MODES = ("bilinear", "nearest", "bicubic", "area")
 def class_concept_indices(model: SALFCBM, template: str = CLASS_TEMPLATE) -> torch.Tensor:
     """``(L,)``: the index of the concept ``template.replace("{class}", name)`` for every class.
 
-    Raises :class:`~salfcbm.errors.InputError` naming the missing phrases when the model was
+    Raises `InputError` naming the missing phrases when the model was
     not trained with class concepts (Table 2 needs them).
     """
     lower = {c.lower(): i for i, c in enumerate(model.concepts)}
@@ -83,12 +83,12 @@ def class_heatmaps(model: SALFCBM, concept_maps: torch.Tensor, targets: torch.Te
 class SALFCBMAttribution:
     """SALF-CBM heatmaps behind Captum's ``attribute`` interface.
 
-    Construct, then call: options go in the constructor, data in :meth:`attribute`.
+    Construct, then call: options go in the constructor, data in `attribute`.
     Like ``LayerGradCam(...).attribute`` followed by ``LayerAttribution.interpolate(attr, (H, W))``,
     the result is ``(B, 1, H, W)``; unlike Grad-CAM it costs one forward pass and no backward.
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`.
+        model: a `SALFCBM`.
         mode: ``"class"`` (the logit's spatial decomposition, see the module docstring),
             ``"concept"`` (one concept's map; then ``target`` names the concept) or
             ``"class_concept"`` (Table 2: the map of the concept ``template`` of the target class).

@@ -9,7 +9,7 @@ the four cases, so explanations, pictures and reports can keep them apart.
 
 **Presence.** A concept is *present* in an image when its standardised pooled activation is
 positive, ``c*_norm(x)[m] > 0``: the image holds more of the concept than the average
-training image (:data:`PRESENCE_THRESHOLD`). Why this definition:
+training image (`PRESENCE_THRESHOLD`). Why this definition:
 
 * it is the quantity the head reads, so the four kinds are exactly the four sign patterns of
   ``S = W * c*_norm``: ``sign(S) = sign(W) * sign(c*_norm)``; no extra hyper-parameter, and an
@@ -85,7 +85,7 @@ def evidence_kinds(weights: torch.Tensor, normalized_activations: torch.Tensor) 
         normalized_activations: ``(k,)`` their standardised pooled activations ``c*_norm(x)[m]``.
 
     Returns:
-        One of :data:`EVIDENCE_KINDS` per concept.
+        One of `EVIDENCE_KINDS` per concept.
 
     Examples:
         >>> evidence_kinds(torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0]), torch.tensor([0.5, 0.5, -0.5, -0.5, 2.0]))

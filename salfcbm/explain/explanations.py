@@ -5,14 +5,14 @@ Implements paper sections 3.5-3.6 (Benou & Riklin-Raviv, "Show and Tell", CVPR 2
 * **Concept-based explanations** ("tell what", 3.5): the contribution of concept ``m`` to
   class ``l`` on image ``x`` is ``S(x, m, l) = W[l, m] * c*_norm(x)[m]``, with ``c*_norm`` the
   pooled concept activations standardised by the training mean/std. Contributions plus the
-  head's bias sum to the logit. :func:`explain` ranks concepts by ``|S|``.
+  head's bias sum to the logit. `explain` ranks concepts by ``|S|``.
 * **Spatial explanations** ("show where", 3.5): the concept maps ``c(x)[m]`` of the top-k
   concepts, upsampled bilinearly to the input size.
-* **Global decision rules** (3.5): the non-zero weights of a class (:func:`decision_rules`).
+* **Global decision rules** (3.5): the non-zero weights of a class (`decision_rules`).
 * **Explain Anything** (3.6): ``a(x, m | I) = sum(I * c_up[m])`` for a region ``I`` given as a
-  mask, a box or points (:func:`explain_region`).
+  mask, a box or points (`explain_region`).
 * **Local intervention** (3.6): ``c(x)[m] += beta * I``, then pooling, standardisation and the
-  head run again (:func:`intervene`).
+  head run again (`intervene`).
 
 Everything here reuses one forward pass of the model (pass ``output=`` to reuse your own) and
 never runs the backbone a second time.
@@ -97,7 +97,7 @@ class _JSONMixin:
         raise NotImplementedError
 
     def to_json(self, path: str | os.PathLike | None = None, *, heatmaps: str = "summary", indent: int | None = 2) -> str:
-        """Serialise :meth:`to_dict` to JSON; with ``path``, also write it there atomically.
+        """Serialise `to_dict` to JSON; with ``path``, also write it there atomically.
 
         Args:
             path: optional file to write.
@@ -323,7 +323,7 @@ def region_masks(
     Args:
         size: image size ``(H, W)``.
         mask: ``(H, W)`` or ``(R, H, W)`` tensor/array (bool, or weights >= 0), e.g. masks from SAM.
-        box: ``(x0, y0, x1, y1)``, a list of boxes or an ``(R, 4)`` tensor (see :func:`box_mask`).
+        box: ``(x0, y0, x1, y1)``, a list of boxes or an ``(R, 4)`` tensor (see `box_mask`).
         points: ``[(x, y), ...]`` (one region, union of disks) or a list of such lists (one region each).
         radius: disk radius for points, in pixels; default half a grid cell (at least 1 px).
         grid: the prompting grid, used for the default radius.
@@ -406,7 +406,7 @@ def mask_to_grid(mask: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
 class ClassExplanation(_JSONMixin):
     """Why one image got (or would get) one class: the top-k contributing concepts.
 
-    Each top concept carries its evidence kind (:mod:`salfcbm.evidence`): ``"present_supports"``,
+    Each top concept carries its evidence kind (`salfcbm.evidence`): ``"present_supports"``,
     ``"present_opposes"``, ``"absent_supports"`` (a negative weight times a below-average
     activation: the concept's *absence* raises the logit), ``"absent_opposes"`` or
     ``"no_weight"``. A concept is present when its standardised activation is positive.
@@ -426,7 +426,7 @@ class ClassExplanation(_JSONMixin):
         activations: ``(k,)`` the top concepts' standardised pooled activations ``c*_norm(x)[m]``
             (``> 0``: present).
         concept_mean, concept_std: ``(k,)`` the training statistics that standardise them;
-            :meth:`standardized_heatmaps` puts the heatmaps on that common scale.
+            `standardized_heatmaps` puts the heatmaps on that common scale.
     """
 
     target: int
@@ -499,7 +499,7 @@ class ClassExplanation(_JSONMixin):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassExplanation:
-        """Invert :meth:`to_dict` (heatmaps come back only from ``heatmaps="full"``)."""
+        """Invert `to_dict` (heatmaps come back only from ``heatmaps="full"``)."""
         top = data["top_concepts"]
 
         def column(key: str) -> torch.Tensor | None:
@@ -528,7 +528,7 @@ class ClassExplanation(_JSONMixin):
 
 @dataclass
 class Explanation(_JSONMixin):
-    """The explanation of one image: its prediction and one :class:`ClassExplanation` per target.
+    """The explanation of one image: its prediction and one `ClassExplanation` per target.
 
     The attributes ``concepts``, ``scores``, ``heatmaps`` and ``concept_indices`` are shortcuts to
     the first target (the prediction by default).
@@ -541,7 +541,7 @@ class Explanation(_JSONMixin):
         predicted_class: its name.
         activations: ``(M,)`` pooled concept activations ``c*(x)``.
         normalized_activations: ``(M,)`` ``c*_norm(x)`` (standardised with the training statistics).
-        classes: one :class:`ClassExplanation` per requested class.
+        classes: one `ClassExplanation` per requested class.
         concept_names: all concept names of the model (index -> name).
     """
 
@@ -590,7 +590,7 @@ class Explanation(_JSONMixin):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], concept_names: Sequence[str] = ()) -> Explanation:
-        """Invert :meth:`to_dict`."""
+        """Invert `to_dict`."""
         return cls(
             index=int(data["index"]),
             logits=torch.tensor(data["logits"], dtype=torch.float32),
@@ -606,7 +606,7 @@ class Explanation(_JSONMixin):
 
 @dataclass
 class ExplanationBatch(_JSONMixin):
-    """What :func:`explain` returns: one :class:`Explanation` per image (indexable, iterable)."""
+    """What `explain` returns: one `Explanation` per image (indexable, iterable)."""
 
     explanations: list[Explanation]
     concept_names: list[str] = field(repr=False, default_factory=list)
@@ -630,7 +630,7 @@ class ExplanationBatch(_JSONMixin):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExplanationBatch:
-        """Invert :meth:`to_dict` (heatmaps come back only from ``heatmaps="full"``).
+        """Invert `to_dict` (heatmaps come back only from ``heatmaps="full"``).
 
         Examples:
             >>> import timm, torch, salfcbm
@@ -649,7 +649,7 @@ class ExplanationBatch(_JSONMixin):
 
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> ExplanationBatch:
-        """Read what :meth:`to_json` wrote: a JSON string or the path of a ``.json`` file."""
+        """Read what `to_json` wrote: a JSON string or the path of a ``.json`` file."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text(encoding="utf-8")
@@ -700,10 +700,10 @@ class RegionExplanation(_JSONMixin):
 
 @dataclass
 class RegionReport(_JSONMixin):
-    """What :func:`explain_region` returns: the image's prediction and one entry per region.
+    """What `explain_region` returns: the image's prediction and one entry per region.
 
     Attributes:
-        regions: one :class:`RegionExplanation` per region (also reachable by ``report[i]``).
+        regions: one `RegionExplanation` per region (also reachable by ``report[i]``).
         masks: ``(R, H, W)`` the regions as float masks at input resolution.
         logits, probabilities, prediction, predicted_class: the model's output for the image.
         standardized: whether concept maps were standardised before aggregation.
@@ -855,11 +855,11 @@ def explain(
     ranked by ``|S|``; only the top-k maps are upsampled (bilinear) to the input size.
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`.
+        model: a `SALFCBM`.
         images: ``(B, 3, H, W)`` (or one ``(3, H, W)``) backbone-ready float images (the output of
             ``model.preprocess``), or raw images of any other kind (``uint8`` tensors, arrays, PIL images,
             file paths, lists), which are passed through ``model.preprocess`` first. An empty batch or
-            NaN/inf values raise :class:`~salfcbm.errors.ImageInputError`.
+            NaN/inf values raise `ImageInputError`.
         target: the classes to explain: ``None`` (the prediction), an int or a class name for every
             image, a ``(B,)`` tensor or a list with one entry per image, or a list of lists (several
             classes per image, e.g. for multi-class images, appendix D.2).
@@ -868,10 +868,10 @@ def explain(
         heatmap_size: ``(H, W)`` of the heatmaps; default the input size.
         skip_zero: drop concepts whose contribution is exactly 0 (a sparse head gives few non-zeros),
             so fewer than ``top_k`` may be returned.
-        output: a :class:`~salfcbm.SALFCBMOutput` of ``model(images)`` to reuse instead of running the model.
+        output: a `SALFCBMOutput` of ``model(images)`` to reuse instead of running the model.
 
     Returns:
-        An :class:`ExplanationBatch`; ``result[i].top`` explains image ``i``'s first target.
+        An `ExplanationBatch`; ``result[i].top`` explains image ``i``'s first target.
 
     Examples:
         >>> import timm, torch, salfcbm
@@ -995,7 +995,7 @@ def explain_region(
     linear, ``c_up = A_h c A_w^T``, so ``a = sum((A_h^T I A_w) * c)`` at grid resolution.
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`.
+        model: a `SALFCBM`.
         image: one backbone-ready image ``(3, H, W)`` or ``(1, 3, H, W)``.
         mask: ``(H, W)`` or ``(R, H, W)`` region(s) (bool or non-negative weights), e.g. SAM masks.
         box: ``(x0, y0, x1, y1)`` in pixels (x1/y1 exclusive) or a list of boxes.
@@ -1004,10 +1004,10 @@ def explain_region(
         top_k: concepts per region.
         standardize: aggregate ``(c_up[m] - mean[m]) / std[m]`` instead of the raw maps, which makes
             concepts with different scales comparable (the paper uses raw maps, the default).
-        output: a :class:`~salfcbm.SALFCBMOutput` of ``model(image)`` to reuse.
+        output: a `SALFCBMOutput` of ``model(image)`` to reuse.
 
     Returns:
-        A :class:`RegionReport` (``report[r]`` is region ``r``).
+        A `RegionReport` (``report[r]`` is region ``r``).
 
     Raises:
         InputError: no region, several kinds of region, an empty mask or a box/point outside the image.
@@ -1117,7 +1117,7 @@ def intervene(
     ``c(x)[m] <- c(x)[m] + beta * I`` for every chosen concept ``m``, then pooling,
     standardisation and the head run again on the edited maps (the backbone does not). ``I`` lives
     on the prompting grid: a region given at input resolution is downsampled by area averaging
-    (:func:`mask_to_grid`: each cell gets the fraction of its pixels inside the region); a mask of
+    (`mask_to_grid`: each cell gets the fraction of its pixels inside the region); a mask of
     grid size ``(Hg, Wg)`` is used as it is. With mean pooling, the logit of class ``l`` changes by
     exactly ``sum_m beta_m * W[l, m] * mean(I) / std[m]``.
 
@@ -1127,21 +1127,21 @@ def intervene(
     their numbers pass ``beta=2 * beta`` and a binary grid mask (``mask_to_grid(...) > 0``).
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`.
+        model: a `SALFCBM`.
         image: one backbone-ready image.
         concept: a concept name or index, or a list of them.
         region: a mask (input or grid resolution) or a box; ``None`` with no ``mask``/``box``/``points``
             edits the whole map.
-        mask: the region as a mask, as :func:`explain_region` takes it.
+        mask: the region as a mask, as `explain_region` takes it.
         box: the region as a box ``(x0, y0, x1, y1)``.
         points: the region as points (disks of ``radius`` pixels).
         radius: radius of the point disks.
         beta: correction factor (positive or negative), or one per concept.
         target: class whose contributions are reported (default: the prediction before the edit).
-        output: a :class:`~salfcbm.SALFCBMOutput` of ``model(image)`` to reuse.
+        output: a `SALFCBMOutput` of ``model(image)`` to reuse.
 
     Returns:
-        An :class:`InterventionResult` with logits, probabilities, predictions and contributions
+        An `InterventionResult` with logits, probabilities, predictions and contributions
         before and after.
 
     Raises:
@@ -1224,13 +1224,13 @@ def decision_rules(
     """The concepts connected to a class by a non-zero weight, sorted by ``|weight|`` (paper 3.5).
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`.
+        model: a `SALFCBM`.
         target: a class index or name, or a list of them (then a list is returned).
         threshold: keep weights with ``|w| > threshold`` (default: every non-zero weight).
         top_k: keep at most this many concepts per class.
 
     Returns:
-        A :class:`DecisionRule`, or a list of them for a list of targets.
+        A `DecisionRule`, or a list of them for a list of targets.
 
     Examples:
         >>> import timm, torch, salfcbm

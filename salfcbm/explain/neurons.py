@@ -1,9 +1,9 @@
 """What a concept neuron responds to: its top-activating images and their maps (paper appendix C, Figure 9).
 
-:func:`top_activating_images` streams a dataset through a trained model once and keeps, for
+`top_activating_images` streams a dataset through a trained model once and keeps, for
 each requested concept neuron of the bottleneck, the ``k`` images with the highest global
 activation ``c*(x)[m]`` and their concept maps upsampled to the image;
-:func:`salfcbm.viz.plot_top_images` draws them, one row per neuron.
+`salfcbm.viz.plot_top_images` draws them, one row per neuron.
 """
 
 from __future__ import annotations
@@ -56,16 +56,16 @@ def top_activating_images(
     """The ``k`` images of ``dataset`` that activate each concept neuron most (paper appendix C).
 
     Args:
-        model: a trained :class:`~salfcbm.SALFCBM`.
+        model: a trained `SALFCBM`.
         dataset: ``(image, label)`` items with ``[0, 1]`` images ``(3, H, W)``; each is taken as the
-            model sees it (:func:`salfcbm.core.images.align_dataset`).
+            model sees it (`salfcbm.core.images.align_dataset`).
         concepts: one or several concepts, by name or index.
         k: images per concept.
         batch_size: images per forward pass.
         device: where to run (default: where the model is).
 
     Returns:
-        One :class:`NeuronTopImages` per concept, in the order given.
+        One `NeuronTopImages` per concept, in the order given.
 
     Examples:
         >>> tops = top_activating_images(model, val_set, ["striped", "red"], k=3)  # doctest: +SKIP

@@ -12,11 +12,11 @@ with ``alpha = 0.99`` and the bias unregularised. (The paper writes the sum of
 the losses and ``||W||_F`` without the square; like the GLM-SAGA code it cites,
 salfcbm uses the mean and the squared norm, which only rescales ``lam``.)
 
-:func:`fit_sparse_head` computes the whole regularisation path, from
+`fit_sparse_head` computes the whole regularisation path, from
 ``lam_max`` (the smallest ``lam`` whose solution is ``W = 0``) down to
 ``lam_max * lambda_min_ratio`` on a geometric grid, each point warm-started
 from the previous one, and picks one point by validation accuracy or by a
-target number of non-zero weights per class (NEC). :func:`fit_dense_head` fits
+target number of non-zero weights per class (NEC). `fit_dense_head` fits
 the paper's non-sparse rows (L2 only).
 
 The solver is not GLM-SAGA's minibatch SAGA: it is a full-batch accelerated
@@ -123,7 +123,7 @@ class HeadFit:
 
     @property
     def point(self) -> PathPoint:
-        """The selected :class:`PathPoint`."""
+        """The selected `PathPoint`."""
         return self.path[self.selected]
 
     def logits(self, x: Tensor) -> Tensor:
@@ -624,7 +624,7 @@ def fit_sparse_head(
         verbose: Print one line per path point.
 
     Returns:
-        A :class:`HeadFit`; ``fit.path`` holds every point, ``fit.summary()`` a table.
+        A `HeadFit`; ``fit.path`` holds every point, ``fit.summary()`` a table.
 
     Raises:
         InputError: On malformed features or labels, NaN/inf features, labels outside
@@ -888,7 +888,7 @@ def fit_dense_head(
         progress: Show a tqdm bar over the strengths.
 
     Returns:
-        A :class:`HeadFit` with ``criterion="dense"`` (``alpha = 0``).
+        A `HeadFit` with ``criterion="dense"`` (``alpha = 0``).
 
     Examples:
         >>> import torch

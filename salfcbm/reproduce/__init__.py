@@ -1,10 +1,10 @@
 """Reproduce the paper: named recipes, full-size dry runs, cost estimates and tables.
 
-* :mod:`~salfcbm.reproduce.recipes`: :class:`Recipe` and :data:`RECIPES` (the paper's settings);
-* :mod:`~salfcbm.reproduce.run`: :func:`run_recipe`, :func:`dry_run`;
-* :mod:`~salfcbm.reproduce.cost`: :func:`estimate_cost`, :func:`measure_throughput`;
-* :mod:`~salfcbm.reproduce.tables`: the paper's numbers and comparison tables;
-* :mod:`~salfcbm.reproduce.neurons`: top-activating images of a concept neuron (appendix C).
+* `recipes`: `Recipe` and `RECIPES` (the paper's settings);
+* `run`: `run_recipe`, `dry_run`;
+* `cost`: `estimate_cost`, `measure_throughput`;
+* `tables`: the paper's numbers and comparison tables;
+* `neurons`: top-activating images of a concept neuron (appendix C).
 """
 
 from salfcbm.reproduce.cost import CostEstimate, estimate_cost, measure_throughput

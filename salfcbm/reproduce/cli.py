@@ -1,6 +1,6 @@
 """``salfcbm reproduce``: run one of the paper's experiments, print its cost first.
 
-Registered in :mod:`salfcbm.cli` by :func:`add_parser`; everything else lives here.
+Registered in `salfcbm.cli` by `add_parser`; everything else lives here.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ real architectures built on the ``meta`` device (no memory, no weights): the sco
 tower at its input resolution, its text tower for one prompt, and the backbone at the
 recipe's image size. Bytes on disk follow the store formats (fp16 prompted embeddings
 ``(N, G, G, D)`` and fp16 features ``(N, C, G, G)``). Hours use a throughput in prompted
-CLIP forwards per second, measured on the user's device with :func:`measure_throughput`
+CLIP forwards per second, measured on the user's device with `measure_throughput`
 (``salfcbm reproduce ... --measure-throughput``), or else derived from an assumed sustained
-FLOP rate (:data:`ASSUMED_FLOPS`), which the report says.
+FLOP rate (`ASSUMED_FLOPS`), which the report says.
 """
 
 from __future__ import annotations
@@ -139,10 +139,10 @@ def estimate_cost(recipe: Recipe, *, throughput: float | None = None, gpus: int 
     Args:
         recipe: the recipe.
         throughput: measured prompted CLIP ViT forwards per second on one GPU
-            (:func:`measure_throughput`); default: derived from :data:`ASSUMED_FLOPS`.
+            (`measure_throughput`); default: derived from `ASSUMED_FLOPS`.
         gpus: GPUs sharing the work (torchrun splits the similarity and feature stores; the heads
             train on one).
-        sizes: ``(training, test)`` images, default the dataset's (:data:`DATASET_SIZES`).
+        sizes: ``(training, test)`` images, default the dataset's (`DATASET_SIZES`).
 
     Examples:
         >>> from salfcbm.reproduce.recipes import get_recipe
@@ -183,7 +183,7 @@ def estimate_cost(recipe: Recipe, *, throughput: float | None = None, gpus: int 
 
 
 def check_disk(cost: CostEstimate, run_dir: str | Path, *, force: bool = False) -> None:
-    """Raise :class:`~salfcbm.errors.DiskSpaceError` if the run would not fit on ``run_dir``'s file system."""
+    """Raise `DiskSpaceError` if the run would not fit on ``run_dir``'s file system."""
     path = Path(run_dir)
     while not path.exists():
         path = path.parent

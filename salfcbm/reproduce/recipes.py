@@ -1,8 +1,8 @@
 """Named, versioned recipes: the paper's settings for every experiment (paper 4.1, 4.2, A.2, B.1).
 
-A :class:`Recipe` is a frozen value: backbone and its exact weights, tapped layer, prompt
+A `Recipe` is a frozen value: backbone and its exact weights, tapped layer, prompt
 grid, scorer, concept set, cutoffs, head selection, batch sizes and splits. Its
-:attr:`Recipe.key` (``name@vN``) is written into every run directory, and a run directory
+`Recipe.key` (``name@vN``) is written into every run directory, and a run directory
 made by another version refuses to resume. Change a setting = bump the version.
 
 Settings not stated by the SALF-CBM paper are LF-CBM's (the paper: "the same initial concept

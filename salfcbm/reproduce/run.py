@@ -1,15 +1,15 @@
 """Run a recipe end to end and write its table next to the paper's numbers.
 
-:func:`run_recipe` reads the dataset in its shipped layout, loads the concept set, computes
+`run_recipe` reads the dataset in its shipped layout, loads the concept set, computes
 the prompted CLIP similarities, drops concepts that never fire (LF-CBM's top-5 cutoff),
-trains the bottleneck and the fixed-lambda sparse head with :func:`salfcbm.fit`, fits the
+trains the bottleneck and the fixed-lambda sparse head with `salfcbm.fit`, fits the
 "standard, sparse" baseline (and the non-sparse rows) on the cached backbone features,
 checks that the saved model reloads to the same logits, explains a few test images, draws
 the top test images of five random concept neurons (appendix C, ``neurons.png``), runs
 the ImageNet-segmentation benchmark for Table 2, and writes ``results.json`` and
 ``table.md``. Every stage resumes from its artefact in the run directory.
 
-:func:`dry_run` does all of it with random weights at the real shapes on a few generated
+`dry_run` does all of it with random weights at the real shapes on a few generated
 images in the real layout, twice (the second run must resume to the same numbers).
 """
 
@@ -266,8 +266,8 @@ def run_recipe(
     """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
 
     Args:
-        recipe: a :class:`~salfcbm.reproduce.recipes.Recipe`.
-        data_root: the dataset's ROOT in its shipped layout (see :mod:`salfcbm.datasets.paper`).
+        recipe: a `Recipe`.
+        data_root: the dataset's ROOT in its shipped layout (see `salfcbm.datasets.paper`).
         run_dir: where everything goes; a rerun resumes.
         scorer: a concept scorer (default: the recipe's CLIP with its pretrained weights).
         concepts: override the recipe's concept list (dry runs).
@@ -376,7 +376,7 @@ def dry_run(
     LF-CBM set, the real template for Table 2), the backbone is the recipe's architecture
     with random weights at 224 px, and the scorer the recipe's CLIP architecture with random
     weights (``scorer="full"``) or a tiny CLIP at 224 px (``"tiny"``, for CPUs). Everything
-    of :func:`run_recipe` runs: similarities, features, bottleneck at the full concept count,
+    of `run_recipe` runs: similarities, features, bottleneck at the full concept count,
     head, non-sparse rows, save and reload, explanations, Table 2's benchmark and the table.
     Then the run is repeated in the same directory: it must resume to the same numbers.
 

@@ -96,7 +96,7 @@ def comparison_rows(table: str, dataset: str, measured: Mapping[Any, Any]) -> li
 
 
 def format_table(table: str, dataset: str, measured: Mapping[Any, Any], title: str = "") -> str:
-    """A markdown table of :func:`comparison_rows`: measured, paper, difference (percentage points)."""
+    """A markdown table of `comparison_rows`: measured, paper, difference (percentage points)."""
     def f(v: float | None, sign: bool = False) -> str:
         return "n/a" if v is None else (f"{v:+.2f}" if sign else f"{v:.2f}")
 

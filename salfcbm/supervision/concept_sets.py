@@ -2,9 +2,9 @@
 
 The SALF-CBM paper (section 4.1) uses "the same initial concept list ... as in [LF-CBM]":
 the filtered GPT-3 concept sets that Oikarinen et al. publish in their repository
-(``data/concept_sets/*_filtered.txt``). :func:`lf_cbm_concepts` downloads one of them
+(``data/concept_sets/*_filtered.txt``). `lf_cbm_concepts` downloads one of them
 from a pinned commit, checks its sha256 and keeps it under the user cache
-(:func:`cache_dir`), so every later call is offline. ``load_concepts("lf-cbm:imagenet")``
+(`cache_dir`), so every later call is offline. ``load_concepts("lf-cbm:imagenet")``
 calls it.
 
 Recorded counts (non-blank lines of the pinned files; the paper's 4,741 ImageNet concepts
@@ -21,7 +21,7 @@ imagenet   4,751    1,000
 ========== ======== ============
 
 Offline (``SALFCBM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) or when the download fails, a
-:class:`~salfcbm.errors.DownloadError` names the URL and the cache path to put the file
+`DownloadError` names the URL and the cache path to put the file
 at by hand.
 """
 
@@ -113,7 +113,7 @@ def fetch_file(url: str, sha256: str, dest: str | os.PathLike, *, timeout: float
     """``dest`` if it exists with the right sha256, else download ``url`` there (checked, atomic).
 
     ``file://`` URLs are read even offline (tests use them); ``http(s)://`` ones raise
-    :class:`~salfcbm.errors.DownloadError` when ``SALFCBM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set.
+    `DownloadError` when ``SALFCBM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set.
 
     Raises:
         DownloadError: offline, or the download failed; the message says where to put the file.
@@ -165,13 +165,13 @@ def _lines(name: str, table: dict[str, RemoteFile], what: str, base_url: str | N
 def lf_cbm_concepts(name: str, *, base_url: str | None = None) -> list[str]:
     """LF-CBM's filtered concept set for ``name`` (cifar10, cifar100, cub, places365, imagenet).
 
-    Fetched once from the pinned LF-CBM commit into :func:`cache_dir` and checked against
+    Fetched once from the pinned LF-CBM commit into `cache_dir` and checked against
     its sha256; the list keeps the file's order (and its few case variants).
 
     Args:
         name: dataset name.
         base_url: a mirror of the repository's tree (``file://`` works); default
-            ``$SALFCBM_LF_CBM_URL``, else GitHub at :data:`LF_CBM_COMMIT`.
+            ``$SALFCBM_LF_CBM_URL``, else GitHub at `LF_CBM_COMMIT`.
 
     Examples:
         >>> len(lf_cbm_concepts("imagenet"))  # doctest: +SKIP

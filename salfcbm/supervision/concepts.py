@@ -4,14 +4,14 @@ The paper follows LF-CBM [19]: an initial list comes from prompting a language
 model with three questions per class, then concepts that are too long, too
 similar to a class name or to another concept, or that never appear in the
 training data are discarded. This module does each step, and
-:func:`filter_concepts` reports every dropped concept with its reason.
+`filter_concepts` reports every dropped concept with its reason.
 
-* :func:`load_concepts` / :func:`save_concepts`: one concept per line.
-* :func:`concepts_from_templates`: ``"an image of a {class}"`` for every class.
-* :func:`generate_concepts`: any OpenAI-compatible chat endpoint (OpenAI, vLLM,
+* `load_concepts` / `save_concepts`: one concept per line.
+* `concepts_from_templates`: ``"an image of a {class}"`` for every class.
+* `generate_concepts`: any OpenAI-compatible chat endpoint (OpenAI, vLLM,
   Ollama, llama.cpp server, ...), with LF-CBM's three prompts
-  (:data:`LF_CBM_PROMPTS`). Needs ``pip install 'salfcbm[llm]'``.
-* :func:`filter_concepts`: length cap, class / concept near-duplicates (text
+  (`LF_CBM_PROMPTS`). Needs ``pip install 'salfcbm[llm]'``.
+* `filter_concepts`: length cap, class / concept near-duplicates (text
   embeddings from the scorer) and activation on training images.
 """
 
@@ -87,7 +87,7 @@ def _bare(text: str) -> str:
 def unique_concepts(concepts: Iterable[str] | Mapping[str, Iterable[str]]) -> list[str]:
     """Strip, drop blanks and duplicates (case-insensitive), keep first-seen order.
 
-    Accepts a list, or the ``{class: [concepts]}`` dict of :func:`generate_concepts`.
+    Accepts a list, or the ``{class: [concepts]}`` dict of `generate_concepts`.
 
     Examples:
         >>> unique_concepts(["fur", " Fur ", "", "whiskers", "fur"])
@@ -114,7 +114,7 @@ def load_concepts(path: str | os.PathLike) -> list[str]:
 
     ``"lf-cbm:NAME"`` (``cifar10``, ``cifar100``, ``cub``, ``places365``, ``imagenet``) loads
     LF-CBM's published concept set instead, downloaded once into the user cache
-    (:func:`salfcbm.concept_sets.lf_cbm_concepts`).
+    (`salfcbm.concept_sets.lf_cbm_concepts`).
 
     Examples:
         >>> import tempfile, os
@@ -196,11 +196,11 @@ def generate_concepts(
 ) -> dict[str, list[str]]:
     """Ask an OpenAI-compatible chat endpoint for concepts of every class (paper 3.1, LF-CBM prompts).
 
-    For every class and every prompt of ``prompts`` (default :data:`LF_CBM_PROMPTS`:
+    For every class and every prompt of ``prompts`` (default `LF_CBM_PROMPTS`:
     important features, things seen around, superclasses) one chat completion is
     requested; answers are split into lines and normalised with
-    :func:`format_concept`. Pass the result to :func:`unique_concepts` for a
-    flat list, then to :func:`filter_concepts`.
+    `format_concept`. Pass the result to `unique_concepts` for a
+    flat list, then to `filter_concepts`.
 
     The endpoint and key come from the arguments, else the environment:
     ``SALFCBM_BASE_URL`` / ``SALFCBM_API_KEY`` / ``SALFCBM_LLM_MODEL``, else
@@ -315,7 +315,7 @@ def generate_concepts(
 # -- filtering ------------------------------------------------------------------------
 @dataclass
 class ConceptFilterReport:
-    """The outcome of :func:`filter_concepts`: what was kept, and every dropped concept with why.
+    """The outcome of `filter_concepts`: what was kept, and every dropped concept with why.
 
     Attributes:
         kept: surviving concepts, in input order.
@@ -391,8 +391,8 @@ def filter_concepts(
     5. never fires on the training images: the mean of its ``top_k`` highest
        image similarities is ``<= activation_cutoff`` (``"never fires: ..."``).
        LF-CBM measures it on the unprompted images (cutoff 0.25; 0.26 for CUB,
-       0.28 for ImageNet and Places365); :func:`salfcbm.fit` does the same with a
-       scorer's ``embed_images`` (see :func:`unprompted_activity`).
+       0.28 for ImageNet and Places365); `salfcbm.fit` does the same with a
+       scorer's ``embed_images`` (see `unprompted_activity`).
 
     Steps 3-4 need ``scorer.text_embeddings`` (skipped, except exact class
     matches, when ``scorer`` is ``None`` or raises ``NotImplementedError``, or a
@@ -405,11 +405,11 @@ def filter_concepts(
     Args:
         concepts: candidate concepts.
         classes: class names.
-        scorer: a :class:`~salfcbm.supervision.scorers.ConceptScorer` providing text embeddings.
+        scorer: a `ConceptScorer` providing text embeddings.
         max_length: length cap in characters (LF-CBM: 30).
         class_similarity: class-name similarity cutoff (LF-CBM: 0.85).
         concept_similarity: concept-concept similarity cutoff (LF-CBM: 0.9).
-        activations: a :class:`~salfcbm.supervision.store.SimilarityStore` (image similarity =
+        activations: a `SimilarityStore` (image similarity =
             max over the prompt grid), an ``(N, M)`` tensor of image-concept
             similarities for the given concepts, an ``(M,)`` tensor of precomputed
             top-k means, or a callable ``concepts -> (M,)``.
@@ -418,7 +418,7 @@ def filter_concepts(
         top_k: ``k`` of the top-k mean.
 
     Returns:
-        A :class:`ConceptFilterReport`.
+        A `ConceptFilterReport`.
 
     Examples:
         >>> r = filter_concepts(["fur", "Fur", "a very long concept that goes on and on", "cat"], classes=["cat"])
@@ -536,7 +536,7 @@ def unprompted_activity(
 
     Needs ``scorer.embed_images`` (one scorer pass per image, 1/49 of the prompted cost) and
     streams: memory holds ``top_k x M`` similarities. Pass the result as ``activations`` to
-    :func:`filter_concepts` (LF-CBM's ``clip_cutoff``: 0.25, 0.26 for CUB, 0.28 for ImageNet
+    `filter_concepts` (LF-CBM's ``clip_cutoff``: 0.25, 0.26 for CUB, 0.28 for ImageNet
     and Places365).
     """
     from tqdm.auto import tqdm

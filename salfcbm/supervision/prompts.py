@@ -66,7 +66,7 @@ class PromptGrid:
         color: RGB colour in 0-255. Paper: red ``(255, 0, 0)``.
         reference_size: The shorter image side that ``radius`` and ``line_width`` refer
             to (default 224). Every scorer draws at its own resolution with
-            :meth:`radius_px`.
+            `radius_px`.
 
     Examples:
         >>> import torch
@@ -122,7 +122,7 @@ class PromptGrid:
         return self._scaled(self.radius, height, width)
 
     def line_width_px(self, height: int, width: int) -> int:
-        """The line width drawn on an ``H x W`` image, scaled like :meth:`radius_px`."""
+        """The line width drawn on an ``H x W`` image, scaled like `radius_px`."""
         return self._scaled(self.line_width, height, width)
 
     def strides(self, height: int, width: int) -> tuple[int, int]:
@@ -200,7 +200,7 @@ class PromptGrid:
         return torch.where(masks[None, :, None], color, images[:, None])
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict; :meth:`from_dict` inverts it.
+        """A JSON-able dict; `from_dict` inverts it.
 
         ``reference_size`` is left out when it is the default 224, so manifests of stores
         computed before it existed (CLIP at 224 px, where the unit is unchanged) still match.
@@ -214,7 +214,7 @@ class PromptGrid:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PromptGrid:
-        """Rebuild from :meth:`to_dict` output. Unknown keys are an error."""
+        """Rebuild from `to_dict` output. Unknown keys are an error."""
         known = {"grid", "radius", "line_width", "color", "reference_size"}
         extra = set(data) - known
         if extra:

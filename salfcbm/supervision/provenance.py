@@ -11,7 +11,7 @@ images changed. Three ways to key a shard, picked by ``inputs=``:
   of image loading on resume; opt in for image folders whose files may change in place
   with the same size and time.
 * ``"fingerprint"``: the dataset's own ``fingerprint()`` identifies every pixel (for
-  generated datasets such as :class:`~salfcbm.demo.SyntheticScenes`); recorded in the
+  generated datasets such as `SyntheticScenes`); recorded in the
   manifest, nothing per shard.
 
 ``"auto"`` picks ``"files"``, then ``"fingerprint"``, then ``"content"``.
@@ -90,6 +90,6 @@ def shard_digest(dataset: Any, start: int, stop: int, mode: str) -> str:
 
 
 def batch_digest(h: Any, images: torch.Tensor) -> None:
-    """Add a batch of images to a running ``"content"`` digest (same bytes as :func:`shard_digest`)."""
+    """Add a batch of images to a running ``"content"`` digest (same bytes as `shard_digest`)."""
     for image in images:
         _update(h, image)

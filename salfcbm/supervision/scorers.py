@@ -4,12 +4,12 @@ Paper section 3.2: ``P[n, m, h, w] = cos(E_I(x_n^(h,w)), E_T(t_m))``. A scorer
 splits that in two so the expensive half can be stored once and reused for any
 concept list:
 
-* :meth:`ConceptScorer.embed` runs the image side for every prompt of a batch
+* `ConceptScorer.embed` runs the image side for every prompt of a batch
   and returns ``(B, Hg, Wg, D)`` vectors;
-* :meth:`ConceptScorer.similarity` maps those vectors to ``(..., M)`` concept
+* `ConceptScorer.similarity` maps those vectors to ``(..., M)`` concept
   similarities (for CLIP: one matmul with the normalised text embeddings).
 
-:class:`ConceptScorer` is a protocol: CLIP (:class:`CLIPScorer`) is the default
+`ConceptScorer` is a protocol: CLIP (`CLIPScorer`) is the default
 implementation, and any object with these four methods (a ground-truth scorer
 for synthetic data, a different vision-language model) can be plugged in.
 """
@@ -45,7 +45,7 @@ class ConceptScorer(Protocol):
     """
 
     def fingerprint(self) -> dict:
-        """JSON-able dict of everything that determines :meth:`embed`'s output."""
+        """JSON-able dict of everything that determines `embed`'s output."""
         ...
 
     def embed(self, images: torch.Tensor, indices: torch.Tensor, prompts: PromptGrid) -> torch.Tensor:
@@ -53,13 +53,13 @@ class ConceptScorer(Protocol):
         their ``(B,)`` indices -> ``(B, Hg, Wg, D)``, one vector per prompted image.
 
         ``indices`` are the images' positions ``0 .. len(dataset) - 1`` in the dataset being
-        stored (the ``dataset`` of :func:`~salfcbm.store.compute_similarity_store`); they
+        stored (the ``dataset`` of `compute_similarity_store`); they
         restart at 0 for every split. A scorer should read the pixels it is given. A scorer
         that reads data *by index* instead (like
-        :class:`~salfcbm.synthetic.GroundTruthScorer`) must know which dataset the indices
+        `GroundTruthScorer`) must know which dataset the indices
         refer to: it puts that dataset's fingerprint under ``"dataset"`` in
-        :meth:`fingerprint` (a store of another dataset is then refused), and may offer
-        ``for_dataset(dataset) -> scorer``, which :func:`~salfcbm.store.compute_similarity_store`
+        `fingerprint` (a store of another dataset is then refused), and may offer
+        ``for_dataset(dataset) -> scorer``, which `compute_similarity_store`
         calls so one scorer serves every split.
         """
         ...
@@ -73,7 +73,7 @@ class ConceptScorer(Protocol):
         ...
 
     # Optional: ``embed_images(images, indices) -> (B, D)``, the *unprompted* image embeddings.
-    # With it, the concept filter of :func:`salfcbm.fit` measures "never fires" on whole images
+    # With it, the concept filter of `salfcbm.fit` measures "never fires" on whole images
     # as LF-CBM does; without it, on the best prompted cell of each image.
 
 
@@ -126,14 +126,14 @@ class CLIPScorer:
     The image side resizes the image to CLIP's resolution with the model's
     interpolation (``model.visual.preprocess_cfg``) and normalises it with the
     model's mean/std, as tensor ops; it draws the red circles *after* resizing (at
-    :meth:`PromptGrid.radius_px` of CLIP's resolution: ``r = 32`` at 224 px, as in the
+    `PromptGrid.radius_px` of CLIP's resolution: ``r = 32`` at 224 px, as in the
     paper) and encodes ``batch_size`` prompted images per forward pass. Embeddings
     are L2-normalised ``encode_image`` outputs; similarities are cosine.
 
     It never crops: the image it gets is the region the prompt grid covers, the
     same region the backbone sees (``fit`` passes the model's views,
-    :meth:`salfcbm.core.images.ImageTransform.view`). An image whose aspect ratio differs
-    from CLIP's input raises :class:`~salfcbm.errors.AlignmentError`, because
+    `salfcbm.core.images.ImageTransform.view`). An image whose aspect ratio differs
+    from CLIP's input raises `AlignmentError`, because
     cropping it (open_clip's own transform) would move every prompt off the
     backbone's grid cell.
 
@@ -262,7 +262,7 @@ class CLIPScorer:
 
     # -- protocol -----------------------------------------------------------------
     def fingerprint(self) -> dict:
-        """Everything that determines :meth:`embed`'s output, JSON-able: model name,
+        """Everything that determines `embed`'s output, JSON-able: model name,
         pretrained tag / checkpoint sha256 / random-init weights sha256, input size,
         mean/std, interpolation, resize mode and precision."""
         return {

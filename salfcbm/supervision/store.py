@@ -3,19 +3,19 @@
 Algorithm 1 costs ``Hg * Wg`` scorer forward passes per training image, so its
 result is computed once and kept on disk:
 
-* :class:`ShardedStore` is a generic store of ``length`` items of one shape,
+* `ShardedStore` is a generic store of ``length`` items of one shape,
   split into fixed-size safetensors shards. Each shard is written atomically
   (temporary file + ``os.replace``), so a killed run leaves only complete shards
   and a resumed run computes exactly the missing ones. A ``manifest.json``
   records everything that determines the content; opening a store with other
-  settings raises :class:`~salfcbm.errors.StoreMismatchError`.
-* :func:`compute_store` fills the missing shards of a store from a dataset and a
+  settings raises `StoreMismatchError`.
+* `compute_store` fills the missing shards of a store from a dataset and a
   batch function, with a progress bar, and splits shards across the ranks of a
   ``torch.distributed`` job (``torchrun``): rank ``r`` of ``world`` computes the
   shards ``i`` with ``i % world == r``.
-* :class:`SimilarityStore` / :func:`compute_similarity_store`: the store of
+* `SimilarityStore` / `compute_similarity_store`: the store of
   prompted *image embeddings* ``(N, Hg, Wg, D)`` (fp16). The paper's
-  ``P[n, m, h, w]`` is one matmul away (:meth:`SimilarityStore.targets`), and the
+  ``P[n, m, h, w]`` is one matmul away (`SimilarityStore.targets`), and the
   store is ``M / D`` times smaller than ``P`` (ImageNet: 4741 concepts vs 512).
 """
 
@@ -123,7 +123,7 @@ class ShardedStore:
     one tensor ``"values"`` of shape ``(rows, *item_shape)``). ``manifest.json``
     holds the user's ``manifest`` (whatever determines the content) plus the
     store's own layout; reopening with any difference raises
-    :class:`~salfcbm.errors.StoreMismatchError`.
+    `StoreMismatchError`.
 
     Args:
         root: directory of the store (created if missing).
@@ -533,7 +533,7 @@ def compute_store(
         inputs: how each shard records what it was computed from, so that a finished shard
             whose images changed is recomputed: ``"files"`` (path, size, mtime of each file),
             ``"content"`` (a SHA-256 of the pixels), ``"fingerprint"`` (the dataset's own
-            fingerprint, in the manifest) or ``"auto"``; see :mod:`salfcbm.supervision.provenance`.
+            fingerprint, in the manifest) or ``"auto"``; see `salfcbm.supervision.provenance`.
 
     Returns:
         ``store``, now complete.
@@ -628,12 +628,12 @@ def _compute_shard(store: ShardedStore, i: int, batches: Iterator, fn: Callable,
 class SimilarityStore:
     """Prompted image embeddings ``(N, Hg, Wg, D)`` plus the scorer that made them (paper 3.2).
 
-    :meth:`targets` turns them into the paper's ``P[n, m, h, w]`` for any concept
+    `targets` turns them into the paper's ``P[n, m, h, w]`` for any concept
     list with one matmul; the store itself does not depend on the concepts, so
     filtering or editing the concept list never recomputes it.
 
     Args:
-        store: a complete :class:`ShardedStore` written by :func:`compute_similarity_store`.
+        store: a complete `ShardedStore` written by `compute_similarity_store`.
         scorer: the scorer that produced it (its fingerprint must match the manifest).
 
     Examples:
@@ -716,7 +716,7 @@ class SimilarityStore:
         """Per concept, the mean of its ``top_k`` highest image-level similarities ``(M,)``.
 
         An image's similarity to a concept is its maximum over the prompt grid.
-        Used by :func:`salfcbm.supervision.concepts.filter_concepts` to drop concepts that never
+        Used by `salfcbm.supervision.concepts.filter_concepts` to drop concepts that never
         fire on the training images (LF-CBM's top-5 cutoff). Streams over the store.
         """
         if not isinstance(top_k, int) or top_k < 1:
@@ -775,12 +775,12 @@ def compute_similarity_store(
     """Algorithm 1 for a whole dataset, stored as prompted image embeddings (paper 3.2).
 
     Computes ``scorer.embed(images, indices, prompts)`` for every image into a
-    :class:`ShardedStore` of ``(N, Hg, Wg, D)`` embeddings, resumably and (under
-    ``torchrun``) split across ranks; see :func:`compute_store`. The manifest
+    `ShardedStore` of ``(N, Hg, Wg, D)`` embeddings, resumably and (under
+    ``torchrun``) split across ranks; see `compute_store`. The manifest
     records the scorer fingerprint, the prompt grid (grid, radius, line width,
     colour), the dataset's identity, dtype, shard size and item shape; re-running with
     anything different into the same directory raises
-    :class:`~salfcbm.errors.StoreMismatchError`. The images are keyed per shard
+    `StoreMismatchError`. The images are keyed per shard
     (``inputs``): replacing, adding or removing images recomputes exactly the shards
     whose images changed, and a shard that fails its checksum is recomputed.
 
@@ -789,7 +789,7 @@ def compute_similarity_store(
         dataset: map-style dataset of ``image`` or ``(image, label, ...)``, images
             ``(3, H, W)`` float in ``[0, 1]`` (not normalised; the scorer
             preprocesses). Must be deterministic (no random augmentation).
-        scorer: a :class:`~salfcbm.supervision.scorers.ConceptScorer` (e.g. ``CLIPScorer()``).
+        scorer: a `ConceptScorer` (e.g. ``CLIPScorer()``).
         prompts: the visual prompt grid (paper default 7x7, r = 32).
         shard_size: images per shard file.
         batch_size: images per ``scorer.embed`` call (each gives ``Hg * Wg``
@@ -798,10 +798,10 @@ def compute_similarity_store(
         progress: tqdm bar.
         dtype: storage dtype (fp16 by default).
         desc: the bar's label.
-        inputs: how shards are keyed by their images (see :func:`compute_store`).
+        inputs: how shards are keyed by their images (see `compute_store`).
 
     Returns:
-        The complete :class:`SimilarityStore`.
+        The complete `SimilarityStore`.
 
     Examples:
         >>> sims = compute_similarity_store("runs/sims", train_set, CLIPScorer(), PromptGrid((7, 7), radius=32))  # doctest: +SKIP

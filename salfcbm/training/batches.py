@@ -3,12 +3,12 @@
 The loss compares predictions and targets cell by cell, so it does not care about the layout, only
 that both tensors share it. Channels-last is the layout that costs nothing:
 
-* the scorer's similarities are ``(B, Hg, Wg, M)`` already (:meth:`SimilarityStore.targets` with
+* the scorer's similarities are ``(B, Hg, Wg, M)`` already (`SimilarityStore.targets` with
   ``layout="NHWC"`` is one matmul, no permutation);
 * the 1x1 bottleneck on channels-last features ``(B, Hg, Wg, C)`` is one ``addmm``
-  (:func:`project_channels_last`), faster than ``nn.Conv2d`` on NCHW;
+  (`project_channels_last`), faster than ``nn.Conv2d`` on NCHW;
 * the fp16-to-fp32 conversion, the permutation and the shuffle happen once per shard, in a
-  background thread (:func:`prefetch`), so a batch is a contiguous slice and batch production
+  background thread (`prefetch`), so a batch is a contiguous slice and batch production
   overlaps with the optimisation step.
 """
 

@@ -1,8 +1,8 @@
 """Degenerate training results, said out loud: an empty or constant head, chance accuracy, a
 bottleneck that did not learn, every concept cut.
 
-Each finding is a plain dict ``{"kind", "message", ...numbers}``. :func:`report` logs it on the
-``"salfcbm"`` logger and emits a :class:`~salfcbm.errors.DegenerateResultWarning`; ``fit``
+Each finding is a plain dict ``{"kind", "message", ...numbers}``. `report` logs it on the
+``"salfcbm"`` logger and emits a `DegenerateResultWarning`; ``fit``
 stores the list under ``metrics["degenerate"]`` (an empty list when nothing is wrong), so a run
 directory's ``metrics.json`` tells the story even when nobody watched the console.
 """
@@ -58,7 +58,7 @@ def head_findings(
     weight: torch.Tensor, logits_val: torch.Tensor, y_val: torch.Tensor, *, head: str = "salfcbm"
 ) -> list[dict[str, Any]]:
     """An empty head (no non-zero weight), a constant one (one class for every validation
-    image), and validation accuracy no better than the majority class (see :func:`chance_level`)."""
+    image), and validation accuracy no better than the majority class (see `chance_level`)."""
     out: list[dict[str, Any]] = []
     num_classes = int(weight.shape[0])
     nnz = int((weight != 0).sum())
@@ -105,7 +105,7 @@ def bottleneck_findings(initial: float, best: float, steps: int) -> list[dict[st
 
 
 def report(findings: list[dict[str, Any]], *, stacklevel: int = 3) -> None:
-    """Log every finding on the ``"salfcbm"`` logger and warn with :class:`DegenerateResultWarning`."""
+    """Log every finding on the ``"salfcbm"`` logger and warn with `DegenerateResultWarning`."""
     for f in findings:
         logger.warning("Degenerate result (%s): %s", f["kind"], f["message"])
         warnings.warn(f"Degenerate result ({f['kind']}): {f['message']}", DegenerateResultWarning,

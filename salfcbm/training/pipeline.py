@@ -2,7 +2,7 @@
 
 The pipeline, each stage resumable from its artefact in a run directory:
 
-1. prompted similarities of the training and validation images (:mod:`salfcbm.supervision.store`);
+1. prompted similarities of the training and validation images (`salfcbm.supervision.store`);
 2. backbone features, resized to the grid, cached in a sharded store (or computed on the fly);
 3. the 1x1-conv bottleneck, trained with the cubic cosine loss, early stopping on validation,
    then the interpretability cutoff removes concepts that the bottleneck cannot follow;
@@ -184,7 +184,7 @@ class HeadConfig:
     Selection of the regularisation strength ``lam``:
 
     * ``"fixed"``: the paper's choice. SALF-CBM reuses LF-CBM's single fixed ``lam`` per
-      dataset (:data:`PAPER_LAMBDAS`; :meth:`paper` builds it); the validation set plays no
+      dataset (`PAPER_LAMBDAS`; `paper` builds it); the validation set plays no
       part in choosing the head.
     * ``"val_acc"`` (salfcbm's default, an extension): the path point with the best
       validation accuracy (optionally the sparsest within ``val_tolerance``).
@@ -337,9 +337,9 @@ def feature_store(
     The manifest records the backbone (spec and a hash of its weights), layer, grid and
     preprocessing, so a different backbone never reads a stale cache; computation is
     resumable shard by shard, each shard checked by its checksum and keyed by its images
-    (``inputs``, see :func:`~salfcbm.supervision.store.compute_store`). Images are raw ``[0, 1]``
+    (``inputs``, see `compute_store`). Images are raw ``[0, 1]``
     tensors; each is cropped once with the model's geometry
-    (:func:`salfcbm.core.images.align_dataset`) and normalised.
+    (`salfcbm.core.images.align_dataset`) and normalised.
     """
     device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
     dataset = align_dataset(dataset, model.image_transform)
@@ -388,7 +388,7 @@ def _grid_features(model: SALFCBM, images: torch.Tensor, device: torch.device, p
 class OnTheFlyFeatures:
     """Backbone features computed when read, with the read interface of a feature store.
 
-    Use it instead of :func:`feature_store` when caching ``(N, C, Hg, Wg)`` features does not
+    Use it instead of `feature_store` when caching ``(N, C, Hg, Wg)`` features does not
     fit on disk: every epoch runs the backbone again, shard by shard, so memory stays bounded
     by ``shard_size`` (``fit(..., cache_features=False)``, or ``"auto"`` above
     ``max_feature_cache_gb``). Bottleneck training computes the next shard in a background
@@ -432,7 +432,7 @@ def _shard_batches(
     features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch_size: int, rng: random.Random
 ) -> Prefetched:
     """Shuffled channels-last ``(features, targets)`` batches, epoch after epoch, prepared one shard
-    ahead in a background thread (:func:`salfcbm.training.batches.shard_batches`)."""
+    ahead in a background thread (`salfcbm.training.batches.shard_batches`)."""
     return shard_batches(features, targets, concepts, batch_size, rng, repeat=True)
 
 
@@ -834,7 +834,7 @@ def _stage_key(obj: Any) -> str:
 
 def _check_store_alignment(store: SimilarityStore | None, data, split: str, inputs: str) -> None:
     """A similarity store passed in must have been computed on the model's views of ``data``
-    (the same dataset type, settings and geometry as :func:`~salfcbm.core.images.align_dataset` gives)."""
+    (the same dataset type, settings and geometry as `align_dataset` gives)."""
     meta = store.store.meta.get("dataset") if store is not None else None
     if not isinstance(meta, dict):
         return
@@ -905,12 +905,12 @@ def fit(
     started again with the same settings, so an interrupted run resumes where it stopped.
 
     Args:
-        model: a :class:`SALFCBM` from :func:`salfcbm.wrap` (its concept list is the candidate list).
+        model: a `SALFCBM` from `salfcbm.wrap` (its concept list is the candidate list).
         train_data: dataset of ``(image, label)`` with raw images ``(3, H, W)`` (float in ``[0, 1]`` or
             uint8) of any size: each is cropped once with the model's geometry
-            (:attr:`SALFCBM.image_transform`), and the scorer and the backbone both see that crop.
+            (`SALFCBM.image_transform`), and the scorer and the backbone both see that crop.
         val_data: validation dataset, same format.
-        scorer: a :class:`~salfcbm.supervision.scorers.ConceptScorer` (e.g. CLIP) to compute similarities
+        scorer: a `ConceptScorer` (e.g. CLIP) to compute similarities
             (or pass both similarity stores).
         prompts: the visual prompt grid; its grid must equal the model's.
         train_similarities: an existing similarity store of ``train_data``.
@@ -921,14 +921,14 @@ def fit(
         head: final layer hyper-parameters.
         baseline: also fit the "standard, sparse" head on pooled backbone features.
         cache_features: ``True`` caches backbone features in sharded fp16 stores (fast epochs);
-            ``False`` recomputes them on the fly every epoch (:class:`OnTheFlyFeatures`, no disk,
+            ``False`` recomputes them on the fly every epoch (`OnTheFlyFeatures`, no disk,
             prefetched in the background); ``"auto"`` caches unless the cache would exceed
             ``max_feature_cache_gb``. The choice and its reason are logged and recorded in
             ``metrics["features"]``.
         max_feature_cache_gb: the cache size above which ``"auto"`` computes features on the fly
             (ResNet-50's 2048x7x7 fp16 map is about 200 kB per image, 257 GB for ImageNet).
         test_data: optional held-out dataset; both heads are evaluated on it (``test_accuracy``).
-        filter_concepts: run LF-CBM's concept filters (:func:`~salfcbm.concepts.filter_concepts`)
+        filter_concepts: run LF-CBM's concept filters (`filter_concepts`)
             on the model's concepts before training: length, class and concept near-duplicates,
             and "never fires" on the unprompted training images when the scorer has
             ``embed_images`` (else on the best prompted cell). A dict passes keyword options
@@ -941,12 +941,12 @@ def fit(
         device: where to run (default: where the model is); CPU-to-GPU copies use pinned memory
             and do not block.
         inputs: how the stores key their shards by the images (``"auto"``, ``"files"``, ``"content"``
-            for a full pixel hash, ``"fingerprint"``; see :func:`~salfcbm.supervision.store.compute_store`).
+            for a full pixel hash, ``"fingerprint"``; see `compute_store`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the backbone while computing
             features (stored as fp16 either way); the bottleneck and head train in fp32.
 
     Returns:
-        A :class:`FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
+        A `FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
 
     Examples:
         >>> result = salfcbm.fit(model, train_set, val_set, scorer=salfcbm.CLIPScorer(), run_dir="runs/cub")  # doctest: +SKIP

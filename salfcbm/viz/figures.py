@@ -7,7 +7,7 @@ written atomically.
 
 Images for display may be ``[0, 1]`` tensors ``(3, H, W)``, ``(H, W, 3)`` arrays, PIL images, or
 backbone-ready (normalised) tensors together with ``model=`` (its ``input_mean``/``input_std``
-undo the normalisation, see :func:`denormalize`).
+undo the normalisation, see `denormalize`).
 """
 
 from __future__ import annotations
@@ -390,7 +390,7 @@ def plot_explanation(
     Every map of the figure shares one colour scale, shown by a colour bar: the standardised
     concept map (0 = the concept's training mean, in training standard deviations), so a concept
     that is weak everywhere looks weak. Panels are framed by evidence kind
-    (:data:`EVIDENCE_COLORS`): solid for a present concept, dashed and titled ``ABSENT`` for a
+    (`EVIDENCE_COLORS`): solid for a present concept, dashed and titled ``ABSENT`` for a
     concept whose *absence* is what contributes.
 
     Args:
@@ -402,11 +402,11 @@ def plot_explanation(
         cmap: matplotlib colormap (default: diverging ``"RdBu_r"``; ``"viridis"`` for raw maps).
         panel_size: inches per panel.
         masks: optional ``(k, H, W)`` ground-truth masks of the shown concepts (data with known
-            concept masks, such as :class:`~salfcbm.demo.SyntheticScenes`), drawn in a
+            concept masks, such as `SyntheticScenes`), drawn in a
             second row under their heatmaps.
 
     Returns:
-        A matplotlib ``Figure`` (Agg canvas; save it with :func:`save_figure`).
+        A matplotlib ``Figure`` (Agg canvas; save it with `save_figure`).
 
     Examples:
         >>> import timm, torch, salfcbm
@@ -489,7 +489,7 @@ def save_explanation_grid(
 ) -> Path:
     """Save one row per image (the image, then its top-k overlays) to ``path`` (PNG, PDF or SVG).
 
-    Drawn as :func:`plot_explanation` draws one row, with one colour scale for the whole grid.
+    Drawn as `plot_explanation` draws one row, with one colour scale for the whole grid.
 
     Examples:
         >>> import tempfile, timm, torch, salfcbm
@@ -611,8 +611,8 @@ def write_html_report(
     """Write a self-contained HTML report: per image, its prediction, the top-k concepts and their heatmaps.
 
     Each concept's row says what kind of evidence it is (present and supporting, present and
-    opposing, absent and its absence supporting or opposing; :mod:`salfcbm.evidence`), and
-    pictures are drawn as :func:`plot_explanation` draws them (one colour scale with a colour bar).
+    opposing, absent and its absence supporting or opposing; `salfcbm.evidence`), and
+    pictures are drawn as `plot_explanation` draws them (one colour scale with a colour bar).
     A class that no concept contributes to is reported as a degenerate head, not as an empty table.
 
     Args:
@@ -624,7 +624,7 @@ def write_html_report(
         names: a caption per image (e.g. file names).
         embed: embed PNGs as base64 (one file); ``False`` writes them to ``<stem>_files/`` next to it.
         alpha: largest overlay opacity.
-        cmap: matplotlib colormap of the heatmaps (see :func:`plot_explanation`).
+        cmap: matplotlib colormap of the heatmaps (see `plot_explanation`).
 
     Examples:
         >>> import tempfile, timm, torch, salfcbm
@@ -867,7 +867,7 @@ def save_sankey(
         title: optional title.
         max_concepts: the largest weights kept per class.
         dpi: resolution for raster formats.
-        **layout_kw: passed to :func:`sankey_layout` (``width``, ``height``, ...).
+        **layout_kw: passed to `sankey_layout` (``width``, ``height``, ...).
 
     Examples:
         >>> import tempfile, torch

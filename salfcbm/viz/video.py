@@ -1,8 +1,8 @@
 """Concepts in videos: frame-by-frame concept maps, as a strip or an animated GIF (paper appendix E.2).
 
-SALF-CBM applied to each frame of a sequence tracks concepts over time. :func:`track_concepts`
+SALF-CBM applied to each frame of a sequence tracks concepts over time. `track_concepts`
 runs the model over the frames in batches and keeps the upsampled maps of the chosen concepts;
-:func:`save_video_strip` and :func:`save_video_gif` draw them over the frames with the concept
+`save_video_strip` and `save_video_gif` draw them over the frames with the concept
 names.
 """
 
@@ -108,11 +108,11 @@ class ConceptTrack:
         return self.frames.shape[0]
 
     def save_strip(self, path: str | os.PathLike, **kwargs: Any) -> Path:
-        """See :func:`save_video_strip`."""
+        """See `save_video_strip`."""
         return save_video_strip(self, path, **kwargs)
 
     def save_gif(self, path: str | os.PathLike, **kwargs: Any) -> Path:
-        """See :func:`save_video_gif`."""
+        """See `save_video_gif`."""
         return save_video_gif(self, path, **kwargs)
 
 
@@ -121,7 +121,7 @@ def _frames_to_batch(model: SALFCBM, frames: Any, preprocess: bool | None) -> tu
 
     Raw frames (a video file, uint8 tensors, PIL images, arrays, float frames with
     ``preprocess=True``) go through the model's one image entry point
-    (:meth:`~salfcbm.core.images.ImageTransform.view`); other float tensors are backbone-ready.
+    (`view`); other float tensors are backbone-ready.
     """
     if isinstance(frames, (str, os.PathLike)):
         return model.image_transform.view(read_video_frames(frames)), True
@@ -155,18 +155,18 @@ def track_concepts(
     """Run SALF-CBM frame by frame and keep the maps of ``concepts`` (paper appendix E.2).
 
     Args:
-        model: a :class:`~salfcbm.SALFCBM`.
+        model: a `SALFCBM`.
         frames: a ``(T, 3, H, W)`` tensor, a list of images (PIL or tensors) or a video file path.
             Float tensors are taken as backbone-ready unless ``preprocess=True``; uint8 tensors, PIL
             images, arrays and files go through the model's image entry point (scaled, cropped with the
-            backbone's data config and normalised, as :meth:`~salfcbm.SALFCBM.preprocess`).
+            backbone's data config and normalised, as `preprocess`).
         concepts: concept names or indices to follow.
         batch_size: frames per forward pass.
         preprocess: force (``True``) or skip (``False``) ``model.preprocess`` on float frames.
         progress: show a tqdm bar.
 
     Returns:
-        A :class:`ConceptTrack`.
+        A `ConceptTrack`.
 
     Examples:
         >>> import timm, torch, salfcbm
@@ -292,7 +292,7 @@ def save_video_strip(
     """Save a PNG strip: frames left to right, a row of plain frames, then one row per concept.
 
     Args:
-        track: from :func:`track_concepts`.
+        track: from `track_concepts`.
         path: the image file (format from the suffix; PNG recommended).
         concepts: which tracked concepts to draw (default all).
         max_frames: at most this many frames, evenly spaced (``None``: all).
@@ -340,14 +340,14 @@ def save_video_gif(
     """Save an animated GIF that follows the concepts: each GIF frame shows one overlay per concept side by side.
 
     Args:
-        track: from :func:`track_concepts`.
+        track: from `track_concepts`.
         path: the ``.gif`` file.
         concepts: which tracked concepts to show (default all).
         fps: frames per second.
         every: keep every ``every``-th frame.
-        alpha: overlay opacity, as in :func:`save_video_strip`.
-        cmap: colormap, as in :func:`save_video_strip`.
-        normalize: colour scale per video or per frame, as in :func:`save_video_strip`.
+        alpha: overlay opacity, as in `save_video_strip`.
+        cmap: colormap, as in `save_video_strip`.
+        normalize: colour scale per video or per frame, as in `save_video_strip`.
         show_frames: put the plain frame first in each GIF frame.
         loop: GIF loop count (0 = forever).
 
