@@ -200,6 +200,7 @@ def _update_docs(md: str, figure: Path, command: str, meta: dict) -> Path:
             f"{meta['n_steps']} deletion/insertion steps), produced by:"
         ),
         "",
+        "<!-- docs-test: skip (the full benchmark takes minutes; this is the command that produced the table) -->",
         "```bash",
         command,
         "```",
