@@ -210,7 +210,7 @@ def cmd_similarities(args) -> int:
     scorer = _scorer(args)
     prompts = PromptGrid(grid=(args.grid, args.grid), radius=args.radius)
     store = compute_similarity_store(args.out, data, scorer, prompts, batch_size=args.batch_size,
-                                     num_workers=args.num_workers, progress=not args.quiet)
+                                     num_workers=args.num_workers, progress=not args.quiet, shard_size=args.shard_size)
     print(f"{store} complete")
     return 0
 
@@ -524,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "under torchrun the ranks split the shards).")
     s.add_argument("--data", required=True, help="image folder (class sub-folders)")
     s.add_argument("--out", required=True, help="store directory (resumable; torchrun-aware)")
+    s.add_argument("--shard-size", type=_positive_int, default=1024,
+                   help="images per shard file (the unit of resuming and of recomputation)")
     _scorer_args(s)
     _common(s)
     s.set_defaults(func=cmd_similarities)

@@ -318,6 +318,23 @@ def test_corrupt_image_is_named_then_skipped(tmp_path, capsys):
     assert "complete" in out
 
 
+def test_skipping_a_corrupt_image_keeps_the_finished_shards(tmp_path, capsys):
+    _folder(tmp_path / "data", n=6)  # a/0-5 are items 0-5, b/0-5 items 6-11: three shards of 4
+    (tmp_path / "data" / "dog" / "4.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # item 10, shard 2
+    argv = ["similarities", "--data", tmp_path / "data", "--out", tmp_path / "sims", "--scorer", "salf-cli-tiny",
+            "--pretrained", "none", "--image-size", "32", "--grid", "2", "--radius", "4", "--batch-size", "2",
+            "--shard-size", "4", "--num-workers", "0", "--device", "cpu", "--quiet"]
+    rc, _, err = _run(capsys, *argv)
+    _assert_user_error(rc, err, "4.png")
+    done = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "sims").glob("shard_*")}
+    assert len(done) == 2  # shards 0 and 1 finished before the corrupt image stopped the run
+    with pytest.warns(UserWarning, match="4.png"):
+        rc, out, err = _run(capsys, *argv, "--skip-corrupt")
+    assert rc == 0, err
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "sims").glob("shard_*")}
+    assert len(after) == 3 and all(after[k] == v for k, v in done.items())  # not recomputed, not rewritten
+
+
 def test_corrupt_image_through_dataloader_workers_is_one_line(tmp_path, capsys):
     from salfcbm.datasets.folder import ImageFolderDataset
     from salfcbm.errors import CorruptImageError
