@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from salfcbm.core.images import ImageTransform
-from salfcbm.errors import InputError
+from salfcbm.errors import InputError, SalfCBMWarning
 
 __all__ = ["ImageFolderDataset", "find_corrupt_images"]
 
@@ -110,7 +110,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             names = ", ".join(os.path.relpath(p, self.root) for p in self.skipped[:10])
             more = f" and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
             warnings.warn(f"Skipped {len(self.skipped)} unreadable image(s) in {self.root!r}: {names}{more}.",
-                          stacklevel=3)
+                          SalfCBMWarning, stacklevel=3)
         if not self.folder.samples:
             raise InputError(f"{self.root!r} holds no readable images.")
 
