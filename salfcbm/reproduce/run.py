@@ -100,11 +100,11 @@ def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: in
     """The standard model's heads on pooled backbone features (sparse with ``standard_lam``; dense)."""
     from salfcbm.head import fit_dense_head
     from salfcbm.supervision.store import ShardedStore
-    from salfcbm.training.pipeline import HeadConfig, _labels_of, _standardize, fit_head, pooled_features
+    from salfcbm.training.pipeline import HeadConfig, fit_head, labels_of, pooled_features, standardize
 
     g = [pooled_features(ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
-    y = [_labels_of(d) for d in (train, val, test)]
-    _, _, z = _standardize(*g)
+    y = [labels_of(d) for d in (train, val, test)]
+    _, _, z = standardize(*g)
     out = {}
     sparse = fit_head(z[0], y[0], z[1], y[1], num_classes, HeadConfig(lam=recipe.standard_lam, alpha=recipe.alpha),
                       progress=False)
@@ -118,11 +118,11 @@ def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: in
 def _salf_dense(model, run: Path, train, val, test) -> float:
     from salfcbm.head import fit_dense_head
     from salfcbm.supervision.store import ShardedStore
-    from salfcbm.training.pipeline import _labels_of, _standardize, concept_activations
+    from salfcbm.training.pipeline import concept_activations, labels_of, standardize
 
     a = [concept_activations(model, ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
-    y = [_labels_of(d) for d in (train, val, test)]
-    _, _, z = _standardize(*a)
+    y = [labels_of(d) for d in (train, val, test)]
+    _, _, z = standardize(*a)
     dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=model.num_classes, progress=False)
     return 100 * float((dense.logits(z[2]).argmax(1) == y[2]).float().mean())
 

@@ -21,6 +21,7 @@ import random
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -307,7 +308,8 @@ class FitResult:
 
 
 # ----------------------------------------------------------------------------- data helpers
-def _labels_of(dataset) -> torch.Tensor:
+def labels_of(dataset) -> torch.Tensor:
+    """The integer class labels of ``dataset`` (its ``labels``/``targets``, else read item by item)."""
     lab = getattr(dataset, "labels", None)
     if callable(lab):
         lab = lab()
@@ -631,7 +633,8 @@ def pooled_features(features: ShardedStore) -> torch.Tensor:
     return torch.cat([v.float().mean((2, 3)) for _, v in features.iter_shards()])
 
 
-def _standardize(train: torch.Tensor, *others: torch.Tensor):
+def standardize(train: torch.Tensor, *others: torch.Tensor):
+    """Standardise ``train`` and ``others`` with ``train``'s per-column mean and std: ``(mean, std, [z, ...])``."""
     mean = train.mean(0)
     std = train.std(0).clamp_min(1e-6)
     return mean, std, [(x - mean) / std for x in (train, *others)]
@@ -738,7 +741,7 @@ def _cutoff_check(
                            "needed_by_head": []}
     if not report.dropped:
         return out
-    _, _, (z_train, z_val) = _standardize(train[0], val[0])
+    _, _, (z_train, z_val) = standardize(train[0], val[0])
     full = fit_head(z_train, train[1], z_val, val[1], num_classes, hcfg, progress=progress,
                     desc="Sparse head path (all concepts, cutoff check)")
     acc = _accuracy(full.logits(z_val), val[1])
@@ -762,7 +765,7 @@ def _cutoff_check(
 
 def _matched_nec(
     salf: dict[str, Any], train: tuple, val: tuple, test: tuple, num_classes: int, cfg: HeadConfig,
-    *, progress: bool = True,
+    *, progress: bool = True, stacklevel: int = 3,
 ) -> dict[str, Any]:
     """The standard-sparse baseline re-selected on its path at SALF-CBM's sparsity (same NEC).
 
@@ -775,7 +778,7 @@ def _matched_nec(
                                                        if k in salf}}
     if target <= 0:
         warnings.warn("SALF-CBM's head has no non-zero weight: no matched-sparsity comparison.", DegenerateResultWarning,
-                      stacklevel=3)
+                      stacklevel=stacklevel)
         return out
     fit_ = fit_sparse_head(
         train[0], train[1], val[0], val[1], num_classes=num_classes, alpha=cfg.alpha, n_lambdas=max(cfg.n_lambdas, 100),
@@ -873,6 +876,226 @@ def _choose_feature_cache(model: SALFCBM, splits: Sequence[Any], cache_features:
     )
 
 
+# ----------------------------------------------------------------------------- fit stages
+class _RunDir:
+    """The run directory: artefact paths, stage keys, resumable stage records and ``metrics.json``."""
+
+    def __init__(self, run_dir: str | os.PathLike | None):
+        import tempfile
+
+        if run_dir is None:
+            run_dir = tempfile.mkdtemp(prefix="salfcbm-run-")
+        self.path = Path(run_dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def load_bottleneck(self, model: SALFCBM, key: str) -> BottleneckReport | None:
+        """The saved bottleneck (loaded into ``model``) and its report when its stage key matches, else ``None``."""
+        bfile, bjson = self / "bottleneck.safetensors", self / "bottleneck.json"
+        meta = read_checked_metadata(bfile) if bfile.exists() and bjson.exists() else None
+        if meta is None or meta.get("salfcbm.key") != key:
+            return None
+        saved = json.loads(bjson.read_text())
+        if saved.get("key") != key:
+            return None
+        from safetensors.torch import load_file
+
+        model.bottleneck.load_state_dict(load_file(bfile))
+        r = saved["report"]
+        report = BottleneckReport(**{**r, "dropped": [tuple(d) for d in r["dropped"]]})
+        logger.info("Resumed the bottleneck stage from %s", bfile)
+        return report
+
+    def save_bottleneck(self, model: SALFCBM, key: str, report: BottleneckReport) -> None:
+        """Save the trained bottleneck and its report under the stage key."""
+        state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
+        _write_json(self / "bottleneck.json", {"key": key, "report": asdict(report)})
+        atomic_write_bytes(self / "bottleneck.safetensors", checked_safetensors(state, {"salfcbm.key": key}))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Write ``metrics.json``."""
+        _write_json(self / "metrics.json", metrics)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the block under ``timings[name]`` (not when it raises)."""
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+def _prepare_inputs(model, prompts, train_data, val_data, test_data, train_similarities, val_similarities, *,
+                    inputs: str, device):
+    """Move the model, check the prompt grid and align every split to the model's view of an image."""
+    if device is not None:
+        model.to(device)
+    prompts = prompts or PromptGrid(grid=model.grid)
+    if tuple(prompts.grid) != model.grid:
+        raise InputError(f"prompts.grid {prompts.grid} must equal the model's grid {model.grid}.")
+    # one geometry: the scorer and the backbone both see the model's view of each image
+    view = model.image_transform
+    train_data, val_data = align_dataset(train_data, view), align_dataset(val_data, view)
+    test_data = align_dataset(test_data, view) if test_data is not None else None
+    _check_store_alignment(train_similarities, train_data, "train", inputs)
+    _check_store_alignment(val_similarities, val_data, "val", inputs)
+    return prompts, train_data, val_data, test_data
+
+
+def _similarity_stage(run: _RunDir, train_data, val_data, scorer, prompts, train_similarities, val_similarities, *,
+                      batch_size: int, num_workers: int, progress: bool, inputs: str):
+    """Compute the missing train/val similarity stores (stage 1)."""
+    if train_similarities is None or val_similarities is None:
+        if scorer is None:
+            raise InputError("fit() needs a `scorer` (e.g. CLIPScorer()) or both train/val similarity stores.")
+        train_similarities = train_similarities or compute_similarity_store(
+            run / "similarities" / "train", train_data, scorer, prompts, batch_size=batch_size, progress=progress,
+            num_workers=num_workers, desc="Prompted embeddings (train)", inputs=inputs,
+        )
+        val_similarities = val_similarities or compute_similarity_store(
+            run / "similarities" / "val", val_data, scorer, prompts, batch_size=batch_size, progress=progress,
+            num_workers=num_workers, desc="Prompted embeddings (val)", inputs=inputs,
+        )
+    return train_similarities, val_similarities
+
+
+def _feature_source(model: SALFCBM, run: _RunDir, splits: list, cache_features: bool | str, max_gb: float, *,
+                    progress: bool, inputs: str, **kw):
+    """Choose (and log) whether backbone features are cached; return a ``(data, split)`` getter and the choice."""
+    cache, reason = _choose_feature_cache(model, splits, cache_features, max_gb)
+    (logger.info if cache or cache_features is False else logger.warning)("Backbone features: %s", reason)
+
+    def features(data, split):
+        if cache:
+            return feature_store(model, data, run / "features" / split, progress=progress,
+                                 desc=f"Backbone features ({split})", inputs=inputs, **kw)
+        return OnTheFlyFeatures(model, data, **kw)
+
+    return features, cache, reason
+
+
+def _bottleneck_stage(model: SALFCBM, run: _RunDir, bcfg: BottleneckConfig, f_train, f_val, train_similarities,
+                      val_similarities, *, progress: bool):
+    """Train (or resume) the bottleneck on every candidate, then apply the cutoff (stage 3).
+
+    Returns the report, the candidate concepts and their train/val pooled activations.
+    """
+    candidates = list(model.concepts)
+    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic")}
+    key = _stage_key({"b": trained, "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
+                      "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)],
+                      "v": 2})
+    report = run.load_bottleneck(model, key)
+    if report is None:
+        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg,
+                                  progress=progress, prune=False)
+        run.save_bottleneck(model, key, report)
+    full_train, full_val = concept_activations(model, f_train), concept_activations(model, f_val)
+    try:
+        report = apply_cutoff(model, report, bcfg)
+    except AllConceptsCutError as e:
+        _record_all_cut(run.path, e, bcfg.cutoff)
+        raise
+    return report, candidates, full_train, full_val
+
+
+def _head_stage(model: SALFCBM, candidates: list[str], full_train, full_val, y_train, y_val, hcfg: HeadConfig, *,
+                progress: bool):
+    """Fit the head on standardised kept-concept activations and load it into ``model`` (stage 4)."""
+    cols = [candidates.index(c) for c in model.concepts]
+    a_train, a_val = full_train[:, cols], full_val[:, cols]
+    mean, std, (z_train, z_val) = standardize(a_train, a_val)
+    head_fit = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
+                        desc="Sparse head path (SALF-CBM)")
+    with torch.no_grad():
+        model.concept_mean.copy_(mean)
+        model.concept_std.copy_(std)
+        model.head.weight.copy_(head_fit.weight)
+        model.head.bias.copy_(head_fit.bias)
+    return head_fit, z_train, z_val
+
+
+def _fit_metrics(model: SALFCBM, head_fit: HeadFit, report: BottleneckReport, z_train, z_val, y_train, y_val,
+                 cache: bool, reason: str, freport: ConceptFilterReport | None) -> dict[str, Any]:
+    """The SALF-CBM, bottleneck, path, features and concept-filter entries of ``metrics.json``."""
+    metrics: dict[str, Any] = {
+        "salfcbm": {
+            "train_accuracy": _accuracy(head_fit.logits(z_train), y_train),
+            "val_accuracy": _accuracy(head_fit.logits(z_val), y_val),
+            "nnz": int((head_fit.weight != 0).sum()),
+            "nec": float((head_fit.weight != 0).sum() / head_fit.weight.shape[0]),
+            "lambda": head_fit.lam,
+            "selection": head_fit.criterion,
+            "concepts": model.num_concepts,
+            "concepts_dropped": len(report.dropped),
+        },
+        "bottleneck": {
+            "steps": report.steps,
+            "best_step": report.best_step,
+            "val_similarity": report.best_val_similarity,
+            "initial_val_similarity": report.initial_val_similarity,
+            "stop_reason": report.stop_reason,
+            "dropped": report.dropped,
+        },
+        "path": head_fit.summary(),
+        "features": {"cached": cache, "reason": reason},
+    }
+    if freport is not None:
+        metrics["concept_filter"] = {"kept": len(freport.kept), "dropped": len(freport.dropped),
+                                     "reasons": freport.reasons, "settings": freport.settings}
+    return metrics
+
+
+def _baseline_stage(model: SALFCBM, metrics: dict[str, Any], f_train, f_val, f_test, y_train, y_val, y_test,
+                    hcfg: HeadConfig, *, progress: bool):
+    """Fit the standard head on pooled backbone features and add its metrics (and matched NEC) to ``metrics``."""
+    g_train, g_val = pooled_features(f_train), pooled_features(f_val)
+    g_mean, g_std, (s_train, s_val) = standardize(g_train, g_val)
+    base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg.for_baseline(), progress=progress,
+                        desc="Sparse head path (standard baseline)")
+    name = "standard_sparse" if hcfg.sparse else "standard_dense"
+    metrics[name] = {
+        "train_accuracy": _accuracy(base_fit.logits(s_train), y_train),
+        "val_accuracy": _accuracy(base_fit.logits(s_val), y_val),
+        "nnz": int((base_fit.weight != 0).sum()),
+        "nec": float((base_fit.weight != 0).sum() / base_fit.weight.shape[0]),
+        "lambda": base_fit.lam,
+        "features": int(g_train.shape[1]),
+    }
+    s_test = (pooled_features(f_test) - g_mean) / g_std if f_test is not None else None
+    if s_test is not None:
+        metrics[name]["test_accuracy"] = _accuracy(base_fit.logits(s_test), y_test)
+    if hcfg.sparse:
+        metrics["matched_nec"] = _matched_nec(
+            metrics["salfcbm"], (s_train, y_train), (s_val, y_val), (s_test, y_test), model.num_classes, hcfg,
+            progress=progress, stacklevel=4,
+        )
+    return base_fit, name, s_val
+
+
+def _findings(report: BottleneckReport, head_fit: HeadFit, z_val, y_val, base_fit: HeadFit | None, s_val,
+              name: str | None) -> list[dict[str, Any]]:
+    """Degenerate-result findings for the bottleneck, the head and the baseline head."""
+    findings = diagnostics.bottleneck_findings(report.initial_val_similarity, report.best_val_similarity,
+                                               report.steps)
+    findings += diagnostics.head_findings(head_fit.weight, head_fit.logits(z_val), y_val)
+    if base_fit is not None:
+        findings += diagnostics.head_findings(base_fit.weight, base_fit.logits(s_val), y_val, head=name)
+    return findings
+
+
+def _save_stage(model: SALFCBM, run: _RunDir, metrics: dict[str, Any]) -> None:
+    """Record the head's summary stats, save the model to ``run/model`` and write ``metrics.json``."""
+    model.set_head_stats({
+        "val_accuracy": round(metrics["salfcbm"]["val_accuracy"], 4),
+        "nec": round(metrics["salfcbm"]["nec"], 2),
+    })
+    model.save_pretrained(run / "model")
+    run.write_metrics(metrics)
+
+
 def fit(
     model: SALFCBM,
     train_data: Dataset,
@@ -951,185 +1174,65 @@ def fit(
     Examples:
         >>> result = salfcbm.fit(model, train_set, val_set, scorer=salfcbm.CLIPScorer(), run_dir="runs/cub")  # doctest: +SKIP
     """
-    import tempfile
-
     bcfg, hcfg = bottleneck or BottleneckConfig(), head or HeadConfig()
     _check_same_classes(train_data, {"val_data": val_data, "test_data": test_data})
-    if run_dir is None:
-        run_dir = tempfile.mkdtemp(prefix="salfcbm-run-")
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    if device is not None:
-        model.to(device)
-    prompts = prompts or PromptGrid(grid=model.grid)
-    if tuple(prompts.grid) != model.grid:
-        raise InputError(f"prompts.grid {prompts.grid} must equal the model's grid {model.grid}.")
-    # one geometry: the scorer and the backbone both see the model's view of each image
-    view = model.image_transform
-    train_data, val_data = align_dataset(train_data, view), align_dataset(val_data, view)
-    test_data = align_dataset(test_data, view) if test_data is not None else None
-    _check_store_alignment(train_similarities, train_data, "train", inputs)
-    _check_store_alignment(val_similarities, val_data, "val", inputs)
+    run = _RunDir(run_dir)
+    prompts, train_data, val_data, test_data = _prepare_inputs(
+        model, prompts, train_data, val_data, test_data, train_similarities, val_similarities,
+        inputs=inputs, device=device)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    loader = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
 
-    # 1. similarities
-    t = time.perf_counter()
-    if train_similarities is None or val_similarities is None:
-        if scorer is None:
-            raise InputError("fit() needs a `scorer` (e.g. CLIPScorer()) or both train/val similarity stores.")
-        train_similarities = train_similarities or compute_similarity_store(
-            run / "similarities" / "train", train_data, scorer, prompts, batch_size=batch_size, progress=progress,
-            num_workers=num_workers, desc="Prompted embeddings (train)", inputs=inputs,
-        )
-        val_similarities = val_similarities or compute_similarity_store(
-            run / "similarities" / "val", val_data, scorer, prompts, batch_size=batch_size, progress=progress,
-            num_workers=num_workers, desc="Prompted embeddings (val)", inputs=inputs,
-        )
-    timings["similarities"] = time.perf_counter() - t
-
+    # 1. similarities (and the concept filters)
+    with _timed(timings, "similarities"):
+        train_similarities, val_similarities = _similarity_stage(
+            run, train_data, val_data, scorer, prompts, train_similarities, val_similarities, inputs=inputs, **loader)
     freport = None
     if filter_concepts is not False:
-        t = time.perf_counter()
-        freport = _filter_stage(model, train_data, train_similarities, filter_concepts, run, batch_size=batch_size,
-                      num_workers=num_workers, progress=progress)
-        timings["concept_filter"] = time.perf_counter() - t
+        with _timed(timings, "concept_filter"):
+            freport = _filter_stage(model, train_data, train_similarities, filter_concepts, run.path, **loader)
 
     # 2. features
-    t = time.perf_counter()
-    kw = dict(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, precision=precision)
-    splits = [d for d in (train_data, val_data, test_data) if d is not None]
-    cache, reason = _choose_feature_cache(model, splits, cache_features, max_feature_cache_gb)
-    (logger.info if cache or cache_features is False else logger.warning)("Backbone features: %s", reason)
-
-    def features(data, split):
-        if cache:
-            return feature_store(model, data, run / "features" / split, progress=progress,
-                                 desc=f"Backbone features ({split})", inputs=inputs, **kw)
-        return OnTheFlyFeatures(model, data, **kw)
-
-    f_train, f_val = features(train_data, "train"), features(val_data, "val")
-    timings["features"] = time.perf_counter() - t
+    with _timed(timings, "features"):
+        splits = [d for d in (train_data, val_data, test_data) if d is not None]
+        features, cache, reason = _feature_source(
+            model, run, splits, cache_features, max_feature_cache_gb, progress=progress, inputs=inputs,
+            batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, precision=precision)
+        f_train, f_val = features(train_data, "train"), features(val_data, "val")
 
     # 3. bottleneck (resumable; the cutoff is applied after, so changing it does not retrain)
-    t = time.perf_counter()
-    candidates = list(model.concepts)
-    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic")}
-    key = _stage_key({"b": trained, "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
-                      "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)],
-                      "v": 2})
-    bfile, bjson = run / "bottleneck.safetensors", run / "bottleneck.json"
-    report = None
-    meta = read_checked_metadata(bfile) if bfile.exists() and bjson.exists() else None
-    if meta is not None and meta.get("salfcbm.key") == key:
-        saved = json.loads(bjson.read_text())
-        if saved.get("key") == key:
-            from safetensors.torch import load_file
-
-            model.bottleneck.load_state_dict(load_file(bfile))
-            r = saved["report"]
-            report = BottleneckReport(**{**r, "dropped": [tuple(d) for d in r["dropped"]]})
-            logger.info("Resumed the bottleneck stage from %s", bfile)
-    if report is None:
-        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg,
-                                  progress=progress, prune=False)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.bottleneck.state_dict().items()}
-        _write_json(bjson, {"key": key, "report": asdict(report)})
-        atomic_write_bytes(bfile, checked_safetensors(state, {"salfcbm.key": key}))
-    full_train, full_val = concept_activations(model, f_train), concept_activations(model, f_val)
-    try:
-        report = apply_cutoff(model, report, bcfg)
-    except AllConceptsCutError as e:
-        _record_all_cut(run, e, bcfg.cutoff)
-        raise
-    timings["bottleneck"] = time.perf_counter() - t
+    with _timed(timings, "bottleneck"):
+        report, candidates, full_train, full_val = _bottleneck_stage(
+            model, run, bcfg, f_train, f_val, train_similarities, val_similarities, progress=progress)
 
     # 4. head on standardised pooled concept activations
-    t = time.perf_counter()
-    y_train, y_val = _labels_of(train_data), _labels_of(val_data)
-    cols = [candidates.index(c) for c in model.concepts]
-    a_train, a_val = full_train[:, cols], full_val[:, cols]
-    mean, std, (z_train, z_val) = _standardize(a_train, a_val)
-    head_fit = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
-                        desc="Sparse head path (SALF-CBM)")
-    with torch.no_grad():
-        model.concept_mean.copy_(mean)
-        model.concept_std.copy_(std)
-        model.head.weight.copy_(head_fit.weight)
-        model.head.bias.copy_(head_fit.bias)
-    timings["head"] = time.perf_counter() - t
+    with _timed(timings, "head"):
+        y_train, y_val = labels_of(train_data), labels_of(val_data)
+        head_fit, z_train, z_val = _head_stage(model, candidates, full_train, full_val, y_train, y_val, hcfg,
+                                               progress=progress)
 
-    base_fit = None
-    metrics: dict[str, Any] = {
-        "salfcbm": {
-            "train_accuracy": _accuracy(head_fit.logits(z_train), y_train),
-            "val_accuracy": _accuracy(head_fit.logits(z_val), y_val),
-            "nnz": int((head_fit.weight != 0).sum()),
-            "nec": float((head_fit.weight != 0).sum() / head_fit.weight.shape[0]),
-            "lambda": head_fit.lam,
-            "selection": head_fit.criterion,
-            "concepts": model.num_concepts,
-            "concepts_dropped": len(report.dropped),
-        },
-        "bottleneck": {
-            "steps": report.steps,
-            "best_step": report.best_step,
-            "val_similarity": report.best_val_similarity,
-            "initial_val_similarity": report.initial_val_similarity,
-            "stop_reason": report.stop_reason,
-            "dropped": report.dropped,
-        },
-        "path": head_fit.summary(),
-        "features": {"cached": cache, "reason": reason},
-    }
-    if freport is not None:
-        metrics["concept_filter"] = {"kept": len(freport.kept), "dropped": len(freport.dropped),
-                                     "reasons": freport.reasons, "settings": freport.settings}
+    # 5. metrics, cutoff check, test accuracy and the standard baseline
+    metrics = _fit_metrics(model, head_fit, report, z_train, z_val, y_train, y_val, cache, reason, freport)
     metrics["cutoff"] = _cutoff_check(report, bcfg, candidates, (full_train, y_train), (full_val, y_val),
                                       model.num_classes, hcfg, metrics["salfcbm"]["val_accuracy"], progress=progress)
     f_test = y_test = None
     if test_data is not None:
         f_test = features(test_data, "test")
-        y_test = _labels_of(test_data)
+        y_test = labels_of(test_data)
         z_test = model.standardize(concept_activations(model, f_test))
         metrics["salfcbm"]["test_accuracy"] = _accuracy(head_fit.logits(z_test), y_test)
+    base_fit = name = s_val = None
     if baseline:
-        t = time.perf_counter()
-        g_train, g_val = pooled_features(f_train), pooled_features(f_val)
-        g_mean, g_std, (s_train, s_val) = _standardize(g_train, g_val)
-        base_fit = fit_head(s_train, y_train, s_val, y_val, model.num_classes, hcfg.for_baseline(), progress=progress,
-                            desc="Sparse head path (standard baseline)")
-        name = "standard_sparse" if hcfg.sparse else "standard_dense"
-        metrics[name] = {
-            "train_accuracy": _accuracy(base_fit.logits(s_train), y_train),
-            "val_accuracy": _accuracy(base_fit.logits(s_val), y_val),
-            "nnz": int((base_fit.weight != 0).sum()),
-            "nec": float((base_fit.weight != 0).sum() / base_fit.weight.shape[0]),
-            "lambda": base_fit.lam,
-            "features": int(g_train.shape[1]),
-        }
-        s_test = (pooled_features(f_test) - g_mean) / g_std if f_test is not None else None
-        if s_test is not None:
-            metrics[name]["test_accuracy"] = _accuracy(base_fit.logits(s_test), y_test)
-        if hcfg.sparse:
-            metrics["matched_nec"] = _matched_nec(
-                metrics["salfcbm"], (s_train, y_train), (s_val, y_val), (s_test, y_test), model.num_classes, hcfg,
-                progress=progress,
-            )
-        timings["baseline"] = time.perf_counter() - t
+        with _timed(timings, "baseline"):
+            base_fit, name, s_val = _baseline_stage(model, metrics, f_train, f_val, f_test, y_train, y_val, y_test,
+                                                    hcfg, progress=progress)
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
-    findings = diagnostics.bottleneck_findings(report.initial_val_similarity, report.best_val_similarity,
-                                               report.steps)
-    findings += diagnostics.head_findings(head_fit.weight, head_fit.logits(z_val), y_val)
-    if base_fit is not None:
-        findings += diagnostics.head_findings(base_fit.weight, base_fit.logits(s_val), y_val, head=name)
-    metrics["degenerate"] = findings
+    metrics["degenerate"] = findings = _findings(report, head_fit, z_val, y_val, base_fit, s_val, name)
     diagnostics.report(findings, stacklevel=3)
-    model.set_head_stats({
-        "val_accuracy": round(metrics["salfcbm"]["val_accuracy"], 4),
-        "nec": round(metrics["salfcbm"]["nec"], 2),
-    })
-    model.save_pretrained(run / "model")
-    _write_json(run / "metrics.json", metrics)
-    return FitResult(model=model, bottleneck=report, head=head_fit, baseline=base_fit, metrics=metrics, run_dir=run)
+
+    # 6. save
+    _save_stage(model, run, metrics)
+    return FitResult(model=model, bottleneck=report, head=head_fit, baseline=base_fit, metrics=metrics,
+                     run_dir=run.path)
