@@ -86,3 +86,19 @@ def test_import_layers_contract():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([str(exe)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_no_function_is_over_80_lines_of_code():
+    """Long orchestrators are split into named steps (docstrings do not count)."""
+    too_long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body
+            first = body[0]
+            has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) and isinstance(first.value.value, str)
+            start = (body[1].lineno if len(body) > 1 else first.end_lineno) if has_doc else first.lineno
+            if node.end_lineno - start + 1 > 80:
+                too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - start + 1} lines)")
+    assert too_long == []
