@@ -49,7 +49,18 @@ from salfcbm.errors import (
     SalfCBMError,
 )
 
-__all__ = ["ImageTransform", "load_images", "resolve_transform", "AlignedDataset", "align_dataset"]
+__all__ = [
+    "ImageTransform",
+    "load_images",
+    "open_image",
+    "check_image_pixels",
+    "max_image_pixels",
+    "MAX_ASPECT_RATIO",
+    "MAX_RESIZE_PIXELS",
+    "resolve_transform",
+    "AlignedDataset",
+    "align_dataset",
+]
 
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
