@@ -37,6 +37,8 @@ __all__ = [
     "SalfCBMWarning",
     "DegenerateResultWarning",
     "ImageInputError",
+    "ImageTooLargeError",
+    "TextFileError",
     "AlignmentError",
     "ImageConversionWarning",
     "DownloadError",
@@ -226,6 +228,16 @@ class DegenerateResultWarning(SalfCBMWarning):
 class ImageInputError(InputError):
     """Images salfcbm cannot read or trust: wrong layout or dtype, values out of range, NaN or
     inf pixels, an empty batch, a model on another device, a missing file."""
+
+
+class ImageTooLargeError(ImageInputError):
+    """An image whose pixel count or aspect ratio is over salfcbm's budget, refused before it is
+    decoded or resized (the message names the limit and how to raise it)."""
+
+
+class TextFileError(InputError):
+    """A text file (a concept list) that is not UTF-8 text: binary, UTF-16 or undecodable; the message
+    names the file and the line."""
 
 
 class AlignmentError(SalfCBMError, ValueError):

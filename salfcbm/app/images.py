@@ -18,8 +18,8 @@ import warnings
 import numpy as np
 import torch
 
-from salfcbm.core.images import load_images
-from salfcbm.errors import ImageConversionWarning, InputError
+from salfcbm.core.images import load_images, open_image
+from salfcbm.errors import CorruptImageError, ImageConversionWarning, ImageTooLargeError, InputError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "list_images", "load_image"]
 
@@ -33,22 +33,22 @@ def load_image(image: Any, size: Sequence[int] | None = None) -> tuple[torch.Ten
     A file larger than `MAX_PIXELS` is refused; with ``size`` a large file is shrunk by
     PIL's fast reducers to about twice ``size`` first (the exact resize is the model's).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     notes: list[str] = []
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise InputError(f"No image file at {str(path)!r}.")
-        try:
-            im = Image.open(path)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
+        try:  # the library's rule: a regular file (never a FIFO), within PIL's pixel budget, header only
+            im = open_image(path)
+        except CorruptImageError as e:
             raise InputError(f"Could not read {path.name!r} as an image ({e}); upload a PNG, JPEG or WebP file.") from e
         image = im
     if isinstance(image, Image.Image):
         w, h = image.size
         if w * h > MAX_PIXELS:
-            raise InputError(
+            raise ImageTooLargeError(
                 f"The image is {w}x{h} ({w * h / 1e6:.0f} MP), larger than the explorer's limit of "
                 f"{MAX_PIXELS / 1e6:.0f} MP. Downscale it first."
             )
@@ -75,11 +75,14 @@ def load_image(image: Any, size: Sequence[int] | None = None) -> tuple[torch.Ten
 
 
 def list_images(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), at most ``limit`` of them."""
+    """Image files under ``folder`` (recursively, sorted), at most ``limit`` of them; hidden files and
+    folders (``.ipynb_checkpoints``) are ignored and only regular files are listed, as in
+    `salfcbm.datasets.ImageFolderDataset`."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"--images {str(folder)!r} is not a folder; pass a directory of images.")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))  # hidden: ignored
     if not files:
         raise InputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}.")
     return files[:limit] if limit else files

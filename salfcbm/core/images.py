@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,27 @@ from typing import Any
 
 import torch
 
-from salfcbm.errors import AlignmentError, CorruptImageError, ImageConversionWarning, ImageInputError
+from salfcbm.errors import (
+    AlignmentError,
+    CorruptImageError,
+    ImageConversionWarning,
+    ImageInputError,
+    ImageTooLargeError,
+    SalfCBMError,
+)
 
-__all__ = ["ImageTransform", "load_images", "resolve_transform", "AlignedDataset", "align_dataset"]
+__all__ = [
+    "ImageTransform",
+    "load_images",
+    "open_image",
+    "check_image_pixels",
+    "max_image_pixels",
+    "MAX_ASPECT_RATIO",
+    "MAX_RESIZE_PIXELS",
+    "resolve_transform",
+    "AlignedDataset",
+    "align_dataset",
+]
 
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -50,15 +69,25 @@ _CHANNELS = (1, 3, 4)
 
 
 # ----------------------------------------------------------------------------- reading
-def load_images(images: Any) -> list[torch.Tensor]:
+def load_images(images: Any, *, check: Any = None) -> list[torch.Tensor]:
     """Read images of any supported kind into float32 ``(b, 3, H, W)`` batches in ``[0, 1]``.
 
     Returns one batch per input item of its own size (one batch for a 4-D tensor or
     array). See the module docstring for the dtype and layout rule.
 
+    Files and PIL images are refused before they are decoded when their header size is over
+    `max_image_pixels` (`ImageTooLargeError`); ``check(height, width)``, if given, is called
+    on that size too (`ImageTransform.view` passes its resize budget). A path must be a
+    regular file (a FIFO or a device is refused, never opened for reading), and the EXIF
+    orientation of a file or a PIL image is applied (``ImageOps.exif_transpose``), so a
+    photo gives the same pixels as a path and as a PIL image.
+
     Raises:
         ImageInputError: for an empty batch, a wrong layout or dtype, values out of
-            range, NaN or inf pixels, or a file that cannot be read.
+            range, NaN or inf pixels, or a path that is missing or not a regular file.
+        ImageTooLargeError: more pixels than `max_image_pixels`, or (through ``check``) over the
+            geometry's resize budget.
+        CorruptImageError: a file that cannot be decoded.
 
     Examples:
         >>> import torch
@@ -68,9 +97,9 @@ def load_images(images: Any) -> list[torch.Tensor]:
     if isinstance(images, (list, tuple)):
         if not images:
             raise ImageInputError("Got an empty list of images; pass at least one image.")
-        batches = [b for item in images for b in _load_one(item, single=True)]
+        batches = [b for item in images for b in _load_one(item, single=True, check=check)]
     else:
-        batches = _load_one(images, single=False)
+        batches = _load_one(images, single=False, check=check)
     for b in batches:
         if b.shape[-1] == 0 or b.shape[-2] == 0:
             raise ImageInputError(
@@ -80,11 +109,11 @@ def load_images(images: Any) -> list[torch.Tensor]:
     return batches
 
 
-def _load_one(item: Any, *, single: bool) -> list[torch.Tensor]:
+def _load_one(item: Any, *, single: bool, check: Any = None) -> list[torch.Tensor]:
     if isinstance(item, (str, os.PathLike)):
-        return [_from_path(item)]
+        return [_from_path(item, check)]
     if _is_pil(item):
-        return [_from_pil(item)]
+        return [_from_pil(item, check=check)]
     if type(item).__module__ == "numpy" and hasattr(item, "ndim"):
         return [_from_numpy(item, single=single)]
     if isinstance(item, torch.Tensor):
@@ -108,27 +137,160 @@ def _is_pil(x: Any) -> bool:
     return isinstance(x, Image.Image)
 
 
-def _from_path(path: str | os.PathLike) -> torch.Tensor:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+# ----------------------------------------------------------------------------- budgets
+MAX_ASPECT_RATIO = 100.0
+"""The longest side an image may have, in multiples of its shortest, where the crop mode resizes the
+shorter side to the input size (``"center"``): a 1 x 8000 px image would otherwise be resized to
+``size x 8000 * size`` before the crop (0.5 GB at 64 px). Raise it (``salfcbm.core.images.MAX_ASPECT_RATIO
+= 1000``) for such images, or pass them already cropped."""
+
+MAX_RESIZE_PIXELS = 1 << 26
+"""The most pixels an image may have once resized, before the crop (67 M pixels, 0.8 GB as float32 RGB)."""
+
+
+def max_image_pixels() -> int | None:
+    """The most pixels an image file or PIL image may have: PIL's own ``PIL.Image.MAX_IMAGE_PIXELS``
+    (89,478,485 by default, a 0.25 GB RGB image), read at each call, so setting it raises (or,
+    with ``None``, lifts) the limit for PIL and salfcbm at once."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(name: str, size: str, pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"Image {name} {size}{pixels / 1e6:,.1f} M pixels, more than the limit of {max_image_pixels():,} "
+        "pixels (PIL.Image.MAX_IMAGE_PIXELS); it was not decoded (a decompression bomb costs gigabytes). Downscale "
+        "it, or, if you trust the file, raise the limit: `PIL.Image.MAX_IMAGE_PIXELS = N` (None lifts it). Image "
+        "folders skip it with skip_corrupt=True / `--skip-corrupt`."
+    )
+
+
+def check_image_pixels(width: int, height: int, name: str = "image") -> None:
+    """Refuse a ``width x height`` image over `max_image_pixels` (called on the header, before decoding).
+
+    Raises:
+        ImageTooLargeError: naming the size, the limit and how to raise it.
+    """
+    limit = max_image_pixels()
+    if limit is not None and int(width) * int(height) > limit:
+        raise _too_large(name, f"is {int(width)}x{int(height)}: ", int(width) * int(height))
+
+
+# ----------------------------------------------------------------------------- files
+def _open_regular(p: str):
+    """A binary file object for ``p``, refused unless it is a regular file (never blocks on a FIFO)."""
+    try:
+        st = os.stat(p)  # follows symlinks
+    except OSError:
+        raise ImageInputError(
+            f"Image file {p!r} does not exist; check the path (relative to {os.getcwd()!r})."
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageInputError(_not_regular(p, st.st_mode))
+    try:  # O_NONBLOCK: a file swapped for a FIFO after the stat does not block the open either
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise CorruptImageError(f"Cannot open image {p!r} ({e.strerror or e}); check its permissions.") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageInputError(_not_regular(p, os.stat(p).st_mode))
+    return os.fdopen(fd, "rb")
+
+
+def _not_regular(p: str, mode: int) -> str:
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "not a regular file")
+    return (f"{p!r} is {kind}, not an image file; salfcbm reads images only from regular files (reading a FIFO "
+            "or a device could block forever). Pass the path of an image file (image folders skip such entries "
+            "with a warning).")
+
+
+def open_image(path: str | os.PathLike):
+    """Open an image file lazily (header only), refusing what salfcbm will not decode.
+
+    The file must be a regular file (a FIFO, socket or device is refused without being
+    opened for reading) and its header size within `max_image_pixels`. Returns an unloaded
+    PIL image that owns its file (``with open_image(p) as im: ...`` closes it).
+
+    Raises:
+        ImageInputError: a missing path or not a regular file.
+        ImageTooLargeError: more pixels than `max_image_pixels`.
+        CorruptImageError: a file PIL cannot identify.
+    """
+    from PIL import Image
 
     p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise ImageInputError(f"Image file {p!r} does not exist; check the path (relative to {os.getcwd()!r}).")
+    f = _open_regular(p)
     try:
-        with Image.open(p) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(
-            f"Cannot read image {p!r} ({type(e).__name__}: {e}). Remove or replace the file (image folders can "
-            "skip unreadable images: ImageFolderDataset(..., skip_corrupt=True), `salfcbm ... --skip-corrupt`)."
-        ) from e
-    return _from_pil(im, name=p)
+        im = Image.open(f)
+        check_image_pixels(*im.size, name=repr(p))
+    except SalfCBMError:
+        f.close()
+        raise
+    except Image.DecompressionBombError as e:  # PIL's own check (over twice its limit) comes first
+        f.close()
+        raise _too_large(repr(p), "has ", _bomb_pixels(e)) from None
+    except Exception as e:  # noqa: BLE001 - whatever a broken header makes PIL raise
+        f.close()
+        raise _corrupt(p, e) from e
+    im._exclusive_fp = True  # the image owns the file: closing the image closes it
+    return im
 
 
-def _from_pil(im, name: str = "PIL image") -> torch.Tensor:
+def _bomb_pixels(e: Exception) -> int:
+    import re
+
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return int(m.group(1)) if m else 0
+
+
+def _corrupt(p: str, e: BaseException) -> CorruptImageError:
+    return CorruptImageError(
+        f"Cannot read image {p!r} ({type(e).__name__}: {e}). Remove or replace the file (image folders can "
+        "skip unreadable images: ImageFolderDataset(..., skip_corrupt=True), `salfcbm ... --skip-corrupt`)."
+    )
+
+
+def _from_path(path: str | os.PathLike, check: Any = None) -> torch.Tensor:
+    p = os.fspath(path)
+    with open_image(p) as im:
+        return _from_pil(im, name=p, check=check)
+
+
+def _orientation(im) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: no rotation (as image viewers do)
+        return 1
+
+
+def _upright(im, name: str):
+    """``im`` turned as its EXIF orientation tag says (PIL's ``ImageOps.exif_transpose``)."""
+    from PIL import ImageOps
+
+    if _orientation(im) in (1, 0) or _orientation(im) > 8:
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except SalfCBMError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CorruptImageError(f"Cannot apply the EXIF orientation of {name} ({type(e).__name__}: {e}).") from e
+
+
+def _from_pil(im, name: str = "PIL image", check: Any = None) -> torch.Tensor:
     import numpy as np
 
+    check_image_pixels(*im.size, name="(a PIL image)" if name == "PIL image" else repr(name))
+    if check is not None:  # the geometry's budget (`ImageTransform.check_size`), before decoding
+        check(im.size[1], im.size[0])
+    try:
+        im.load()  # a lazily opened image (Image.open, open_image) is decoded here
+    except Exception as e:  # noqa: BLE001 - truncated data, broken chunks: whatever the decoder raises
+        raise _corrupt(name, e) from e
+    im = _upright(im, name)
     mode = im.mode
     if mode == "RGB":
         return _from_numpy(np.asarray(im), single=True)
@@ -153,7 +315,11 @@ def _from_pil(im, name: str = "PIL image") -> torch.Tensor:
             raise ImageInputError(f"{name}: 32-bit integer pixels outside 0..65535; convert it to 8 or 16 bits.")
         return _from_numpy(arr.astype(np.uint16), single=True, name=name)
     warnings.warn(f"{name}: converted from PIL mode {mode!r} to RGB.", ImageConversionWarning, stacklevel=4)
-    return _from_numpy(np.asarray(im.convert("RGB")), single=True, name=name)
+    try:
+        rgb = im.convert("RGB")
+    except ValueError as e:
+        raise ImageInputError(f"{name}: PIL cannot convert mode {mode!r} to RGB ({e}); convert it yourself.") from e
+    return _from_numpy(np.asarray(rgb), single=True, name=name)
 
 
 def _from_numpy(arr, *, single: bool, name: str = "array") -> torch.Tensor:
@@ -346,14 +512,58 @@ class ImageTransform:
         Accepts anything `load_images` reads; images of different sizes are each
         transformed and then stacked.
         """
-        batches = images if _is_loaded(images) else load_images(images)
+        batches = images if _is_loaded(images) else load_images(images, check=self.check_size)
         out = [self._view_batch(b) for b in batches]
         return out[0] if len(out) == 1 else torch.cat(out)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an ``H x W`` image is resized to before the crop (or the pad)."""
+        h, w = int(height), int(width)
+        sh, sw = self.scale_size()
+        if self.crop_mode == "center" and sh == sw:  # torchvision Resize(int): the longer side int(size * long / short)
+            if min(h, w) == sh:
+                return h, w
+            return (sh, int(sh * w / h)) if h <= w else (int(sh * h / w), sh)
+        if self.crop_mode == "squash":
+            ry, rx = sh / h, sw / w
+        else:
+            ry = rx = min(sh / h, sw / w) if self.crop_mode == "border" else max(sh / h, sw / w)
+        return max(1, round(h * ry)), max(1, round(w * rx))
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse an ``H x W`` image whose resize before the crop would blow up (called before decoding).
+
+        In ``"center"`` mode the shorter side is resized to the input size, so a thin image
+        (1 x 8000 px, a 102-byte PNG) becomes a huge one before the crop. Refused: an aspect
+        ratio over `MAX_ASPECT_RATIO` in that mode, or a resized image over `MAX_RESIZE_PIXELS`.
+
+        Raises:
+            ImageTooLargeError: naming the sizes, the limit and how to raise it.
+        """
+        h, w = int(height), int(width)
+        if h < 1 or w < 1 or self.is_identity_for(h, w):
+            return
+        rh, rw = self.resized_size(h, w)
+        ratio = max(h, w) / min(h, w)
+        if self.crop_mode == "center" and ratio > MAX_ASPECT_RATIO and (rh, rw) != (h, w):
+            raise ImageTooLargeError(
+                f"An image of {h}x{w} px (height x width) has an aspect ratio of {ratio:,.0f}:1, over the limit of "
+                f"{MAX_ASPECT_RATIO:g}:1 (salfcbm.core.images.MAX_ASPECT_RATIO): resizing its shorter side to "
+                f"{self.scale_size()[0]} px would make it {rh}x{rw} px before the crop. Crop it to a less extreme "
+                "aspect ratio first, or raise the limit (salfcbm.core.images.MAX_ASPECT_RATIO = ...)."
+            )
+        if rh * rw > MAX_RESIZE_PIXELS:
+            raise ImageTooLargeError(
+                f"An image of {h}x{w} px (height x width) would be resized to {rh}x{rw} px ({rh * rw / 1e6:,.0f} M "
+                f"pixels) before the crop, over the limit of {MAX_RESIZE_PIXELS:,} (salfcbm.core.images."
+                "MAX_RESIZE_PIXELS). Crop or downscale it first, or raise the limit."
+            )
 
     def _view_batch(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.is_identity_for(h, w):
             return x
+        self.check_size(h, w)
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 

@@ -154,8 +154,9 @@ def _lines(name: str, table: dict[str, RemoteFile], what: str, base_url: str | N
     base = base_url or os.environ.get("SALFCBM_LF_CBM_URL") or _LF_CBM_BASE
     dest = cache_dir() / "lf-cbm" / LF_CBM_COMMIT[:12] / entry.path
     path = fetch_file(base.rstrip("/") + "/" + entry.path, entry.sha256, dest)
-    text = path.read_bytes().decode("utf-8")
-    lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    from salfcbm.supervision.concepts import read_text_lines
+
+    lines = [ln.strip() for ln in read_text_lines(path, f"{what} list")]
     lines = [ln for ln in lines if ln]
     if len(lines) != entry.count:  # only reachable if the recorded checksum and count disagree
         raise ChecksumError(f"{path} holds {len(lines)} {what} entries, expected {entry.count}.")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from salfcbm.errors import InputError, LLMError, MissingExtraError
+from salfcbm.errors import InputError, LLMError, MissingExtraError, TextFileError
 
 __all__ = [
     "LF_CBM_PROMPTS",
@@ -39,6 +39,7 @@ __all__ = [
     "format_concept",
     "generate_concepts",
     "load_concepts",
+    "read_text_lines",
     "save_concepts",
     "unique_concepts",
     "unprompted_activity",
@@ -128,10 +129,64 @@ def load_concepts(path: str | os.PathLike) -> list[str]:
 
         return unique_concepts(lf_cbm_concepts(path.split(":", 1)[1]))
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"Concept file {str(path)!r} does not exist; expected a text file with one concept per line.")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text_lines(path, "concept file")
     return unique_concepts(line for line in lines if not line.lstrip().startswith("#"))
+
+
+MAX_TEXT_BYTES = 64 << 20
+"""The largest text file `read_text_lines` reads (64 MiB; LF-CBM's ImageNet concept set is 60 KB)."""
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_text_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
+    """The lines of a UTF-8 text file, as salfcbm reads every text file it is given.
+
+    A leading byte-order mark is dropped (``utf-8-sig``: Windows editors write one), and
+    ``\\n``, ``\\r\\n`` and ``\\r`` all end a line (other Unicode separators stay inside
+    the line). Only regular files are read (a FIFO would block).
+
+    Raises:
+        TextFileError: the file is not a regular file, is larger than `MAX_TEXT_BYTES`, is
+            UTF-16, holds a NUL byte (a binary file) or is not valid UTF-8; the message names
+            the file and the line.
+    """
+    import stat as _stat
+
+    p = str(path)
+    st = os.stat(p)
+    if not _stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if _stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if _stat.S_ISFIFO(st.st_mode)
+                else "a socket or a device")
+        raise TextFileError(f"The {what} {p!r} is {kind}, not a text file (it was not opened); pass a text file "
+                            "with one item per line.")
+    if st.st_size > MAX_TEXT_BYTES:
+        raise TextFileError(f"The {what} {p!r} is {st.st_size:,} bytes, more than the {MAX_TEXT_BYTES:,} bytes a "
+                            "text list may have (salfcbm.supervision.concepts.MAX_TEXT_BYTES); is it the right file?")
+    with open(p, "rb") as f:
+        data = f.read(MAX_TEXT_BYTES + 1)
+    if data.startswith(_UTF16_BOMS):
+        raise TextFileError(f"The {what} {p!r} is UTF-16 text (it starts with a UTF-16 byte-order mark); save it "
+                            "as UTF-8 (one item per line) and pass it again.")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = _line_of(data, nul)
+        raise TextFileError(f"The {what} {p!r} holds a NUL byte on line {line}: it is a binary file, not UTF-8 "
+                            "text with one item per line. Pass the text file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = _line_of(data, e.start)
+        raise TextFileError(f"The {what} {p!r} is not valid UTF-8 (byte {data[e.start]:#04x} on line {line}); "
+                            "save it as UTF-8 and pass it again.") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _line_of(data: bytes, pos: int) -> int:
+    """The 1-based line of byte ``pos`` (lines end at ``\\n``, ``\\r\\n`` or ``\\r``, as they are read)."""
+    return data[:pos].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
 
 
 def save_concepts(path: str | os.PathLike, concepts: Sequence[str]) -> None:

@@ -58,9 +58,11 @@ def read_video_frames(path: str | os.PathLike, *, max_frames: int | None = None,
     if not isinstance(stride, int) or stride < 1:
         raise InputError(f"`stride` must be a positive int, got {stride!r}.")
     if path.suffix.lower() in _PIL_ANIMATED:
-        from PIL import Image, ImageSequence
+        from PIL import ImageSequence
 
-        with Image.open(path) as im:
+        from salfcbm.core.images import open_image
+
+        with open_image(path) as im:  # a regular file within the pixel budget (per frame)
             frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
         video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     else:
