@@ -266,12 +266,13 @@ class NotATensorError(SalfCBMError, AttributeError, TypeError):
     Captum or pytorch-grad-cam given the model itself).
 
     Both an ``AttributeError`` (so ``hasattr(out, "shape")`` stays ``False``) and a ``TypeError``
-    (what torch raises for a wrong argument type); ``what`` names the misuse.
+    (what torch raises for a wrong argument type); ``what`` names the misuse, ``fix`` replaces the
+    standard advice where it does not apply (``torch.jit.script``).
     """
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, fix: str | None = None):
         self.what = what
-        super().__init__(
-            f"{what}: SALFCBMOutput is not a tensor; use out.logits or model.as_classifier() for tools that "
+        super().__init__(f"{what}: " + (fix or (
+            "SALFCBMOutput is not a tensor; use out.logits or model.as_classifier() for tools that "
             "expect logits (Captum, pytorch-grad-cam, Quantus, torch.jit)."
-        )
+        )))

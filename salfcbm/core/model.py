@@ -484,8 +484,10 @@ class SALFCBM(
 
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script``, which cannot compile a SALF-CBM (its tap and lazy output)."""
-        raise NotATensorError("torch.jit.script(model) cannot compile a SALF-CBM; trace or export the logits "
-                              "instead: torch.jit.trace(model.as_classifier(), x) or torch.export.export(model, (x,))")
+        raise NotATensorError(
+            "torch.jit.script cannot compile a SALF-CBM or its as_classifier() view",
+            "its output is a SALFCBMOutput and its tap a call-scoped hook. Trace or export it instead: "
+            "torch.jit.trace(model.as_classifier(), x) for the logits, or torch.export.export(model, (x,)).")
 
     def as_classifier(self) -> SALFCBMClassifier:
         """This model as ``images -> logits`` (a plain tensor), sharing its parameters.
