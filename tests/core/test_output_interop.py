@@ -38,7 +38,9 @@ def _tiny(pooling: str = "mean") -> salfcbm.SALFCBM:
 
 
 def _assert_same_output(got, want, *, lazy: bool):
-    assert isinstance(got, salfcbm.SALFCBMOutput)
+    # by name: pytest's doctest collection may import salfcbm/core/outputs.py a second time, and
+    # torch.export.load builds the class registered last under "salfcbm.core.outputs.SALFCBMOutput"
+    assert type(got).__module__ == "salfcbm.core.outputs" and type(got).__name__ == "SALFCBMOutput"
     assert got.maps_computed is not lazy  # flattening keeps lazy maps lazy
     for key in ("logits", "concept_activations", "concept_maps"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
