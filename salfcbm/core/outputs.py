@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SALFCBMClassifier", "SALFCBMOutput"]
 
 
-
 class _Key(str):
     """A field name; a ``str`` in every way, except that reading a tensor attribute of it (what a
     tool does that iterates over the output as if it were a batch of logits, e.g. pytorch-grad-cam's
