@@ -46,6 +46,7 @@ __all__ = [
     "DryRunError",
     "UnknownConceptSetError",
     "UnknownRecipeError",
+    "NotATensorError",
     "closest",
 ]
 
@@ -270,3 +271,20 @@ class UnknownRecipeError(_UnknownName):
     """A recipe name that does not exist."""
 
     kind, plural, where = "recipe", "recipes", "`salfcbm reproduce --list`"
+
+
+class NotATensorError(SalfCBMError, AttributeError, TypeError):
+    """A `SALFCBMOutput` used where a tensor was expected (``out.shape``, ``torch.softmax(out)``,
+    Captum or pytorch-grad-cam given the model itself).
+
+    Both an ``AttributeError`` (so ``hasattr(out, "shape")`` stays ``False``) and a ``TypeError``
+    (what torch raises for a wrong argument type); ``what`` names the misuse, ``fix`` replaces the
+    standard advice where it does not apply (``torch.jit.script``).
+    """
+
+    def __init__(self, what: str, fix: str | None = None):
+        self.what = what
+        super().__init__(f"{what}: " + (fix or (
+            "SALFCBMOutput is not a tensor; use out.logits or model.as_classifier() for tools that "
+            "expect logits (Captum, pytorch-grad-cam, Quantus, torch.jit)."
+        )))

@@ -31,4 +31,16 @@ code = re.search(r"## Use\n\n```python\n(.*?)```", open(sys.argv[1]).read(), re.
 exec(compile(code, "README.md (Use)", "exec"), {"__name__": "__readme__"})
 print("[wheel] README 'Use' snippet ran from the installed wheel")
 PY
+"$WORK/venv/bin/python" - "$WORK" <<'PY'
+# issue 22 item 3: a loaded model is in eval mode and exports as itself with torch.export
+import sys, timm, torch, salfcbm
+net = timm.create_model("resnet10t", pretrained=False)
+salfcbm.wrap(net, concepts=["a", "b"], num_classes=3, input_size=(64, 64), backbone_weights=None).save_pretrained(f"{sys.argv[1]}/tiny")
+model = salfcbm.SALFCBM.from_pretrained(f"{sys.argv[1]}/tiny", backbone=net)
+assert not model.training and not model.as_classifier().training
+x = torch.randn(2, 3, 64, 64)
+out = torch.export.export(model, (x,)).module()(x)
+torch.testing.assert_close(out.concept_maps, model(x).concept_maps, rtol=1e-4, atol=1e-5)
+print("[wheel] torch.export of the model itself:", type(out).__name__)
+PY
 echo "[wheel] ok"

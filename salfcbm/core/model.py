@@ -25,7 +25,8 @@ from salfcbm.core.images import ImageTransform, resolve_transform
 from salfcbm._utils.tensors import grid_mean_weights
 from salfcbm.core.outputs import SALFCBMClassifier, SALFCBMOutput
 from salfcbm.core.tap import FeatureTap, default_input_size
-from salfcbm.errors import ConceptNotFoundError, ConfigError, ImageInputError, InputError, SalfCBMError
+from salfcbm.errors import (ConceptNotFoundError, ConfigError, ImageInputError, InputError, NotATensorError,
+                            SalfCBMError)
 
 __all__ = ["SALFCBM", "SALFCBMClassifier", "SALFCBMOutput", "wrap"]
 
@@ -478,13 +479,23 @@ class SALFCBM(
         Returns a `SALFCBMOutput` (attribute, key and index access like a Hugging
         Face ``ModelOutput``); for a module returning the logits tensor use `as_classifier`.
         """
+        _refuse_jit_trace(self)
         return self.output_from_features(self.forward_features(x))
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``, which cannot compile a SALF-CBM (its tap and lazy output)."""
+        raise NotATensorError(
+            "torch.jit.script cannot compile a SALF-CBM or its as_classifier() view",
+            "its output is a SALFCBMOutput and its tap a call-scoped hook. Trace or export it instead: "
+            "torch.jit.trace(model.as_classifier(), x) for the logits, or torch.export.export(model, (x,)).")
 
     def as_classifier(self) -> SALFCBMClassifier:
         """This model as ``images -> logits`` (a plain tensor), sharing its parameters.
 
-        The form Captum, pytorch-grad-cam, ``torch.jit.trace``, ``torch.export``, ONNX export and
-        ``F.cross_entropy`` expect; see `SALFCBMClassifier`.
+        The form Captum, pytorch-grad-cam, Quantus, ``torch.jit.trace``, ONNX export and
+        ``F.cross_entropy`` expect; see `SALFCBMClassifier`. It shares this model's train/eval
+        mode (``clf.training is model.training``, now and after either is switched); making it
+        does not switch the model.
         """
         return SALFCBMClassifier(self)
 
@@ -701,9 +712,22 @@ class SALFCBM(
         """
         hub = dict(force_download=force_download, token=token, cache_dir=cache_dir,
                    local_files_only=local_files_only, revision=revision)
-        return persistence.load_model(cls, pretrained_model_name_or_path, backbone=backbone, verify=verify,
-                                      verify_backbone=verify_backbone, map_location=map_location, hub_kwargs=hub,
-                                      overrides=config_overrides)
+        model = persistence.load_model(cls, pretrained_model_name_or_path, backbone=backbone, verify=verify,
+                                       verify_backbone=verify_backbone, map_location=map_location, hub_kwargs=hub,
+                                       overrides=config_overrides)
+        with preserved_modes(backbone):  # eval mode, as Hugging Face loads; your backbone keeps its own flags
+            return model.eval()
+
+
+def _refuse_jit_trace(model: nn.Module) -> None:
+    """Name the fix when ``torch.jit.trace(model, x)`` traces the model itself (it cannot return a
+    `SALFCBMOutput`); a module that calls ``model(x).logits`` inside a trace is left alone."""
+    if not torch.jit.is_tracing():
+        return
+    traced = getattr(torch.jit._trace, "_trace_module_map", None) or {}
+    if traced.get("__module") is model:
+        raise NotATensorError("torch.jit.trace(model, x) cannot return a SALFCBMOutput; trace "
+                              "model.as_classifier() for the logits, or use torch.export.export(model, (x,))")
 
 
 def _check_concepts(concepts) -> None:

@@ -9,13 +9,19 @@ caller reads ``concept_maps`` -- or, cheaper, only for the concepts it needs
 (`concept_maps_at`, `combine_maps`,
 `region_sums`).
 
+The output is a registered pytree node (as a ``ModelOutput`` is), so ``torch.export.export(model,
+(x,))`` works on the model itself and returns an equivalent (still lazy) output. It is not a tensor:
+``out.shape``, ``out.argmax(1)``, ``torch.softmax(out, 1)``, ``out[tensor]`` and a tool that
+treats it as logits (Captum, pytorch-grad-cam) raise `NotATensorError`, which names the fix.
+
 `SALFCBMClassifier` (``model.as_classifier()``) is the model seen as an ordinary classifier
-``images -> logits``, the form Captum, pytorch-grad-cam, ``torch.jit.trace``, ``torch.export``,
-ONNX export and ``F.cross_entropy`` expect.
+``images -> logits``, the form Captum, pytorch-grad-cam, Quantus, ``torch.jit.trace``, ONNX export
+and ``F.cross_entropy`` expect. It shares the model's parameters and its train/eval mode.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +29,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salfcbm.errors import InputError
+from salfcbm.errors import InputError, NotATensorError
 
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM
 
 __all__ = ["SALFCBMClassifier", "SALFCBMOutput"]
 
-_KEYS = ("logits", "concept_maps", "concept_activations")
+
+class _Key(str):
+    """A field name; a ``str`` in every way, except that reading a tensor attribute of it (what a
+    tool does that iterates over the output as if it were a batch of logits, e.g. pytorch-grad-cam's
+    ``zip(targets, outputs)``) raises `NotATensorError` instead of ``'str' object has no attribute``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _TENSOR_NAMES:
+            raise NotATensorError(f"`.{name}` of {str(self)!r}, a key of a SALFCBMOutput (iterating over an "
+                                  "output gives its keys)")
+        raise AttributeError(f"'str' object has no attribute {name!r}")
+
+    def __reduce__(self):
+        return str, (str(self),)
+
+
+_KEYS = tuple(_Key(k) for k in ("logits", "concept_maps", "concept_activations"))
+# Public attributes and methods of a tensor (shape, dim, size, argmax, softmax, cpu, numpy, ...)
+_TENSOR_NAMES = frozenset(n for n in dir(torch.Tensor) if not n.startswith("_"))
 
 
 class SALFCBMOutput(Mapping):
@@ -45,7 +71,14 @@ class SALFCBMOutput(Mapping):
     Keys, in order: ``"logits"``, ``"concept_maps"``, ``"concept_activations"``; ``out[0]`` is the
     logits, ``out[1:]`` the other two, and iterating gives the keys, as for a ``ModelOutput``.
     An output is not a tensor: write ``F.cross_entropy(out.logits, y)``, or call
-    ``model.as_classifier()`` for a module that returns the logits tensor itself.
+    ``model.as_classifier()`` for a module that returns the logits tensor itself. Tensor attributes
+    (``out.shape``, ``out.argmax``), torch functions (``torch.softmax(out, 1)``) and tensor or
+    tuple indices (``out[:, 0]``) raise `NotATensorError` (an ``AttributeError`` and a
+    ``TypeError``), which names both fixes.
+
+    It is a pytree node (``torch.utils._pytree``), so ``torch.export``, ``tree_map`` and
+    ``DistributedDataParallel`` see its tensors; flattening keeps lazy maps lazy (the leaves are
+    the logits, the activations and the maps, or the features and bottleneck weights that build them).
 
     Lazy maps are built from the features and the bottleneck weights of the forward pass that made
     this output; read them before changing the model's weights in place.
@@ -154,9 +187,25 @@ class SALFCBMOutput(Mapping):
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
             if key not in _KEYS:
-                raise KeyError(f"{key!r} is not a field of SALFCBMOutput; fields: {list(_KEYS)}.")
+                raise KeyError(f"{key!r} is not a field of SALFCBMOutput; fields: {[str(k) for k in _KEYS]}.")
             return getattr(self, key)
+        if not isinstance(key, slice):
+            if isinstance(key, (torch.Tensor, bool)) or not hasattr(type(key), "__index__"):
+                raise NotATensorError(f"Indexing with {_describe(key)} (out[0] is the logits, "
+                                      "out['concept_maps'] a field)")
+            key = operator.index(key)
         return self.to_tuple()[key]
+
+    def __getattr__(self, name: str) -> Any:  # only reached when normal lookup fails
+        if name in _TENSOR_NAMES:
+            raise NotATensorError(f"`.{name}` of a SALFCBMOutput")
+        raise AttributeError(f"'SALFCBMOutput' object has no attribute {name!r}; its fields are "
+                             f"{', '.join(_KEYS)} (and keys(), items(), to_tuple()).")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        raise NotATensorError(f"`{name}` was given a SALFCBMOutput")
 
     def __iter__(self) -> Iterator[str]:
         return iter(_KEYS)
@@ -179,6 +228,59 @@ class SALFCBMOutput(Mapping):
         )
 
 
+def _not_an_operand(op: str):
+    def refuse(self, *other):
+        raise NotATensorError(f"`{op}` with a SALFCBMOutput operand")
+
+    refuse.__name__ = op
+    return refuse
+
+
+for _op in ("add", "sub", "mul", "truediv", "floordiv", "matmul", "pow"):  # out * 2, logits - out, ...
+    for _name in (f"__{_op}__", f"__r{_op}__"):
+        setattr(SALFCBMOutput, _name, _not_an_operand(_name))
+for _name in ("__neg__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(SALFCBMOutput, _name, _not_an_operand(_name))
+
+
+def _describe(key: Any) -> str:
+    if isinstance(key, torch.Tensor):
+        return f"a tensor of shape {tuple(key.shape)}"
+    return f"{type(key).__name__} {key!r}"
+
+
+# ---------------------------------------------------------------------- pytree registration
+_STATE = ("logits", "concept_activations", "_maps", "_features", "_weight", "_bias")
+
+
+def _flatten(out: SALFCBMOutput) -> tuple[list[Any], Any]:
+    return [out.__dict__[k] for k in _STATE], out._grid
+
+
+def _unflatten(values: Any, context: Any) -> SALFCBMOutput:
+    logits, acts, maps, feats, weight, bias = values
+    grid = tuple(context) if context is not None else None
+    return SALFCBMOutput(logits, maps, acts, features=feats, grid=grid, weight=weight, bias=bias)
+
+
+def _register_pytree() -> None:
+    try:
+        from torch.utils import _pytree as pytree
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return
+
+    def flatten_with_keys(out):
+        values, context = _flatten(out)
+        return [(pytree.GetAttrKey(k), v) for k, v in zip(_STATE, values)], context
+
+    pytree.register_pytree_node(SALFCBMOutput, _flatten, _unflatten,
+                                serialized_type_name=f"{SALFCBMOutput.__module__}.{SALFCBMOutput.__qualname__}",
+                                flatten_with_keys_fn=flatten_with_keys)
+
+
+_register_pytree()
+
+
 class SALFCBMClassifier(nn.Module):
     """A `SALFCBM` seen as a plain classifier: ``forward(images) -> logits`` tensor.
 
@@ -189,6 +291,9 @@ class SALFCBMClassifier(nn.Module):
     backbone to the input and to any backbone layer (which attribution tools need) even when the
     backbone is frozen; the backbone's parameters are not changed by that.
 
+    It has no train/eval mode of its own: ``clf.training`` is the model's, and ``clf.eval()`` /
+    ``clf.train()`` switch the model, as they would any submodule. Making the view changes nothing.
+
     Examples:
         >>> import timm, torch, salfcbm
         >>> m = salfcbm.wrap(timm.create_model("resnet10t", pretrained=False), concepts=["a", "b"],
@@ -198,8 +303,22 @@ class SALFCBMClassifier(nn.Module):
     """
 
     def __init__(self, model: SALFCBM):
-        super().__init__()
+        super().__init__()  # sets `training`, which reads and writes the model's flag (none yet)
         self.model = model
+
+    @property
+    def training(self) -> bool:
+        """The model's own ``training`` flag: the view is in eval mode exactly when its model is."""
+        model = self.__dict__.get("_modules", {}).get("model")
+        return model.training if model is not None else False
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        # ``train()``/``eval()`` on the view set this flag and then recurse into the model, so they
+        # switch the model (as for any submodule); ``nn.Module.__init__`` sets it before the model exists.
+        model = self.__dict__.get("_modules", {}).get("model")
+        if model is not None:
+            model.training = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.output_from_features(self.model.forward_features(x, backbone_grad=True)).logits
