@@ -109,9 +109,9 @@ def _locate(weights_file: str, model_id: str, hub_kwargs: dict) -> str:
 
 
 def _custom_advice(name: str, where: str) -> str:
-    return (f"net = {name}(...)  # your class, built as for training; "
-            f"net.load_state_dict(safetensors.torch.load_file('{where}/{BACKBONE_WEIGHTS_NAME}')); "
-            f"SALFCBM.from_pretrained('{where}', backbone=net)")
+    return (f"my_backbone = {name}(...)  # your class, built as for training; "
+            f"my_backbone.load_state_dict(safetensors.torch.load_file('{where}/{BACKBONE_WEIGHTS_NAME}')); "
+            f"SALFCBM.from_pretrained('{where}', backbone=my_backbone)")
 
 
 def saved_backbone(config: Any, weights_file: str, model_id: str, *, verify: bool = True,
