@@ -275,7 +275,10 @@ def test_backbone_weights_from_a_local_file(tmp_path):
     assert weights.startswith("file:") and len(weights) == 5 + 64
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
     model = salfcbm.wrap(net, concepts=["a", "b"], num_classes=2, grid=2, backbone_weights=weights)
-    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")  # weights from a local file: saved with the adapter (backbone.safetensors)
+    own = salfcbm.SALFCBM.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(own.backbone.state_dict().values(), ref.state_dict().values()))
+    model.save_pretrained(tmp_path / "m", save_backbone=False)
     with pytest.raises(BackboneSpecError, match="local file"):
         salfcbm.SALFCBM.from_pretrained(tmp_path / "m")
     again = salfcbm.SALFCBM.from_pretrained(tmp_path / "m", backbone=build_cli_backbone("timm:test_resnet", str(f))[0])

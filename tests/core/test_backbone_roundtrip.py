@@ -207,6 +207,38 @@ def test_the_adapter_pins_the_backbone_file(saved):
         salfcbm.SALFCBM.from_pretrained(saved)
 
 
+def test_every_flipped_byte_of_the_backbone_file_is_refused_or_harmless(saved):
+    import random
+
+    f, rng = saved / "backbone.safetensors", random.Random(0)
+    good = f.read_bytes()
+    ref = salfcbm.SALFCBM.from_pretrained(saved).eval()
+    with torch.no_grad():
+        ref_logits = ref(INPUT).logits
+    refused = 0
+    for pos in sorted(rng.sample(range(len(good)), 25)):
+        data = bytearray(good)
+        data[pos] ^= rng.randrange(1, 256)
+        f.write_bytes(bytes(data))
+        try:
+            got = salfcbm.SALFCBM.from_pretrained(saved).eval()
+        except salfcbm.SalfCBMError:
+            refused += 1
+        else:
+            with torch.no_grad():
+                assert torch.equal(got(INPUT).logits, ref_logits), pos
+    f.write_bytes(good)
+    assert refused == 25  # the SHA-256 in config.json covers every byte
+
+
+def test_saving_twice_gives_the_same_backbone_bytes(tmp_path):
+    for name in ("a", "b"):
+        torch.manual_seed(0)  # the same random init twice
+        _random_init_model(backbone_weights=None).save_pretrained(tmp_path / name)
+    for f in ("backbone.safetensors", "config.json", "model.safetensors", "README.md"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
 @pytest.mark.parametrize("bad", ["yes", 1, None, "Auto"])
 def test_bad_save_backbone_is_an_input_error(bad, tmp_path):
     with pytest.raises(InputError, match="save_backbone"):
