@@ -324,7 +324,8 @@ def _cli_backbone_error(e: Exception, args, path: Path | None) -> Exception:
     if isinstance(e, BackboneMismatchError):
         lost = ("It was trained on a random init whose weights were not saved with it (train it again with this "
                 "salfcbm, which saves them). " if spec.get("weights") is None and not saved.get("backbone_weights_sha256")
-                else "")
+                else f"Its folder has its own {BACKBONE_WEIGHTS_NAME}: drop --backbone/--backbone-weights to use it. "
+                if saved.get("backbone_weights_sha256") and given != "the saved spec" else "")
         return BackboneMismatchError(
             f"{what}: the backbone built from {given} has other weights (fingerprint {getattr(e, 'got', '?')}) than the "
             f"one the model was trained with ({getattr(e, 'expected', '?')}), so its concepts would be wrong. {lost}"

@@ -691,7 +691,8 @@ class SALFCBM(
 
         Args:
             pretrained_model_name_or_path: a folder written by `save_pretrained` or a Hub repo id.
-            backbone: the backbone to use instead of rebuilding it from the saved spec.
+            backbone: the backbone to use instead of rebuilding it from the saved spec. Without it, a saved
+                ``backbone.safetensors`` (see `save_pretrained`) is loaded on the spec's architecture.
             verify: check the checksums of ``model.safetensors`` and ``config.json``.
             verify_backbone: refuse a backbone whose weights differ from the saved fingerprint.
             map_location: device the adapter's tensors are loaded to.

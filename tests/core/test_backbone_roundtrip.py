@@ -306,9 +306,18 @@ def _explain(*argv) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=_env(), timeout=300)
 
 
-def _one_line_error(r: subprocess.CompletedProcess) -> str:
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("salfcbm: error: "), r.stderr[-2000:]
+def _explain_here(capsys, *argv) -> tuple[int, str]:
+    """`salfcbm explain` in this process (the error paths; the success path runs in a new process above)."""
+    from salfcbm.cli import main
+
+    rc = main(["explain", *map(str, argv), "--quiet"])
+    return rc, capsys.readouterr().err
+
+
+def _one_line_error(r: tuple[int, str]) -> str:
+    rc, err = r
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("salfcbm: error: "), err[-2000:]
     return lines[0]
 
 
@@ -320,27 +329,28 @@ def test_cli_train_random_init_then_explain_in_a_new_process(cli_run, tmp_path):
     assert str(img) in r.stdout and (tmp_path / "r.html").is_file()
 
 
-def test_cli_mismatch_and_missing_backbone_name_cli_flags(cli_run, tmp_path):
+def test_cli_mismatch_and_missing_backbone_name_cli_flags(cli_run, tmp_path, capsys):
     run, img = cli_run
-    r = _explain("--model", run / "model", img, "--backbone-weights", "none", "--out", tmp_path / "r.html")
-    line = _one_line_error(r)  # a rebuilt random init: other weights than the trained ones
+    line = _one_line_error(_explain_here(capsys, "--model", run / "model", img, "--backbone-weights", "none",
+                                         "--out", tmp_path / "r.html"))  # a rebuilt random init: other weights than the trained ones
     assert "--backbone-weights FILE" in line and "--no-verify-backbone" in line and "fingerprint" in line
     assert "from_pretrained" not in line and "verify_backbone=" not in line
+    assert "drop --backbone/--backbone-weights" in line  # the folder has the right weights already
     moved = tmp_path / "moved"
     shutil.copytree(run / "model", moved)
     (moved / "backbone.safetensors").unlink()
-    line = _one_line_error(_explain("--model", moved, img, "--out", tmp_path / "r.html"))
+    line = _one_line_error(_explain_here(capsys, "--model", moved, img, "--out", tmp_path / "r.html"))
     assert "backbone.safetensors" in line and "--backbone-weights FILE" in line and "backbone=" not in line
 
 
-def test_cli_backbone_weights_file_fixes_an_adapter_only_save(cli_run, tmp_path):
+def test_cli_backbone_weights_file_fixes_an_adapter_only_save(cli_run, tmp_path, capsys):
     """Saved without its backbone: the error names the flags, and following them works."""
     run, img = cli_run
     model = salfcbm.SALFCBM.from_pretrained(run / "model")
     model.save_pretrained(tmp_path / "adapter", save_backbone=False)
-    line = _one_line_error(_explain("--model", tmp_path / "adapter", img, "--out", tmp_path / "r.html"))
+    line = _one_line_error(_explain_here(capsys, "--model", tmp_path / "adapter", img, "--out", tmp_path / "r.html"))
     assert "--backbone-weights FILE" in line and "not saved" in line and "from_pretrained" not in line
     save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp_path / "bb.safetensors"))
-    r = _explain("--model", tmp_path / "adapter", img, "--backbone-weights", tmp_path / "bb.safetensors",
-                 "--out", tmp_path / "r.html")
-    assert r.returncode == 0, r.stderr[-2000:]
+    rc, err = _explain_here(capsys, "--model", tmp_path / "adapter", img, "--backbone-weights",
+                            tmp_path / "bb.safetensors", "--out", tmp_path / "r.html")
+    assert rc == 0, err[-2000:]
