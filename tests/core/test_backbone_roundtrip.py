@@ -354,3 +354,16 @@ def test_cli_backbone_weights_file_fixes_an_adapter_only_save(cli_run, tmp_path,
     rc, err = _explain_here(capsys, "--model", tmp_path / "adapter", img, "--backbone-weights",
                             tmp_path / "bb.safetensors", "--out", tmp_path / "r.html")
     assert rc == 0, err[-2000:]
+
+
+def test_cli_push_refuses_a_corrupt_backbone_file(saved, capsys):
+    """`salfcbm push` uploads backbone.safetensors with the adapter: a corrupt one is refused before any upload."""
+    from salfcbm.cli import main
+
+    f = saved / "backbone.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    rc = main(["push", "--model", str(saved), "--repo-id", "u/m"])
+    line = _one_line_error((rc, capsys.readouterr().err))
+    assert "backbone.safetensors" in line and "SHA-256" in line
