@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ADAPTER_FILES = ("config.json", "model.safetensors", "README.md")
+_ADAPTER_FILES = ("config.json", "model.safetensors", "README.md", "backbone.safetensors")
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -302,7 +302,52 @@ def _load_model(args):
         name = args.backbone or _spec_name(path)
         kwargs["backbone"], _ = build_cli_backbone(name, args.backbone_weights)
     kwargs["verify_backbone"] = not getattr(args, "no_verify_backbone", False)
-    return SALFCBM.from_pretrained(str(path) if path else args.model, **kwargs).eval()
+    from salfcbm.errors import BackboneMismatchError, BackboneSpecError, WeightsFormatError
+
+    try:
+        return SALFCBM.from_pretrained(str(path) if path else args.model, **kwargs).eval()
+    except (BackboneMismatchError, BackboneSpecError, WeightsFormatError) as e:
+        raise _cli_backbone_error(e, args, path) from None
+
+
+def _cli_backbone_error(e: Exception, args, path: Path | None) -> Exception:
+    """The loading error of a backbone, with the fix phrased in this command's flags (not Python)."""
+    from salfcbm.core.backbone_weights import BACKBONE_WEIGHTS_NAME
+    from salfcbm.errors import BackboneMismatchError, BackboneSpecError
+
+    try:
+        saved = json.loads((path / "config.json").read_text()) if path else {}
+    except (OSError, ValueError):
+        saved = {}
+    spec, what = saved.get("backbone") or {}, f"--model {args.model}"
+    given = "--backbone/--backbone-weights" if args.backbone or args.backbone_weights else "the saved spec"
+    if isinstance(e, BackboneMismatchError):
+        lost = ("It was trained on a random init whose weights were not saved with it (train it again with this "
+                "salfcbm, which saves them). " if spec.get("weights") is None and not saved.get("backbone_weights_sha256")
+                else f"Its folder has its own {BACKBONE_WEIGHTS_NAME}: drop --backbone/--backbone-weights to use it. "
+                if saved.get("backbone_weights_sha256") and given != "the saved spec" else "")
+        return BackboneMismatchError(
+            f"{what}: the backbone built from {given} has other weights (fingerprint {getattr(e, 'got', '?')}) than the "
+            f"one the model was trained with ({getattr(e, 'expected', '?')}), so its concepts would be wrong. {lost}"
+            "Pass the weights it was trained with: --backbone-weights FILE (a .safetensors or .pt state dict; add "
+            "--backbone NAME if needed), or explain anyway with --no-verify-backbone."
+        )
+    if saved.get("backbone_weights_sha256") and path and not (path / BACKBONE_WEIGHTS_NAME).is_file():
+        return FileNotFoundError(f"{what}: config.json records the backbone's weights in {BACKBONE_WEIGHTS_NAME}, "
+                                 "which is missing. Copy the whole saved folder, or pass the backbone's weights with "
+                                 "--backbone-weights FILE.")
+    if spec.get("source") == "custom":
+        return BackboneSpecError(
+            f"{what} has a custom backbone ({spec.get('name')}), which `salfcbm explain` cannot rebuild: --backbone "
+            "takes timm:NAME or torchvision:NAME only. Load the model in Python with your module: "
+            "SALFCBM.from_pretrained(path, backbone=net)."
+        )
+    if str(spec.get("weights") or "").startswith("file:"):
+        return BackboneSpecError(
+            f"{what} was trained on {spec['source']}:{spec['name']} with backbone weights from a local file (sha256 "
+            f"{spec['weights'][5:17]}...), which are not saved with it: pass that file with --backbone-weights FILE."
+        )
+    return e
 
 
 def _spec_name(path: Path | None) -> str:
@@ -340,6 +385,15 @@ def _check_adapter(folder: Path) -> None:
     config = persistence.read_config(str(folder / "config.json"))
     state = persistence.read_weights(str(folder / "model.safetensors"), config, verify=True)
     persistence.check_concept_count(state, config, str(folder))
+    if config.backbone_weights_sha256 is not None:  # the backbone's own weights go with the adapter, unchanged
+        from salfcbm._utils.io import sha256_file
+        from salfcbm.core.backbone_weights import BACKBONE_WEIGHTS_NAME
+        from salfcbm.errors import ChecksumError
+
+        f = folder / BACKBONE_WEIGHTS_NAME
+        if not f.is_file() or sha256_file(f) != config.backbone_weights_sha256:
+            raise ChecksumError(f"{str(f)!r} is missing or does not match the SHA-256 in config.json; save the "
+                                "model again (or copy the whole saved folder) before pushing.")
 
 
 def cmd_push(args) -> int:
@@ -499,8 +553,9 @@ def _app_parser(sub) -> None:
 def _push_parser(sub) -> None:
     u = sub.add_parser("push", formatter_class=_Formatter,
                        help="upload a saved SALF-CBM adapter to the Hugging Face Hub",
-                       description="Upload config.json, model.safetensors and the model card of a saved SALF-CBM "
-                                   "to the Hub, as they are: the backbone is neither rebuilt nor downloaded.")
+                       description="Upload config.json, model.safetensors, the model card and (when saved) "
+                                   "backbone.safetensors of a saved SALF-CBM to the Hub, as they are: the backbone "
+                                   "is neither rebuilt nor downloaded.")
     u.add_argument("--model", required=True, help="model directory (or a demo run directory)")
     u.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/salf-resnet50")
     u.add_argument("--private", action="store_true", help="create the repo as private")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI: build the wheel, install it into a clean venv (no repo on the path) and run the quick start from it:
-# `salfcbm demo`, `salfcbm explain` on the demo run, and the README's "Use" snippet.
+# `salfcbm demo`, `salfcbm explain` on the demo run, the README's "Use" snippet, and a random-init backbone
+# trained with `salfcbm train` then explained (and loaded) in new processes.
 # Offline-capable: torch comes the way scripts/setup.sh gets it; the rest from the registry or pip's cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,4 +44,15 @@ out = torch.export.export(model, (x,)).module()(x)
 torch.testing.assert_close(out.concept_maps, model(x).concept_maps, rtol=1e-4, atol=1e-5)
 print("[wheel] torch.export of the model itself:", type(out).__name__)
 PY
+# the newcomer path: train with a random-init backbone from the CLI, explain it in a new process (its
+# weights are saved with the model as backbone.safetensors: no --backbone-weights, no --no-verify-backbone)
+mkdir -p "$WORK/own" && cd "$WORK/own"
+"$WORK/venv/bin/python" "$REPO/docs/snippets/stand_in.py"  # small image folders, a concept list, a tiny random CLIP
+"$WORK/venv/bin/salfcbm" train --backbone timm:test_resnet --backbone-weights none --train my_images/train \
+  --val my_images/val --concepts my_concepts.txt --run-dir runs/own --scorer local-dir:tiny-clip --image-size 64 \
+  --grid 4 --radius 4 --steps 10 --cutoff 0 --path-points 3 --no-filter --num-workers 0 --device cpu --quiet
+test -f runs/own/model/backbone.safetensors
+"$WORK/venv/bin/salfcbm" explain --model runs/own/model my_images/test/*/000.png --out own.html --quiet
+"$WORK/venv/bin/python" -c "import salfcbm; salfcbm.SALFCBM.from_pretrained('runs/own/model'); print('[wheel] runs/own/model loads in a new process')"
+cd "$WORK"
 echo "[wheel] ok"

@@ -75,6 +75,9 @@ class ModelConfig:
         backbone_fingerprint: SHA-256 prefix of the backbone's weights when saved
             (`salfcbm.core.backbones.backbone_fingerprint`), checked on load.
         weights_sha256: SHA-256 of ``model.safetensors`` (set in the written file only).
+        backbone_weights_sha256: SHA-256 of ``backbone.safetensors``, the backbone's own weights, saved when
+            its spec cannot rebuild them (random init, a local file, a custom module; see
+            `salfcbm.core.backbone_weights`); ``None`` when the backbone is rebuilt from its spec.
         version: format version of the file.
 
     Examples:
@@ -108,6 +111,7 @@ class ModelConfig:
     bottleneck_bias: bool | None = None
     backbone_fingerprint: str | None = None
     weights_sha256: str | None = None
+    backbone_weights_sha256: str | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -145,7 +149,7 @@ class ModelConfig:
             raise _fail("feature_channels", self.feature_channels, "a positive int")
         if self.num_prefix_tokens is not None and not _is_int(self.num_prefix_tokens, 0):
             raise _fail("num_prefix_tokens", self.num_prefix_tokens, "an int >= 0")
-        for key in ("layer", "layout", "backbone_fingerprint", "weights_sha256"):
+        for key in ("layer", "layout", "backbone_fingerprint", "weights_sha256", "backbone_weights_sha256"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise _fail(key, getattr(self, key), "a string or null")
         if not _is_pair(self.input_size):
@@ -200,6 +204,8 @@ class ModelConfig:
             d[k] = list(d[k])
         if d["bottleneck_bias"] is None:  # not recorded (older files): keep their canonical form
             del d["bottleneck_bias"]
+        if d["backbone_weights_sha256"] is None:  # no backbone file: the same bytes as before the field existed
+            del d["backbone_weights_sha256"]
         return d
 
     @classmethod

@@ -634,15 +634,22 @@ class SALFCBM(
         return {"nnz": nnz, "nec": nnz / w.shape[0], "density": nnz / w.numel()}
 
     def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
-                        push_to_hub: bool = False, model_card_kwargs: dict | None = None, **push_to_hub_kwargs):
+                        push_to_hub: bool = False, model_card_kwargs: dict | None = None,
+                        save_backbone: bool | str = "auto", **push_to_hub_kwargs):
         """Save ``model.safetensors``, ``config.json`` and ``README.md`` to ``save_directory``, all or nothing.
+
+        ``save_backbone="auto"`` also saves the backbone's own weights as ``backbone.safetensors``
+        when its spec cannot rebuild them (a random init, weights from a local file, a backbone
+        trained with ``freeze_backbone=False``, your own module), so `from_pretrained` needs no
+        ``backbone=``; the MB written are logged and stated on the model card. ``True`` always
+        saves them, ``False`` never (then loading needs ``backbone=``).
 
         The new files are written aside and swapped in with one atomic rename, so a kill or a
         full disk at any point leaves the previous model loadable; leftovers of an interrupted
         save are removed by the next one. ``config.json`` records a SHA-256 of the weights and
         the backbone's weights fingerprint (see `salfcbm.core.persistence`).
         """
-        persistence.save_model(self, save_directory)
+        persistence.save_model(self, save_directory, save_backbone=save_backbone)
         if push_to_hub:
             return self.push_to_hub(repo_id=repo_id or Path(save_directory).name,
                                     model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
@@ -653,8 +660,12 @@ class SALFCBM(
 
     def generate_model_card(self, *args, config: ModelConfig | None = None, **kwargs) -> ModelCard:
         """The model card (the class's Jinja template): backbone, layer, concepts, grid, head sparsity."""
+        from salfcbm.core.backbone_weights import card_fields, wants_saving
+
         cfg = config or self.config.replace(backbone=self.backbone_spec)
         spec, info = cfg.backbone, self._hub_mixin_info
+        saved = None if config is not None else wants_saving("auto", spec, frozen=cfg.freeze_backbone)  # as a save would
+        kwargs = {**card_fields(cfg, self.backbone, saved=saved), **kwargs}
         data = ModelCardData(library_name="salfcbm", tags=list(info.model_card_data.tags or []))
         return ModelCard.from_template(
             card_data=data, template_str=info.model_card_template, repo_url=info.repo_url, paper_url=info.paper_url,
@@ -691,7 +702,8 @@ class SALFCBM(
 
         Args:
             pretrained_model_name_or_path: a folder written by `save_pretrained` or a Hub repo id.
-            backbone: the backbone to use instead of rebuilding it from the saved spec.
+            backbone: the backbone to use instead of rebuilding it from the saved spec. Without it, a saved
+                ``backbone.safetensors`` (see `save_pretrained`) is loaded on the spec's architecture.
             verify: check the checksums of ``model.safetensors`` and ``config.json``.
             verify_backbone: refuse a backbone whose weights differ from the saved fingerprint.
             map_location: device the adapter's tensors are loaded to.

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from salfcbm._utils.io import atomic_directory, sha256_bytes, sha256_file, verify_once
+from salfcbm.core import backbone_weights
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.errors import (
     BackboneMismatchError,
@@ -40,7 +41,7 @@ __all__ = ["save_model", "load_model", "MODEL_CARD_TEMPLATE", "WEIGHTS_NAME", "C
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
-_OURS = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}
+_OURS = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, backbone_weights.BACKBONE_WEIGHTS_NAME}
 _PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
 _CONFIG_SHA_KEY = "salfcbm.config_sha256"
 
@@ -65,12 +66,11 @@ that drove it and shows where each concept is in the image.
 | Head non-zeros | {{ nnz }} ({{ '%.2f' % nec }} per class, density {{ '%.3f' % density }}) |
 {% for k, v in head_stats.items() %}| {{ k }} | {{ v }} |
 {% endfor %}
-The weights file holds the adapter only (concept bottleneck, head, statistics); the backbone is
-rebuilt from its spec and checked against its fingerprint.
+{{ backbone_note }}
 
 ```python
 import salfcbm
-model = salfcbm.SALFCBM.from_pretrained("<this repo or folder>")
+{{ load_snippet }}
 explanation = model.explain(images, top_k=5)
 ```
 
@@ -86,17 +86,24 @@ def _canonical(config: ModelConfig) -> bytes:
     return json.dumps(config.replace(weights_sha256=None).to_dict(), sort_keys=True, separators=(",", ":")).encode()
 
 
-def save_model(model: Any, directory: str | os.PathLike) -> Path:
-    """Write ``model`` to ``directory`` all-or-nothing (see the module docstring)."""
-    config = model.config.replace(backbone=model.backbone_spec, weights_sha256=None,
+def save_model(model: Any, directory: str | os.PathLike, *, save_backbone: bool | str = "auto") -> Path:
+    """Write ``model`` to ``directory`` all-or-nothing (see the module docstring).
+
+    ``save_backbone``: also write ``backbone.safetensors`` (`salfcbm.core.backbone_weights`).
+    """
+    config = model.config.replace(backbone=model.backbone_spec, weights_sha256=None, backbone_weights_sha256=None,
                                   backbone_fingerprint=backbone_fingerprint(model._require_backbone()))
-    return atomic_directory(directory, lambda staging: _write_files(model, config, staging),
+    with_backbone = backbone_weights.wants_saving(save_backbone, config.backbone, frozen=config.freeze_backbone)
+    return atomic_directory(directory, lambda staging: _write_files(model, config, staging, with_backbone),
                             keep=lambda name: name not in _OURS)
 
 
-def _write_files(model: Any, config: ModelConfig, directory: Path) -> None:
+def _write_files(model: Any, config: ModelConfig, directory: Path, with_backbone: bool = False) -> None:
     from safetensors.torch import save
 
+    if with_backbone:  # first: its checksum is part of the config the adapter's metadata pins
+        config = config.replace(backbone_weights_sha256=backbone_weights.write_backbone(
+            model.backbone, directory, config.backbone, frozen=config.freeze_backbone))
     state = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict().items()}
     # one metadata entry: safetensors writes several in no fixed order, and a save must be reproducible
     data = save(state, metadata={_CONFIG_SHA_KEY: sha256_bytes(_canonical(config))})
@@ -274,12 +281,14 @@ def check_backbone(model: Any, config: ModelConfig, saved_channels: int | None, 
     got = backbone_fingerprint(model.backbone)
     if got != expected:
         spec = config.backbone or {}
-        raise BackboneMismatchError(
+        err = BackboneMismatchError(
             f"The backbone's weights (fingerprint {got}) are not the ones this model was saved with (fingerprint "
             f"{expected}; spec {spec.get('source')}:{spec.get('name')}, weights {spec.get('weights')!r}). The concept "
-            "bottleneck was trained on those features, so results would differ. Pass the exact backbone: "
-            "SALFCBM.from_pretrained(path, backbone=my_backbone); to load anyway, pass verify_backbone=False."
+            "bottleneck was trained on those features, so results would differ. "
+            + backbone_weights.mismatch_advice(spec, config.backbone_weights_sha256 is not None)
         )
+        err.got, err.expected = got, expected  # for callers that phrase their own fix (the CLI)
+        raise err
 
 
 def load_model(cls: type, model_id: str | os.PathLike, *, backbone: nn.Module | None = None,
@@ -295,6 +304,9 @@ def load_model(cls: type, model_id: str | os.PathLike, *, backbone: nn.Module | 
     if unknown:
         raise InputError(f"from_pretrained got unexpected keyword arguments {unknown}; it takes backbone=, "
                          "verify=, verify_backbone=, map_location=, Hub options and model config fields.")
+    if backbone is None:  # the saved backbone.safetensors, if any, on the architecture of the spec
+        backbone = backbone_weights.saved_backbone(config, weights_file, str(model_id), verify=verify,
+                                                   hub_kwargs=hub_kwargs)
     kwargs = _constructor_kwargs(config, backbone, overrides)
     if kwargs.get("bottleneck_bias") is None:  # saved before the field existed: the weights decide
         kwargs["bottleneck_bias"] = "bottleneck.bias" in state
@@ -310,6 +322,7 @@ def _constructor_kwargs(config: ModelConfig, backbone: nn.Module | None, overrid
     d = config.to_dict()
     for k in ("version", "weights_sha256", "backbone_fingerprint", "head_stats"):
         d.pop(k)
+    d.pop("backbone_weights_sha256", None)
     d["feature_channels"] = None  # probe the backbone at the layer instead of trusting the file
     if backbone is not None:
         if not isinstance(backbone, nn.Module):

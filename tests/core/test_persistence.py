@@ -51,7 +51,9 @@ def test_round_trip_is_bit_identical(kind, tmp_path):
         salfcbm.wrap(backbone, concepts=CONCEPTS, num_classes=5, input_size=(size, size), backbone_weights=None)
     )
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    # a random-init backbone (backbone_weights=None) cannot be rebuilt from its spec: its weights are saved too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "backbone.safetensors", "config.json",
+                                                          "model.safetensors"]
     same = salfcbm.SALFCBM.from_pretrained(tmp_path, backbone=backbone).eval()
     x = torch.randn(2, 3, size, size)
     a, b = model(x), same(x)
@@ -180,7 +182,7 @@ def test_push_to_hub_and_load_by_repo_id(tmp_path, monkeypatch):
     url = model.push_to_hub("user/salf-test-vit")
     assert url.endswith("commit/1")
     pushed = tmp_path / "hub" / "user" / "salf-test-vit"
-    assert {p.name for p in pushed.iterdir()} == {"README.md", "config.json", "model.safetensors"}
+    assert {p.name for p in pushed.iterdir()} == {"README.md", "config.json", "model.safetensors", "backbone.safetensors"}
     same = salfcbm.SALFCBM.from_pretrained("user/salf-test-vit", backbone=backbone).eval()
     x = torch.randn(1, 3, 160, 160)
     assert torch.equal(model(x).logits, same(x).logits)
