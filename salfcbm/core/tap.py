@@ -122,13 +122,14 @@ def _capturing(module: nn.Module, slot: _Capture) -> Iterator[None]:
                 del _DISPATCHERS[module]
 
 
-def _first_tensor(out, batch: int | None = None) -> torch.Tensor:
-    """The tensor a module emitted: itself, the first tensor of a tuple/list, or ``last_hidden_state``.
+def _pick_tensor(out, batch: int | None = None, element: int | None = None) -> tuple[int, torch.Tensor]:
+    """``(i, t)``: the tensor ``t`` a module emitted and its position ``i`` among the output's tensors.
 
-    With ``batch`` (the number of input images), the first of those whose leading dimension is
-    ``batch``: a block returning ``(inner tokens, outer tokens)`` (TNT's inner pixel tokens have
-    batch ``B x 196``) is read at the element that holds one entry per image; `BatchMismatchError`
-    if none does.
+    The output itself, a tensor of a tuple/list, or ``last_hidden_state``. ``element`` picks the
+    tensor a probe chose; otherwise, with ``batch`` (the number of input images), the first whose
+    leading dimension is ``batch`` (a block returning ``(inner tokens, outer tokens)``, like TNT,
+    whose inner pixel tokens have batch ``B x 196``, is read at its outer tokens), else the first.
+    With ``batch``, `BatchMismatchError` unless the tensor has that batch size.
     """
     if isinstance(out, torch.Tensor):
         tensors = [out]
@@ -142,16 +143,23 @@ def _first_tensor(out, batch: int | None = None) -> torch.Tensor:
             f"The hooked module returned {type(out).__name__}, which holds no tensor salfcbm can read. "
             "Choose a `layer=` whose output is a tensor (a stage, block or norm layer)."
         )
-    if batch is None:
-        return tensors[0]
-    for t in tensors:
-        if t.dim() > 0 and t.shape[0] == batch:
-            return t
-    shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+    if element is not None and element < len(tensors):
+        order = [element]
+    else:
+        order = list(range(len(tensors))) if batch is not None else [0]
+    for i in order:
+        if batch is None or (tensors[i].dim() > 0 and tensors[i].shape[0] == batch):
+            return i, tensors[i]
+    shapes = ", ".join(str(tuple(t.shape)) for t in (tensors if element is None else tensors[element:element + 1]))
     raise BatchMismatchError(
         f"it emits {shapes} for a batch of {batch} images: no tensor has one entry per image "
         "(tokens folded into the batch, such as TNT's inner pixel tokens)"
     )
+
+
+def _first_tensor(out, batch: int | None = None) -> torch.Tensor:
+    """The tensor a module emitted (see `_pick_tensor`)."""
+    return _pick_tensor(out, batch)[1]
 
 
 def _stride_fits(h: int, w: int, H: int, W: int) -> bool:
@@ -192,6 +200,7 @@ class LayerInfo:
     num_prefix_tokens: int = 0
     reason: str = ""
     keeps_batch: bool = True  # False: no tensor of the output has the input's batch size
+    element: int = 0  # which tensor of a tuple/list output holds the map (the first with the input's batch)
 
     @property
     def spatial(self) -> bool:
@@ -302,13 +311,14 @@ def probe_layers(
             if name in seen or threading.get_ident() != owner:  # modules called twice: keep the first call
                 return
             try:
-                t = _first_tensor(out, batch=_PROBE_BATCH)
+                element, t = _pick_tensor(out, batch=_PROBE_BATCH)
             except UnsupportedOutputError as e:
                 seen[name] = LayerInfo(name, (), None, None, None, reason=str(e))
             except BatchMismatchError as e:
                 seen[name] = LayerInfo(name, (), None, None, None, reason=str(e), keeps_batch=False)
             else:
                 seen[name] = classify_output(name, t, (H, W), prefix_tokens=prefix, prefer_nhwc=prefer_nhwc)
+                seen[name].element = element
             order.append(name)
 
         return hook
@@ -447,8 +457,9 @@ class FeatureTap:
         if layout is None:
             info = _probe_layer(backbone, layer, input_size)
             layout, num_prefix_tokens, self.channels = info.layout, info.num_prefix_tokens, info.channels
-        else:
-            self.channels = None
+            self.element: int | None = info.element
+        else:  # as saved in a config: the map is the first tensor of the output with the input's batch
+            self.channels = self.element = None
         if layout not in ("NCHW", "NHWC", "NLC"):
             raise InputError(f"`layout` must be 'NCHW', 'NHWC' or 'NLC', got {layout!r}.")
         self.layout = layout
@@ -477,7 +488,7 @@ class FeatureTap:
         with that batch size, and `BatchMismatchError` is raised when there is none.
         """
         try:
-            t = _first_tensor(out, batch)
+            t = _pick_tensor(out, batch, self.element)[1]
         except BatchMismatchError as e:
             raise BatchMismatchError(
                 f"Module {self.layer!r} cannot be read per image: {e}. Its map would mix the images of the "
