@@ -410,9 +410,12 @@ class FeatureTap:
     """Capture a ``(B, C, h, w)`` feature map from one module of a backbone.
 
     Construct, then call: configuration goes in the constructor (which probes the
-    layer once to learn its layout), data in the call. The forward hook lives only
-    inside `__call__` and is removed in ``finally``, so no hook outlives a
-    call, whether it succeeds or raises. The user's model is never switched to
+    layer once, on a batch of two images, to learn its layout), data in the call.
+    Calls are thread-safe and re-entrant: while calls are in flight the layer carries
+    one dispatching hook that hands each thread's forward pass to the call that made
+    it; the last call to end removes it (in ``finally``), so no hook outlives the
+    calls, whether they succeed or raise. Every call returns one map per input image
+    (`BatchMismatchError` otherwise). The user's model is never switched to
     ``eval()`` here and its parameters are never touched.
 
     Args:

@@ -212,3 +212,24 @@ def test_threads_on_cuda_streams():
         refs = [(o.logits.cpu(), o.concept_maps.cpu()) for o in (model(x) for x in xs)]
     _check(_run_threads(predict, xs), refs, lambda r, ref: _same(r[0], ref[0]) and _same(r[1], ref[1]))
     assert _hooks_left(model.backbone) == []
+
+
+def test_compiled_model_from_threads():
+    """A torch.compile'd model (its tap traced into the graph) called from many threads gives every
+    call its own answer and leaves no hook behind."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+    model = _randomise(salfcbm.wrap(net, concepts=CONCEPTS, num_classes=3, grid=3, layer="2", input_size=(32, 32),
+                                    backbone_weights=None), 7).eval()
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    xs = [x[:1] for x in _inputs(32, 200)]
+
+    def predict(x):
+        with torch.no_grad():
+            return compiled(x).logits
+
+    with torch.no_grad():
+        refs = [model(x).logits for x in xs]
+        compiled(xs[0])  # compile once, before the threads
+    _check(_run_threads(predict, xs), refs, _same)
+    assert _hooks_left(net) == []
