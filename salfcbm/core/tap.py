@@ -56,7 +56,8 @@ class _Capture:
     """What one `FeatureTap` call asked for and what it got: the first map its forward pass emits."""
 
     def __init__(self, tap: FeatureTap, x: torch.Tensor, stop: bool):
-        self.tap, self.input_hw, self.batch, self.stop = tap, (int(x.shape[-2]), int(x.shape[-1])), x.shape[0], stop
+        self.tap, self.stop = tap, stop
+        self.input_hw, self.batch = (int(x.shape[-2]), int(x.shape[-1])), x.shape[0]
         self.fmap: torch.Tensor | None = None
 
     def hook(self, _m, _i, out) -> None:
@@ -293,8 +294,9 @@ def probe_layers(
     """Run one forward pass and describe what every module (or the given ``names``) emits.
 
     The probe is a batch of two images: a module whose output keeps no per-image batch is
-    described as not spatial (``keeps_batch=False``). Modules are listed in the order their forward *finished*, so the last spatial
-    entry is the deepest spatial stage. The model's train/eval mode is restored.
+    described as not spatial (``keeps_batch=False``). Modules are listed in the order their
+    forward *finished*, so the last spatial entry is the deepest spatial stage. The model's
+    train/eval mode is restored. Forward passes of other threads are not recorded.
     """
     H, W = input_size or default_input_size(backbone)
     modules = dict(backbone.named_modules())
