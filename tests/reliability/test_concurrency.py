@@ -166,6 +166,28 @@ def test_tap_without_stop_early_and_nested_calls():
     assert _hooks_left(net) == []
 
 
+def test_calls_that_raise_do_not_disturb_the_others_or_leave_a_hook():
+    """Every third call raises inside the backbone (a 2-channel image); the others still get their
+    own answers, and the hook is gone once all calls end."""
+    net = _cnn().eval()
+    model = _randomise(salfcbm.wrap(net, concepts=CONCEPTS, num_classes=3, grid=3, input_size=(32, 32),
+                                    backbone_weights=None), 8).eval()
+    xs = [x[:, :2] if i % 3 == 2 else x for i, x in enumerate(_inputs(32))]
+
+    def predict(x):
+        try:
+            with torch.no_grad():
+                return model(x).logits
+        except RuntimeError as e:  # the backbone's own error for a 2-channel image
+            return type(e)
+
+    refs = [predict(x) for x in xs]
+    assert sum(r is RuntimeError for r in refs) == len(xs) // 3
+    results = _run_threads(predict, xs)
+    _check(results, refs, lambda r, ref: r is ref if isinstance(ref, type) else _same(r, ref))
+    assert _hooks_left(net) == []
+
+
 def test_frozen_backbone_left_in_train_mode_is_served_and_handed_back():
     """The user's backbone stays in train mode (wrap never calls .eval() on it); a frozen model still
     runs it in eval mode for every call, whatever the other threads do, and hands back train mode."""
