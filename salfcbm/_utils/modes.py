@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-_BORROW_LOCK = threading.Lock()
+_BORROW_LOCK = threading.RLock()  # re-entrant: a module's own train() may borrow again
 _BORROWS: dict[nn.Module, list] = {}  # module -> [mode, borrowers, recorded flags]
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import salfcbm
-from salfcbm.core.tap import FeatureTap
+from salfcbm.core.tap import FeatureTap, probe_layers
 
 CONCEPTS = ["a wing", "a beak", "water", "a tree"]
 THREADS = 8
@@ -185,6 +185,29 @@ def test_calls_that_raise_do_not_disturb_the_others_or_leave_a_hook():
     assert sum(r is RuntimeError for r in refs) == len(xs) // 3
     results = _run_threads(predict, xs)
     _check(results, refs, lambda r, ref: r is ref if isinstance(ref, type) else _same(r, ref))
+    assert _hooks_left(net) == []
+
+
+def test_probing_a_backbone_that_another_thread_is_running():
+    """Wrapping (probing) a backbone while another thread runs it on other images describes the
+    probe's own forward pass only."""
+    net = _cnn().eval()
+    quiet = [(i.name, i.shape, i.layout, i.grid) for i in probe_layers(net, (32, 32))]
+    stop = threading.Event()
+
+    def serve():
+        with torch.no_grad():
+            while not stop.is_set():
+                net(torch.randn(3, 3, 64, 64))
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        busy = [[(i.name, i.shape, i.layout, i.grid) for i in probe_layers(net, (32, 32))] for _ in range(20)]
+    finally:
+        stop.set()
+        server.join()
+    assert all(b == quiet for b in busy), "a probe recorded another thread's forward pass"
     assert _hooks_left(net) == []
 
 
