@@ -14,6 +14,7 @@ __all__ = [
     "SalfCBMError",
     "LayerNotFoundError",
     "NonSpatialLayerError",
+    "BatchMismatchError",
     "UnsupportedOutputError",
     "ConfigMismatchError",
     "WeightsFormatError",
@@ -91,6 +92,11 @@ class LayerNotFoundError(SalfCBMError, KeyError):
 
 class NonSpatialLayerError(SalfCBMError, ValueError):
     """The chosen layer emits something that cannot be read as a spatial map."""
+
+
+class BatchMismatchError(NonSpatialLayerError):
+    """The tapped layer's output does not hold one entry per input image (e.g. TNT's inner pixel
+    tokens, batch ``B x 196``), so its map cannot be read per image."""
 
 
 class UnsupportedOutputError(SalfCBMError, TypeError):

@@ -256,7 +256,7 @@ class SALFCBM(
     # ------------------------------------------------------------------ backbone handling
     def _probe_input(self, input_size) -> torch.Tensor:
         device, dtype = module_device_dtype(self.backbone)
-        return torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
+        return torch.zeros(2, 3, *input_size, device=device, dtype=dtype)  # 2: a layer must keep the batch
 
     @contextmanager
     def _frozen_backbone(self, freeze: bool | None = None):

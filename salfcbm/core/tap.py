@@ -21,7 +21,9 @@ pass; nothing is hard-coded per architecture.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 
 from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.errors import (
+    BatchMismatchError,
     InputError,
     LayerNotFoundError,
     NonSpatialLayerError,
@@ -40,29 +43,124 @@ __all__ = ["FeatureTap", "LayerInfo", "probe_layers", "default_layer", "default_
 
 _HEAD_NAMES = {"head", "heads", "fc", "classifier", "last_linear", "aux_logits", "AuxLogits", "fc_norm", "head_drop"}
 _MAX_PREFIX = 16
+_PROBE_BATCH = 2  # probes run on 2 images, so that an output whose batch is not the input's shows
 _COMPILE_HOOK_ID = -1  # key of the call-scoped hook under torch.compile (RemovableHandle ids are >= 0)
 
 
 class _StopForward(Exception):
-    """Raised by the hook to skip the rest of the backbone once the map is captured."""
+    """Raised by the hook to skip the rest of the backbone once the map is captured (``args[0]``: the
+    call's `_Capture`)."""
 
 
-def _first_tensor(out) -> torch.Tensor:
-    """The tensor a module emitted: itself, the first tensor of a tuple/list, or ``last_hidden_state``."""
+class _Capture:
+    """What one `FeatureTap` call asked for and what it got: the first map its forward pass emits."""
+
+    def __init__(self, tap: FeatureTap, x: torch.Tensor, stop: bool):
+        self.tap, self.stop = tap, stop
+        self.input_hw, self.batch = (int(x.shape[-2]), int(x.shape[-1])), x.shape[0]
+        self.fmap: torch.Tensor | None = None
+
+    def hook(self, _m, _i, out) -> None:
+        if self.fmap is None:  # a module run twice in one pass (shared blocks): its first output
+            self.fmap = self.tap.to_map(out, self.input_hw, self.batch)
+        if self.stop:
+            raise _StopForward(self)
+
+
+class _Dispatcher:
+    """The one forward hook a tapped module carries while calls are in flight.
+
+    The forward pass runs in the thread that called, so the hook hands the module's output to
+    the innermost call of *that* thread (a stack per thread: a call made from inside another
+    call's forward pass captures its own map). A forward pass of a thread with no call in flight
+    (the user running the backbone directly) passes through untouched.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.calls = 0
+        self.local = threading.local()
+        self.handle = module.register_forward_hook(self)
+
+    def stack(self) -> list[_Capture]:
+        stack = getattr(self.local, "stack", None)
+        if stack is None:
+            stack = self.local.stack = []
+        return stack
+
+    def __call__(self, m, i, out) -> None:
+        stack = getattr(self.local, "stack", None)
+        if stack:
+            stack[-1].hook(m, i, out)
+
+
+_DISPATCH_LOCK = threading.Lock()
+_DISPATCHERS: dict[nn.Module, _Dispatcher] = {}
+
+
+@contextmanager
+def _capturing(module: nn.Module, slot: _Capture) -> Iterator[None]:
+    """Route ``module``'s output in this thread to ``slot`` for the block.
+
+    The dispatcher is registered by the first call in flight on ``module`` and removed by the
+    last one (counted under a lock), so no hook outlives the calls and concurrent calls never
+    add or remove hooks under each other's forward pass.
+    """
+    with _DISPATCH_LOCK:
+        d = _DISPATCHERS.get(module)
+        if d is None:
+            d = _DISPATCHERS[module] = _Dispatcher(module)
+        d.calls += 1
+    stack = d.stack()
+    stack.append(slot)
+    try:
+        yield
+    finally:
+        stack.pop()
+        with _DISPATCH_LOCK:
+            d.calls -= 1
+            if d.calls == 0:
+                d.handle.remove()
+                del _DISPATCHERS[module]
+
+
+def _pick_tensor(out, batch: int | None = None, element: int | None = None) -> tuple[int, torch.Tensor]:
+    """``(i, t)``: the tensor ``t`` a module emitted and its position ``i`` among the output's tensors.
+
+    The output itself, a tensor of a tuple/list, or ``last_hidden_state``. ``element`` picks the
+    tensor a probe chose; otherwise, with ``batch`` (the number of input images), the first whose
+    leading dimension is ``batch`` (a block returning ``(inner tokens, outer tokens)``, like TNT,
+    whose inner pixel tokens have batch ``B x 196``, is read at its outer tokens), else the first.
+    With ``batch``, `BatchMismatchError` unless the tensor has that batch size.
+    """
     if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            if isinstance(o, torch.Tensor):
-                return o
-    for attr in ("last_hidden_state", "hidden_states", "features"):
-        v = getattr(out, attr, None)
-        if isinstance(v, torch.Tensor):
-            return v
-    raise UnsupportedOutputError(
-        f"The hooked module returned {type(out).__name__}, which holds no tensor salfcbm can read. "
-        "Choose a `layer=` whose output is a tensor (a stage, block or norm layer)."
+        tensors = [out]
+    elif isinstance(out, (tuple, list)):
+        tensors = [o for o in out if isinstance(o, torch.Tensor)]
+    else:
+        tensors = [getattr(out, a, None) for a in ("last_hidden_state", "hidden_states", "features")]
+        tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise UnsupportedOutputError(
+            f"The hooked module returned {type(out).__name__}, which holds no tensor salfcbm can read. "
+            "Choose a `layer=` whose output is a tensor (a stage, block or norm layer)."
+        )
+    if element is not None and element < len(tensors):
+        order = [element]
+    else:
+        order = list(range(len(tensors))) if batch is not None else [0]
+    for i in order:
+        if batch is None or (tensors[i].dim() > 0 and tensors[i].shape[0] == batch):
+            return i, tensors[i]
+    shapes = ", ".join(str(tuple(t.shape)) for t in (tensors if element is None else tensors[element:element + 1]))
+    raise BatchMismatchError(
+        f"it emits {shapes} for a batch of {batch} images: no tensor has one entry per image "
+        "(tokens folded into the batch, such as TNT's inner pixel tokens)"
     )
+
+
+def _first_tensor(out, batch: int | None = None) -> torch.Tensor:
+    """The tensor a module emitted (see `_pick_tensor`)."""
+    return _pick_tensor(out, batch)[1]
 
 
 def _stride_fits(h: int, w: int, H: int, W: int) -> bool:
@@ -102,6 +200,8 @@ class LayerInfo:
     channels: int | None
     num_prefix_tokens: int = 0
     reason: str = ""
+    keeps_batch: bool = True  # False: no tensor of the output has the input's batch size
+    element: int = 0  # which tensor of a tuple/list output holds the map (the first with the input's batch)
 
     @property
     def spatial(self) -> bool:
@@ -193,8 +293,10 @@ def probe_layers(
 ) -> list[LayerInfo]:
     """Run one forward pass and describe what every module (or the given ``names``) emits.
 
-    Modules are listed in the order their forward *finished*, so the last spatial
-    entry is the deepest spatial stage. The model's train/eval mode is restored.
+    The probe is a batch of two images: a module whose output keeps no per-image batch is
+    described as not spatial (``keeps_batch=False``). Modules are listed in the order their
+    forward *finished*, so the last spatial entry is the deepest spatial stage. The model's
+    train/eval mode is restored. Forward passes of other threads are not recorded.
     """
     H, W = input_size or default_input_size(backbone)
     modules = dict(backbone.named_modules())
@@ -204,16 +306,21 @@ def probe_layers(
     seen: dict[str, LayerInfo] = {}
     order: list[str] = []
 
+    owner = threading.get_ident()  # another thread's forward pass of a shared backbone is not this probe's
+
     def make_hook(name):
         def hook(_m, _i, out):
-            if name in seen:  # modules called twice (shared blocks): keep the first call
+            if name in seen or threading.get_ident() != owner:  # modules called twice: keep the first call
                 return
             try:
-                t = _first_tensor(out)
+                element, t = _pick_tensor(out, batch=_PROBE_BATCH)
             except UnsupportedOutputError as e:
                 seen[name] = LayerInfo(name, (), None, None, None, reason=str(e))
+            except BatchMismatchError as e:
+                seen[name] = LayerInfo(name, (), None, None, None, reason=str(e), keeps_batch=False)
             else:
                 seen[name] = classify_output(name, t, (H, W), prefix_tokens=prefix, prefer_nhwc=prefer_nhwc)
+                seen[name].element = element
             order.append(name)
 
         return hook
@@ -224,7 +331,7 @@ def probe_layers(
         for n in wanted:
             handles.append(modules[n].register_forward_hook(make_hook(n)))
         with preserved_modes(backbone, mode=False), torch.no_grad():
-            backbone(torch.zeros(1, 3, H, W, device=device, dtype=dtype))
+            backbone(torch.zeros(_PROBE_BATCH, 3, H, W, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
@@ -270,13 +377,47 @@ def default_layer(backbone: nn.Module, input_size: tuple[int, int] | None = None
     return pick[-1].name
 
 
+def _candidates(backbone: nn.Module, input_size: tuple[int, int] | None, k: int = 3) -> str:
+    """The default layer and the other deepest spatial layers, for an error message."""
+    infos = probe_layers(backbone, input_size)
+    names = [default_layer(backbone, input_size)]
+    names += [i.name for i in reversed(infos) if i.spatial and not _under_head(i.name) and i.name not in names][:k]
+    return ", ".join(f"{n!r}" for n in names)
+
+
+def _probe_layer(backbone: nn.Module, layer: str, input_size: tuple[int, int] | None) -> LayerInfo:
+    """What ``layer`` emits on a probe batch; a salfcbm error naming candidate layers unless it is a
+    spatial map with one entry per image."""
+    (info,) = probe_layers(backbone, input_size, names=[layer]) or [None]
+    if info is None:
+        raise NonSpatialLayerError(
+            f"Module {layer!r} never ran during a forward pass of {type(backbone).__name__}; "
+            f"choose a module on the forward path, e.g. {default_layer(backbone, input_size)!r}."
+        )
+    if not info.keeps_batch:
+        raise BatchMismatchError(
+            f"Module {layer!r} cannot be tapped: {info.reason}. Its map would mix the images of a batch. "
+            f"Choose a layer whose output has one entry per image: {_candidates(backbone, input_size)}."
+        )
+    if not info.spatial:
+        raise NonSpatialLayerError(
+            f"Module {layer!r} emits {info.shape or 'no tensor'}, which is not a spatial map "
+            f"({info.reason or 'a single position'}). SALF-CBM needs a map with several positions; "
+            f"try layer={default_layer(backbone, input_size)!r} (the last spatial stage)."
+        )
+    return info
+
+
 class FeatureTap:
     """Capture a ``(B, C, h, w)`` feature map from one module of a backbone.
 
     Construct, then call: configuration goes in the constructor (which probes the
-    layer once to learn its layout), data in the call. The forward hook lives only
-    inside `__call__` and is removed in ``finally``, so no hook outlives a
-    call, whether it succeeds or raises. The user's model is never switched to
+    layer once, on a batch of two images, to learn its layout), data in the call.
+    Calls are thread-safe and re-entrant: while calls are in flight the layer carries
+    one dispatching hook that hands each thread's forward pass to the call that made
+    it; the last call to end removes it (in ``finally``), so no hook outlives the
+    calls, whether they succeed or raise. Every call returns one map per input image
+    (`BatchMismatchError` otherwise). The user's model is never switched to
     ``eval()`` here and its parameters are never touched.
 
     Args:
@@ -319,22 +460,11 @@ class FeatureTap:
         self.stop_early = stop_early
         self.cls_concat = bool(cls_concat)
         if layout is None:
-            (info,) = probe_layers(backbone, input_size, names=[layer]) or [None]
-            if info is None:
-                raise NonSpatialLayerError(
-                    f"Module {layer!r} never ran during a forward pass of {type(backbone).__name__}; "
-                    f"choose a module on the forward path, e.g. {default_layer(backbone, input_size)!r}."
-                )
-            if not info.spatial:
-                suggestion = default_layer(backbone, input_size)
-                raise NonSpatialLayerError(
-                    f"Module {layer!r} emits {info.shape or 'no tensor'}, which is not a spatial map "
-                    f"({info.reason or 'a single position'}). SALF-CBM needs a map with several positions; "
-                    f"try layer={suggestion!r} (the last spatial stage)."
-                )
+            info = _probe_layer(backbone, layer, input_size)
             layout, num_prefix_tokens, self.channels = info.layout, info.num_prefix_tokens, info.channels
-        else:
-            self.channels = None
+            self.element: int | None = info.element
+        else:  # as saved in a config: the map is the first tensor of the output with the input's batch
+            self.channels = self.element = None
         if layout not in ("NCHW", "NHWC", "NLC"):
             raise InputError(f"`layout` must be 'NCHW', 'NHWC' or 'NLC', got {layout!r}.")
         self.layout = layout
@@ -356,9 +486,19 @@ class FeatureTap:
             f"num_prefix_tokens={self.num_prefix_tokens}, cls_concat={self.cls_concat})"
         )
 
-    def to_map(self, out, input_hw: tuple[int, int]) -> torch.Tensor:
-        """Turn what the hooked module emitted into ``(B, C, h, w)``."""
-        t = _first_tensor(out)
+    def to_map(self, out, input_hw: tuple[int, int], batch: int | None = None) -> torch.Tensor:
+        """Turn what the hooked module emitted into ``(B, C, h, w)``.
+
+        With ``batch`` (the number of input images), the map is read from the output's tensor
+        with that batch size, and `BatchMismatchError` is raised when there is none.
+        """
+        try:
+            t = _pick_tensor(out, batch, self.element)[1]
+        except BatchMismatchError as e:
+            raise BatchMismatchError(
+                f"Module {self.layer!r} cannot be read per image: {e}. Its map would mix the images of the "
+                f"batch. Choose a layer whose output has one entry per image (see salfcbm.core.tap.probe_layers)."
+            ) from None
         if self.layout == "NCHW":
             if t.dim() != 4:
                 raise InputError(f"Expected a 4-D NCHW map from {self.layer!r}, got shape {tuple(t.shape)}.")
@@ -385,41 +525,46 @@ class FeatureTap:
         return fmap
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the backbone on ``x`` and return the tapped map ``(B, C, h, w)``."""
+        """Run the backbone on ``x`` and return the tapped map ``(B, C, h, w)``.
+
+        Thread-safe and re-entrant: concurrent calls on one backbone share one dispatching hook
+        (`_capturing`) that hands each call the map of its own forward pass.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise InputError(
                 f"Expected images as a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}."
             )
-        captured: list[torch.Tensor] = []
-        input_hw = (int(x.shape[-2]), int(x.shape[-1]))
-
         # torch.export traces module calls on a stack that an exception would unbalance: there the
         # backbone runs to its end (its classifier head is a few extra FLOPs).
         stop = self.stop_early and not torch.compiler.is_exporting()
+        slot = _Capture(self, x, stop)
+        if torch.compiler.is_compiling():
+            self._run_traced(x, slot)
+        else:
+            with _capturing(self.module, slot):
+                try:
+                    self.backbone(x)
+                except _StopForward as e:
+                    if e.args[0] is not slot:  # pragma: no cover - another call's stop cannot reach here
+                        raise
+        if slot.fmap is None:
+            raise NonSpatialLayerError(
+                f"Module {self.layer!r} did not run during the forward pass; choose a module on the forward path."
+            )
+        return slot.fmap  # its batch is x's (`to_map` reads the tensor with x's batch size)
 
-        def hook(_m, _i, out):
-            captured.append(self.to_map(out, input_hw))
-            if stop:
-                raise _StopForward
-
-        # Under torch.compile the hook goes straight into the module's hook dict (a RemovableHandle
-        # is a graph break); either way it is removed in `finally` and never outlives the call.
-        compiling = torch.compiler.is_compiling()
-        handle = None if compiling else self.module.register_forward_hook(hook)
+    def _run_traced(self, x: torch.Tensor, slot: _Capture) -> None:
+        """The call under torch.compile / torch.export: a RemovableHandle (and a lock) would break the
+        graph, so the hook is put in a copy of the module's hook dict for the traced call. Dynamo
+        records the two attribute stores as side effects; what runs restores the module's own dict
+        object, so eager calls of other threads, whose dispatcher lives in that dict, are untouched."""
         saved = self.module._forward_hooks
-        if compiling:
-            self.module._forward_hooks = {**saved, _COMPILE_HOOK_ID: hook}
+        hooks = {k: v for k, v in saved.items() if not isinstance(v, _Dispatcher)}
+        hooks[_COMPILE_HOOK_ID] = slot.hook
+        self.module._forward_hooks = hooks
         try:
             self.backbone(x)
         except _StopForward:
             pass
         finally:
-            if compiling:
-                self.module._forward_hooks = saved
-            else:
-                handle.remove()
-        if not captured:
-            raise NonSpatialLayerError(
-                f"Module {self.layer!r} did not run during the forward pass; choose a module on the forward path."
-            )
-        return captured[0]
+            self.module._forward_hooks = saved
