@@ -20,6 +20,7 @@ __all__ = [
     "atomic_write_text",
     "replace_files",
     "owned_leftovers",
+    "write_in_progress",
     "clean_staging",
     "sha256_bytes",
     "sha256_file",
@@ -137,16 +138,33 @@ def clean_staging(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def owned_leftovers(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Temporary files ``NAME.tmp-PID-xxxxxxxx`` of ``names`` in ``directory`` whose writer is gone."""
+def _temp_files(directory: Path, names: Iterable[str]) -> list[Path]:
+    """The temporary files ``NAME.tmp-PID-xxxxxxxx`` of `replace_files` for ``names`` in ``directory``."""
     import re
 
-    directory = Path(directory)
     alternatives = "|".join(re.escape(n) for n in names)
     pat = re.compile(rf"^(?:{alternatives}){re.escape(TMP_MARK)}\d+-[0-9a-f]{{8}}$")
-    if not directory.is_dir():
+    try:
+        return [p for p in directory.iterdir() if pat.match(p.name)]
+    except OSError:
         return []
-    return [p for p in directory.iterdir() if pat.match(p.name) and not writer_alive(p.name)]
+
+
+def owned_leftovers(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Temporary files of `replace_files` for ``names`` in ``directory`` whose writer is gone."""
+    return [p for p in _temp_files(Path(directory), names) if not writer_alive(p.name)]
+
+
+def write_in_progress(directory: str | os.PathLike, names: Iterable[str]) -> bool:
+    """Whether a live process (this one included) is in a `replace_files` call for ``names`` in ``directory``."""
+    for p in _temp_files(Path(directory), names):
+        try:
+            pid = int(p.name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or writer_alive(p.name):
+            return True
+    return False
 
 
 def replace_files(directory: str | os.PathLike, files: Sequence[tuple[str, bytes | str]]) -> Path:

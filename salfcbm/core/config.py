@@ -184,7 +184,8 @@ class ModelConfig:
         if self.feature_channels is not None and not _is_int(self.feature_channels):
             raise _fail("feature_channels", self.feature_channels, "a positive int")
         if self.num_prefix_tokens is not None and not _is_int(self.num_prefix_tokens, 0, lim["prefix_tokens"]):
-            raise _fail("num_prefix_tokens", self.num_prefix_tokens, f"an int in 0..{lim['prefix_tokens']}")
+            raise _fail("num_prefix_tokens", self.num_prefix_tokens,
+                        f"an int in 0..{lim['prefix_tokens']} (CONFIG_LIMITS)")
         for key in ("layer", "layout", "backbone_fingerprint", "weights_sha256"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise _fail(key, getattr(self, key), "a string or null")

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from salfcbm._utils.io import replace_files, sha256_bytes
+from salfcbm._utils.io import replace_files, sha256_bytes, write_in_progress
 from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.errors import (
@@ -66,7 +66,7 @@ CARD_MARK = "<!-- salfcbm model card, sha256="  # the card's last line: the SHA-
 MAX_CONFIG_BYTES = 64 << 20  # a config.json with 100k long concept names is ~10 MB
 MAX_JSON_DEPTH = 32  # a salfcbm config nests 4 levels (backbone kwargs); json.loads recurses
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the header
-_READ_ATTEMPTS = 5
+_READ_ATTEMPTS = 40  # x _READ_PAUSE_S: a reader waits up to 2 s for a save in progress
 _READ_PAUSE_S = 0.05
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -367,11 +367,13 @@ def _signature(*paths: str) -> tuple:
 def read_model_files(config_file: str, weights_file: str, *, verify: bool = True) -> tuple[ModelConfig, bytes]:
     """Read ``config.json`` and ``model.safetensors`` once each and, with ``verify``, check they are one save.
 
-    Each check runs on the very bytes that are parsed. A pair that disagrees while the files
-    change under us (a writer between its replaces) is read again, up to `_READ_ATTEMPTS` times;
-    a pair that disagrees and stays put is a `ChecksumError`.
+    Each check runs on the very bytes that are parsed. A pair that disagrees while a save is at
+    work (the files change under us, or a live writer's temporary files are in the folder) is
+    read again, up to `_READ_ATTEMPTS` times; a pair that disagrees with no writer at work (a
+    corrupt file, or a save killed between its replaces) is a `ChecksumError` at once.
     """
     problem: ChecksumError | None = None
+    folder = os.path.dirname(os.path.abspath(config_file))
     for _ in range(_READ_ATTEMPTS):
         before = _signature(config_file, weights_file)
         config = parse_config(_read_bytes(config_file, limit=MAX_CONFIG_BYTES, what=ConfigError), config_file)
@@ -380,7 +382,7 @@ def read_model_files(config_file: str, weights_file: str, *, verify: bool = True
         if problem is None:
             return config, data
         time.sleep(_READ_PAUSE_S)
-        if _signature(config_file, weights_file) == before:
+        if _signature(config_file, weights_file) == before and not write_in_progress(folder, OWNED_FILES):
             break  # nobody is writing: the files on disk disagree
     raise problem
 
