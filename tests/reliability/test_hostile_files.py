@@ -307,3 +307,12 @@ def test_fuzz_well_formed_safetensors_of_any_content(tensors):
                  for k, (shape, dtype, v) in tensors.items()}
         _sign(folder, state=state)
         _outcome(folder)
+
+
+def test_the_cli_does_not_take_a_backbone_location_from_the_file(saved):
+    from salfcbm import cli
+
+    spec = {"source": "timm", "name": "local-dir:/somewhere", "weights": None, "kwargs": {}}
+    _sign(saved, config=_cfg(saved, backbone=spec))
+    with pytest.raises(BackboneSpecError, match="trust_backbone_source"):
+        cli._spec_name(saved)  # `salfcbm explain --backbone-weights ...` names the backbone from config.json
