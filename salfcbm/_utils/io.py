@@ -150,21 +150,41 @@ def _temp_files(directory: Path, names: Iterable[str]) -> list[Path]:
         return []
 
 
+def _live(name: str) -> bool:
+    """Whether the writer of temporary file ``name`` runs (this process counts: another thread may be writing)."""
+    try:
+        pid = int(name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    return pid == os.getpid() or writer_alive(name)
+
+
 def owned_leftovers(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Temporary files of `replace_files` for ``names`` in ``directory`` whose writer is gone."""
-    return [p for p in _temp_files(Path(directory), names) if not writer_alive(p.name)]
+    """Temporary files of `replace_files` for ``names`` in ``directory`` whose writer process is gone."""
+    return [p for p in _temp_files(Path(directory), names) if not _live(p.name)]
 
 
 def write_in_progress(directory: str | os.PathLike, names: Iterable[str]) -> bool:
     """Whether a live process (this one included) is in a `replace_files` call for ``names`` in ``directory``."""
-    for p in _temp_files(Path(directory), names):
-        try:
-            pid = int(p.name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
-        except (IndexError, ValueError):
-            continue
-        if pid == os.getpid() or writer_alive(p.name):
-            return True
-    return False
+    return any(_live(p.name) for p in _temp_files(Path(directory), names))
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path):
+    """An exclusive ``flock`` on the folder itself (no lock file is created); a no-op where unsupported."""
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def replace_files(directory: str | os.PathLike, files: Sequence[tuple[str, bytes | str]]) -> Path:
@@ -175,7 +195,8 @@ def replace_files(directory: str | os.PathLike, files: Sequence[tuple[str, bytes
     with ``os.replace``, in the given order. Nothing else in ``directory`` changes: other files,
     subfolders, the folder's permissions and owner, a symlink to it (the files are written
     through it). A replaced file keeps the permission bits (and, where allowed, the owner) of
-    the file it replaces. Temporary files of killed calls are removed first.
+    the file it replaces. Temporary files of killed calls are removed first. The replaces run
+    under an exclusive ``flock`` of the folder, so concurrent calls never interleave them.
 
     Examples:
         >>> import tempfile
@@ -205,8 +226,9 @@ def replace_files(directory: str | os.PathLike, files: Sequence[tuple[str, bytes
             _keep_mode_and_owner(final, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        for tmp, final in temps:
-            os.replace(tmp, final)
+        with _directory_lock(directory):  # two saves into one folder replace their files as whole sets
+            for tmp, final in temps:
+                os.replace(tmp, final)
     except BaseException:
         for tmp, _ in temps:
             with contextlib.suppress(OSError):

@@ -255,3 +255,27 @@ def test_a_reader_in_another_thread_gets_one_consistent_model(tmp_path):
         stop.set()
         t.join()
     assert not errors and all(len(h) == 1 for h in hits), (errors, hits)
+
+
+def test_two_threads_saving_into_one_folder_leave_one_consistent_model(tmp_path):
+    """Each thread's files are replaced as a set (and no thread removes another's temporary files)."""
+    import threading
+
+    out = tmp_path / "m"
+    M.model(0).save_pretrained(out)
+    models, errors = [M.model(0), M.model(1)], []
+
+    def write(m):
+        for _ in range(15):
+            try:
+                m.save_pretrained(out)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert _which(out) in (0, 1) and not _temps(out)
