@@ -521,9 +521,9 @@ def check_outputs_finite(model: Any, model_id: str) -> None:
     h, w = cfg.input_size
     x = torch.stack([torch.rand(3, h, w, generator=g), torch.ones(3, h, w)])
     x = (x - torch.tensor(cfg.input_mean).view(1, 3, 1, 1)) / torch.tensor(cfg.input_std).view(1, 3, 1, 1)
-    device, _ = module_device_dtype(model)
     with torch.no_grad(), preserved_modes(model, mode=False):
-        out = model(x.to(device))
+        fmap = model.forward_features(x.to(module_device_dtype(model.backbone)[0]))  # the backbone's device
+        out = model.output_from_features(fmap.to(module_device_dtype(model.bottleneck)[0]))  # the adapter's
     bad = [k for k in ("logits", "concept_activations") if not torch.isfinite(out[k]).all()]
     if bad:
         w_max = max(float(v.abs().max()) for v in model.adapter_state_dict().values() if v.numel())
