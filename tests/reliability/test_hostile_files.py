@@ -316,3 +316,30 @@ def test_the_cli_does_not_take_a_backbone_location_from_the_file(saved):
     _sign(saved, config=_cfg(saved, backbone=spec))
     with pytest.raises(BackboneSpecError, match="trust_backbone_source"):
         cli._spec_name(saved)  # `salfcbm explain --backbone-weights ...` names the backbone from config.json
+
+
+def _depth(o) -> int:
+    if isinstance(o, list):
+        return 1 + max((_depth(x) for x in o), default=0)
+    if isinstance(o, dict):
+        return 1 + max((_depth(x) for x in o.values()), default=0)
+    return 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(value=st.recursive(st.text(alphabet='[]{}"\\ab', max_size=8) | st.integers(),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                              st.text(alphabet='[]{}"\\', max_size=4), inner, max_size=3), max_leaves=20),
+)
+def test_json_depth_counts_exactly_what_json_nests(value):
+    """Brackets, quotes and backslashes inside strings never count."""
+    assert persistence.json_depth(json.dumps(value).encode()) == _depth(value)
+
+
+@pytest.mark.parametrize("pad", range(4))
+def test_json_depth_across_its_blocks(pad):
+    """A run of backslashes or a string that spans the 1 MiB blocks of the pass."""
+    value = [[['"[[', "\\]"]], {"a": ["{"]}]
+    for filler in ("\\" * ((1 << 19) - 2), "[" * ((1 << 20) - 3)):
+        text = json.dumps(["x" * pad + filler, value]).encode()
+        assert persistence.json_depth(text) == 1 + _depth(value) == 4
