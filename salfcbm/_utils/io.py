@@ -246,7 +246,8 @@ def _keep_mode_and_owner(old: Path, new: Path) -> None:
         st = os.stat(old)
     except OSError:
         return
-    os.chmod(new, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(OSError):  # a filesystem without modes (vfat, some FUSE) keeps its own
+        os.chmod(new, stat.S_IMODE(st.st_mode))
     mine = os.stat(new)
     if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
         with contextlib.suppress(OSError):

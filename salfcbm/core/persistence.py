@@ -149,7 +149,7 @@ def card_is_ours(path: str | os.PathLike) -> bool:
     A card salfcbm writes ends with a line carrying the SHA-256 of the text above it; a card
     without that line counts as salfcbm's only if it is an unmarked card of salfcbm < 0.3 (front
     matter ``library_name: salfcbm`` and the ``# SALF-CBM on`` title). Your own ``README.md``,
-    and a salfcbm card you edited, are left as they are.
+    a salfcbm card you edited, and a ``README.md`` that is a symlink are left as they are.
 
     Examples:
         >>> import tempfile; p = Path(tempfile.mkdtemp()) / "README.md"
@@ -164,7 +164,7 @@ def card_is_ours(path: str | os.PathLike) -> bool:
     if not os.path.lexists(path):
         return True
     try:
-        if not path.is_file() or path.stat().st_size > (4 << 20):
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > (4 << 20):
             return False
         text = path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):

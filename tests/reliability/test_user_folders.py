@@ -100,6 +100,11 @@ def test_the_card_is_written_only_when_absent_or_ours(tmp_path):
     (out / "README.md").write_text(legacy)  # an unmarked card written by salfcbm < 0.3
     M.model(0).save_pretrained(out)
     assert (out / "README.md").read_text() == ours
+    (tmp_path / "shared.md").write_text(ours)
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(tmp_path / "shared.md")  # a symlinked card is the user's: link and target kept
+    other.save_pretrained(out)
+    assert (out / "README.md").is_symlink() and (tmp_path / "shared.md").read_text() == ours
 
 
 @pytest.mark.parametrize("mode", [0o700, 0o2770, 0o755])
