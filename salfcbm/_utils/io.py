@@ -299,7 +299,7 @@ def read_checked_metadata(path: str | os.PathLike) -> dict[str, str] | None:
         if not isinstance(meta, dict):
             return None
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError):
         return None
     if size != 8 + n + max(ends, default=0) or SHA_KEY not in meta:
         return None

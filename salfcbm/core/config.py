@@ -150,8 +150,7 @@ class ModelConfig:
     def _check_concepts(self) -> None:
         c = self.concepts
         if isinstance(c, str) or not isinstance(c, (list, tuple)) or not c:
-            raise _fail("concepts", c if not isinstance(c, (list, tuple, dict)) else type(c).__name__,
-                        "a non-empty list of concept strings, e.g. ['water', 'a beak']")
+            raise _fail("concepts", c, "a non-empty list of concept strings, e.g. ['water', 'a beak']")
         if len(c) > CONFIG_LIMITS["concepts"]:
             raise ConfigError(
                 f"The model config lists {len(c)} concepts; salfcbm takes at most {CONFIG_LIMITS['concepts']} "
