@@ -356,6 +356,9 @@ def _spec_name(path: Path | None) -> str:
     spec = json.loads((path / "config.json").read_text()).get("backbone") if path else None
     if not spec or spec.get("source") not in ("timm", "torchvision"):
         raise BackboneSpecError("--backbone-weights needs --backbone NAME for this model (its backbone is not named).")
+    from salfcbm.core.persistence import check_backbone_source
+
+    check_backbone_source(spec, str(path), trusted=False)  # a location in a file (local-dir:, hf-hub:) is no name
     return f"{spec['source']}:{spec['name']}"
 
 

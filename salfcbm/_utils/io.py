@@ -7,9 +7,10 @@ real one; the previous version of the file stays intact.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -17,7 +18,9 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
-    "atomic_directory",
+    "replace_files",
+    "owned_leftovers",
+    "write_in_progress",
     "clean_staging",
     "sha256_bytes",
     "sha256_file",
@@ -99,29 +102,7 @@ def verify_once(path: str | os.PathLike, check: Callable[[], bool], digest: str 
     return True
 
 
-# -- atomic directories -----------------------------------------------------------------
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: the filesystem cannot exchange
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
+# -- owned files in a user's folder -------------------------------------------------------
 def writer_alive(name: str) -> bool:
     """Whether the process that is writing temporary file ``name`` (``...tmp-PID-xxxx``) still runs."""
     try:
@@ -140,73 +121,137 @@ def writer_alive(name: str) -> bool:
 
 
 def clean_staging(target: str | os.PathLike) -> list[Path]:
-    """Remove staging directories of interrupted `atomic_directory` calls for ``target``."""
+    """Remove the staging directories ``.NAME.tmp-PID-xxxx`` next to ``target`` left by killed saves
+    of salfcbm versions that swapped whole folders (before `replace_files`)."""
     import re
     import shutil
 
     target = Path(target)
-    pat = re.compile(rf"^\.{re.escape(target.name)}{re.escape(TMP_MARK)}\d+-[0-9a-f]+$")
-    removed = []
-    if not target.parent.is_dir():
+    removed: list[Path] = []
+    if not target.name or not target.parent.is_dir():
         return removed
+    pat = re.compile(rf"^\.{re.escape(target.name)}{re.escape(TMP_MARK)}\d+-[0-9a-f]+$")
     for p in target.parent.iterdir():
-        if pat.match(p.name) and not writer_alive(p.name):
+        if pat.match(p.name) and p.is_dir() and not p.is_symlink() and not writer_alive(p.name):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
 
 
-def atomic_directory(target: str | os.PathLike, write: Callable[[Path], object], *, keep: Callable[[str], bool]) -> Path:
-    """Fill a staging directory with ``write(staging)`` and swap it in for ``target`` in one step.
+def _temp_files(directory: Path, names: Iterable[str]) -> list[Path]:
+    """The temporary files ``NAME.tmp-PID-xxxxxxxx`` of `replace_files` for ``names`` in ``directory``."""
+    import re
 
-    Files of an existing ``target`` that ``keep(name)`` accepts are carried over (hard
-    links, else copies). Until the swap, ``target`` is untouched; after it, ``target``
-    holds only complete new files. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)``;
-    elsewhere the files are moved in one by one (each move atomic). Leftover staging
-    directories of killed calls are removed first.
-    """
-    import shutil
-
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{str(target)!r} exists and is not a directory.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_staging(target)
-    staging = target.parent / f".{target.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    alternatives = "|".join(re.escape(n) for n in names)
+    pat = re.compile(rf"^(?:{alternatives}){re.escape(TMP_MARK)}\d+-[0-9a-f]{{8}}$")
     try:
-        if target.is_dir():
-            _carry_over(target, staging, keep)
-        write(staging)
-        _fsync_tree(staging)
-        if not target.exists():
-            os.rename(staging, target)
-        elif _exchange(staging, target):
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            for p in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
-                os.replace(p, target / p.name)
-            shutil.rmtree(staging, ignore_errors=True)
-        _fsync_dir(target.parent)
+        return [p for p in directory.iterdir() if pat.match(p.name)]
+    except OSError:
+        return []
+
+
+def _live(name: str) -> bool:
+    """Whether the writer of temporary file ``name`` runs (this process counts: another thread may be writing)."""
+    try:
+        pid = int(name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    return pid == os.getpid() or writer_alive(name)
+
+
+def owned_leftovers(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Temporary files of `replace_files` for ``names`` in ``directory`` whose writer process is gone."""
+    return [p for p in _temp_files(Path(directory), names) if not _live(p.name)]
+
+
+def write_in_progress(directory: str | os.PathLike, names: Iterable[str]) -> bool:
+    """Whether a live process (this one included) is in a `replace_files` call for ``names`` in ``directory``."""
+    return any(_live(p.name) for p in _temp_files(Path(directory), names))
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path):
+    """An exclusive ``flock`` on the folder itself (no lock file is created); a no-op where unsupported."""
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def replace_files(directory: str | os.PathLike, files: Sequence[tuple[str, bytes | str]]) -> Path:
+    """Write ``files`` (``(name, data)`` pairs; ``str`` data as UTF-8) into ``directory``, touching nothing else.
+
+    Every file is first written in full to a temporary file in ``directory`` itself (so a full
+    disk fails before anything is replaced) and flushed; then each is moved over the old one
+    with ``os.replace``, in the given order. Nothing else in ``directory`` changes: other files,
+    subfolders, the folder's permissions and owner, a symlink to it (the files are written
+    through it). A replaced file keeps the permission bits (and, where allowed, the owner) of
+    the file it replaces. Temporary files of killed calls are removed first. The replaces run
+    under an exclusive ``flock`` of the folder, so concurrent calls never interleave them.
+
+    Examples:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); _ = (d / "mine.txt").write_text("kept")
+        >>> _ = replace_files(d, [("a.bin", b"1"), ("b.json", b"{}")])
+        >>> sorted(p.name for p in d.iterdir()), (d / "mine.txt").read_text()
+        (['a.bin', 'b.json', 'mine.txt'], 'kept')
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(directory))
+    directory.mkdir(parents=True, exist_ok=True)
+    clean_staging(directory)
+    for p in owned_leftovers(directory, [name for name, _ in files]):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files:
+            final = directory / name
+            tmp = directory / f"{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            temps.append((tmp, final))
+            if isinstance(data, str):
+                tmp.write_text(data, encoding="utf-8", newline="")
+            else:
+                tmp.write_bytes(data)
+            _keep_mode_and_owner(final, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        with _directory_lock(directory):  # two saves into one folder replace their files as whole sets
+            for tmp, final in temps:
+                os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
-    return target
+    _fsync_dir(directory)
+    return directory
 
 
-def _carry_over(src: Path, dst: Path, keep: Callable[[str], bool]) -> None:
-    import shutil
+def _keep_mode_and_owner(old: Path, new: Path) -> None:
+    """Give ``new`` the permission bits (and, where allowed, the owner) of ``old`` if it exists."""
+    import stat
 
-    for p in src.iterdir():
-        if not keep(p.name) or TMP_MARK in p.name:
-            continue
-        if p.is_dir():
-            shutil.copytree(p, dst / p.name)
-            continue
-        try:
-            os.link(p, dst / p.name)
-        except OSError:
-            shutil.copy2(p, dst / p.name)
+    try:
+        st = os.stat(old)
+    except OSError:
+        return
+    with contextlib.suppress(OSError):  # a filesystem without modes (vfat, some FUSE) keeps its own
+        os.chmod(new, stat.S_IMODE(st.st_mode))
+    mine = os.stat(new)
+    if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
+        with contextlib.suppress(OSError):
+            os.chown(new, st.st_uid, st.st_gid)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -216,14 +261,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in root.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(root)
 
 
 # -- checked safetensors: a SHA-256 of the data section in the header's metadata ----------
@@ -262,7 +299,7 @@ def read_checked_metadata(path: str | os.PathLike) -> dict[str, str] | None:
         if not isinstance(meta, dict):
             return None
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError):
         return None
     if size != 8 + n + max(ends, default=0) or SHA_KEY not in meta:
         return None

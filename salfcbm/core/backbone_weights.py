@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from salfcbm._utils.io import sha256_bytes, sha256_file, verify_once
+from salfcbm._utils.io import sha256_bytes
 from salfcbm.core.backbones import build_backbone
 from salfcbm.errors import BackboneSpecError, ChecksumError, ConfigMismatchError, InputError, WeightsFormatError
 
-__all__ = ["BACKBONE_WEIGHTS_NAME", "unrebuildable_reason", "wants_saving", "write_backbone", "saved_backbone",
+__all__ = ["BACKBONE_WEIGHTS_NAME", "unrebuildable_reason", "wants_saving", "backbone_bytes", "saved_backbone",
            "state_megabytes", "card_fields", "mismatch_advice"]
 
 logger = logging.getLogger("salfcbm")
@@ -73,16 +73,15 @@ def state_megabytes(backbone: nn.Module) -> float:
     return sum(v.numel() * v.element_size() for v in backbone.state_dict().values()) / 1e6
 
 
-def write_backbone(backbone: nn.Module, directory: Path, spec: dict[str, Any] | None, *, frozen: bool = True) -> str:
-    """Write ``backbone.safetensors`` into ``directory``; returns its SHA-256 (logs the MB written)."""
+def backbone_bytes(backbone: nn.Module, spec: dict[str, Any] | None, *, frozen: bool = True) -> bytes:
+    """The bytes of ``backbone.safetensors`` for ``backbone`` (logs the MB a save writes)."""
     from safetensors.torch import save
 
     data = save(_state(backbone))
-    (Path(directory) / BACKBONE_WEIGHTS_NAME).write_bytes(data)
     why = unrebuildable_reason(spec, frozen=frozen) or "asked for with save_backbone=True"
-    logger.info("Saved the backbone's weights (%.1f MB) as %s: the backbone is %s. Pass save_backbone=False to "
+    logger.info("Saving the backbone's weights (%.1f MB) as %s: the backbone is %s. Pass save_backbone=False to "
                 "save the adapter only.", len(data) / 1e6, BACKBONE_WEIGHTS_NAME, why)
-    return sha256_bytes(data)
+    return data
 
 
 # ----------------------------------------------------------------------------- loading
@@ -129,12 +128,14 @@ def saved_backbone(config: Any, weights_file: str, model_id: str, *, verify: boo
             + _custom_advice(name, str(model_id))
         )
     path = _locate(weights_file, str(model_id), hub_kwargs or {})
-    if verify and not verify_once(path, lambda: sha256_file(path) == expected, expected):
+    data = _read_bytes(path)  # read once: the checksum is checked on the bytes that are parsed
+    if verify and sha256_bytes(data) != expected:
         raise ChecksumError(
             f"{path} does not match the SHA-256 recorded in config.json: the file is corrupt or comes from another "
             "save. Re-download the model or save it again; do not mix files of different saves."
         )
-    state = _read(path)
+    state = _parse(data, path)
+    del data
     module = build_backbone({**spec, "weights": None})  # the architecture only: no pretrained download
     try:
         module.load_state_dict(state, strict=True)
@@ -146,12 +147,20 @@ def saved_backbone(config: Any, weights_file: str, model_id: str, *, verify: boo
     return module
 
 
-def _read(path: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise WeightsFormatError(f"Could not read {path} ({e.strerror or e}). Save the model again or re-download "
+                                 "it.") from None
+
+
+def _parse(data: bytes, path: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+        return load(data)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise WeightsFormatError(f"Could not read {path} as safetensors ({e}); the file is corrupt or truncated. "
                                  "Save the model again or re-download it.") from None

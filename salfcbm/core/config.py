@@ -10,25 +10,56 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from salfcbm.core.backbones import normalize_spec
 from salfcbm.core.images import CROP_MODES, INTERPOLATIONS
 from salfcbm.errors import ConfigError, closest
 
-__all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS"]
+__all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS", "CONFIG_LIMITS", "repeated"]
 
 CONFIG_VERSION = 3  # 3: the image geometry (input_crop_pct, input_crop_mode, input_interpolation)
 POOLINGS = ("mean", "softmax", "max")
 
+#: The largest sizes a model config may name. A ``config.json`` is checked against them before
+#: anything is allocated (a file asking for a 100000 px input is refused, not run), and `wrap`
+#: refuses them too, so every model salfcbm saves loads again.
+CONFIG_LIMITS: Mapping[str, int] = MappingProxyType({
+    "input_side": 4096,  # each side of input_size, in pixels
+    "grid_side": 64,  # each side of the prompting grid
+    "concepts": 100_000,
+    "classes": 100_000,
+    "prefix_tokens": 4096,  # num_prefix_tokens
+})
 
-def _is_int(v: Any, lo: int = 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+def _is_int(v: Any, lo: int = 1, hi: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
 
 
-def _is_pair(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) for x in v)
+def _is_pair(v: Any, hi: int | None = None) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x, 1, hi) for x in v)
+
+
+def repeated(items: Any) -> list:
+    """The items that occur more than once, sorted (one pass with a dict: linear, not quadratic).
+
+    Examples:
+        >>> repeated(["a", "b", "a", "c", "b", "a"])
+        ['a', 'b']
+    """
+    seen: dict = {}
+    for x in items:
+        seen[x] = seen.get(x, 0) + 1
+    return sorted(x for x, n in seen.items() if n > 1)
+
+
+def _repeated_message(dupes: list) -> str:
+    shown = ", ".join(repr(d) for d in dupes[:10]) + (f" and {len(dupes) - 10} more" if len(dupes) > 10 else "")
+    return f"Concept names must be unique; repeated: [{shown}]. Deduplicate the list."
 
 
 def _floats(v: Any, n: int = 3) -> bool:
@@ -37,8 +68,10 @@ def _floats(v: Any, n: int = 3) -> bool:
 
 
 def _fail(key: str, got: Any, expected: str) -> ConfigError:
+    shown = repr(got)
+    shown = shown if len(shown) <= 200 else f"{shown[:200]}... ({len(shown)} characters)"
     return ConfigError(
-        f"Model config {key!r} is {got!r}; expected {expected}. Fix config.json (or the argument), or save the "
+        f"Model config {key!r} is {shown}; expected {expected}. Fix config.json (or the argument), or save the "
         "model again with `save_pretrained`."
     )
 
@@ -122,19 +155,25 @@ class ModelConfig:
         c = self.concepts
         if isinstance(c, str) or not isinstance(c, (list, tuple)) or not c:
             raise _fail("concepts", c, "a non-empty list of concept strings, e.g. ['water', 'a beak']")
+        if len(c) > CONFIG_LIMITS["concepts"]:
+            raise ConfigError(
+                f"The model config lists {len(c)} concepts; salfcbm takes at most {CONFIG_LIMITS['concepts']} "
+                "(CONFIG_LIMITS['concepts']). Select fewer concepts, or check that config.json is the one you saved."
+            )
         bad = [x for x in c if not isinstance(x, str) or not x.strip()]
         if bad:
             raise _fail("concepts", bad[:5], "only non-empty strings (no numbers or None)")
-        dupes = sorted({x for x in c if c.count(x) > 1})
+        dupes = repeated(c)
         if dupes:
-            raise ConfigError(f"Concept names must be unique; repeated: {dupes}. Deduplicate the list.")
+            raise ConfigError(_repeated_message(dupes))
         object.__setattr__(self, "concepts", list(c))
 
     def _check_fields(self) -> None:
-        if not _is_int(self.num_classes):
-            raise _fail("num_classes", self.num_classes, "a positive int")
-        if not _is_pair(self.grid):
-            raise _fail("grid", self.grid, "a pair of positive ints [H~, W~]")
+        lim = CONFIG_LIMITS
+        if not _is_int(self.num_classes, 1, lim["classes"]):
+            raise _fail("num_classes", self.num_classes, f"a positive int <= {lim['classes']} (CONFIG_LIMITS)")
+        if not _is_pair(self.grid, lim["grid_side"]):
+            raise _fail("grid", self.grid, f"a pair of ints [H~, W~] in 1..{lim['grid_side']} (CONFIG_LIMITS)")
         if self.pooling not in POOLINGS:
             raise _fail("pooling", self.pooling, f"one of {POOLINGS}")
         if self.bottleneck_bias is not None and not isinstance(self.bottleneck_bias, bool):
@@ -147,13 +186,15 @@ class ModelConfig:
             raise _fail("class_names", names, f"null or a list of {self.num_classes} strings (one per class)")
         if self.feature_channels is not None and not _is_int(self.feature_channels):
             raise _fail("feature_channels", self.feature_channels, "a positive int")
-        if self.num_prefix_tokens is not None and not _is_int(self.num_prefix_tokens, 0):
-            raise _fail("num_prefix_tokens", self.num_prefix_tokens, "an int >= 0")
+        if self.num_prefix_tokens is not None and not _is_int(self.num_prefix_tokens, 0, lim["prefix_tokens"]):
+            raise _fail("num_prefix_tokens", self.num_prefix_tokens,
+                        f"an int in 0..{lim['prefix_tokens']} (CONFIG_LIMITS)")
         for key in ("layer", "layout", "backbone_fingerprint", "weights_sha256", "backbone_weights_sha256"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise _fail(key, getattr(self, key), "a string or null")
-        if not _is_pair(self.input_size):
-            raise _fail("input_size", self.input_size, "a pair of positive ints [H, W]")
+        if not _is_pair(self.input_size, lim["input_side"]):
+            raise _fail("input_size", self.input_size,
+                        f"a pair of ints [H, W] in 1..{lim['input_side']} pixels (CONFIG_LIMITS)")
         if not _floats(self.input_mean):
             raise _fail("input_mean", self.input_mean, "three finite numbers")
         if not _floats(self.input_std) or min(self.input_std) <= 0:

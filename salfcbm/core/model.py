@@ -20,7 +20,7 @@ from torch import nn
 from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.core import persistence
 from salfcbm.core.backbones import build_backbone, infer_spec, normalize_spec, parse_backbone_name
-from salfcbm.core.config import POOLINGS, ModelConfig
+from salfcbm.core.config import POOLINGS, ModelConfig, repeated
 from salfcbm.core.images import ImageTransform, resolve_transform
 from salfcbm._utils.tensors import grid_mean_weights
 from salfcbm.core.outputs import SALFCBMClassifier, SALFCBMOutput
@@ -291,9 +291,9 @@ class SALFCBM(
         idx = [self.concept_index(k) for k in keep]
         if not idx:
             raise InputError("select_concepts needs at least one concept to keep.")
-        repeated = sorted({self.concepts[i] for i in idx if idx.count(i) > 1})
-        if repeated:
-            raise InputError(f"select_concepts got the same concept more than once: {repeated}. List each once.")
+        twice = [self.concepts[i] for i in repeated(idx)]
+        if twice:
+            raise InputError(f"select_concepts got the same concept more than once: {twice}. List each once.")
         t = torch.tensor(idx, device=self.bottleneck.weight.device)
         conv = nn.Conv2d(self.bottleneck.in_channels, len(idx), kernel_size=1,
                          bias=self.bottleneck.bias is not None).to(
@@ -636,7 +636,7 @@ class SALFCBM(
     def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: dict | None = None,
                         save_backbone: bool | str = "auto", **push_to_hub_kwargs):
-        """Save ``model.safetensors``, ``config.json`` and ``README.md`` to ``save_directory``, all or nothing.
+        """Save ``model.safetensors``, ``config.json`` and ``README.md`` to ``save_directory``, touching nothing else.
 
         ``save_backbone="auto"`` also saves the backbone's own weights as ``backbone.safetensors``
         when its spec cannot rebuild them (a random init, weights from a local file, a backbone
@@ -644,10 +644,13 @@ class SALFCBM(
         ``backbone=``; the MB written are logged and stated on the model card. ``True`` always
         saves them, ``False`` never (then loading needs ``backbone=``).
 
-        The new files are written aside and swapped in with one atomic rename, so a kill or a
-        full disk at any point leaves the previous model loadable; leftovers of an interrupted
-        save are removed by the next one. ``config.json`` records a SHA-256 of the weights and
-        the backbone's weights fingerprint (see `salfcbm.core.persistence`).
+        Only the files the save owns are written (the card only if absent or written by salfcbm
+        and not edited since), each to a temporary file in the folder and moved over the old one
+        atomically; your other files, subfolders, permissions and symlinks stay as they were. A
+        full disk or a kill while writing leaves the previous model; a kill between the replaces
+        is detected on load (`ChecksumError`) and the next save repairs it.
+        ``config.json`` records a SHA-256 of the weights and the backbone's weights fingerprint
+        (see `salfcbm.core.persistence`).
         """
         persistence.save_model(self, save_directory, save_backbone=save_backbone)
         if push_to_hub:
@@ -683,6 +686,7 @@ class SALFCBM(
         backbone: nn.Module | None = None,
         verify: bool = True,
         verify_backbone: bool = True,
+        trust_backbone_source: bool = False,
         map_location: str = "cpu",
         force_download: bool = False,
         token: str | bool | None = None,
@@ -706,6 +710,9 @@ class SALFCBM(
                 ``backbone.safetensors`` (see `save_pretrained`) is loaded on the spec's architecture.
             verify: check the checksums of ``model.safetensors`` and ``config.json``.
             verify_backbone: refuse a backbone whose weights differ from the saved fingerprint.
+            trust_backbone_source: follow a backbone name from ``config.json`` that is a location
+                (timm's ``local-dir:PATH`` or ``hf-hub:REPO``); refused by default, since anyone can
+                write (and re-sign) a file that points at any folder or repository.
             map_location: device the adapter's tensors are loaded to.
             force_download: Hub option.
             token: Hub option.
@@ -716,9 +723,12 @@ class SALFCBM(
 
         Raises:
             ModelNotFoundError: the path does not exist (and is no reachable Hub repo).
-            ConfigError: ``config.json`` is not valid JSON or breaks the schema.
+            ConfigError: ``config.json`` is not valid JSON, too large or deep, breaks the schema or names sizes
+                beyond `salfcbm.core.config.CONFIG_LIMITS`.
+            BackboneSpecError: the saved backbone name is a location and ``trust_backbone_source`` is off.
             ChecksumError: a file does not match the checksum recorded when it was saved.
-            WeightsFormatError: not safetensors, pickle files, backbone tensors, NaN/inf, wrong dtypes.
+            WeightsFormatError: not safetensors (or a header beyond the file), pickle files, backbone tensors,
+                NaN/inf, wrong dtypes, non-finite outputs on a probe batch.
             BackboneMismatchError: the backbone's weights are not the saved ones.
             ConfigMismatchError: the weights do not fit the config or the backbone.
         """
@@ -726,7 +736,8 @@ class SALFCBM(
                    local_files_only=local_files_only, revision=revision)
         model = persistence.load_model(cls, pretrained_model_name_or_path, backbone=backbone, verify=verify,
                                        verify_backbone=verify_backbone, map_location=map_location, hub_kwargs=hub,
-                                       overrides=config_overrides)
+                                       overrides=config_overrides,
+                                       trust_backbone_source=trust_backbone_source)
         with preserved_modes(backbone):  # eval mode, as Hugging Face loads; your backbone keeps its own flags
             return model.eval()
 
@@ -752,9 +763,10 @@ def _check_concepts(concepts) -> None:
     if bad:
         raise InputError(f"Every concept must be a non-empty string; got {bad[:5]!r} in `concepts`. "
                          "Convert or remove those entries.")
-    dupes = sorted({c for c in concepts if concepts.count(c) > 1})
+    dupes = repeated(concepts)  # linear: wrap takes 100k concepts
     if dupes:
-        raise InputError(f"Concept names must be unique; repeated: {dupes}. Deduplicate the list.")
+        raise InputError(f"Concept names must be unique; repeated: {dupes[:10]}{' ...' if len(dupes) > 10 else ''}. "
+                         "Deduplicate the list.")
 
 
 def wrap(
