@@ -2,9 +2,11 @@
 
 Every subcommand has ``--help`` (with defaults) and ``--quiet``; long steps show one
 labelled progress bar per stage; training writes a run directory with ``args.json``,
-``metrics.json`` and the saved model. A user error (a missing file, a bad argument, a
+``metrics.json`` and the saved model. Every value is checked at parse time (bounded numbers,
+path kinds, devices, conflicting flags). A user error (a missing file, a bad argument, a
 corrupt image, any `SalfCBMError`) ends with one line, ``salfcbm: error: ...``, and exit
-code 2; set ``SALFCBM_DEBUG=1`` to see the Python traceback instead.
+code 2; set ``SALFCBM_DEBUG=1`` to see the Python traceback instead. SIGINT and SIGTERM end
+with one line and exit codes 130 and 143.
 """
 
 from __future__ import annotations
@@ -390,7 +392,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-class _UsageError(Exception):
+class _BadUsage(Exception):
     """A bad command line, raised by `_Parser.error` so `main` can print it as one line."""
 
     def __init__(self, prog: str, message: str):
@@ -401,7 +403,7 @@ class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors become one line (``salfcbm: error: ...``) instead of usage + message."""
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
-        raise _UsageError(self.prog, message)
+        raise _BadUsage(self.prog, message)
 
 
 def _repo_id(s: str) -> str:
@@ -716,12 +718,12 @@ class _Signals:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The parsed command line, every value checked; conflicting flags raise `_UsageError`."""
+    """The parsed command line, every value checked; conflicting flags raise `_BadUsage`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     bad = _conflicts(args, _given(parser, argv, args.command))
     if bad:
-        raise _UsageError(f"salfcbm {args.command}", "; ".join(bad))
+        raise _BadUsage(f"salfcbm {args.command}", "; ".join(bad))
     if args.command in ("similarities", "train") and args.device is None:
         args.device = "cuda" if _cuda() else "cpu"
     return args
@@ -739,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             args = _parse(argv)
             signals.command = args.command
             return args.func(args)
-        except _UsageError as e:
+        except _BadUsage as e:
             print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
             return 2
         except _user_errors() as e:
