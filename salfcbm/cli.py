@@ -692,7 +692,7 @@ class _Signals:
     """SIGINT/SIGTERM: raise `_Stopped` while the command runs; once it has ended, print one line and exit."""
 
     def __init__(self):
-        self.finished, self.previous, self.command = False, {}, None
+        self.finished, self.previous, self.command, self.received = False, {}, None, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -702,7 +702,7 @@ class _Signals:
 
     def _handle(self, signum, frame):
         if not self.finished:
-            self.finished = True  # a second signal during cleanup ends the process at once
+            self.finished, self.received = True, signum  # a second signal during cleanup ends the process at once
             raise _Stopped(signum)
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -736,24 +736,32 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM end with one line and 130 / 143; a rerun of the same command resumes.
     """
     signals = _Signals().__enter__()
+
+    def stopped(signum: int) -> int:
+        signals.finished = True
+        print(_stop_line(signum, signals.command), file=sys.stderr)
+        return _SIGNALS[signum][1]
+
     try:
         try:
             args = _parse(argv)
             signals.command = args.command
-            return args.func(args)
+            code = args.func(args)
         except _BadUsage as e:
             print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
             return 2
-        except _user_errors() as e:
-            if os.environ.get("SALFCBM_DEBUG"):
+        except KeyboardInterrupt as e:
+            return stopped(e.signum if isinstance(e, _Stopped) else signal.SIGINT)
+        except Exception as e:
+            if signals.received is not None:  # the interrupt surfaced as another error (a DataLoader worker's)
+                return stopped(signals.received)
+            if not isinstance(e, _user_errors()) or os.environ.get("SALFCBM_DEBUG"):
                 raise
             print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt as e:
-            signals.finished = True
-            signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
-            print(_stop_line(signum, signals.command), file=sys.stderr)
-            return _SIGNALS[signum][1]
+        if signals.received is not None:  # the command caught the interrupt itself (a server that stopped)
+            return stopped(signals.received)
+        return code
     finally:
         signals.finished = True
         if argv is not None:  # called as a function: give the caller its handlers back
