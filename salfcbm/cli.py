@@ -29,6 +29,7 @@ _ADAPTER_FILES = ("config.json", "model.safetensors", "README.md")
 
 # ----------------------------------------------------------------------------- argument types
 from salfcbm._utils.argtypes import (  # noqa: E402 - the checked argument types, shared with `salfcbm reproduce`
+    clip_name,
     _concepts_file,
     _device,
     _float_in,
@@ -422,7 +423,7 @@ def _common(q: argparse.ArgumentParser, *, threads: int | None = 1) -> None:
 
 def _scorer_args(q: argparse.ArgumentParser) -> None:
     g = q.add_argument_group("concept scorer (CLIP) and prompts")
-    g.add_argument("--scorer", default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
+    g.add_argument("--scorer", type=clip_name, default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, a local checkpoint file, or 'none' for a random init (seeded by --seed)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],

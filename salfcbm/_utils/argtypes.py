@@ -147,3 +147,14 @@ def _concepts_file(s: str) -> str:
 # public names
 int_in, float_in, device, in_dir, in_file, out_dir, out_file, concepts_file = (
     _int_in, _float_in, _device, _in_dir, _in_file, _out_dir, _out_file, _concepts_file)
+
+
+def clip_name(s: str) -> str:
+    """An argparse type: an open_clip model name, ``hf-hub:ORG/REPO``, or ``local-dir:PATH`` naming an existing folder."""
+    if s.startswith("local-dir:"):
+        folder = Path(s.split(":", 1)[1]).expanduser()
+        if not folder.is_dir():
+            what = "is a file" if folder.exists() else "does not exist"
+            raise argparse.ArgumentTypeError(f"{s!r}: the folder {str(folder)!r} {what}; pass local-dir:FOLDER with "
+                                             "the open_clip config and weights")
+    return s

@@ -120,6 +120,8 @@ CASES = [
     ("explain-image-folder", lambda p: _explain(p, images=[p["root"] / "train"]), ["folder"]),
     ("explain-image-fifo", lambda p: _explain(p, images=[p["root"] / "fifo.png"]), ["fifo.png", "regular file"]),
     ("app-images-file", lambda p: ["app", p["model"], "--images", p["file"]], ["--images", "afile"]),
+    ("scorer-local-dir-missing", lambda p: _sims(p, "--scorer", f"local-dir:{p['root'] / 'no-clip'}"), ["no-clip"]),
+    ("scorer-local-dir-file", lambda p: _train(p, "--scorer", f"local-dir:{p['file']}"), ["afile", "is a file"]),
     ("reproduce-data-root-file", lambda p: _repro(p, "--data-root", p["file"]), ["--data-root"]),
     ("reproduce-run-dir-file", lambda p: _repro(p, "--run-dir", p["file"]), ["--run-dir"]),
     ("reproduce-seg-file-missing", lambda p: _repro(p, "--seg-file", p["root"] / "x.mat"), ["--seg-file"]),
@@ -365,7 +367,7 @@ def test_signal_as_a_command_finishes_is_one_line(tmp_path, signum, code):
     assert "table1" in out or "cub" in out  # the command's own output came through before the signal
 
 
-def test_salfcbm_is_importable_without_side_effects():
+def test_main_gives_the_callers_signal_handlers_back():
     """Handlers are installed only while `main` runs and given back after an in-process call."""
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit):
