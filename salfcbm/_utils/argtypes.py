@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["int_in", "float_in", "device", "in_dir", "in_file", "out_dir", "out_file", "concepts_file"]
+__all__ = ["int_in", "float_in", "device", "in_dir", "in_file", "out_dir", "out_file", "concepts_file", "clip_name"]
 
 
 def _int_in(lo: int, hi: int):
