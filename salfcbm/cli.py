@@ -2,9 +2,11 @@
 
 Every subcommand has ``--help`` (with defaults) and ``--quiet``; long steps show one
 labelled progress bar per stage; training writes a run directory with ``args.json``,
-``metrics.json`` and the saved model. A user error (a missing file, a bad argument, a
+``metrics.json`` and the saved model. Every value is checked at parse time (bounded numbers,
+path kinds, devices, conflicting flags). A user error (a missing file, a bad argument, a
 corrupt image, any `SalfCBMError`) ends with one line, ``salfcbm: error: ...``, and exit
-code 2; set ``SALFCBM_DEBUG=1`` to see the Python traceback instead.
+code 2; set ``SALFCBM_DEBUG=1`` to see the Python traceback instead. SIGINT and SIGTERM end
+with one line and exit codes 130 and 143.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -24,35 +28,27 @@ _ADAPTER_FILES = ("config.json", "model.safetensors", "README.md", "backbone.saf
 
 
 # ----------------------------------------------------------------------------- argument types
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
-    return v
-
+from salfcbm._utils.argtypes import (  # noqa: E402 - the checked argument types, shared with `salfcbm reproduce`
+    clip_name,
+    _concepts_file,
+    _device,
+    _float_in,
+    _grid_size,
+    _image_size,
+    _in_dir,
+    _in_file,
+    _int_in,
+    _lr,
+    _nonneg_int,
+    _out_dir,
+    _out_file,
+    _positive_float,
+    _positive_int,
+    _seed,
+    _similarity,
+    _threads,
+    _workers,
+)
 
 _grid = _positive_int  # kept for callers of the old name
 
@@ -362,11 +358,31 @@ def _spec_name(path: Path | None) -> str:
     return f"{spec['source']}:{spec['name']}"
 
 
+def _check_images(paths: list[str]) -> None:
+    """Every image file opens as an image (its header and structure are read, no pixels decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from salfcbm.errors import CorruptImageError
+
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Image.DecompressionBombError:
+            continue  # a readable image; the image reader applies its size rule when the pixels are read
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise CorruptImageError(
+                f"Cannot read image {p!r} ({type(e).__name__}: {e}). Remove or replace the file; nothing was "
+                "explained (every image is checked before the model is loaded)."
+            ) from e
+
+
 def cmd_explain(args) -> int:
     from salfcbm.explain.evidence import EVIDENCE_LABELS
     from salfcbm.viz.figures import write_html_report
 
     _set_threads(args)
+    _check_images(args.images)  # every input, before the model costs anything to load
     model = _load_model(args)
     x = model.image_transform.view(list(args.images))  # the one image entry point: what the model sees, in [0, 1]
     expl = model.explain(model.image_transform.normalize(x), top_k=args.top_k)
@@ -408,45 +424,79 @@ def cmd_push(args) -> int:
         raise FileNotFoundError(f"push needs a local model directory; {args.model!r} is not one.")
     folder = path / "model" if kind == "demo" else path
     _check_adapter(folder)
+    from salfcbm._utils.hub import hub_call
+
     api = HfApi()
-    api.create_repo(args.repo_id, private=args.private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(repo_id=args.repo_id, folder_path=str(folder), allow_patterns=list(_ADAPTER_FILES),
-                             commit_message=args.message, repo_type="model")
+    hub_call("salfcbm push", api.create_repo, args.repo_id, private=args.private, exist_ok=True, repo_type="model")
+    info = hub_call("salfcbm push", api.upload_folder, repo_id=args.repo_id, folder_path=str(folder),
+                    allow_patterns=list(_ADAPTER_FILES), commit_message=args.message, repo_type="model")
     print(getattr(info, "commit_url", None) or info)
     return 0
 
 
 # ----------------------------------------------------------------------------- the parser
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default; keeps descriptions as written."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default once, where there is one; keeps descriptions as written.
+
+    No "(default: None)" (required arguments, optional ones without a value) and nothing
+    added to a help that already says its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "(default" in text or "%(default)" in text):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _BadUsage(Exception):
+    """A bad command line, raised by `_Parser.error` so `main` can print it as one line."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(f"{prog}: {message} (see `{prog} --help`)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors become one line (``salfcbm: error: ...``) instead of usage + message."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise _BadUsage(self.prog, message)
+
+
+def _repo_id(s: str) -> str:
+    """An argparse type: a Hub repo id ``user/name``."""
+    if not _HUB_ID.match(s):
+        raise argparse.ArgumentTypeError(f"expected a Hub repo id like 'user/name', got {s!r}")
+    return s
 
 
 def _common(q: argparse.ArgumentParser, *, threads: int | None = 1) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bars; print only the result")
     if threads is not None:
-        q.add_argument("--threads", type=_nonneg_int, default=threads,
+        q.add_argument("--threads", type=_threads, default=threads,
                        help="torch intra-op CPU threads (0 = torch's default)")
 
 
 def _scorer_args(q: argparse.ArgumentParser) -> None:
     g = q.add_argument_group("concept scorer (CLIP) and prompts")
-    g.add_argument("--scorer", default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
+    g.add_argument("--scorer", type=clip_name, default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, a local checkpoint file, or 'none' for a random init (seeded by --seed)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="precision of the scorer and of the backbone while features are computed")
-    g.add_argument("--grid", type=_positive_int, default=7, help="prompting grid (GRID x GRID; 7 = 49 CLIP passes per image)")
-    g.add_argument("--radius", type=_positive_int, default=32,
+    g.add_argument("--grid", type=_grid_size, default=7, help="prompting grid (GRID x GRID; 7 = 49 CLIP passes per image)")
+    g.add_argument("--radius", type=_int_in(1, 4096), default=32,
                    help="prompt circle radius in pixels of a 224 px image (scaled to the scorer's resolution)")
-    g.add_argument("--image-size", type=_positive_int, default=224,
+    g.add_argument("--image-size", type=_image_size, default=224,
                    help="the backbone's input size: images are resized with the backbone's own eval transform and "
                         "centre-cropped to it; recorded in the saved config")
     g.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (named in a warning) instead of stopping at the first one")
-    g.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
-    g.add_argument("--num-workers", type=_nonneg_int, default=4, help="DataLoader worker processes")
-    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random CLIP init, bottleneck init and batch order")
+    g.add_argument("--batch-size", type=_int_in(1, 2**20), default=64, help="images per batch")
+    g.add_argument("--num-workers", type=_workers, default=4, help="DataLoader worker processes")
+    g.add_argument("--device", type=_device, default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the random CLIP init, bottleneck init and batch order")
 
 
 def _demo_parser(sub) -> None:
@@ -454,14 +504,14 @@ def _demo_parser(sub) -> None:
                        help="train and explain a SALF-CBM on the built-in procedural scenes (offline)",
                        description="Train and explain a SALF-CBM end to end on the built-in procedural scenes, "
                                    "offline, and write OUT/report.html.")
-    d.add_argument("--out", default="runs/demo", help="run directory (resumable)")
-    d.add_argument("--n-train", type=_positive_int, default=3000, help="training scenes")
-    d.add_argument("--n-val", type=_positive_int, default=600, help="validation scenes")
-    d.add_argument("--n-test", type=_positive_int, default=600, help="test scenes")
-    d.add_argument("--backbone-epochs", type=_positive_int, default=12, help="epochs of the stand-in backbone")
-    d.add_argument("--bottleneck-steps", type=_positive_int, default=1500, help="maximum bottleneck steps")
-    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the scenes and of training")
-    d.add_argument("--device", default=None, help="torch device (default: CPU)")
+    d.add_argument("--out", type=_out_dir, default="runs/demo", help="run directory (resumable)")
+    d.add_argument("--n-train", type=_int_in(1, 10**7), default=3000, help="training scenes")
+    d.add_argument("--n-val", type=_int_in(1, 10**7), default=600, help="validation scenes")
+    d.add_argument("--n-test", type=_int_in(1, 10**7), default=600, help="test scenes")
+    d.add_argument("--backbone-epochs", type=_int_in(1, 10**5), default=12, help="epochs of the stand-in backbone")
+    d.add_argument("--bottleneck-steps", type=_int_in(1, 10**8), default=1500, help="maximum bottleneck steps")
+    d.add_argument("--seed", type=_seed, default=0, help="seed of the scenes and of training")
+    d.add_argument("--device", type=_device, default=None, help="torch device (default: CPU)")
     _common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -479,28 +529,29 @@ def _train_parser(sub) -> None:
                    help="'default' (the source's pretrained weights), a weights tag, a local .safetensors/.pt file, "
                         "or 'none' for a random init")
     t.add_argument("--layer", default=None, help="module to tap (default: the last spatial stage)")
-    t.add_argument("--train", required=True, help="training image folder (class sub-folders)")
-    t.add_argument("--val", required=True, help="validation image folder, same classes")
-    t.add_argument("--test", default=None, help="optional test image folder, evaluated at the end")
-    t.add_argument("--concepts", required=True, help="text file, one concept per line")
-    t.add_argument("--run-dir", required=True, help="run directory (resumable)")
+    t.add_argument("--train", type=_in_dir, required=True, help="training image folder (class sub-folders)")
+    t.add_argument("--val", type=_in_dir, required=True, help="validation image folder, same classes")
+    t.add_argument("--test", type=_in_dir, default=None, help="optional test image folder, evaluated at the end")
+    t.add_argument("--concepts", type=_concepts_file, required=True,
+                   help="text file, one concept per line, or lf-cbm:NAME (a published concept set)")
+    t.add_argument("--run-dir", type=_out_dir, required=True, help="run directory (resumable)")
     t.add_argument("--pooling", default="mean", choices=["mean", "softmax", "max"], help="concept-map pooling")
     t.add_argument("--cls-concat", action="store_true", help="concatenate the CLS token to every position (ViTs)")
-    t.add_argument("--steps", type=_positive_int, default=b.max_steps, help="maximum bottleneck training steps")
-    t.add_argument("--lr", type=_positive_float, default=b.lr, help="bottleneck learning rate (Adam)")
-    t.add_argument("--cutoff", type=float, default=b.cutoff, help="interpretability cutoff (LF-CBM's 0.45)")
+    t.add_argument("--steps", type=_int_in(1, 10**8), default=b.max_steps, help="maximum bottleneck training steps")
+    t.add_argument("--lr", type=_lr, default=b.lr, help="bottleneck learning rate (Adam)")
+    t.add_argument("--cutoff", type=_similarity, default=b.cutoff, help="interpretability cutoff (LF-CBM's 0.45)")
     t.add_argument("--cutoff-statistic", default="cell", choices=["cell", "pooled"],
                    help="what the cutoff is compared with: per-cell map similarity, or LF-CBM's pooled one")
     t.add_argument("--no-filter", action="store_true", help="skip LF-CBM's concept filters (on by default)")
-    t.add_argument("--clip-cutoff", type=float, default=0.25,
+    t.add_argument("--clip-cutoff", type=_similarity, default=0.25,
                    help="'never fires' filter: LF-CBM's 0.25 (0.26 CUB, 0.28 ImageNet/Places365)")
     t.add_argument("--dense", action="store_true", help="dense head instead of the sparse path")
-    t.add_argument("--path-points", type=_positive_int, default=h.n_lambdas,
+    t.add_argument("--path-points", type=_int_in(1, 10**4), default=h.n_lambdas,
                    help="points on the sparse head's regularisation path")
     sel = t.add_mutually_exclusive_group()
-    sel.add_argument("--target-nec", type=_positive_float, default=None,
+    sel.add_argument("--target-nec", type=_float_in(0.0, 1e6, open_low=True), default=None,
                      help="choose the head by non-zeros per class (default: by validation accuracy)")
-    sel.add_argument("--lam", type=_positive_float, default=None,
+    sel.add_argument("--lam", type=_float_in(0.0, 1e3, open_low=True), default=None,
                      help="the paper's selection: one fixed lambda (LF-CBM's default is 7e-4)")
     sel.add_argument("--preset", default=None, choices=["imagenet", "places365", "cub", "cifar10", "cifar100", "default"],
                      help="the paper's selection: LF-CBM's fixed lambda for this dataset")
@@ -515,13 +566,13 @@ def _explain_parser(sub) -> None:
                        description="Explain images with a saved SALF-CBM: a model directory, a `salfcbm train` "
                                    "run's model/ folder, a `salfcbm demo` run folder, or a Hub repo id.")
     e.add_argument("--model", required=True, help="model directory, demo run directory, or Hub repo id")
-    e.add_argument("images", nargs="+", help="image files")
+    e.add_argument("images", nargs="+", type=_in_file, help="image files")
     e.add_argument("--backbone", default=None,
                    help="rebuild the backbone from this name instead of the saved spec (for a custom backbone)")
     e.add_argument("--backbone-weights", default=None,
                    help="with --backbone: 'default', a tag, a local file or 'none' (default: the saved spec's)")
-    e.add_argument("--top-k", type=_positive_int, default=5, help="concepts shown per image")
-    e.add_argument("--out", default="explanations.html", help="HTML report to write")
+    e.add_argument("--top-k", type=_int_in(1, 10**4), default=5, help="concepts shown per image")
+    e.add_argument("--out", type=_out_file, default="explanations.html", help="HTML report to write")
     e.add_argument("--no-verify-backbone", action="store_true",
                    help="load even if the backbone's weights differ from the fingerprint saved with the model")
     _common(e)
@@ -543,12 +594,12 @@ def _app_parser(sub) -> None:
                        description="Start the explorer, a local web app: predict and explain, explain anything "
                                    "(draw a region), intervene with a brush, decision rules, concept search.")
     a.add_argument("model", help="model directory, demo run directory (or its model/ folder), or Hub repo id")
-    a.add_argument("--images", default=None,
+    a.add_argument("--images", type=_in_dir, default=None,
                    help="folder of images for Concept search (a demo run brings its test scenes)")
     a.add_argument("--host", default="127.0.0.1", help="interface to serve on (127.0.0.1: this machine only)")
-    a.add_argument("--port", type=_positive_int, default=None, help="port (default: the first free one from 7860)")
+    a.add_argument("--port", type=_int_in(1, 65535), default=None, help="port (default: the first free one from 7860)")
     a.add_argument("--share", action="store_true", help="ask Gradio for a public link (contacts Gradio's servers)")
-    a.add_argument("--top-k", type=_positive_int, default=5, help="concepts shown per class or region")
+    a.add_argument("--top-k", type=_int_in(1, 10**4), default=5, help="concepts shown per class or region")
     _common(a)
     a.set_defaults(func=cmd_app)
 
@@ -560,7 +611,7 @@ def _push_parser(sub) -> None:
                                    "backbone.safetensors of a saved SALF-CBM to the Hub, as they are: the backbone "
                                    "is neither rebuilt nor downloaded.")
     u.add_argument("--model", required=True, help="model directory (or a demo run directory)")
-    u.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/salf-resnet50")
+    u.add_argument("--repo-id", type=_repo_id, required=True, help="Hub repo id, e.g. user/salf-resnet50")
     u.add_argument("--private", action="store_true", help="create the repo as private")
     u.add_argument("--message", default="Upload SALF-CBM adapter", help="commit message")
     _common(u, threads=None)
@@ -571,8 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``salfcbm`` argument parser (also the source of ``docs/api/cli.md``)."""
     from salfcbm import __version__
 
-    p = argparse.ArgumentParser(prog="salfcbm", formatter_class=_Formatter,
-                                description="Spatially-aware, label-free concept bottleneck models.")
+    p = _Parser(prog="salfcbm", formatter_class=_Formatter,
+                description="Spatially-aware, label-free concept bottleneck models.")
     p.add_argument("--version", action="version", version=f"salfcbm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
@@ -580,9 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compute the prompted CLIP similarity store of an image folder",
                        description="Compute the prompted CLIP similarity store of an image folder (resumable; "
                                    "under torchrun the ranks split the shards).")
-    s.add_argument("--data", required=True, help="image folder (class sub-folders)")
-    s.add_argument("--out", required=True, help="store directory (resumable; torchrun-aware)")
-    s.add_argument("--shard-size", type=_positive_int, default=1024,
+    s.add_argument("--data", type=_in_dir, required=True, help="image folder (class sub-folders)")
+    s.add_argument("--out", type=_out_dir, required=True, help="store directory (resumable; torchrun-aware)")
+    s.add_argument("--shard-size", type=_int_in(1, 10**7), default=1024,
                    help="images per shard file (the unit of resuming and of recomputation)")
     _scorer_args(s)
     _common(s)
@@ -609,12 +660,17 @@ def _cuda() -> bool:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from salfcbm.errors import SalfCBMError
 
-    errors: list[type[BaseException]] = [SalfCBMError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                         PermissionError]
+    errors: list[type[BaseException]] = [SalfCBMError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                                         IsADirectoryError, PermissionError]
     try:
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import (
+            HFValidationError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            LocalTokenNotFoundError,
+        )
 
-        errors += [HFValidationError, HfHubHTTPError, LocalEntryNotFoundError]
+        errors += [HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, LocalTokenNotFoundError]
     except ImportError:  # pragma: no cover - older huggingface_hub
         pass
     return tuple(errors)
@@ -629,22 +685,146 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for a user error, with one line on stderr)."""
+def _given(parser: argparse.ArgumentParser, argv: list[str] | None, command: str) -> set[str]:
+    """The destinations of the options given on the command line (not left at their defaults)."""
+    sub = _subparsers(parser)[command]
+    saved = [(a, a.default) for a in sub._actions]
+    for a, _ in saved:
+        a.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv))) - {"command", "func"}
+    finally:
+        for a, default in saved:
+            a.default = default
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _conflicts(args, given: set[str]) -> list[str]:
+    """Flags that would be ignored or contradict each other: each an error naming the fix."""
+    bad = []
+    if getattr(args, "dense", False):
+        for dest, flag in (("target_nec", "--target-nec"), ("lam", "--lam"), ("preset", "--preset"),
+                           ("path_points", "--path-points")):
+            if dest in given:
+                bad.append(f"{flag} selects a point on the sparse head's path and --dense fits no path; drop {flag} "
+                           "or --dense")
+    if getattr(args, "no_filter", False) and "clip_cutoff" in given:
+        bad.append("--clip-cutoff sets a concept filter and --no-filter turns the filters off; drop one of them")
+    scorer = str(getattr(args, "scorer", "") or "")
+    if "pretrained" in given and scorer.startswith(("local-dir:", "hf-hub:")):
+        bad.append(f"--pretrained does not apply to the scorer {scorer!r} (its weights come from "
+                   f"{scorer.split(':', 1)[0]}:); drop --pretrained, or name an open_clip model with --scorer")
+    if getattr(args, "measure_throughput", False) and "throughput" in given:
+        bad.append("--measure-throughput measures the throughput that --throughput states; pass one of them")
+    if "dry_run_scorer" in given and not getattr(args, "dry_run", False):
+        bad.append("--dry-run-scorer applies only with --dry-run; add --dry-run or drop --dry-run-scorer")
+    return bad
+
+
+_SIGNALS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while a command ran (a KeyboardInterrupt, so cleanup code treats it as one)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_RESUMABLE = ("demo", "similarities", "train", "reproduce")
+
+
+def _stop_line(signum: int, command: str | None) -> str:
+    word, _ = _SIGNALS.get(signum, ("interrupted", 130))
+    line = f"salfcbm: {word} by {signal.Signals(signum).name}"
+    if command in _RESUMABLE:
+        line += "; finished steps are saved, and rerunning the same command resumes from them"
+    return line
+
+
+class _Signals:
+    """SIGINT/SIGTERM: raise `_Stopped` while the command runs; once it has ended, print one line and exit."""
+
+    def __init__(self):
+        self.finished, self.previous, self.command, self.received = False, {}, None, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in _SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if not self.finished:
+            self.finished, self.received = True, signum  # a second signal during cleanup ends the process at once
+            raise _Stopped(signum)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+        os.write(2, (_stop_line(signum, self.command) + "\n").encode())
+        os._exit(_SIGNALS.get(signum, ("", 130))[1])
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line, every value checked; conflicting flags raise `_BadUsage`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    bad = _conflicts(args, _given(parser, argv, args.command))
+    if bad:
+        raise _BadUsage(f"salfcbm {args.command}", "; ".join(bad))
     if args.command in ("similarities", "train") and args.device is None:
         args.device = "cuda" if _cuda() else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    A user error is one line on stderr, ``salfcbm: error: ...``, and exit code 2. SIGINT and
+    SIGTERM end with one line and 130 / 143; a rerun of the same command resumes.
+    """
+    signals = _Signals().__enter__()
+
+    def stopped(signum: int) -> int:
+        signals.finished = True
+        print(_stop_line(signum, signals.command), file=sys.stderr)
+        return _SIGNALS[signum][1]
+
     try:
-        return args.func(args)
-    except _user_errors() as e:
-        if os.environ.get("SALFCBM_DEBUG"):
-            raise
-        print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("salfcbm: interrupted (a rerun with the same arguments resumes)", file=sys.stderr)
-        return 130
+        try:
+            args = _parse(argv)
+            signals.command = args.command
+            code = args.func(args)
+        except _BadUsage as e:
+            print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            return stopped(e.signum if isinstance(e, _Stopped) else signal.SIGINT)
+        except Exception as e:
+            if signals.received is not None:  # the interrupt surfaced as another error (a DataLoader worker's)
+                return stopped(signals.received)
+            if not isinstance(e, _user_errors()) or os.environ.get("SALFCBM_DEBUG"):
+                raise
+            print(f"salfcbm: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if signals.received is not None:  # the command caught the interrupt itself (a server that stopped)
+            return stopped(signals.received)
+        return code
+    finally:
+        signals.finished = True
+        if argv is not None:  # called as a function: give the caller its handlers back
+            signals.restore()
 
 
 if __name__ == "__main__":

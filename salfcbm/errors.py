@@ -43,6 +43,7 @@ __all__ = [
     "AlignmentError",
     "ImageConversionWarning",
     "DownloadError",
+    "HubUnavailableError",
     "DiskSpaceError",
     "DryRunError",
     "UnknownConceptSetError",
@@ -257,6 +258,11 @@ class ImageConversionWarning(SalfCBMWarning):
 
 class DownloadError(SalfCBMError, OSError):
     """A file could not be downloaded (offline, or the server failed); the message says where to put it by hand."""
+
+
+class HubUnavailableError(SalfCBMError, ConnectionError):
+    """The Hugging Face Hub cannot be reached (offline mode, no network, a wrong ``HF_ENDPOINT``);
+    the message says which and how to fix it."""
 
 
 class DiskSpaceError(SalfCBMError, OSError):

@@ -661,6 +661,16 @@ class SALFCBM(
     def _save_pretrained(self, save_directory: Path) -> None:
         persistence.save_model(self, save_directory)
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the saved adapter to the Hub (`PyTorchModelHubMixin.push_to_hub`, same arguments).
+
+        Offline (``HF_HUB_OFFLINE=1``) or without a network it raises `HubUnavailableError`
+        naming the fix, not a connection error of the HTTP client.
+        """
+        from salfcbm._utils.hub import hub_call
+
+        return hub_call("push_to_hub", super().push_to_hub, repo_id, **kwargs)
+
     def generate_model_card(self, *args, config: ModelConfig | None = None, **kwargs) -> ModelCard:
         """The model card (the class's Jinja template): backbone, layer, concepts, grid, head sparsity."""
         from salfcbm.core.backbone_weights import card_fields, wants_saving

@@ -316,8 +316,28 @@ def labels_of(dataset) -> torch.Tensor:
     if lab is None:
         lab = getattr(dataset, "targets", None)
     if lab is not None:
-        return torch.as_tensor(lab).long()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+        return _int_labels(lab)
+    return _int_labels([dataset[i][1] for i in range(len(dataset))])
+
+
+def _int_labels(values) -> torch.Tensor:
+    """Class indices as a long tensor; a string or fractional label is an `InputError`, never silently cast."""
+    import numbers
+
+    if torch.is_tensor(values) and not values.is_floating_point() and not values.is_complex():
+        return values.long().reshape(-1)
+    items = values.tolist() if hasattr(values, "tolist") else list(values)
+    for i, v in enumerate(items):
+        v = v.item() if torch.is_tensor(v) and v.numel() == 1 else v
+        if isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer()):
+            items[i] = int(v)
+            continue
+        raise InputError(
+            f"Labels must be integer class indices (0 to num_classes - 1); item {i} has the label {v!r} "
+            f"({type(v).__name__}). Map class names to indices first (e.g. with the dataset's class_to_idx), or "
+            "use salfcbm.datasets.ImageFolderDataset, whose labels are indices of its sorted class folders."
+        )
+    return torch.tensor(items, dtype=torch.long)
 
 
 def feature_store(
