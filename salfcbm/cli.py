@@ -492,7 +492,8 @@ def _scorer_args(q: argparse.ArgumentParser) -> None:
                    help="the backbone's input size: images are resized with the backbone's own eval transform and "
                         "centre-cropped to it; recorded in the saved config")
     g.add_argument("--skip-corrupt", action="store_true",
-                   help="leave out unreadable images (named in a warning) instead of stopping at the first one")
+                   help="leave out unreadable images, images over the pixel limit (PIL.Image.MAX_IMAGE_PIXELS) or too thin to "
+                        "resize, and non-regular files (each named in a warning) instead of stopping at the first one")
     g.add_argument("--batch-size", type=_int_in(1, 2**20), default=64, help="images per batch")
     g.add_argument("--num-workers", type=_workers, default=4, help="DataLoader worker processes")
     g.add_argument("--device", type=_device, default=None, help="torch device (default: cuda if available, else cpu)")
