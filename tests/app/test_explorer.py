@@ -58,7 +58,7 @@ def _is_message(out, n, *words):
 
 
 def test_predict_panel_shows_the_prediction_and_any_class(explorer, model, current):
-    probs, fig, gallery, msg = explorer.predict_panel(current)
+    probs, fig, gallery, scale, msg = explorer.predict_panel(current)
     ref = model.explain(current.x, top_k=3)[0]
     assert max(probs, key=probs.get) == ref.predicted_class
     assert f"Prediction: **{ref.predicted_class}**" in msg
@@ -66,7 +66,7 @@ def test_predict_panel_shows_the_prediction_and_any_class(explorer, model, curre
     assert gallery[0][0].shape == (32, 32, 3)
     assert all(f">{c}</span>" in fig for c in ref.top.concepts) and f"{float(ref.top.scores[0]):+.4f}" in fig
     other = next(c for c in model.class_names if c != ref.predicted_class)
-    _, _, gallery, msg = explorer.predict_panel(current, other, top_k=2)
+    _, _, gallery, _, msg = explorer.predict_panel(current, other, top_k=2)
     ce = model.explain(current.x, target=other, top_k=2)[0].top
     assert f"Explaining **{other}**" in msg and [c.split(" (")[0] for _, c in gallery] == ce.concepts
 
@@ -83,7 +83,7 @@ def test_a_class_without_concepts_says_so(explorer, model, current):
     ("points", [(5.0, 5.0), (25.0, 20.0)], {"points": [(5.0, 5.0), (25.0, 20.0)]}),
 ])
 def test_region_panel_agrees_with_explain_region(explorer, model, current, mode, clicks, kw):
-    rows, gallery, msg = explorer.region_panel(current, mode, clicks)
+    rows, gallery, scale, msg = explorer.region_panel(current, mode, clicks)
     ref = model.explain_region(current.x, **kw, top_k=3)[0]
     assert [r[1] for r in rows] == ref.concepts
     assert [r[2] for r in rows] == pytest.approx(ref.scores.tolist(), abs=1e-5)
@@ -108,7 +108,7 @@ def test_clicks_on_the_enlarged_view_map_to_model_pixels(explorer, current):
 def test_brush_region_is_the_painted_pixels(explorer, model, current):
     layer = np.zeros((320, 320, 4), dtype=np.uint8)
     layer[:160, :160, 3] = 255  # the top-left quarter, painted at view resolution
-    rows, _, msg = explorer.region_panel(current, "brush", [], {"background": None, "layers": [layer]})
+    rows, _, _, msg = explorer.region_panel(current, "brush", [], {"background": None, "layers": [layer]})
     mask = torch.zeros(32, 32)
     mask[:16, :16] = 1
     ref = model.explain_region(current.x, mask=mask, top_k=3)[0]
@@ -117,13 +117,13 @@ def test_brush_region_is_the_painted_pixels(explorer, model, current):
 
 @pytest.mark.parametrize("drawing", [None, {"layers": []}, {"layers": [np.zeros((320, 320, 4), np.uint8)]}])
 def test_an_empty_drawing_gives_a_message(explorer, current, drawing):
-    _is_message(explorer.region_panel(current, "brush", [], drawing), 3, "drawing is empty")
+    _is_message(explorer.region_panel(current, "brush", [], drawing), 4, "drawing is empty")
 
 
 def test_incomplete_regions_give_messages(explorer, current):
-    _is_message(explorer.region_panel(current, "box", [(1.0, 1.0)]), 3, "two clicks")
-    _is_message(explorer.region_panel(current, "points", []), 3, "click on the image")
-    _is_message(explorer.region_panel(None, "box", []), 3, "No image yet")
+    _is_message(explorer.region_panel(current, "box", [(1.0, 1.0)]), 4, "two clicks")
+    _is_message(explorer.region_panel(current, "points", []), 4, "click on the image")
+    _is_message(explorer.region_panel(None, "box", []), 4, "No image yet")
 
 
 def test_intervene_panel_reports_intervenes_exact_change(explorer, model, current):
@@ -156,7 +156,7 @@ def test_rules_panel_lists_the_non_zero_weights_and_draws_a_sankey(explorer, mod
 
 
 def test_concept_search_finds_the_images_where_a_concept_fires_most(explorer, model, scenes, current):
-    shown, gallery, msg = explorer.search_panel(current, "A CIRCLE", k=4)
+    shown, gallery, scale, msg = explorer.search_panel(current, "A CIRCLE", k=4)
     m = model.concept_index("a circle")
     with torch.no_grad():
         acts = torch.cat([model(explorer.prepare(scenes[i][0]).x).concept_activations for i in range(len(scenes))])[:, m]
@@ -169,17 +169,17 @@ def test_concept_search_without_cached_maps_shows_the_same(model, scenes, explor
     monkeypatch.setattr("salfcbm.app.explorer.MAX_CACHED_MAP_VALUES", 0)  # too many maps to keep: recompute
     lean = Explorer(model, scenes)
     assert lean._index_maps is None and explorer._index_maps is not None
-    _, cached, _ = explorer.search_panel(current, "a circle", k=3)
-    _, fresh, _ = lean.search_panel(current, "a circle", k=3)
+    _, cached, _, _ = explorer.search_panel(current, "a circle", k=3)
+    _, fresh, _, _ = lean.search_panel(current, "a circle", k=3)
     assert [c for _, c in cached] == [c for _, c in fresh]
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for (a, _), (b, _) in zip(cached, fresh))
 
 
 def test_concept_search_without_a_folder_or_with_an_unknown_concept(model, explorer, current):
-    shown, gallery, msg = Explorer(model).search_panel(current, "a circle")
+    shown, gallery, _, msg = Explorer(model).search_panel(current, "a circle")
     assert gallery == [] and "--images FOLDER" in msg
-    _is_message(explorer.search_panel(current, "a cirle"), 3, "No concept named 'a cirle'", "Did you mean", "'a circle'")
-    _is_message(explorer.search_panel(current, "  "), 3, "Type a concept")
+    _is_message(explorer.search_panel(current, "a cirle"), 4, "No concept named 'a cirle'", "Did you mean", "'a circle'")
+    _is_message(explorer.search_panel(current, "  "), 4, "Type a concept")
 
 
 def test_concept_search_indexes_a_folder(model, scenes, tmp_path):
@@ -259,7 +259,7 @@ def test_unexpected_errors_become_messages_not_tracebacks(explorer, current, mon
         raise RuntimeError("kaputt")
 
     monkeypatch.setattr(explorer.model, "explain", boom)
-    _is_message(explorer.predict_panel(current), 4, "Unexpected error", "RuntimeError: kaputt", "server log")
+    _is_message(explorer.predict_panel(current), 5, "Unexpected error", "RuntimeError: kaputt", "server log")
     assert "kaputt" in caplog.text
 
 
