@@ -359,6 +359,8 @@ class Explorer:
         cur = self._require(current)
         if not concept:
             raise InputError("Choose a concept to add or remove.")
+        if beta is None:  # an emptied number box
+            raise InputError("Type a beta: positive adds the concept, negative removes it.")
         kw = {} if mode == "whole image" else self.region_kwargs(mode, clicks, drawing)
         t = None if target in (None, "", PREDICTED) else target
         res = self.model.intervene(cur.x, concept, **kw, beta=float(beta), target=t, output=cur.output)

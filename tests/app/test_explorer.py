@@ -144,6 +144,7 @@ def test_intervene_panel_reports_intervenes_exact_change(explorer, model, curren
 def test_intervene_with_an_unknown_concept_gives_a_message(explorer, current):
     _is_message(explorer.intervene_panel(current, "a cirle", "whole image", [], None, 1.0), 2, "Unknown concept", "a circle")
     _is_message(explorer.intervene_panel(current, None, "whole image", [], None, 1.0), 2, "Choose a concept")
+    _is_message(explorer.intervene_panel(current, "a circle", "whole image", [], None, None), 2, "Type a beta")
 
 
 def test_rules_panel_lists_the_non_zero_weights_and_draws_a_sankey(explorer, model):
