@@ -28,18 +28,30 @@ import torch.nn.functional as F
 
 from salfcbm.errors import InputError, SalfCBMError, closest
 from salfcbm.explain import upsample_maps
-from salfcbm.viz.figures import overlay_heatmap, sankey_svg, to_display
+from salfcbm.viz.figures import _Scale, sankey_svg, to_display
 from salfcbm.app.images import list_images, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM
 
-__all__ = ["Current", "Explorer", "REGION_MODES"]
+__all__ = ["Current", "Explorer", "REGION_HEADERS", "REGION_MODES", "TRAINING_RANGE_STDS", "colorbar_html"]
 
 log = logging.getLogger("salfcbm.app")
 REGION_MODES = ("box", "points", "brush")
 PREDICTED = "(predicted class)"
 MAX_CACHED_MAP_VALUES = 25_000_000  # concept maps of the searchable images kept in memory (float32: 100 MB)
+HEATMAP_ALPHA = 0.6  # as in the reports (salfcbm.viz.plot_explanation)
+# The model keeps each concept's training mean and std only: its activations were standardised to mean 0,
+# std 1 on the training set, so beyond +-3 stds lie few training images (at most 1/9 of them whatever the
+# distribution, Chebyshev) and the head was fitted on almost nothing there.
+TRAINING_RANGE_STDS = 3.0
+REGION_HEADERS = [
+    "rank",
+    "concept",
+    "sum over the region (map units x px)",  # what explain_region ranks by: sum(I * c_up[m])
+    "mean per px (map units)",
+    "mean per px (training stds from the mean)",  # (mean - mean[m]) / std[m]: the heatmaps' colour scale
+]
 
 
 @dataclass
@@ -83,6 +95,26 @@ def _u8(image: np.ndarray) -> np.ndarray:
 
 def _fmt(v: float) -> str:
     return f"{v:+.6f}"
+
+
+def colorbar_html(scale: _Scale) -> str:
+    """The colour bar of a heatmap scale, as a small HTML legend (the reports' `plot_explanation` one)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[scale.cmap]
+    stops = ", ".join(
+        "#{:02x}{:02x}{:02x} {:.0f}%".format(*(int(255 * c + 0.5) for c in cmap(i / 10)[:3]), 10 * i) for i in range(11)
+    )
+    mid = (scale.vmin + scale.vmax) / 2
+    ticks = "".join(f"<span>{v:+.2f}</span>" for v in (scale.vmin, mid, scale.vmax))
+    return (
+        f'<div class="salfcbm-colorbar" style="max-width:420px;font-size:85%">'
+        f'<div style="height:12px;border:1px solid #888;background:linear-gradient(to right, {stops})"></div>'
+        f'<div style="display:flex;justify-content:space-between">{ticks}</div>'
+        f'<div>Colour: {html.escape(scale.label)}'
+        + (" (faint near 0, where the map is at its training mean)" if scale.standardized else "")
+        + "</div></div>"
+    )
 
 
 class Explorer:
@@ -158,11 +190,13 @@ class Explorer:
         return cur, self.view(cur), " ".join(["Image loaded.", *cur.notes])
 
     # ------------------------------------------------------------------ 1. predict and explain
-    @guarded(4)
+    @guarded(5)
     def predict_panel(self, current: Current | None, target: str | None = None, top_k: int | None = None):
         """Top classes, the top-k contributions as a bar chart, their heatmaps, and a summary.
 
-        Returns ``(probabilities {class: p}, bar chart (HTML), [(overlay, caption)], message)``.
+        The heatmaps share the reports' signed scale (training stds from each concept's training
+        mean, `salfcbm.viz.plot_explanation`). Returns ``(probabilities {class: p}, bar chart (HTML),
+        [(overlay, caption)], colour bar (HTML), message)``.
         """
         cur = self._require(current)
         k = int(top_k or self.top_k)
@@ -170,9 +204,10 @@ class Explorer:
         ex = self.model.explain(cur.x, target=t, top_k=k, output=cur.output)[0]
         ce = ex.top
         probs = {n: float(p) for n, p in zip(self.model.class_names, ex.probabilities.tolist())}
+        scale = _Scale([ce], None)
         gallery = [
-            (_u8(overlay_heatmap(cur.image, h)), f"{c} ({s:+.3f})")
-            for c, s, h in zip(ce.concepts, ce.scores.tolist(), ce.heatmaps)
+            (_u8(scale.overlay(cur.image, h, HEATMAP_ALPHA, None)), f"{c} ({s:+.3f})")
+            for c, s, h in zip(ce.concepts, ce.scores.tolist(), scale.maps[0])
         ]
         msg = (
             f"Prediction: **{ex.predicted_class}** (p={float(ex.probabilities[ex.prediction]):.3f}). "
@@ -181,7 +216,7 @@ class Explorer:
         )
         if not ce.concepts:
             msg += " No concept contributes to this class (its head row is all zero)."
-        return probs, self._bar_chart(ce.concepts, ce.scores.tolist(), ce.class_name), gallery, msg
+        return probs, self._bar_chart(ce.concepts, ce.scores.tolist(), ce.class_name), gallery, colorbar_html(scale), msg
 
     @staticmethod
     def _bar_chart(names: list[str], scores: list[float], title: str) -> str:
@@ -274,34 +309,40 @@ class Explorer:
         return f"{k}={v}"
 
     # ------------------------------------------------------------------ 2. explain anything
-    @guarded(3)
+    @guarded(4)
     def region_panel(self, current: Current | None, mode: str, clicks: list | None, drawing: Any = None,
                      top_k: int | None = None):
-        """Concepts inside a drawn region, ranked; their maps restricted to it.
+        """Concepts inside a drawn region, ranked by ``sum(I * c_up[m])``; their maps restricted to it.
 
-        Returns ``(rows [[rank, concept, activation, mean]], [(map, caption)], message)``.
+        Returns ``(rows (columns: `REGION_HEADERS`), [(map, caption)], colour bar (HTML), message)``:
+        the sum over the region, its mean per pixel, and that mean in training stds from the
+        concept's training mean (the heatmaps' signed scale).
         """
         cur = self._require(current)
         kw = self.region_kwargs(mode, clicks, drawing)
         rep = self.model.explain_region(cur.x, **kw, top_k=int(top_k or self.top_k), output=cur.output)
         r = rep[0]
+        idx = torch.as_tensor(r.concept_indices)
+        mean, std = (self.model.concept_mean.detach().float().cpu()[idx], self.model.concept_std.detach().float().cpu()[idx])
+        per_px = r.scores.detach().float().cpu() / r.area
         rows = [
-            [i + 1, c, round(float(s), 6), round(float(s) / r.area, 6)]
-            for i, (c, s) in enumerate(zip(r.concepts, r.scores.tolist()))
+            [i + 1, c, round(float(s), 6), round(float(p), 6), round(float(z), 4)]
+            for i, (c, s, p, z) in enumerate(zip(r.concepts, r.scores.tolist(), per_px, (per_px - mean) / std))
         ]
-        maps = upsample_maps(cur.output.concept_maps[0, r.concept_indices].detach(), self.size)
-        inside = rep.masks[0] > 0
+        maps = upsample_maps(cur.output.concept_maps[0, r.concept_indices].detach().float().cpu(), self.size)
+        inside = (rep.masks[0] > 0).cpu()
+        z = torch.where(inside, (maps - mean[:, None, None]) / std[:, None, None], 0.0)
+        scale = _Scale.signed(list(z))
         gallery = []
-        for c, h in zip(r.concepts, maps):
-            vals = h[inside]
-            shown = overlay_heatmap(cur.image, torch.where(inside, h, vals.min()), vmin=float(vals.min()), vmax=float(vals.max()))
+        for c, h in zip(r.concepts, z):
+            shown = scale.overlay(cur.image, h, HEATMAP_ALPHA, None)
             shown = np.where(inside.numpy()[..., None], shown, 0.35 * cur.image.permute(1, 2, 0).numpy())
             gallery.append((self.view(cur, shown), c))
         msg = (
             f"Region: {self.describe(kw)} in the model's {self.size[1]}x{self.size[0]} input "
             f"({100 * r.area_fraction:.1f}% of the image). Top concept: **{r.concepts[0]}**."
         )
-        return rows, gallery, msg
+        return rows, gallery, colorbar_html(scale), msg
 
     # ------------------------------------------------------------------ 3. intervene
     @guarded(2)
@@ -310,11 +351,16 @@ class Explorer:
         """Add ``beta`` x the region to a concept's map; logits and top classes before and after.
 
         ``mode`` may also be ``"whole image"``. Returns ``(rows [[class, before, after, change,
-        p before, p after]], message)``.
+        p before, p after]], message)``. The message warns when ``beta`` is beyond the suggested
+        range (`beta_range`) and when the edit takes the concept's activation outside its training
+        range (beyond `TRAINING_RANGE_STDS` training stds from its training mean), where the
+        head's answer is an extrapolation.
         """
         cur = self._require(current)
         if not concept:
             raise InputError("Choose a concept to add or remove.")
+        if beta is None:  # an emptied number box
+            raise InputError("Type a beta: positive adds the concept, negative removes it.")
         kw = {} if mode == "whole image" else self.region_kwargs(mode, clicks, drawing)
         t = None if target in (None, "", PREDICTED) else target
         res = self.model.intervene(cur.x, concept, **kw, beta=float(beta), target=t, output=cur.output)
@@ -335,7 +381,26 @@ class Explorer:
             f"{self.describe(kw)} ({100 * float(res.region.mean()):.1f}% of the grid): the prediction {verdict}. "
             f"Exact change of the logit of **{tgt}**: <span id='delta-logit'>{_fmt(float(d[res.target]))}</span>."
         )
-        return rows, msg
+        return rows, " ".join([msg, *self._range_warnings(res, float(beta))])
+
+    def _range_warnings(self, res: Any, beta: float) -> list[str]:
+        """Warnings for a beta beyond the suggested range and an edit that leaves the training range."""
+        notes = []
+        r = self.beta_range()
+        if abs(beta) > r:
+            notes.append(f"**Note:** beta={beta:+g} is beyond the suggested range +-{r:g} (4 x the largest training "
+                         f"std of a concept activation, {float(self.model.concept_std.max()):.3g}).")
+        z_b = self.model.standardize(res.activations_before[None].float())[0]
+        z_a = self.model.standardize(res.activations_after[None].float())[0]
+        for name, m in zip(res.concepts, res.concept_indices):
+            if abs(float(z_a[m])) > TRAINING_RANGE_STDS:
+                notes.append(
+                    f"**Outside the training range:** the edit takes **{name}** to {float(z_a[m]):+.1f} training stds "
+                    f"from its training mean (before: {float(z_b[m]):+.1f}); training images rarely go beyond "
+                    f"+-{TRAINING_RANGE_STDS:g}, so the head never learnt what this means and the logit change is an "
+                    "extrapolation. A smaller |beta| or a smaller region stays in range."
+                )
+        return notes
 
     # ------------------------------------------------------------------ 4. decision rules
     @guarded(3)
@@ -373,41 +438,48 @@ class Explorer:
         hint = f" Did you mean: {', '.join(repr(n) for n in near)}?" if near else ""
         raise InputError(f"No concept named {q!r} among the model's {len(names)} concepts.{hint}")
 
-    @guarded(3)
+    @guarded(4)
     def search_panel(self, current: Current | None, query: str | None, k: int = 6):
         """A concept's map on the current image and the indexed images where it fires most.
 
-        Returns ``(overlay or None, [(overlay, caption)], message)``.
+        Every map is on one signed scale (training stds from the concept's training mean).
+        Returns ``(overlay or None, [(overlay, caption)], colour bar (HTML), message)``.
         """
         name = self.find_concept(query)
         m = self.model.concept_index(name)
-        shown, notes = None, [f"Concept **{name}**."]
+        notes, images, maps = [f"Concept **{name}**."], [], []
         if current is not None:
-            h = upsample_maps(current.output.concept_maps[0, m].detach(), self.size)
-            shown = self.view(current, overlay_heatmap(current.image, h))
-            notes.append(f"Pooled activation on this image: {float(current.output.concept_activations[0, m]):.4f}.")
+            images.append(current.image)
+            maps.append(current.output.concept_maps[0, m].detach().float().cpu())
+            z = float(self.model.standardize(current.output.concept_activations.detach().float())[0, m])
+            notes.append(f"Pooled activation on this image: {float(current.output.concept_activations[0, m]):.4f} "
+                         f"({z:+.2f} training stds from its training mean).")
         else:
             notes.append("Upload an image to see its map.")
-        gallery = []
         if self.index_activations is None:
             notes.append("No image folder to search: start the app with `--images FOLDER`.")
+            captions = []
         else:
             act = self.index_activations[:, m]
             top = act.topk(min(int(k), len(act))).indices.tolist()
             if self._index_maps is not None:
-                maps = self._index_maps[top, m]
+                maps += list(self._index_maps[top, m])
                 pixels = [load_image(self._index_items[i], self.size)[0] for i in top]
-                images = [to_display(self.model.preprocess(p[None])[0], self.model) for p in pixels]
+                images += [to_display(self.model.preprocess(p[None])[0], self.model) for p in pixels]
             else:  # too many to keep: run the model again on the top images
                 x = torch.cat([self.prepare(self._index_items[i]).x for i in top])
                 with torch.no_grad():
-                    maps = self.model(x).concept_maps[:, m].detach().float().cpu()
-                images = [to_display(xi, self.model) for xi in x]
-            for j, i in enumerate(top):
-                h = upsample_maps(maps[j], self.size)
-                gallery.append((_u8(overlay_heatmap(images[j], h)), f"{self.index_names[i]} ({float(act[i]):.3f})"))
+                    maps += list(self.model(x).concept_maps[:, m].detach().float().cpu())
+                images += [to_display(xi, self.model) for xi in x]
+            captions = [f"{self.index_names[i]} ({float(act[i]):.3f})" for i in top]
             notes.append(f"Top {len(top)} of {len(act)} indexed images.")
-        return shown, gallery, " ".join(notes)
+        mean, std = float(self.model.concept_mean[m]), float(self.model.concept_std[m])
+        z = [(upsample_maps(h, self.size) - mean) / std for h in maps]
+        scale = _Scale.signed(z)
+        shown = None if current is None else self.view(current, scale.overlay(images[0], z[0], HEATMAP_ALPHA, None))
+        found = list(zip(images, z))[current is not None:]
+        gallery = [(_u8(scale.overlay(im, h, HEATMAP_ALPHA, None)), c) for (im, h), c in zip(found, captions)]
+        return shown, gallery, colorbar_html(scale), " ".join(notes)
 
     def _build_index(self, images: Any, max_images: int, batch_size: int) -> None:
         """Pooled concept activations of every searchable image (one forward pass each, batched)."""
@@ -453,6 +525,16 @@ class Explorer:
         return [PREDICTED, *self.model.class_names]
 
     def beta_range(self) -> float:
-        """A slider range for beta: a few standard deviations of the concept activations."""
+        """The suggested range of beta, ``+-`` this: 4 x the largest training std of a concept activation
+        (at least 1). Over the whole image, beta moves a concept's pooled activation by beta (mean
+        pooling), i.e. by ``beta / std[m]`` training stds. Larger values are accepted, with a note."""
         std = self.model.concept_std.detach().float()
         return float(max(1.0, round(4 * float(std.max()), 1)))
+
+    def beta_info(self) -> str:
+        """Why the suggested range is what it is, for the page (the beta box's help text)."""
+        std = self.model.concept_std.detach().float()
+        return (f"Added to the concept's map (its raw units). Suggested +-{self.beta_range():g}: 4 x the largest "
+                f"training std of a concept activation (stds {float(std.min()):.3g} to {float(std.max()):.3g}). "
+                f"Any value is accepted; an edit that takes the concept beyond +-{TRAINING_RANGE_STDS:g} training "
+                "stds (outside the training range) is flagged.")

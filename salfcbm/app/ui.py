@@ -9,14 +9,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from salfcbm.app.explorer import PREDICTED, REGION_MODES, Explorer
+from salfcbm.app.explorer import PREDICTED, REGION_HEADERS, REGION_MODES, Explorer
 
 __all__ = ["build_app"]
 
 CSS = """
 #ea-click img, #iv-click img, #cs-map img { image-rendering: auto; }
+#upload img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#heatmaps img, #ea-maps img, #cs-top img { image-rendering: pixelated; }
 .salfcbm-msg { min-height: 2.5em; }
 """
+
+
+def _upload(gr, **kwargs):
+    """An image upload whose file reaches the server as its path, unread.
+
+    `gradio.Image` opens every upload with PIL before any callback runs, so a file that is not an
+    image (a text file named ``.png``) fails inside Gradio, which shows a bare "Error" on every
+    output. Here the path goes to `Explorer.load`, whose reader (`salfcbm.core.images`) checks it
+    and says what is wrong. The page still shows it as a `gradio.Image` (a template of it).
+    """
+
+    class UploadedImage(gr.Image):
+        is_template = True  # the browser side is gradio's own Image
+
+        def preprocess(self, payload):
+            if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
+                return str(payload.path)  # already in gradio's upload cache, as gradio.Image would return it
+            return super().preprocess(payload)
+
+    return UploadedImage(type="filepath", **kwargs)
 
 
 def _editor_value(gr, ex: Explorer, current, mode: str):
@@ -56,7 +78,7 @@ def _on_click(gr, ex: Explorer, then=None):
         if then is None:
             return clicks, shown, note
         if mode == "box" and len(clicks) < 2:  # one corner so far: keep the last result
-            return (clicks, shown, note, gr.skip(), gr.skip(), gr.skip())
+            return (clicks, shown, note, gr.skip(), gr.skip(), gr.skip(), gr.skip())
         return (clicks, shown, note, *then(current, mode, clicks, drawing))
 
     on_click.__annotations__ = {"evt": gr.SelectData}  # gradio finds event data by this annotation
@@ -73,7 +95,8 @@ def _predict_tab(gr, ex: Explorer, state):
         probs = gr.Label(num_top_classes=5, label="Top classes", elem_id="probs")
         bars = gr.HTML(label="Concept contributions", elem_id="bars")
     maps = gr.Gallery(label="Where each concept is (heatmaps)", columns=5, height="auto", elem_id="heatmaps")
-    outs = [probs, bars, maps, msg]
+    scale = gr.HTML(elem_id="heatmap-scale")
+    outs = [probs, bars, maps, scale, msg]
     for ev in (target.change, top_k.release):
         ev(ex.predict_panel, [state, target, top_k], outs)
     return (ex.predict_panel, [state, target, top_k], outs)
@@ -86,14 +109,15 @@ def _region_tab(gr, ex: Explorer, state):
         run = gr.Button("Explain region", variant="primary", elem_id="ea-run")
         clear = gr.Button("Clear region", elem_id="ea-clear")
     msg = gr.Markdown(elem_id="ea-msg", elem_classes="salfcbm-msg")
-    table = gr.Dataframe(headers=["rank", "concept", "activation", "mean activation"], label="Concepts in the region",
+    table = gr.Dataframe(headers=REGION_HEADERS, label="Concepts in the region (c_up: the concept maps at the input size)",
                          elem_id="ea-table", interactive=False)
     maps = gr.Gallery(label="Their maps inside the region", columns=5, height="auto", elem_id="ea-maps")
-    inputs, outs = [state, mode, clicks, brush], [table, maps, msg]
+    scale = gr.HTML(elem_id="ea-scale")
+    inputs, outs = [state, mode, clicks, brush], [table, maps, scale, msg]
     click.select(_on_click(gr, ex, ex.region_panel), [state, clicks, mode, brush], [clicks, click, note, *outs])
     run.click(ex.region_panel, inputs, outs)
     clear.click(lambda cur: ([], None if cur is None else ex.view(cur), ""), [state], [clicks, click, note])
-    return mode, click, brush, clicks, note
+    return (mode, click, brush, clicks, note), outs
 
 
 def _intervene_tab(gr, ex: Explorer, state):
@@ -101,8 +125,8 @@ def _intervene_tab(gr, ex: Explorer, state):
     with gr.Row():
         concept = gr.Dropdown(ex.model.concepts, value=ex.model.concepts[0], label="Concept", filterable=True,
                               elem_id="iv-concept")
-        beta = gr.Slider(-r, r, value=round(r / 2, 2), step=r / 100, label="beta (add > 0, remove < 0)",
-                         elem_id="iv-beta")
+        beta = gr.Number(value=round(r / 2, 2), step=r / 100, label="beta (add > 0, remove < 0)", info=ex.beta_info(),
+                         elem_id="iv-beta")  # a number box: a typed value is taken as typed, never clamped
         target = gr.Dropdown(ex.class_choices(), value=PREDICTED, label="Report the logit of", elem_id="iv-target")
     mode, click, brush, clicks, note = _region_inputs(gr, ex, state, "iv", ("box", "points", "brush", "whole image"),
                                                       "Click two corners for a box, or points")
@@ -112,9 +136,9 @@ def _intervene_tab(gr, ex: Explorer, state):
     table = gr.Dataframe(headers=["class", "logit before", "logit after", "change", "p before", "p after"],
                          label="Top classes before and after", elem_id="iv-table", interactive=False)
     inputs, outs = [state, concept, mode, clicks, brush, beta, target], [table, msg]
-    for ev in (run.click, beta.release):
+    for ev in (run.click, beta.submit):
         ev(ex.intervene_panel, inputs, outs)
-    return mode, click, brush, clicks, note
+    return (mode, click, brush, clicks, note), outs
 
 
 def _rules_tab(gr, ex: Explorer):
@@ -142,8 +166,29 @@ def _search_tab(gr, ex: Explorer, state):
         shown = gr.Image(label="Its map on the current image", interactive=False, elem_id="cs-map", format="png",
                          height=320)
         top = gr.Gallery(label="Where it fires most", columns=3, height="auto", elem_id="cs-top")
+    scale = gr.HTML(elem_id="cs-scale")
     for ev in (run.click, query.input):
-        ev(ex.search_panel, [state, query], [shown, top, msg])
+        ev(ex.search_panel, [state, query], [shown, top, scale, msg])
+    return [shown, top, scale, msg]
+
+
+def _on_load(gr, ex: Explorer, predict_fn, n_stale: int):
+    """One event for a new image: state, the region pictures, the prediction panel, and every other
+    panel's result cleared (it was the previous image's). An image that cannot be read clears them
+    all too, and its message shows both under the upload and in the prediction panel."""
+
+    def loaded(path, t, k, ea_mode, iv_mode):
+        cur, view, note = ex.load(path)
+        regions = []
+        for m in (ea_mode, iv_mode):
+            regions += [view, _editor_value(gr, ex, cur, m), [], ""]
+        if cur is not None:
+            shown = predict_fn(cur, t, k)
+        else:
+            shown = (None, None, None, "", note if path is not None else "")
+        return (cur, note, *regions, *shown, *([None] * n_stale))
+
+    return loaded
 
 
 def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = "salfcbm explorer"):
@@ -159,8 +204,8 @@ def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = 
         )
         state = gr.State(None)
         with gr.Row():
-            upload = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
-                              elem_id="upload", height=260)
+            upload = _upload(gr, image_mode=None, sources=["upload", "clipboard"], label="Image", elem_id="upload",
+                             height=260)
             with gr.Column():
                 load_msg = gr.Markdown("Upload an image or pick an example.", elem_id="load-msg",
                                        elem_classes="salfcbm-msg")
@@ -171,26 +216,18 @@ def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = 
             with gr.Tab("Predict and explain", id="predict"):
                 predict = _predict_tab(gr, ex, state)
             with gr.Tab("Explain anything", id="region"):
-                ea = _region_tab(gr, ex, state)
+                ea, ea_outs = _region_tab(gr, ex, state)
             with gr.Tab("Intervene", id="intervene"):
-                iv = _intervene_tab(gr, ex, state)
+                iv, iv_outs = _intervene_tab(gr, ex, state)
             with gr.Tab("Decision rules", id="rules"):
                 rules = _rules_tab(gr, ex)
             with gr.Tab("Concept search", id="search"):
-                _search_tab(gr, ex, state)
+                cs_outs = _search_tab(gr, ex, state)
 
-        predict_fn, (_, target, top_k), predict_outs = predict
-
-        def loaded(path, t, k, ea_mode, iv_mode):
-            """One event for a new image: state, the region pictures, and the prediction panel."""
-            cur, view, note = ex.load(path)
-            regions = []
-            for m in (ea_mode, iv_mode):
-                regions += [view, _editor_value(gr, ex, cur, m), [], ""]
-            shown = predict_fn(cur, t, k) if cur is not None else (None, None, None, "")
-            return (cur, note, *regions, *shown)
-
+        _, (_, target, top_k), predict_outs = predict
         region_outs = [c for tab in (ea, iv) for c in tab[1:]]
-        upload.change(loaded, [upload, target, top_k, ea[0], iv[0]], [state, load_msg, *region_outs, *predict_outs])
+        stale = [*ea_outs, *iv_outs, *cs_outs]  # results of the previous image
+        upload.change(_on_load(gr, ex, predict[0], len(stale)), [upload, target, top_k, ea[0], iv[0]],
+                      [state, load_msg, *region_outs, *predict_outs, *stale])
         app.load(*rules)
     return app

@@ -89,6 +89,9 @@ class SALFCBMOutput(Mapping):
         (True, ['logits', 'concept_maps', 'concept_activations'], 3)
     """
 
+    logits: torch.Tensor  # class-level annotations: the API pages show the attributes' types
+    concept_activations: torch.Tensor | None
+
     def __init__(
         self,
         logits: torch.Tensor,

@@ -289,10 +289,7 @@ class _Scale:
         self.maps = std if self.standardized else [ce.heatmaps for ce in ces]
         values = [h.detach().float() for h in self.maps if h is not None and h.numel()]
         if self.standardized:
-            top = max([float(v.abs().max()) for v in values] + [MIN_STD_SCALE])
-            self.vmin, self.vmax = -top, top
-            self.cmap = cmap or "RdBu_r"
-            self.label = "concept map in training stds from its training mean"
+            self._signed(values, cmap)
         else:
             self.vmin = min([float(v.min()) for v in values], default=0.0)
             self.vmax = max([float(v.max()) for v in values], default=1.0)
@@ -300,6 +297,20 @@ class _Scale:
                 self.vmax = self.vmin + 1e-6
             self.cmap = cmap or "viridis"
             self.label = "concept map (raw: no training statistics, one scale for the figure)"
+
+    @classmethod
+    def signed(cls, standardized_maps: Sequence[torch.Tensor], cmap: str | None = None) -> "_Scale":
+        """The diverging scale for maps already standardised (``(c_up[m] - mean[m]) / std[m]``)."""
+        self = cls.__new__(cls)
+        self.standardized, self.maps = True, list(standardized_maps)
+        self._signed([h.detach().float() for h in self.maps if h.numel()], cmap)
+        return self
+
+    def _signed(self, values: list[torch.Tensor], cmap: str | None) -> None:
+        top = max([float(v.abs().max()) for v in values] + [MIN_STD_SCALE])
+        self.vmin, self.vmax = -top, top
+        self.cmap = cmap or "RdBu_r"
+        self.label = "concept map in training stds from its training mean"
 
     def overlay(self, image: Any, heatmap: Any, alpha: float, model: SALFCBM | None) -> np.ndarray:
         """Blend ``heatmap`` over the image; on the diverging scale, opacity grows with ``|value|``

@@ -58,7 +58,7 @@ def _is_message(out, n, *words):
 
 
 def test_predict_panel_shows_the_prediction_and_any_class(explorer, model, current):
-    probs, fig, gallery, msg = explorer.predict_panel(current)
+    probs, fig, gallery, scale, msg = explorer.predict_panel(current)
     ref = model.explain(current.x, top_k=3)[0]
     assert max(probs, key=probs.get) == ref.predicted_class
     assert f"Prediction: **{ref.predicted_class}**" in msg
@@ -66,7 +66,7 @@ def test_predict_panel_shows_the_prediction_and_any_class(explorer, model, curre
     assert gallery[0][0].shape == (32, 32, 3)
     assert all(f">{c}</span>" in fig for c in ref.top.concepts) and f"{float(ref.top.scores[0]):+.4f}" in fig
     other = next(c for c in model.class_names if c != ref.predicted_class)
-    _, _, gallery, msg = explorer.predict_panel(current, other, top_k=2)
+    _, _, gallery, _, msg = explorer.predict_panel(current, other, top_k=2)
     ce = model.explain(current.x, target=other, top_k=2)[0].top
     assert f"Explaining **{other}**" in msg and [c.split(" (")[0] for _, c in gallery] == ce.concepts
 
@@ -83,7 +83,7 @@ def test_a_class_without_concepts_says_so(explorer, model, current):
     ("points", [(5.0, 5.0), (25.0, 20.0)], {"points": [(5.0, 5.0), (25.0, 20.0)]}),
 ])
 def test_region_panel_agrees_with_explain_region(explorer, model, current, mode, clicks, kw):
-    rows, gallery, msg = explorer.region_panel(current, mode, clicks)
+    rows, gallery, scale, msg = explorer.region_panel(current, mode, clicks)
     ref = model.explain_region(current.x, **kw, top_k=3)[0]
     assert [r[1] for r in rows] == ref.concepts
     assert [r[2] for r in rows] == pytest.approx(ref.scores.tolist(), abs=1e-5)
@@ -108,7 +108,7 @@ def test_clicks_on_the_enlarged_view_map_to_model_pixels(explorer, current):
 def test_brush_region_is_the_painted_pixels(explorer, model, current):
     layer = np.zeros((320, 320, 4), dtype=np.uint8)
     layer[:160, :160, 3] = 255  # the top-left quarter, painted at view resolution
-    rows, _, msg = explorer.region_panel(current, "brush", [], {"background": None, "layers": [layer]})
+    rows, _, _, msg = explorer.region_panel(current, "brush", [], {"background": None, "layers": [layer]})
     mask = torch.zeros(32, 32)
     mask[:16, :16] = 1
     ref = model.explain_region(current.x, mask=mask, top_k=3)[0]
@@ -117,13 +117,13 @@ def test_brush_region_is_the_painted_pixels(explorer, model, current):
 
 @pytest.mark.parametrize("drawing", [None, {"layers": []}, {"layers": [np.zeros((320, 320, 4), np.uint8)]}])
 def test_an_empty_drawing_gives_a_message(explorer, current, drawing):
-    _is_message(explorer.region_panel(current, "brush", [], drawing), 3, "drawing is empty")
+    _is_message(explorer.region_panel(current, "brush", [], drawing), 4, "drawing is empty")
 
 
 def test_incomplete_regions_give_messages(explorer, current):
-    _is_message(explorer.region_panel(current, "box", [(1.0, 1.0)]), 3, "two clicks")
-    _is_message(explorer.region_panel(current, "points", []), 3, "click on the image")
-    _is_message(explorer.region_panel(None, "box", []), 3, "No image yet")
+    _is_message(explorer.region_panel(current, "box", [(1.0, 1.0)]), 4, "two clicks")
+    _is_message(explorer.region_panel(current, "points", []), 4, "click on the image")
+    _is_message(explorer.region_panel(None, "box", []), 4, "No image yet")
 
 
 def test_intervene_panel_reports_intervenes_exact_change(explorer, model, current):
@@ -144,6 +144,7 @@ def test_intervene_panel_reports_intervenes_exact_change(explorer, model, curren
 def test_intervene_with_an_unknown_concept_gives_a_message(explorer, current):
     _is_message(explorer.intervene_panel(current, "a cirle", "whole image", [], None, 1.0), 2, "Unknown concept", "a circle")
     _is_message(explorer.intervene_panel(current, None, "whole image", [], None, 1.0), 2, "Choose a concept")
+    _is_message(explorer.intervene_panel(current, "a circle", "whole image", [], None, None), 2, "Type a beta")
 
 
 def test_rules_panel_lists_the_non_zero_weights_and_draws_a_sankey(explorer, model):
@@ -156,7 +157,7 @@ def test_rules_panel_lists_the_non_zero_weights_and_draws_a_sankey(explorer, mod
 
 
 def test_concept_search_finds_the_images_where_a_concept_fires_most(explorer, model, scenes, current):
-    shown, gallery, msg = explorer.search_panel(current, "A CIRCLE", k=4)
+    shown, gallery, scale, msg = explorer.search_panel(current, "A CIRCLE", k=4)
     m = model.concept_index("a circle")
     with torch.no_grad():
         acts = torch.cat([model(explorer.prepare(scenes[i][0]).x).concept_activations for i in range(len(scenes))])[:, m]
@@ -169,17 +170,17 @@ def test_concept_search_without_cached_maps_shows_the_same(model, scenes, explor
     monkeypatch.setattr("salfcbm.app.explorer.MAX_CACHED_MAP_VALUES", 0)  # too many maps to keep: recompute
     lean = Explorer(model, scenes)
     assert lean._index_maps is None and explorer._index_maps is not None
-    _, cached, _ = explorer.search_panel(current, "a circle", k=3)
-    _, fresh, _ = lean.search_panel(current, "a circle", k=3)
+    _, cached, _, _ = explorer.search_panel(current, "a circle", k=3)
+    _, fresh, _, _ = lean.search_panel(current, "a circle", k=3)
     assert [c for _, c in cached] == [c for _, c in fresh]
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for (a, _), (b, _) in zip(cached, fresh))
 
 
 def test_concept_search_without_a_folder_or_with_an_unknown_concept(model, explorer, current):
-    shown, gallery, msg = Explorer(model).search_panel(current, "a circle")
+    shown, gallery, _, msg = Explorer(model).search_panel(current, "a circle")
     assert gallery == [] and "--images FOLDER" in msg
-    _is_message(explorer.search_panel(current, "a cirle"), 3, "No concept named 'a cirle'", "Did you mean", "'a circle'")
-    _is_message(explorer.search_panel(current, "  "), 3, "Type a concept")
+    _is_message(explorer.search_panel(current, "a cirle"), 4, "No concept named 'a cirle'", "Did you mean", "'a circle'")
+    _is_message(explorer.search_panel(current, "  "), 4, "Type a concept")
 
 
 def test_concept_search_indexes_a_folder(model, scenes, tmp_path):
@@ -259,7 +260,7 @@ def test_unexpected_errors_become_messages_not_tracebacks(explorer, current, mon
         raise RuntimeError("kaputt")
 
     monkeypatch.setattr(explorer.model, "explain", boom)
-    _is_message(explorer.predict_panel(current), 4, "Unexpected error", "RuntimeError: kaputt", "server log")
+    _is_message(explorer.predict_panel(current), 5, "Unexpected error", "RuntimeError: kaputt", "server log")
     assert "kaputt" in caplog.text
 
 
@@ -340,3 +341,93 @@ def test_build_app_lays_out_five_tabs(model, scenes):
         assert i in ids
     labels = [b.label for b in app.blocks.values() if type(b).__name__ == "Tab"]
     assert labels == ["Predict and explain", "Explain anything", "Intervene", "Decision rules", "Concept search"]
+
+
+# ---------------------------------------------------------------------- issue 22: units, scales, ranges, bad uploads
+def test_heatmaps_use_the_reports_signed_scale_with_a_colour_bar(explorer, model, current):
+    import matplotlib
+
+    from salfcbm.viz.figures import _Scale
+
+    _, _, gallery, scale, _ = explorer.predict_panel(current)
+    ce = model.explain(current.x, top_k=3)[0].top
+    z = ce.standardized_heatmaps()
+    top = max(float(z.abs().max()), 1.0)  # the reports' scale: +-max|z| over the figure, at least one std
+    assert "training stds from its training mean" in scale and f"{-top:+.2f}" in scale and f"{top:+.2f}" in scale
+    blue = "#{:02x}{:02x}{:02x} 0%".format(*(int(255 * c + 0.5) for c in matplotlib.colormaps["RdBu_r"](0.0)[:3]))
+    assert blue in scale  # the colour bar is the reports' colormap, not jet
+    report = _Scale([ce], None)
+    assert report.cmap == "RdBu_r" and (report.vmin, report.vmax) == (-top, top)
+    expected = (np.clip(report.overlay(current.image, z[0], 0.6, None), 0, 1) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(gallery[0][0], expected)
+    for out in (explorer.region_panel(current, "box", [(0.0, 0.0), (20.0, 20.0)]), explorer.search_panel(current, "a circle")):
+        assert "salfcbm-colorbar" in out[-2] and "training stds" in out[-2]
+
+
+def test_region_values_state_their_units(explorer, model, current):
+    from salfcbm.app.explorer import REGION_HEADERS
+
+    rows, _, _, _ = explorer.region_panel(current, "box", [(2.0, 3.0), (20.0, 12.0)])
+    ref = model.explain_region(current.x, box=(2, 3, 21, 13), top_k=3)[0]
+    assert "map units x px" in REGION_HEADERS[2] and "per px" in REGION_HEADERS[3]
+    assert "training stds from the mean" in REGION_HEADERS[4]
+    for row, m in zip(rows, ref.concept_indices):
+        assert len(row) == len(REGION_HEADERS)
+        assert row[3] == pytest.approx(row[2] / ref.area, abs=1e-5)  # the sum over the region / its pixels
+        z = (row[3] - float(model.concept_mean[m])) / float(model.concept_std[m])
+        assert row[4] == pytest.approx(z, abs=1e-3)
+
+
+def test_beta_beyond_the_suggested_range_gets_a_note_not_a_clamp(explorer, model, current):
+    r = explorer.beta_range()
+    assert f"+-{r:g}" in explorer.beta_info() and f"{float(model.concept_std.max()):.3g}" in explorer.beta_info()
+    concept = model.concepts[1]
+    rows, msg = explorer.intervene_panel(current, concept, "box", [(0.0, 0.0), (3.0, 3.0)], None, -1.5 * r)
+    assert "beyond the suggested range" in msg and f"beta={-1.5 * r:+g}" in msg
+    res = model.intervene(current.x, concept, box=(0, 0, 4, 4), beta=-1.5 * r)  # taken as typed
+    assert float(msg.split("id='delta-logit'>")[1].split("<")[0]) == pytest.approx(float(res.delta_logits[res.target]), abs=1e-6)
+    _, msg = explorer.intervene_panel(current, concept, "box", [(0.0, 0.0), (3.0, 3.0)], None, r / 2)
+    assert "suggested range" not in msg
+
+
+def test_an_edit_that_leaves_the_training_range_is_flagged(explorer, model, current):
+    m = 1
+    concept, std = model.concepts[m], float(model.concept_std[m])
+    z0 = float(model.standardize(current.output.concept_activations)[0, m])
+    # whole image, mean pooling: the standardised activation moves by beta / std exactly
+    _, msg = explorer.intervene_panel(current, concept, "whole image", [], None, (-5.0 - z0) * std)
+    assert "Outside the training range" in msg and f"**{concept}** to -5.0 training stds" in msg
+    assert f"(before: {z0:+.1f})" in msg
+    _, msg = explorer.intervene_panel(current, concept, "whole image", [], None, (2.0 - z0) * std)
+    assert "Outside the training range" not in msg
+
+
+def test_a_file_that_is_not_an_image_passes_gradio_and_gets_salfcbms_message(explorer, tmp_path):
+    gr = pytest.importorskip("gradio")
+    from gradio.data_classes import ImageData
+
+    from salfcbm.app.ui import _upload
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    with pytest.raises(Exception):  # gradio's own Image opens the file with PIL first
+        gr.Image(type="filepath").preprocess(ImageData(path=str(bad), orig_name="notes.png"))
+    path = _upload(gr).preprocess(ImageData(path=str(bad), orig_name="notes.png"))
+    assert path == str(bad)
+    _is_message(explorer.load(path), 3, "Could not read 'notes.png' as an image", "upload a PNG")
+
+
+def test_an_unreadable_upload_clears_every_panel(explorer, current, tmp_path):
+    gr = pytest.importorskip("gradio")
+    from salfcbm.app.ui import _on_load
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    loaded = _on_load(gr, explorer, explorer.predict_panel, n_stale=10)
+    good = loaded(str(tmp_path / "missing.png"), None, 3, "box", "box")  # a message, not an exception
+    out = loaded(str(bad), None, 3, "box", "box")
+    state, note, regions, predict, stale = out[0], out[1], out[2:10], out[10:15], out[15:]
+    assert state is None and note.startswith("**Cannot do that:** Could not read 'notes.png'") and "\n" not in note
+    assert regions[0] is None and regions[2] == [] and regions[4] is None and regions[6] == []
+    assert predict[:4] == (None, None, None, "") and predict[4] == note  # the prediction panel says it too
+    assert stale == (None,) * 10 and good[0] is None
