@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
@@ -60,13 +61,22 @@ def _nan_where(values: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.full_like(values, float("nan")), values).cpu()
 
 
-def pointing_game(heatmaps: Any, masks: Any) -> torch.Tensor:
+def _dilate(g: torch.Tensor, radius: int) -> torch.Tensor:
+    """``(B, H, W)`` bool masks grown by a disc of ``radius`` pixels (Euclidean)."""
+    r = torch.arange(-radius, radius + 1, device=g.device, dtype=torch.float32)
+    disc = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2).float()[None, None]
+    return F.conv2d(g[:, None].float(), disc, padding=radius)[:, 0] > 0
+
+
+def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> torch.Tensor:
     """Whether the heatmap's maximum lies on the object: 1.0 (hit) or 0.0 (miss) per image.
 
     Zhang et al., "Top-down neural attention by excitation backprop" (ECCV 2016): a hit when the
-    most salient pixel falls inside the ground-truth mask. Without the paper's 15-pixel
-    tolerance, as Quantus 0.6 (``PointingGame``); tied maxima count as a hit when any of them is
-    on the object (as Quantus). An empty mask gives ``NaN`` (Quantus counts it as a hit).
+    most salient pixel falls inside the ground-truth mask, or within ``tolerance`` pixels of it
+    (the paper uses 15 px at 224 px; Quantus 0.6's ``PointingGame`` has none, the default here).
+    Tied maxima count as a hit when any of them is on the object (as Quantus), so a map with
+    large flat maxima (a constant map, nearest upsampling, a rectified map that is 0
+    everywhere) is favoured. An empty mask gives ``NaN`` (Quantus counts it as a hit).
     Heatmaps of another size than the masks are resized bilinearly first.
 
     Examples:
@@ -76,7 +86,12 @@ def pointing_game(heatmaps: Any, masks: Any) -> torch.Tensor:
         >>> pointing_game(h, m).tolist()
         [1.0]
     """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise InputError(f"`tolerance` must be a non-negative int (pixels), got {tolerance!r}.")
     h, g, empty = _flat(heatmaps, masks)
+    if tolerance:
+        side = _as_masks(masks).shape[-2:]
+        g = _dilate(g.view(-1, *side), tolerance).flatten(1)
     at_max = h == h.max(1, keepdim=True).values
     return _nan_where((at_max & g).any(1).double(), empty)
 
@@ -155,7 +170,8 @@ class LocalisationMetrics:
     """Accumulates `pointing_game`, relevance mass / rank accuracy and top-k intersection.
 
     `update` scores a batch (and the rectified map, ``max(h, 0)``, under the same names with the
-    suffix ``_relu``); `compute` returns the means over images with a non-empty mask (and a
+    suffix ``_relu``), plus ``pointing_game_tolerant``: the pointing game with Zhang et al.'s
+    tolerance of 15 px at 224 px, scaled to the masks' size; `compute` returns the means over images with a non-empty mask (and a
     non-zero total for the mass) plus ``n_empty_masks``. ``top_k`` is a fraction of the pixels
     (default ``1000 / (224 * 224)``, Quantus's 1000 at 224 px) or an int.
 
@@ -192,8 +208,10 @@ class LocalisationMetrics:
         k = self._k(g.shape[-2] * g.shape[-1])
         h = _as_heatmaps(heatmaps)
         out: dict[str, torch.Tensor] = {}
+        tol = max(1, round(15 * min(g.shape[-2:]) / 224))  # Zhang et al.'s 15 px at 224 px
         for suffix, hm in (("", h), ("_relu", h.clamp(min=0))):
             out["pointing_game" + suffix] = pointing_game(hm, g)
+            out["pointing_game_tolerant" + suffix] = pointing_game(hm, g, tolerance=tol)
             out["relevance_mass" + suffix] = relevance_mass_accuracy(hm, g)
             out["relevance_rank" + suffix] = relevance_rank_accuracy(hm, g)
             out["top_k_intersection" + suffix] = top_k_intersection(hm, g, k=k)

@@ -163,3 +163,27 @@ def test_average_drop_and_increase_in_confidence_hand_computed():
     model.train()
     average_drop_increase(model, x, sal, t)
     assert model.training  # the model's mode is restored
+
+
+def test_pointing_game_tolerance_of_zhang_et_al():
+    """The paper's tolerance: a maximum 3 px from the object is a miss at 0 px, a hit from 3 px on."""
+    m = torch.zeros(1, 16, 16, dtype=torch.bool)
+    m[0, 4:8, 4:8] = True
+    h = torch.zeros(1, 16, 16)
+    h[0, 5, 10] = 1.0  # 3 px right of the mask's last column (7)
+    assert [pointing_game(h, m, tolerance=t).item() for t in (0, 2, 3, 15)] == [0.0, 0.0, 1.0, 1.0]
+    h[0, 10, 10] = 2.0  # diagonal: distance sqrt(3^2 + 3^2) = 4.24
+    assert [pointing_game(h, m, tolerance=t).item() for t in (4, 5)] == [0.0, 1.0]
+
+
+@pytest.mark.skipif(hasattr(np, "trapz"), reason="this numpy still has np.trapz")
+def test_quantus_auc_raises_under_numpy_without_trapz_while_salfcbm_integrates():
+    """docs/evaluation.md: Quantus 0.6's AUC helper (region perturbation, selectivity, IROF) needs np.trapz."""
+    from quantus.helpers.utils import calculate_auc
+
+    with pytest.raises(AttributeError, match="trapz"):
+        calculate_auc(np.array([1.0, 0.5, 0.0]))
+    from salfcbm.evaluation.metrics import deletion_insertion
+
+    out = deletion_insertion(_Lin(), torch.rand(1, 1, H, W), torch.rand(1, H, W), n_steps=4, progress=False)
+    assert torch.isfinite(out["deletion_auc"]).all()
