@@ -596,14 +596,15 @@ class BenchmarkResult:
             "",
             "Localisation (signed map as given / rectified `max(h, 0)`) and confidence:",
             "",
-            "| method | pointing game ↑ | relevance mass ↑ | relevance rank ↑ | top-k ∩ ↑ | avg. drop % ↓ "
-            "| incr. conf. % ↑ | faithfulness corr. ↑ |",
-            "|" + "---|" * 8,
+            "| method | pointing game ↑ | relevance mass ↑ | mass ∉ [0, 1] % | relevance rank ↑ | top-k ∩ ↑ "
+            "| avg. drop % ↓ | incr. conf. % ↑ | faithfulness corr. ↑ |",
+            "|" + "---|" * 9,
         ]
         for name, r in rows.items():
             lines.append(
                 f"| {name} | {f(r, 'pointing_game')} / {f(r, 'pointing_game_relu')} "
                 f"| {f(r, 'relevance_mass')} / {f(r, 'relevance_mass_relu')} "
+                f"| {f(r, 'relevance_mass_out_of_range', 100)} "
                 f"| {f(r, 'relevance_rank')} / {f(r, 'relevance_rank_relu')} "
                 f"| {f(r, 'top_k_intersection')} / {f(r, 'top_k_intersection_relu')} "
                 f"| {f(r, 'average_drop', 100)} | {f(r, 'increase_in_confidence', 100)} "

@@ -171,7 +171,8 @@ class LocalisationMetrics:
 
     `update` scores a batch (and the rectified map, ``max(h, 0)``, under the same names with the
     suffix ``_relu``), plus ``pointing_game_tolerant``: the pointing game with Zhang et al.'s
-    tolerance of 15 px at 224 px, scaled to the masks' size; `compute` returns the means over images with a non-empty mask (and a
+    tolerance of 15 px at 224 px, scaled to the masks' size, and ``relevance_mass_out_of_range``:
+    the share of images whose (signed) relevance mass leaves ``[0, 1]``; `compute` returns the means over images with a non-empty mask (and a
     non-zero total for the mass) plus ``n_empty_masks``. ``top_k`` is a fraction of the pixels
     (default ``1000 / (224 * 224)``, Quantus's 1000 at 224 px) or an int.
 
@@ -215,6 +216,10 @@ class LocalisationMetrics:
             out["relevance_mass" + suffix] = relevance_mass_accuracy(hm, g)
             out["relevance_rank" + suffix] = relevance_rank_accuracy(hm, g)
             out["top_k_intersection" + suffix] = top_k_intersection(hm, g, k=k)
+        mass = out["relevance_mass"]
+        out["relevance_mass_out_of_range"] = torch.where(
+            torch.isnan(mass), mass, ((mass < 0) | (mass > 1)).double()
+        )  # the signed map's mass is no share on these images
         for key, v in out.items():
             self._values.setdefault(key, []).append(v)
         self._n_empty += int((g.flatten(1).sum(1) == 0).sum())

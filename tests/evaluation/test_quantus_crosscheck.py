@@ -187,3 +187,14 @@ def test_quantus_auc_raises_under_numpy_without_trapz_while_salfcbm_integrates()
 
     out = deletion_insertion(_Lin(), torch.rand(1, 1, H, W), torch.rand(1, H, W), n_steps=4, progress=False)
     assert torch.isfinite(out["deletion_auc"]).all()
+
+
+def test_localisation_metrics_report_how_often_the_signed_mass_is_no_share():
+    a, signed, s = _fixed()
+    per_image = _ours(relevance_mass_accuracy, signed, s)
+    lm = LocalisationMetrics(top_k=5)
+    lm.update(torch.from_numpy(signed), torch.from_numpy(s[:, 0] > 0))
+    assert lm.compute()["relevance_mass_out_of_range"] == pytest.approx(np.mean((per_image < 0) | (per_image > 1)))
+    lm.reset()
+    lm.update(torch.from_numpy(a), torch.from_numpy(s[:, 0] > 0))
+    assert lm.compute()["relevance_mass_out_of_range"] == 0.0
