@@ -20,7 +20,7 @@ if ! .venv/bin/python -c "import salfcbm, pytest, captum, pytorch_grad_cam, mkdo
 fi
 # Quantus 0.6 (test-only: tests/evaluation/test_quantus_crosscheck.py checks salfcbm's metrics against it).
 # --no-deps because its metadata requires `opencv-python`, which clashes with the `opencv-python-headless`
-# other packages bring (both install the `cv2` module); its remaining imports are pure or already here,
+# that grad-cam (the baselines extra) requires (both install the `cv2` module); its remaining imports are pure or already here,
 # so they are installed by name. Not a pyproject extra for that reason: an extra would pull opencv-python.
 if ! .venv/bin/python -c "import quantus" >/dev/null 2>&1; then
   echo "[setup] installing quantus==0.6.0 (test-only, --no-deps) and the packages it imports"
