@@ -20,8 +20,12 @@ from salfcbm.evaluation.localisation import (
     top_k_intersection,
 )
 
-quantus = pytest.importorskip("quantus", reason="Quantus 0.6 is a test-only extra: scripts/setup.sh installs it "
-                              "(pip install --no-deps quantus==0.6.0 scikit-image cachetools)")
+_WHY = "Quantus 0.6 is a test-only extra: scripts/setup.sh installs it (pip install --no-deps quantus==0.6.0)"
+
+
+@pytest.fixture
+def quantus():
+    return pytest.importorskip("quantus", reason=_WHY)
 
 B, H, W = 4, 8, 8
 
@@ -54,7 +58,7 @@ def _ours(fn, a: np.ndarray, s: np.ndarray, **kw) -> np.ndarray:
 
 
 @pytest.mark.parametrize("which", ["positive", "signed"])
-def test_localisation_metrics_agree_with_quantus(which):
+def test_localisation_metrics_agree_with_quantus(which, quantus):
     a, signed, s = _fixed()
     maps = a if which == "positive" else signed
     common = dict(disable_warnings=True, display_progressbar=False, return_aggregate=False, normalise=False)
@@ -70,14 +74,14 @@ def test_localisation_metrics_agree_with_quantus(which):
     assert _ours(pointing_game, maps, s).tolist()[:2] == [1.0, 0.0]
 
 
-def test_quantus_default_batch_normalisation_changes_nothing_here_but_scaling_is_irrelevant():
+def test_quantus_default_batch_normalisation_changes_nothing_here_but_scaling_is_irrelevant(quantus):
     """Quantus's default normalise_by_max divides by the batch's max |a|: a positive scale; ours is invariant."""
     a, _, s = _fixed()
     metric = quantus.RelevanceMassAccuracy(disable_warnings=True, return_aggregate=False)
     np.testing.assert_allclose(_ours(relevance_mass_accuracy, a * 3.0, s), _quantus(metric, a, s), rtol=1e-12)
 
 
-def test_pointing_game_empty_mask_is_undefined_not_a_hit():
+def test_pointing_game_empty_mask_is_undefined_not_a_hit(quantus):
     """Quantus 0.6 writes NaN into a bool array, which makes an empty mask a hit (True)."""
     a, _, s = _fixed()
     s[2] = 0
@@ -119,7 +123,7 @@ class _Lin(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def test_faithfulness_correlation_agrees_with_quantus_on_the_same_subsets():
+def test_faithfulness_correlation_agrees_with_quantus_on_the_same_subsets(quantus):
     torch.manual_seed(0)
     model = _Lin().eval()
     x = np.random.default_rng(1).random((B, 1, H, W)).astype(np.float32)
@@ -177,9 +181,9 @@ def test_pointing_game_tolerance_of_zhang_et_al():
 
 
 @pytest.mark.skipif(hasattr(np, "trapz"), reason="this numpy still has np.trapz")
-def test_quantus_auc_raises_under_numpy_without_trapz_while_salfcbm_integrates():
+def test_quantus_auc_raises_under_numpy_without_trapz_while_salfcbm_integrates(quantus):
     """docs/evaluation.md: Quantus 0.6's AUC helper (region perturbation, selectivity, IROF) needs np.trapz."""
-    from quantus.helpers.utils import calculate_auc
+    calculate_auc = quantus.helpers.utils.calculate_auc
 
     with pytest.raises(AttributeError, match="trapz"):
         calculate_auc(np.array([1.0, 0.5, 0.0]))
