@@ -28,7 +28,7 @@ Annotations, ``annotations=``:
 * the demo world (`salfcbm.demo.SyntheticScenes`) or any object with ``concepts`` and
   ``masks_batch(indices) -> (B, K, H, W)``: masks, and labels "mask not empty";
 * any object with ``concepts`` and ``labels`` ``(N, K)``, such as
-  `salfcbm.datasets.CUBAttributes.for_concepts` (CUB-200's attribute annotations matched to the
+  `salfcbm.datasets.CUB200Dataset.concept_labels` (CUB-200's attribute annotations matched to the
   concept set by name);
 * a mapping ``{concept: [label per image]}`` (a user's per-image labels; NaN or None unknown);
 * a tensor ``(N, K)`` of labels or ``(N, K, H, W)`` of masks in the order of ``model.concepts``.
