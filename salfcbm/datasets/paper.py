@@ -69,7 +69,9 @@ LAYOUTS: dict[str, str] = {
     "cub": (
         "ROOT/images.txt\nROOT/image_class_labels.txt\nROOT/train_test_split.txt\nROOT/classes.txt\n"
         "ROOT/images/001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg ...\n"
-        "(ROOT is the CUB_200_2011 folder of CUB_200_2011.tgz, or the folder holding it)"
+        "(ROOT is the CUB_200_2011 folder of CUB_200_2011.tgz, or the folder holding it)\n"
+        "for concept_labels also ROOT/attributes/image_attribute_labels.txt and attributes.txt "
+        "(next to ROOT as the archive ships it, or in ROOT or ROOT/attributes)"
     ),
     "imagenet-seg": "a single MATLAB v7.3 file gtsegs_ijcv.mat (value/img, value/gt)",
 }
