@@ -33,12 +33,13 @@ def plot_randomisation(result: Any, path: str | os.PathLike | None = None, *, ex
     ex = getattr(result, "examples", {}) if examples else {}
     rows = [m for m in methods if m in ex]
     n_cols = len(steps) + 1
-    fig = _new_figure((max(8.0, 1.4 * n_cols), 3.2 + 1.4 * len(rows)))
-    grid = fig.add_gridspec(1 + len(rows), n_cols, height_ratios=[2.2] + [1.0] * len(rows))
+    fig = _new_figure((max(8.0, 1.5 * n_cols), 3.6 + 1.4 * len(rows)))
+    outer = fig.add_gridspec(2 if rows else 1, 1, height_ratios=[3.0, 1.4 * len(rows)] if rows else None, hspace=0.45)
+    top = outer[0].subgridspec(1, 2, wspace=0.25)
+    maps = outer[1].subgridspec(len(rows), n_cols, hspace=0.08, wspace=0.05) if rows else None
     bad = set(map(tuple, result.failures))
     for k, (key, label) in enumerate((("spearman", "|Spearman| with intact map"), ("ssim", "SSIM with intact map"))):
-        half = n_cols // 2
-        ax = fig.add_subplot(grid[0, :half] if k == 0 else grid[0, half:])
+        ax = fig.add_subplot(top[0, k])
         xs = list(range(len(steps) + 1))
         for m in methods:
             ys = [1.0, *getattr(result, key)[m]]
@@ -55,8 +56,8 @@ def plot_randomisation(result: Any, path: str | os.PathLike | None = None, *, ex
             ax.legend(fontsize=7)
     for r, m in enumerate(rows, start=1):
         for c, heat in enumerate(ex[m][: n_cols]):
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(heat.float().numpy(), cmap="jet")
+            ax = fig.add_subplot(maps[r - 1, c])
+            ax.imshow(heat.float().numpy(), cmap="jet", aspect="auto")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -65,7 +66,7 @@ def plot_randomisation(result: Any, path: str | os.PathLike | None = None, *, ex
                 ax.set_title(["intact", *steps][c], fontsize=6)
     title = "Model-parameter randomisation (cascading): " + ("passed" if result.passed else "FAILED")
     fig.suptitle(title, color="black" if result.passed else "red")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.94, bottom=0.03)
     if path is not None:
         save_figure(fig, Path(path))
     return fig
