@@ -317,6 +317,10 @@ def _check_args(model: Any, images: Any, baselines: Any, extra: Any, unchanged_a
         raise InputError(f"`images` must be a non-empty (B, 3, H, W) tensor of [0, 1] images, got {got}.")
     if isinstance(baselines, str) or not all(isinstance(b, str) for b in baselines):
         raise InputError(f"`baselines` must be a sequence of method names (e.g. ['gradcam']), got {baselines!r}.")
+    own = sorted({"salfcbm", "salfcbm_logit"} & set(baselines))
+    if own:
+        raise InputError(f"`baselines` names SALF-CBM's own maps {own}; they are always tested (as 'class_map' and "
+                         "'concept_maps'). Name backbone methods only, e.g. ['gradcam'].")
     if not isinstance(extra, Mapping) or not all(callable(f) for f in extra.values()):
         raise InputError("`extra_methods` must map names to callables f(model, inputs, target) -> (B, 1, H, W).")
     clash = sorted(set(extra) & {"class_map", "concept_maps", *baselines})

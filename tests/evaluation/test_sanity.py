@@ -96,6 +96,8 @@ def test_bad_arguments_are_refused(model, images):
         model_randomisation_test(model, images[0])
     with pytest.raises(InputError, match="baselines"):
         model_randomisation_test(model, images, baselines="gradcam")
+    with pytest.raises(InputError, match="always tested"):
+        model_randomisation_test(model, images, baselines=["salfcbm_logit"])
     with pytest.raises(InputError, match="clash"):
         model_randomisation_test(model, images, baselines=(), extra_methods={"class_map": lambda *a: None})
     with pytest.raises(InputError, match="unchanged_at"):
