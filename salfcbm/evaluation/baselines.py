@@ -15,7 +15,9 @@ paper's Table 2, from the libraries people use for them, plus two floors:
 | `fullgrad` | pytorch-grad-cam `FullGrad` | ignored |
 | `random` | seeded uniform noise | ignored |
 | `center` | centred Gaussian (centre-bias floor) | ignored |
-| `torchcam_cam`, `torchcam_gradcam`, `torchcam_gradcam++`, `torchcam_smoothgradcam++`, `torchcam_xgradcam`, `torchcam_layercam`, `torchcam_scorecam` | torchcam's CAM extractors (optional, ``list_baselines(optional=True)``) | used |
+| `torchcam_cam`, `torchcam_gradcam`, `torchcam_gradcam++` | torchcam's CAM extractors (optional) | used |
+| `torchcam_smoothgradcam++`, `torchcam_xgradcam` | torchcam (optional) | used |
+| `torchcam_layercam`, `torchcam_scorecam` | torchcam (optional) | used |
 | `legrad` | torchcam `LeGrad` (vision transformers; optional) | transformer blocks (``layers=``) |
 
 Used layers may be omitted: ``layer=None`` picks the last spatial stage
@@ -678,7 +680,9 @@ class _TCScoreCAM(_TorchCAM):
 
 def _vit_blocks(model: nn.Module) -> list[str]:
     """Names of the transformer blocks LeGrad can read: a ``self_attention`` that is an ``nn.MultiheadAttention``."""
-    return [n for n, m in model.named_modules() if isinstance(getattr(m, "self_attention", None), nn.MultiheadAttention)]
+    return [
+        n for n, m in model.named_modules() if isinstance(getattr(m, "self_attention", None), nn.MultiheadAttention)
+    ]
 
 
 class _LeGrad(Attributor):
@@ -704,15 +708,17 @@ class _LeGrad(Attributor):
     ) -> None:
         super().__init__(model, eval_mode=eval_mode)
         if not hasattr(_torchcam("LeGrad"), "LeGrad"):
-            raise UnsupportedBaselineError("The installed torchcam has no LeGrad (added in 0.5): pip install -U torchcam.")
+            raise UnsupportedBaselineError(
+                "The installed torchcam has no LeGrad (added in 0.5): pip install -U torchcam."
+            )
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
             raise InputError(f"`n_layers` must be a positive int, got {n_layers!r}.")
         blocks = _vit_blocks(model)
         if not blocks:
             raise UnsupportedBaselineError(
                 f"LeGrad (torchcam) reads attention from transformer blocks with a batch-first nn.MultiheadAttention "
-                f"`self_attention` (torchvision's VisionTransformer); {type(model).__name__} has none (a CNN, or timm's "
-                "fused attention). Use a layer method (gradcam, torchcam_gradcam) for this model."
+                f"`self_attention` (torchvision's VisionTransformer); {type(model).__name__} has none "
+                "(a CNN, or timm's fused attention). Use a layer method (gradcam, torchcam_gradcam) for this model."
             )
         self.layers = [_resolve_layer(model, b)[0] for b in layers] if layers is not None else blocks[-n_layers:]
         self.score_projection, self.prefix_tokens = score_projection, prefix_tokens

@@ -117,7 +117,8 @@ class ConceptAnnotations:
             if bad.any():
                 raise InputError("`labels` must hold 1 (present), 0 (absent) or NaN (unknown); found "
                                  f"{sorted(set(self.labels[bad].tolist()))[:5]}.")
-        if isinstance(self.masks, torch.Tensor) and (self.masks.dim() != 4 or self.masks.shape[1] != len(self.concepts)):
+        m = self.masks
+        if isinstance(m, torch.Tensor) and (m.dim() != 4 or m.shape[1] != len(self.concepts)):
             raise InputError(f"`masks` must be (N, {len(self.concepts)}, H, W), got {tuple(self.masks.shape)}.")
 
     def masks_for(self, indices: Sequence[int]) -> torch.Tensor | None:

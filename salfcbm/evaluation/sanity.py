@@ -126,7 +126,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     is computed with a Gaussian window (``window`` x ``window``, ``sigma``; shrunk to the map's
     smaller side, kept odd), constants ``K1=0.01``, ``K2=0.03``, data range 1, and averaged over
     the positions where the window fits (no padding), as ``skimage.metrics.structural_similarity``
-    with ``gaussian_weights=True, use_sample_covariance=False`` does (tested to 1e-9). Two constant maps are identical (1.0).
+    with ``gaussian_weights=True, use_sample_covariance=False`` does (tested to 1e-9). Two constant
+    maps are identical (1.0).
 
     Examples:
         >>> x = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))

@@ -28,7 +28,9 @@ def plot_randomisation(result: Any, path: str | os.PathLike | None = None, *, ex
     """
     need = ("steps", "methods", "spearman", "ssim", "expected_change", "failures")
     if not all(hasattr(result, a) for a in need):
-        raise InputError(f"Expected a RandomisationResult (from model_randomisation_test), got {type(result).__name__}.")
+        raise InputError(
+            f"Expected a RandomisationResult (from model_randomisation_test), got {type(result).__name__}."
+        )
     steps, methods = list(result.steps), list(result.methods)
     ex = getattr(result, "examples", {}) if examples else {}
     rows = [m for m in methods if m in ex]
