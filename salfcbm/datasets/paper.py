@@ -26,11 +26,13 @@ import hashlib
 import os
 import random
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from salfcbm.core.images import ImageTransform
@@ -435,8 +437,39 @@ def read_cub_attributes(root: str | os.PathLike) -> CUBAttributes:
     if not path.is_file():
         raise _missing("cub", f"No {path}")
     names = _cub_attribute_names(root)
-    table: dict[int, dict[int, tuple[int, int]]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    data = path.read_bytes()
+    rows = _cub_rows_fast(data, len(names))
+    if rows is None:  # something is off: the line-by-line reader names the line
+        rows = _cub_rows_checked(path, data, len(names))
+    ids_np, row_of = np.unique(rows[:, 0], return_inverse=True)
+    present = np.zeros((len(ids_np), len(names)), dtype=bool)
+    certainty = np.zeros((len(ids_np), len(names)), dtype=np.int8)
+    present[row_of, rows[:, 1] - 1] = rows[:, 2] == 1
+    certainty[row_of, rows[:, 1] - 1] = rows[:, 3]
+    return CUBAttributes(names, [int(i) for i in ids_np], torch.from_numpy(present), torch.from_numpy(certainty))
+
+
+def _cub_rows_fast(data: bytes, n_attributes: int) -> np.ndarray | None:
+    """``(L, 4)`` int64 of the first four fields of every line (numpy's C reader), or None if any is off."""
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file warns
+            rows = np.loadtxt(io.BytesIO(data), dtype=np.int64, usecols=(0, 1, 2, 3), ndmin=2)
+    except ValueError:  # a short or non-numeric line (a longer one is read: only four columns are used)
+        return None
+    if rows.shape[1:] != (4,) or len(rows) == 0:
+        return None
+    ok = ((rows[:, 1] >= 1) & (rows[:, 1] <= n_attributes) & ((rows[:, 2] == 0) | (rows[:, 2] == 1))
+          & (rows[:, 3] >= 1) & (rows[:, 3] <= 4))
+    return rows if bool(ok.all()) else None
+
+
+def _cub_rows_checked(path: Path, data: bytes, n_attributes: int) -> np.ndarray:
+    """The slow reader: every line checked, the first bad one named."""
+    out = []
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         f = line.split()
         if not f:
             continue
@@ -445,17 +478,13 @@ def read_cub_attributes(root: str | os.PathLike) -> CUBAttributes:
         except ValueError:
             raise InputError(f"{path}, line {n}: expected '<image_id> <attribute_id> <is_present> <certainty_id> "
                              f"<time>', got {line.strip()!r}.") from None
-        if not 1 <= att <= len(names) or pres not in (0, 1) or not 1 <= cert <= 4:
-            raise InputError(f"{path}, line {n}: attribute id in 1..{len(names)}, is_present 0/1 and certainty "
+        if not 1 <= att <= n_attributes or pres not in (0, 1) or not 1 <= cert <= 4:
+            raise InputError(f"{path}, line {n}: attribute id in 1..{n_attributes}, is_present 0/1 and certainty "
                              f"1..4 expected, got {line.strip()!r}.")
-        table.setdefault(img, {})[att - 1] = (pres, cert)
-    ids = sorted(table)
-    present = torch.zeros(len(ids), len(names), dtype=torch.bool)
-    certainty = torch.zeros(len(ids), len(names), dtype=torch.int8)
-    for r, i in enumerate(ids):
-        for a, (p, c) in table[i].items():
-            present[r, a], certainty[r, a] = bool(p), c
-    return CUBAttributes(names, ids, present, certainty)
+        out.append((img, att, pres, cert))
+    if not out:
+        raise InputError(f"{path} holds no annotation line.")
+    return np.asarray(out, dtype=np.int64)
 
 
 class SubsetWithTargets(torch.utils.data.Dataset):

@@ -130,3 +130,16 @@ def test_no_matching_concept_and_bad_certainty_are_refused(tmp_path):
         att.labels(min_certainty=5)
     with pytest.raises(InputError, match="no attribute annotation"):
         att.for_concepts(["blue wings"], image_ids=[99])
+
+
+def test_fast_and_checked_readers_agree(tmp_path):
+    import numpy as np
+
+    from salfcbm.datasets.paper import _cub_rows_checked, _cub_rows_fast
+
+    root, _ = _write_tree(tmp_path)
+    path = root / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"
+    data = path.read_bytes() + b"\n"  # a trailing blank line, as editors leave
+    fast = _cub_rows_fast(data, len(NAMES))
+    assert fast is not None and np.array_equal(fast, _cub_rows_checked(path, data, len(NAMES)))
+    assert _cub_rows_fast(b"1 1 1\n", len(NAMES)) is None  # a short line goes to the checked reader
