@@ -1,4 +1,4 @@
-"""Evaluation: zero-shot segmentation and faithfulness metrics, attribution baselines, the benchmark runner."""
+"""Evaluation: segmentation and faithfulness metrics, baselines, the benchmark runner, sanity checks, concept accuracy."""
 
 from salfcbm.evaluation.baselines import Attributor, list_baselines, make_baseline
 from salfcbm.evaluation.confidence import average_drop_increase, faithfulness_correlation
@@ -9,6 +9,8 @@ from salfcbm.evaluation.localisation import (
     relevance_rank_accuracy,
     top_k_intersection,
 )
+from salfcbm.evaluation.concepts import ConceptAnnotations, ConceptMetrics, concept_metrics
+from salfcbm.evaluation.sanity import RandomisationResult, model_randomisation_test
 from salfcbm.evaluation.metrics import DeletionInsertion, SegmentationMetrics, deletion_insertion
 
 __all__ = [
@@ -20,9 +22,14 @@ __all__ = [
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
     "top_k_intersection",
+    "ConceptAnnotations",
+    "ConceptMetrics",
     "DeletionInsertion",
+    "concept_metrics",
+    "RandomisationResult",
     "SegmentationMetrics",
     "deletion_insertion",
     "list_baselines",
     "make_baseline",
+    "model_randomisation_test",
 ]

@@ -235,8 +235,8 @@ def build_methods(
 
     Args:
         model: a trained SALF-CBM with its backbone.
-        names: methods, among ``"salfcbm"`` and `list_baselines`
-            (default: all of them).
+        names: methods, among ``"salfcbm"`` and `list_baselines` (``optional=True`` adds torchcam's
+            ``torchcam_*`` and ``legrad``; default: SALF-CBM's two and the non-optional baselines).
         backbone_preprocess: how benchmark images become backbone inputs: ``"model"``
             (``model.preprocess(images, crop=False)``: resize the whole image and normalise with the
             backbone's statistics,
@@ -278,8 +278,8 @@ def build_methods(
         raise InputError(f"`model` must be a salfcbm.SALFCBM with its backbone, got {type(model).__name__}.")
     if on_error not in ("raise", "record"):
         raise InputError(f"`on_error` must be 'raise' or 'record', got {on_error!r}.")
-    valid = ["salfcbm", "salfcbm_logit", *list_baselines()]
-    names = list(valid if names is None else names)
+    valid = ["salfcbm", "salfcbm_logit", *list_baselines(optional=True)]  # torchcam's methods when named
+    names = list(["salfcbm", "salfcbm_logit", *list_baselines()] if names is None else names)
     bad = [n for n in names if n not in valid]
     if bad or not names:
         raise InputError(f"Unknown method(s) {bad or names}; choose among {valid}.")

@@ -11,6 +11,7 @@ from salfcbm.viz.figures import (
     write_html_report,
 )
 from salfcbm.viz.neurons import plot_top_images
+from salfcbm.viz.sanity import plot_randomisation
 from salfcbm.viz.video import ConceptTrack, read_video_frames, save_video_gif, save_video_strip, track_concepts
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "overlay_heatmap",
     "plot_explanation",
     "plot_overlay",
+    "plot_randomisation",
     "plot_region_report",
     "plot_top_images",
     "read_video_frames",
