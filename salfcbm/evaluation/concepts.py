@@ -65,25 +65,41 @@ DETECTION_COLUMNS = ("auroc", "average_precision", "accuracy", "predicted_presen
 LOCALISATION_COLUMNS = ("pointing", "top_region_iou", "pixel_auroc", "mask_fraction")
 
 
-def present_decision(model: Any, normalized_activations: torch.Tensor) -> torch.Tensor:
+def present_decision(model: Any, normalized_activations: torch.Tensor, peaks: torch.Tensor | None = None,
+                     concept_idx: list[int] | None = None) -> torch.Tensor:
     """salfcbm's "present" decision for ``(N, K)`` standardised activations of ``model``'s concepts.
 
-    The one place `concept_metrics` reads the presence threshold: today
-    `salfcbm.explain.evidence.is_present` (``c*_norm > PRESENCE_THRESHOLD``, the training mean). A
-    per-concept calibration of presence changes this function only.
+    The one place `concept_metrics` reads the presence rule, the same one explanations use: a
+    model with calibrated presence (``model.presence_threshold``, set by `salfcbm.fit`) says
+    *present* when the peak of the standardised concept map is above the concept's threshold
+    (`salfcbm.explain.evidence.is_present_calibrated`, ``peaks`` ``(N, K)`` of the concepts
+    ``concept_idx``); otherwise the training-mean rule `salfcbm.explain.evidence.is_present`
+    (``c*_norm > PRESENCE_THRESHOLD``).
 
     Examples:
         >>> present_decision(None, torch.tensor([[0.5, -0.1]])).tolist()
         [[True, False]]
     """
-    from salfcbm.explain.evidence import is_present
+    from salfcbm.explain.evidence import is_present, is_present_calibrated
 
+    thresholds = getattr(model, "presence_threshold", None)
+    if thresholds is not None and peaks is not None:
+        t = thresholds.detach().float().cpu()
+        return is_present_calibrated(peaks, t[concept_idx] if concept_idx is not None else t)
     return is_present(normalized_activations)
 
 
-def _threshold_label() -> str:
+def _peaks(model: Any, maps: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """``(N, K)`` peaks of the standardised concept maps ``maps`` (``(N, K, h, w)``) of concepts ``idx``."""
+    mean, std = model.concept_mean.detach().float().cpu(), model.concept_std.detach().float().cpu()
+    return (maps.detach().float().cpu().flatten(2).amax(-1) - mean[idx]) / std[idx]
+
+
+def _threshold_label(model: Any = None) -> str:
     from salfcbm.explain import evidence
 
+    if getattr(model, "presence_threshold", None) is not None:
+        return "peak of the standardised map > the concept's calibrated threshold (model.presence_threshold)"
     return f"c*_norm > {getattr(evidence, 'PRESENCE_THRESHOLD', 0.0)} (salfcbm.explain.evidence.is_present)"
 
 
@@ -327,18 +343,21 @@ def concept_metrics(
     n = total if n is None else min(n, total)
     if n == 0:
         raise InputError("`data` holds no image.")
-    zs, ys, local = [], [], []
+    zs, ys, local, pk = [], [], [], []
+    calibrated = getattr(model, "presence_threshold", None) is not None
     dev = next(model.parameters()).device
     for ids, images in _iter_images(data, n, batch_size):
         with torch.no_grad():
             out = model(model.preprocess(images.to(dev), crop=False))
         zs.append(model.standardize(out.concept_activations.float())[:, idx].detach().cpu())
+        if calibrated:
+            pk.append(_peaks(model, out.concept_maps[:, idx], idx))
         masks = ann.masks_for(ids)
         ys.append(ann.labels_for(ids, masks)[:, cols])
         if masks is not None and localisation:
             local += _localise(out.concept_maps[:, idx].detach().cpu(), masks[:, cols].cpu())
     z, y = torch.cat(zs), torch.cat(ys)
-    present = present_decision(model, z)
+    present = present_decision(model, z, torch.cat(pk) if pk else None, idx)
     rows = []
     for k, i in enumerate(idx):
         row = {"concept": model.concepts[i], **_detection_row(z[:, k], y[:, k], present[:, k])}
@@ -352,4 +371,4 @@ def concept_metrics(
     macro = {c: _nanmean([r[c] for r in rows]) for c in metric_cols}
     macro["n_concepts"] = len(rows)
     macro["above_chance"] = sum(1 for r in rows if not math.isnan(r["auroc"]) and r["auroc"] > 0.5)
-    return ConceptMetrics(per_concept=rows, macro=macro, threshold=_threshold_label(), unannotated=unannotated)
+    return ConceptMetrics(per_concept=rows, macro=macro, threshold=_threshold_label(model), unannotated=unannotated)

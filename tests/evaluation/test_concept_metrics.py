@@ -58,7 +58,8 @@ def test_concept_activations_detect_annotated_concepts_above_chance_on_the_demo(
         assert row["n_localised"] == row["n_present"]
     d = json.loads(json.dumps(r.to_dict()))
     assert set(d["macro"]) >= {"auroc", "average_precision", "accuracy", "pointing", "pixel_auroc"}
-    assert "| **macro** |" in r.table() and "is_present" in r.threshold
+    assert model.presence_threshold is not None  # fit calibrates presence: the metrics use that rule
+    assert "| **macro** |" in r.table() and "calibrated threshold" in r.threshold
 
 
 def test_accuracy_uses_the_presence_decision_and_metrics_agree_with_sklearn(demo):
@@ -70,8 +71,12 @@ def test_accuracy_uses_the_presence_decision_and_metrics_agree_with_sklearn(demo
     labels = test.masks_batch(range(len(test)))[:, cols].flatten(2).any(-1).double()
     r = concept_metrics(model, images, labels, localisation=False)  # a (N, K) tensor in model.concepts order
     with torch.no_grad():
-        z = model.standardize(model(model.preprocess(images, crop=False)).concept_activations)
-    present = present_decision(model, z)
+        out = model(model.preprocess(images, crop=False))
+        z = model.standardize(out.concept_activations)
+        peaks = (out.concept_maps.flatten(2).amax(-1) - model.concept_mean) / model.concept_std
+    idx = list(range(len(model.concepts)))
+    present = present_decision(model, z, peaks, idx)  # the calibrated rule, as explanations use it
+    assert torch.equal(present, peaks > model.presence_threshold)
     for k, row in enumerate(r.per_concept):
         y = labels[:, k] > 0.5
         assert row["accuracy"] == pytest.approx(float((present[:, k] == y).double().mean()))
