@@ -112,6 +112,10 @@ def bottleneck_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- configs
+#: The largest bottleneck learning rate accepted (the CLI's `--lr` has the same bound).
+MAX_BOTTLENECK_LR = 10.0
+
+
 @dataclass
 class BottleneckConfig:
     """Hyper-parameters of the concept bottleneck stage (paper 3.3).
@@ -168,6 +172,9 @@ class BottleneckConfig:
                 raise InputError(f"BottleneckConfig.{k} must be a finite number, got {v!r}.")
         if self.batch_size < 2:
             raise InputError("BottleneckConfig.batch_size must be at least 2 (the loss is taken across the batch).")
+        if self.lr > MAX_BOTTLENECK_LR:  # Adam's step is lr-sized: past this the weights overflow fp32
+            raise InputError(f"BottleneckConfig.lr={self.lr!r} is beyond {MAX_BOTTLENECK_LR} (the paper and LF-CBM use "
+                             "1e-3); pass a learning rate in (0, 10].")
 
     def for_data(self, n_train: int) -> BottleneckConfig:
         """This config with every automatic (``None``) field set from the number of training images.
@@ -619,32 +626,34 @@ def train_bottleneck(
     best = (initial, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
     bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
     batches = _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng)  # epochs back to back
-    while not done:
-        for x, p in batches:
-            x, p = to_device(x, device), to_device(p, device)
-            loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            if step % cfg.val_every == 0 or step == cfg.max_steps:
-                sim = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
-                history.append({"step": step, "train_loss": loss.item(), "val_similarity": sim})
-                bar.set_postfix(loss=f"{loss.item():.3g}", val_sim=f"{sim:.4f}")
-                if sim > best[0] + 1e-6:
-                    best = (sim, step, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
-                    bad = 0
-                else:
-                    bad += 1
-                if bad >= cfg.patience:
+    try:  # closed also when a step raises: the prefetch thread must not outlive the loop
+        while not done:
+            for x, p in batches:
+                x, p = to_device(x, device), to_device(p, device)
+                loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+                if step % cfg.val_every == 0 or step == cfg.max_steps:
+                    sim = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
+                    history.append({"step": step, "train_loss": loss.item(), "val_similarity": sim})
+                    bar.set_postfix(loss=f"{loss.item():.3g}", val_sim=f"{sim:.4f}")
+                    if sim > best[0] + 1e-6:
+                        best = (sim, step, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
+                        bad = 0
+                    else:
+                        bad += 1
+                    if bad >= cfg.patience:
+                        done = True
+                if done or step >= cfg.max_steps:
                     done = True
-            if done or step >= cfg.max_steps:
+                    break
+            else:  # no batch at all: nothing to train on
                 done = True
-                break
-        else:  # no batch at all: nothing to train on
-            done = True
-    batches.close()
+    finally:
+        batches.close()
     data_seconds = batches.wait_seconds
     if bad >= cfg.patience:
         reason = (f"early stop at step {step}/{cfg.max_steps}: no validation gain in {cfg.patience} checks; "
