@@ -217,9 +217,12 @@ class HeadConfig:
         max_iter: solver iterations per path point.
         val_tolerance: with ``select="val_acc"``, take the sparsest point whose validation
             accuracy is within this much of the best (like glmnet's ``lambda.1se``); 0 = the best.
-        lam: the regularisation strength with ``select="fixed"`` (GLM-SAGA's scale: mean
-            cross-entropy + ``lam * R(W)``, as LF-CBM's ``--lam``); ``HeadConfig(lam=...)`` alone
-            means ``select="fixed"``.
+        lam: the regularisation strength with ``select="fixed"``, LF-CBM's ``--lam``: LF-CBM passes
+            it to GLM-SAGA as ``max_reg`` with ``k=1``, and GLM-SAGA solves at ``lam / max(0.001, alpha)``
+            (``glm_saga/elasticnet.py``), i.e. mean cross-entropy + ``lam * ||W||_1 +
+            lam (1 - alpha) / (2 alpha) * ||W||_F^2``. salfcbm solves the same point (`lam_for_solver`),
+            so ``HeadConfig(lam=1e-4)`` is LF-CBM's ``--lam 0.0001``; the solved value is ``HeadFit.lam``.
+            ``HeadConfig(lam=...)`` alone means ``select="fixed"``.
         baseline_lam: ``lam`` of the standard-sparse baseline with ``select="fixed"``
             (LF-CBM fits it with its own value); ``None`` = ``lam``.
 
@@ -730,16 +733,30 @@ def fit_head(
     return fit_
 
 
+def lam_for_solver(lam: float, alpha: float) -> float:
+    """GLM-SAGA's regularisation strength for LF-CBM's ``--lam``: ``lam / max(0.001, alpha)``.
+
+    LF-CBM sets ``metadata['max_reg']['nongrouped'] = lam`` and calls ``glm_saga(..., alpha, epsilon=1, k=1)``;
+    GLM-SAGA's path starts at ``max_reg / max(0.001, alpha)`` and, with one point, ends there.
+
+    Examples:
+        >>> round(lam_for_solver(1e-4, 0.99), 10)
+        0.0001010101
+    """
+    return float(lam) / max(0.001, float(alpha))
+
+
 def _fit_fixed_lambda(
     x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
     cfg: HeadConfig, *, progress: bool = True, desc: str = "Sparse head path",
 ) -> HeadFit:
-    """The paper's head: Eq. 2 solved at one fixed ``lam`` (warm-started down from ``lam_max``)."""
+    """The paper's head: Eq. 2 solved at LF-CBM's fixed ``lam`` (GLM-SAGA's scaling; warm-started from ``lam_max``)."""
     lam_top = lambda_max(x_train, y_train, num_classes, cfg.alpha)
-    lam = float(cfg.lam)
+    lam = lam_for_solver(cfg.lam, cfg.alpha)
     if lam >= lam_top:
         warnings.warn(
-            f"The fixed lam={lam:g} is at or above lam_max={lam_top:.4g} for these features: the head has no "
+            f"The fixed lam={cfg.lam:g} (solved at lam/alpha={lam:.4g}, as GLM-SAGA does) is at or above "
+            f"lam_max={lam_top:.4g} for these features: the head has no "
             "non-zero weight and predicts the majority class. Lower lam (LF-CBM's default is 7e-4).",
             DegenerateResultWarning, stacklevel=3,
         )
