@@ -129,3 +129,22 @@ def test_fit_applies_lfcbm_statistic_to_pooled_activations_and_unprompted_val(tm
     assert res.cutoff["kept"] == res.model.num_concepts
     assert 0 < res.model.num_concepts < len(concepts)  # the test exercises both sides of the cutoff
 
+
+
+def test_recipes_use_lfcbm_statistic_and_table_md_reports_concepts_kept():
+    from salfcbm.reproduce.recipes import RECIPES
+    from salfcbm.reproduce.tables import PAPER_CONCEPTS, concept_rows, format_concepts
+
+    for r in RECIPES.values():
+        assert r.cutoff_statistic == "lfcbm" and r.cutoff_guard == "warn" and r.version >= 2, r.key
+        BottleneckConfig(cutoff=r.interpretability_cutoff, cutoff_statistic=r.cutoff_statistic,
+                         cutoff_guard=r.cutoff_guard)  # a valid configuration
+    assert PAPER_CONCEPTS == {"imagenet": 4741, "places365": 2544, "cub": 370}
+    runs = {"table1-imagenet": {"concepts": {"initial": 4751, "inactive": 10, "uninterpretable": 95, "final": 4646,
+                                             "kept_for_head": []}},
+            "other": {"salfcbm_sparse": 70.0}}  # no concept counts: skipped
+    (row,) = concept_rows("imagenet", runs)
+    assert row["kept"] == 4646 and row["paper"] == 4741 and row["difference"] == -95
+    md = format_concepts("imagenet", runs, statistic="lfcbm")
+    assert "| table1-imagenet | 4,751 | 10 | 95 | 0 | 4,646 | 4,741 | -95 |" in md and "lfcbm statistic" in md
+    assert format_concepts("cub", {"other": {}}) == ""

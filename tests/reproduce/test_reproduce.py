@@ -84,8 +84,8 @@ def test_fixed_lambda_head_is_one_point():
     torch.manual_seed(0)
     x, y = torch.randn(60, 8), torch.randint(0, 3, (60,))
     fit = fit_head(x[:40], y[:40], x[40:], y[40:], 3, HeadConfig(lam=0.05), progress=False)
-    # the solution at lam (warm-started down from lam_max: the last path point)
-    assert fit.lam == pytest.approx(0.05) and fit.selected == len(fit.path) - 1 and fit.criterion == "fixed"
+    # the solution at GLM-SAGA's lam / alpha (warm-started down from lam_max: the last path point)
+    assert fit.lam == pytest.approx(0.05 / 0.99) and fit.selected == len(fit.path) - 1 and fit.criterion == "fixed"
     with pytest.raises(InputError, match="lam must be a positive"):
         HeadConfig(lam=0)
 
