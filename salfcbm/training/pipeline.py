@@ -138,11 +138,12 @@ class BottleneckConfig:
             scorer with ``embed_images``). ``"pooled"``: the same cubic cosine against the
             pooled *prompted* targets (not LF-CBM's). The comparison on the demo world is in
             ``docs/training.md``.
-        cutoff_guard: what happens to a concept that the cutoff removes but the head fitted on
-            every concept uses. ``"keep"`` (default): it is kept, and listed in
-            ``FitResult.cutoff["kept_for_head"]`` (and ``metrics.json``); ``"warn"``: it is
-            removed, listed in ``["needed_by_head"]``, and `fit` warns when the head on every
-            concept reaches a better validation accuracy (the paper's recipes: LF-CBM removes it).
+        cutoff_guard: what happens to a concept the head needs that the cutoff removes (a concept the
+            head fitted on every concept uses, when that head is better on validation than the head
+            on the concepts that pass the cutoff). ``"keep"`` (default): it is kept, and listed in
+            ``FitResult.cutoff["kept_for_head"]`` (and ``metrics.json``, the demo report);
+            ``"warn"``: it is removed, listed in ``["needed_by_head"]``, and `fit` warns (the
+            paper's recipes: LF-CBM removes it).
     """
 
     lr: float = 1e-3
@@ -1076,9 +1077,11 @@ def _cutoff_stage(model: SALFCBM, run: _RunDir, report: BottleneckReport, bcfg: 
                   ) -> tuple[BottleneckReport, dict[str, Any]]:
     """Apply the interpretability cutoff; first check whether the head needs a concept it removes.
 
-    A concept the cutoff removes that the head fitted on every candidate gives a non-zero weight is
-    "needed by the head": kept with ``cutoff_guard="keep"``, removed (and warned about after the
-    head is fitted) with ``"warn"``. Either way it is listed in the returned check.
+    When the cutoff removes concepts, the head is fitted on every candidate and on the survivors.
+    A removed concept that the head on every candidate gives a non-zero weight is "needed by the
+    head" when that head is also better on validation than the head on the survivors. With
+    ``cutoff_guard="keep"`` such concepts are kept; with ``"warn"`` they are removed (and `fit`
+    warns). Either way the returned check lists them with both validation accuracies.
     """
     trial = apply_cutoff(model, report, bcfg, prune=False)
     dropped = [c for c in trial.kept if not _passes(trial.concept_similarity[c], bcfg)]
@@ -1089,9 +1092,16 @@ def _cutoff_stage(model: SALFCBM, run: _RunDir, report: BottleneckReport, bcfg: 
         _, _, (z_train, z_val) = standardize(train[0], val[0])
         full = fit_head(z_train, train[1], z_val, val[1], model.num_classes, hcfg, progress=progress,
                         desc="Sparse head path (all concepts, cutoff check)")
-        check["val_accuracy_without_cutoff"] = _accuracy(full.logits(z_val), val[1])
+        check["val_accuracy_without_cutoff"] = acc_all = _accuracy(full.logits(z_val), val[1])
+        cols = [i for i, c in enumerate(candidates) if c not in set(dropped)]
+        acc_cut = float("-inf")
+        if cols:
+            cut = fit_head(z_train[:, cols], train[1], z_val[:, cols], val[1], model.num_classes, hcfg,
+                           progress=progress, desc="Sparse head path (cutoff check)")
+            check["val_accuracy_with_cutoff"] = acc_cut = _accuracy(cut.logits(z_val[:, cols]), val[1])
         used = (full.weight != 0).any(0)
-        needed = [c for c in dropped if used[candidates.index(c)]]
+        if acc_all > acc_cut:
+            needed = [c for c in dropped if used[candidates.index(c)]]
     try:
         report = apply_cutoff(model, report, bcfg, keep_also=needed if bcfg.cutoff_guard == "keep" else ())
     except AllConceptsCutError as e:
@@ -1113,7 +1123,7 @@ def _warn_needed(check: dict[str, Any], val_accuracy: float) -> None:
     """With ``cutoff_guard="warn"``: warn when the cutoff removed concepts the better all-concept head uses."""
     needed = [n for n in check["needed_by_head"] if n[0] not in check["kept_for_head"]]
     acc = check.get("val_accuracy_without_cutoff", float("-inf"))
-    if needed and acc > val_accuracy:
+    if needed:
         warnings.warn(
             f"The interpretability cutoff ({check['statistic']} similarity below {check['cutoff']}) removed concepts "
             f"the head uses when they are kept: {', '.join(f'{c!r} ({s})' for c, s in needed)}. Validation accuracy "

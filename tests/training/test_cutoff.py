@@ -97,3 +97,17 @@ def test_the_default_keeps_a_concept_the_head_needs_and_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _warn_needed(out, 0.5)  # kept: nothing removed the head needs, nothing to warn about
+
+
+def test_a_concept_the_head_can_do_without_is_cut_and_not_called_needed(tmp_path):
+    """The head on the survivors is as good: the cut concept is removed, with no warning, even with 'keep'."""
+    model, report, train, val = _needed_problem()
+    g = torch.Generator().manual_seed(1)
+    acts = torch.cat([train[0], val[0]])
+    y = (acts[:, 0] > 0).long()  # a concept that passes the cutoff predicts the class
+    acts[:, 2] = acts[:, 0] + 0.3 * torch.randn(len(acts), generator=g)  # the cut one is a noisy copy
+    report, out = _cutoff_stage(model, _RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"],
+                                (acts[:300], y[:300]), (acts[300:], y[300:]), HeadConfig(select="fixed", lam=1e-3),
+                                progress=False)
+    assert out["val_accuracy_with_cutoff"] >= out["val_accuracy_without_cutoff"]
+    assert model.concepts == ["c0", "c1"] and out["needed_by_head"] == [] and out["kept_for_head"] == []
