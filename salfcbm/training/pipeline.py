@@ -531,6 +531,13 @@ def _val_similarity(
     return out if pooled else out.permute(2, 0, 1)  # (M,) or (M, Hg, Wg)
 
 
+def _check_prunable(cfg: BottleneckConfig, prune: bool) -> BottleneckConfig:
+    if prune and cfg.cutoff_statistic == LFCBM_STATISTIC:
+        raise InputError("train_bottleneck(prune=True) cannot apply cutoff_statistic='lfcbm': it needs the unprompted "
+                         "validation similarities. Use salfcbm.fit, or prune=False and then apply_cutoff.")
+    return cfg
+
+
 def train_bottleneck(
     model: SALFCBM,
     train_features: ShardedStore,
@@ -549,11 +556,8 @@ def train_bottleneck(
     validation similarity is below ``config.cutoff`` are removed from the model (conv rows
     and all) and reported.
     """
-    cfg = config or BottleneckConfig()
+    cfg = _check_prunable(config or BottleneckConfig(), prune)
     concepts = list(model.concepts)
-    if prune and cfg.cutoff_statistic == LFCBM_STATISTIC:
-        raise InputError("train_bottleneck(prune=True) cannot apply cutoff_statistic='lfcbm': it needs the unprompted "
-                         "validation similarities. Use salfcbm.fit, or prune=False and then apply_cutoff.")
     if train_targets.grid != model.grid:
         raise InputError(
             f"The similarity store's grid {train_targets.grid} differs from the model's grid {model.grid}; "
