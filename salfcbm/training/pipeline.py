@@ -1085,24 +1085,23 @@ def _cutoff_stage(model: SALFCBM, run: _RunDir, report: BottleneckReport, bcfg: 
     A removed concept that the head on every candidate gives a non-zero weight is "needed by the
     head" when that head is also better on validation than the head on the survivors. With
     ``cutoff_guard="keep"`` such concepts are kept; with ``"warn"`` they are removed (and `fit`
-    warns). Either way the returned check lists them with both validation accuracies.
+    warns). Either way the returned check lists them with both validation accuracies. When no
+    concept passes the cutoff nothing is rescued: `AllConceptsCutError`.
     """
     trial = apply_cutoff(model, report, bcfg, prune=False)
     dropped = [c for c in trial.kept if not _passes(trial.concept_similarity[c], bcfg)]
     check: dict[str, Any] = {"cutoff": bcfg.cutoff, "statistic": bcfg.cutoff_statistic, "guard": bcfg.cutoff_guard,
                              "candidates": len(candidates), "dropped": [], "needed_by_head": [], "kept_for_head": []}
     needed: list[str] = []
-    if dropped:
+    if dropped and len(dropped) < len(candidates):  # every concept cut: AllConceptsCutError, no rescue
         _, _, (z_train, z_val) = standardize(train[0], val[0])
         full = fit_head(z_train, train[1], z_val, val[1], model.num_classes, hcfg, progress=progress,
                         desc="Sparse head path (all concepts, cutoff check)")
         check["val_accuracy_without_cutoff"] = acc_all = _accuracy(full.logits(z_val), val[1])
         cols = [i for i, c in enumerate(candidates) if c not in set(dropped)]
-        acc_cut = float("-inf")
-        if cols:
-            cut = fit_head(z_train[:, cols], train[1], z_val[:, cols], val[1], model.num_classes, hcfg,
-                           progress=progress, desc="Sparse head path (cutoff check)")
-            check["val_accuracy_with_cutoff"] = acc_cut = _accuracy(cut.logits(z_val[:, cols]), val[1])
+        cut = fit_head(z_train[:, cols], train[1], z_val[:, cols], val[1], model.num_classes, hcfg,
+                       progress=progress, desc="Sparse head path (cutoff check)")
+        check["val_accuracy_with_cutoff"] = acc_cut = _accuracy(cut.logits(z_val[:, cols]), val[1])
         used = (full.weight != 0).any(0)
         if acc_all > acc_cut:
             needed = [c for c in dropped if used[candidates.index(c)]]
