@@ -111,3 +111,13 @@ def test_a_concept_the_head_can_do_without_is_cut_and_not_called_needed(tmp_path
                                 progress=False)
     assert out["val_accuracy_with_cutoff"] >= out["val_accuracy_without_cutoff"]
     assert model.concepts == ["c0", "c1"] and out["needed_by_head"] == [] and out["kept_for_head"] == []
+
+
+def test_the_demo_report_says_what_the_cutoff_kept_and_removed():
+    from salfcbm.demo.run import _cutoff_html
+
+    cut = {"statistic": "cell", "cutoff": 0.45, "dropped": ["a", "d"], "needed_by_head": [["c", 0.3], ["d", 0.2]],
+           "kept_for_head": ["c"]}  # as read back from metrics.json
+    text = _cutoff_html(cut)
+    assert "1 concepts below the cutoff kept because the head uses them" in text and ": c" in text
+    assert "removed although the head uses them</b>: d" in text and "2 concepts removed" in text
