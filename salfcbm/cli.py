@@ -184,7 +184,10 @@ def cmd_demo(args) -> int:
     print()
     print(f"concept maps vs ground-truth masks: mIoU {seg['miou']:.3f} (random maps {rnd['miou']:.3f}), "
           f"pixel acc {seg['pixel_accuracy']:.3f}, mAP {seg['map']:.3f} (random {rnd['map']:.3f})")
-    print(f"dropped by the interpretability cutoff: {len(m['bottleneck']['dropped'])} concepts")
+    cut = m.get("cutoff", {})
+    print(f"dropped by the interpretability cutoff ({cut.get('statistic', '?')} statistic, {cut.get('cutoff', '?')}): "
+          f"{len(m['bottleneck']['dropped'])} concepts; kept because the head uses them: "
+          f"{len(cut.get('kept_for_head', []))}")
     ex = m.get("explanations")
     if ex and ex["shown"]:
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
@@ -242,7 +245,8 @@ def cmd_train(args) -> int:
     run.mkdir(parents=True, exist_ok=True)
     _write_args(run, args)
     head = _head_config(args)
-    settings = {"cutoff": args.cutoff, "lr": args.lr, "seed": args.seed, "cutoff_statistic": args.cutoff_statistic}
+    settings = {"cutoff": args.cutoff, "lr": args.lr, "seed": args.seed, "cutoff_statistic": args.cutoff_statistic,
+                "cutoff_guard": args.cutoff_guard}
     if args.steps is not None:
         settings["max_steps"] = args.steps
     bottleneck = (BottleneckConfig.quick if args.quick else BottleneckConfig)(**settings)
@@ -554,8 +558,12 @@ def _train_parser(sub) -> None:
                         "--quick: 300)")
     t.add_argument("--lr", type=_lr, default=b.lr, help="bottleneck learning rate (Adam)")
     t.add_argument("--cutoff", type=_similarity, default=b.cutoff, help="interpretability cutoff (LF-CBM's 0.45)")
-    t.add_argument("--cutoff-statistic", default="cell", choices=["cell", "pooled"],
-                   help="what the cutoff is compared with: per-cell map similarity, or LF-CBM's pooled one")
+    t.add_argument("--cutoff-statistic", default=b.cutoff_statistic, choices=["cell", "pooled", "lfcbm"],
+                   help="what the cutoff is compared with: per-cell map similarity, pooled against the prompted "
+                        "targets, or LF-CBM's (pooled against the unprompted images)")
+    t.add_argument("--cutoff-guard", default=b.cutoff_guard, choices=["keep", "warn"],
+                   help="a concept the cutoff removes but the head uses: keep it (listed in metrics.json), or "
+                        "remove it and warn (LF-CBM)")
     t.add_argument("--no-filter", action="store_true", help="skip LF-CBM's concept filters (on by default)")
     t.add_argument("--clip-cutoff", type=_similarity, default=0.25,
                    help="'never fires' filter: LF-CBM's 0.25 (0.26 CUB, 0.28 ImageNet/Places365)")

@@ -249,6 +249,7 @@ def _write_report(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
         f"<td>{seg['map']:.3f}</td></tr>",
         f"<tr><td>random maps (floor)</td><td>{rnd['pixel_accuracy']:.3f}</td><td>{rnd['miou']:.3f}</td>"
         f"<td>{rnd['map']:.3f}</td></tr></table>",
+        _cutoff_html(metrics.get("cutoff")),
         f"<h2>Sparse head</h2><img src='{esc(path_png)}' style='max-width:480px'>",
     ]
     if sankey:
@@ -269,6 +270,23 @@ def _write_report(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
     path = out / "report.html"
     atomic_write_bytes(path, "\n".join(parts).encode())
     return path
+
+
+def _cutoff_html(cut: dict[str, Any] | None) -> str:
+    """The interpretability cutoff's line of the report: what it removed, and what the head needed."""
+    if not cut:
+        return ""
+    esc = html.escape
+    kept = cut.get("kept_for_head", [])
+    needed = [n[0] for n in cut.get("needed_by_head", []) if n[0] not in kept]
+    text = (f"<h2>Interpretability cutoff</h2><p>{esc(str(cut.get('statistic')))} statistic, cutoff "
+            f"{cut.get('cutoff')}: {len(cut.get('dropped', []))} concepts removed")
+    if kept:
+        text += (f"; <b>{len(kept)} concepts below the cutoff kept because the head uses them</b> "
+                 f"(their maps follow the scorer less well): {esc(', '.join(kept))}")
+    if needed:
+        text += f"; <b>removed although the head uses them</b>: {esc(', '.join(needed))}"
+    return text + ".</p>"
 
 
 def _mask_check_html(check: dict[str, Any] | None) -> str:

@@ -44,6 +44,10 @@ class Recipe:
         concepts: ``"lf-cbm:NAME"`` or ``"template:TEXT"`` with ``{class}``.
         activation_cutoff: drop concepts whose top-5 mean CLIP similarity on the training set is below.
         interpretability_cutoff: drop concepts the bottleneck cannot follow (validation similarity).
+        cutoff_statistic: the statistic the interpretability cutoff is compared with; ``"lfcbm"``: LF-CBM's
+            (pooled concept activations against the unprompted CLIP similarities, kept when ``>``).
+        cutoff_guard: ``"warn"``: concepts the cutoff removes are removed, as LF-CBM does, even when the
+            head would use them (``fit`` reports and warns); ``"keep"`` is the library's default.
         lam: fixed elastic-net strength of the sparse SALF-CBM head (LF-CBM's, mean form).
         standard_lam: the same for the "standard, sparse" baseline.
         alpha: elastic-net mixing.
@@ -78,6 +82,8 @@ class Recipe:
     concepts: str = "lf-cbm:imagenet"
     activation_cutoff: float = 0.28
     interpretability_cutoff: float = 0.45
+    cutoff_statistic: str = "lfcbm"
+    cutoff_guard: str = "warn"
     lam: float = 1e-4
     standard_lam: float = 1e-4
     alpha: float = 0.99
@@ -136,18 +142,18 @@ _CUB = dict(dataset="cub", backbone=_RESNET18_CUB, layer="features.stage4", conc
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe(name="table1-imagenet", version=1, table="table1", **_IMAGENET),
-        Recipe(name="table1-places365", version=1, table="table1", **_PLACES),
-        Recipe(name="table1-cub", version=1, table="table1", **_CUB),
-        Recipe(name="table2-imagenet-seg", version=1, table="table2",
+        Recipe(name="table1-imagenet", version=2, table="table1", **_IMAGENET),
+        Recipe(name="table1-places365", version=2, table="table1", **_PLACES),
+        Recipe(name="table1-cub", version=2, table="table1", **_CUB),
+        Recipe(name="table2-imagenet-seg", version=2, table="table2",
                **{**_IMAGENET, "concepts": "template:an image of a {class}", "expected_concepts": 1000,
                   "activation_cutoff": 0.0, "interpretability_cutoff": 0.0},
                segmentation=True, baselines=_TABLE2_BASELINES, dense=False),
-        Recipe(name="table3-imagenet", version=1, table="table3", **_IMAGENET, sweep=_SWEEP, dense=False),
-        Recipe(name="table3-cub", version=1, table="table3", **_CUB, sweep=_SWEEP, dense=False),
-        Recipe(name="appendix-b1-vit", version=1, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
+        Recipe(name="table3-imagenet", version=2, table="table3", **_IMAGENET, sweep=_SWEEP, dense=False),
+        Recipe(name="table3-cub", version=2, table="table3", **_CUB, sweep=_SWEEP, dense=False),
+        Recipe(name="appendix-b1-vit", version=2, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
                "layer": "encoder"}, notes="patch tokens only"),
-        Recipe(name="appendix-b1-vit-cls", version=1, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
+        Recipe(name="appendix-b1-vit-cls", version=2, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
                "layer": "encoder"}, cls_concat=True, notes="patch tokens + CLS"),
     )
 }

@@ -29,7 +29,7 @@ import torch
 from salfcbm._utils.io import atomic_write_bytes
 from salfcbm.errors import ConfigMismatchError, DryRunError, InputError, MissingExtraError
 from salfcbm.reproduce.recipes import Recipe
-from salfcbm.reproduce.tables import format_table
+from salfcbm.reproduce.tables import format_concepts, format_table
 
 __all__ = ["DryRunError", "build_backbone", "dry_run", "load_datasets", "recipe_concepts", "run_recipe"]
 
@@ -209,13 +209,15 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
         return {}
     res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
               bottleneck=BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=recipe.bottleneck_batch,
-                                          max_steps=recipe.bottleneck_steps, cutoff=recipe.interpretability_cutoff),
+                                          max_steps=recipe.bottleneck_steps, cutoff=recipe.interpretability_cutoff,
+                                          cutoff_statistic=recipe.cutoff_statistic, cutoff_guard=recipe.cutoff_guard),
               head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
               device=device, progress=progress,
               filter_concepts=False)  # LF-CBM's published lists are filtered; the activation cutoff ran above
     out: dict[str, Any] = {"salfcbm_sparse": 100 * res.metrics["salfcbm"]["test_accuracy"],
                            "concepts": {"initial": len(concepts), "inactive": n_inactive,
-                                        "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts},
+                                        "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts,
+                                        "kept_for_head": list(res.bottleneck.kept_for_head)},
                            "nec": res.metrics["salfcbm"]["nec"]}
     out.update(_standard_heads(recipe, run, train, val, test, len(class_names)))
     if recipe.dense:
@@ -309,6 +311,9 @@ def run_recipe(
         return {"recipe": recipe.to_dict(), "runs": results, "table": ""}
     table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
                          title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
+    concepts_md = format_concepts(recipe.dataset, results, paper=None if recipe.table != "table2" else
+                                  recipe.expected_concepts, statistic=recipe.cutoff_statistic)
+    table += f"\n### Concepts kept\n\n{concepts_md}" if concepts_md else ""
     out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
     atomic_write_bytes(run / "results.json", json.dumps(out, indent=2, default=str).encode(), fsync=False)
     atomic_write_bytes(run / "table.md", table.encode(), fsync=False)

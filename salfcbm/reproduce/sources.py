@@ -36,7 +36,37 @@ _GENERAL: dict[str, Source] = {}
 
 
 # ------------------------------------------------------------------ cutoffs (owner: cutoff statistic)
-_CUTOFF: dict[str, Source] = {}
+_CUTOFF: dict[str, Source] = {
+    "interpretability_cutoff": Source(
+        paper="not stated (the paper keeps 4,741 ImageNet, 2,544 Places365 and 370 CUB concepts, section 4.1)",
+        lfcbm="0.45 (--interpretability_cutoff default; not overridden in training_commands.txt)",
+        authors="no training code released (cbm.py loads trained weights)",
+        source="LF-CBM train_cbm.py (argparse, 'delete concepts that are not interpretable'); paper 4.1",
+        reason="The paper reuses LF-CBM's settings ('the same ... as in [19]'); Table 2's recipe keeps every class "
+               "concept instead.",
+    ),
+    "cutoff_statistic": Source(
+        paper="not stated",
+        lfcbm="cos_similarity_cubed_single(val_clip_features, proj_layer(val_target_features)) > cutoff: the "
+              "projection of the pooled features against CLIP's similarities of the unprompted validation images, "
+              "strictly greater",
+        authors="no training code released",
+        source="LF-CBM train_cbm.py (after the projection layer is trained) and similarity.py "
+               "(cos_similarity_cubed_single), commit fa2869d",
+        reason="'lfcbm' transcribes it: SALF-CBM's pooled concept maps c*(x) stand for LF-CBM's projection "
+               "(identical under mean pooling of a bias-free 1x1 conv). The library default "
+               "('cell', Eq. 1 per grid cell) is not the paper's; see docs/training.md for the comparison.",
+    ),
+    "cutoff_guard": Source(
+        paper="not stated",
+        lfcbm="removes every concept below the cutoff, whether or not the final layer would use it",
+        authors="no training code released",
+        source="LF-CBM train_cbm.py (the cutoff runs before glm_saga fits the final layer)",
+        reason="'warn' reproduces LF-CBM (the concept is removed); fit lists in metrics['cutoff']['needed_by_head'] "
+               "the removed concepts a head on every concept uses, and warns when that head is better on "
+               "validation. The library default 'keep' keeps them instead.",
+    ),
+}
 
 
 # ------------------------------------------------------------------ pooling, filters, bottleneck optimisation

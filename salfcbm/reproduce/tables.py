@@ -12,7 +12,8 @@ from typing import Any
 
 from salfcbm.errors import InputError
 
-__all__ = ["PAPER", "TABLE1_ROWS", "TABLE2_METHODS", "comparison_rows", "format_table"]
+__all__ = ["PAPER", "PAPER_CONCEPTS", "TABLE1_ROWS", "TABLE2_METHODS", "comparison_rows", "concept_rows",
+           "format_concepts", "format_table"]
 
 #: Table 1 rows: measured key -> label.
 TABLE1_ROWS: dict[str, str] = {
@@ -50,6 +51,11 @@ PAPER: dict[str, Any] = {
                 (7, 37): 74.01, (9, 27): 73.83, (9, 32): 74.12, (9, 37): 73.93},
     },
 }
+
+
+#: The concepts the paper's models keep (section 4.1: 4,741 of ImageNet's 4,751 LF-CBM concepts; Places365
+#: and CUB: the whole LF-CBM set). Table 2's model keeps one concept per class.
+PAPER_CONCEPTS: dict[str, int] = {"imagenet": 4741, "places365": 2544, "cub": 370}
 
 
 def _num(v: Any) -> float | None:
@@ -104,4 +110,46 @@ def format_table(table: str, dataset: str, measured: Mapping[Any, Any], title: s
     lines += ["| | measured (%) | paper (%) | difference (pp) |", "|---|---|---|---|"]
     for r in comparison_rows(table, dataset, measured):
         lines.append(f"| {r['row']} | {f(r['measured'])} | {f(r['paper'])} | {f(r['difference'], True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def concept_rows(dataset: str, runs: Mapping[str, Mapping[str, Any]], paper: int | None = None) -> list[dict[str, Any]]:
+    """``[{"run", "initial", "inactive", "uninterpretable", "kept_for_head", "kept", "paper", "difference"}]``.
+
+    ``runs`` maps a run name to its results (``{"concepts": {"initial", "inactive", "uninterpretable",
+    "final"[, "kept_for_head"]}}``, as `salfcbm.reproduce.run_recipe` records them); runs without
+    concept counts are skipped. ``paper`` defaults to `PAPER_CONCEPTS` of ``dataset``.
+
+    Examples:
+        >>> concept_rows("cub", {"r": {"concepts": {"initial": 370, "inactive": 2, "uninterpretable": 8, "final": 360}}})[0]["difference"]
+        -10
+    """
+    want = PAPER_CONCEPTS.get(dataset) if paper is None else paper
+    rows = []
+    for name, res in runs.items():
+        c = res.get("concepts") if isinstance(res, Mapping) else None
+        if not isinstance(c, Mapping) or "final" not in c:
+            continue
+        final = int(c["final"])
+        rows.append({"run": name, "initial": c.get("initial"), "inactive": c.get("inactive"),
+                     "uninterpretable": c.get("uninterpretable"), "kept_for_head": len(c.get("kept_for_head", [])),
+                     "kept": final, "paper": want, "difference": None if want is None else final - want})
+    return rows
+
+
+def format_concepts(dataset: str, runs: Mapping[str, Mapping[str, Any]], paper: int | None = None,
+                    statistic: str = "") -> str:
+    """A markdown table of `concept_rows`: the concepts each run keeps next to the paper's count."""
+    rows = concept_rows(dataset, runs, paper)
+    if not rows:
+        return ""
+    stat = f" ({statistic} statistic)" if statistic else ""
+    lines = ["| run | concepts | never fire (activation cutoff) | uninterpretable (interpretability cutoff"
+             f"{stat}) | kept for the head | kept | paper | difference |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def f(v: Any, sign: bool = False) -> str:
+            return "n/a" if v is None else (f"{v:+,d}" if sign else f"{v:,d}")
+
+        lines.append(f"| {r['run']} | {f(r['initial'])} | {f(r['inactive'])} | {f(r['uninterpretable'])} "
+                     f"| {f(r['kept_for_head'])} | {f(r['kept'])} | {f(r['paper'])} | {f(r['difference'], True)} |")
     return "\n".join(lines) + "\n"

@@ -50,6 +50,7 @@ from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
 from salfcbm.training import diagnostics, presence
+from salfcbm.training.cutoff import LFCBM_STATISTIC, lfcbm_similarity, unprompted_similarities
 from salfcbm.training.batches import Prefetched, project_channels_last, shard_batches, shard_tensors
 from salfcbm.supervision.store import (
     ShardedStore,
@@ -70,6 +71,9 @@ __all__ = [
     "OnTheFlyFeatures",
     "train_bottleneck",
     "apply_cutoff",
+    "cutoff_similarities",
+    "CUTOFF_STATISTICS",
+    "lam_for_solver",
     "concept_activations",
     "pooled_features",
     "fit_head",
@@ -114,6 +118,8 @@ def bottleneck_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- configs
 #: The largest bottleneck learning rate accepted (the CLI's `--lr` has the same bound).
 MAX_BOTTLENECK_LR = 10.0
+#: The statistics the interpretability cutoff can be compared with (`BottleneckConfig.cutoff_statistic`).
+CUTOFF_STATISTICS = ("cell", "pooled", LFCBM_STATISTIC)
 
 
 @dataclass
@@ -134,13 +140,19 @@ class BottleneckConfig:
         seed: seed of the initialisation and the batch order.
         cutoff_statistic: what the cutoff is compared with. ``"cell"`` (default): the Eq. 1
             similarity of every grid cell, averaged over the cells, i.e. how well the concept's
-            *map* is learned. ``"pooled"``: LF-CBM's statistic, the cubic cosine similarity of
-            the pooled activation ``c*(x)`` with the pooled target across validation images,
-            i.e. how well the concept's *presence* is learned. Neither is uniformly lower: noise
-            that pooling averages away lowers the per-cell value, while a concept whose amount
-            varies little between images (a texture) has a low pooled one. On the demo's scenes
-            (``docs/synthetic.md``) the pooled statistic removed 10 of 56 concepts at 0.3 where
-            the per-cell one removed 1, at the same test accuracy.
+            *map* is learned. ``"lfcbm"``: LF-CBM's statistic exactly (``train_cbm.py``): the
+            cubic cosine similarity (``cos_similarity_cubed_single``) of the pooled activation
+            ``c*(x)`` with the scorer's similarity of the *unprompted* image, across validation
+            images, kept when strictly above the cutoff (`salfcbm.training.cutoff`; needs a
+            scorer with ``embed_images``). ``"pooled"``: the same cubic cosine against the
+            pooled *prompted* targets (not LF-CBM's). The comparison on the demo world is in
+            ``docs/training.md``.
+        cutoff_guard: what happens to a concept the head needs that the cutoff removes (a concept the
+            head fitted on every concept uses, when that head is better on validation than the head
+            on the concepts that pass the cutoff). ``"keep"`` (default): it is kept, and listed in
+            ``FitResult.cutoff["kept_for_head"]`` (and ``metrics.json``, the demo report);
+            ``"warn"``: it is removed, listed in ``["needed_by_head"]``, and `fit` warns (the
+            paper's recipes: LF-CBM removes it).
     """
 
     lr: float = 1e-3
@@ -152,12 +164,17 @@ class BottleneckConfig:
     cutoff: float = 0.45
     seed: int = 0
     cutoff_statistic: str = "cell"
+    cutoff_guard: str = "keep"
 
     def __post_init__(self):
-        if self.cutoff_statistic not in ("cell", "pooled"):
+        if self.cutoff_statistic not in CUTOFF_STATISTICS:
             raise InputError(
-                f"BottleneckConfig.cutoff_statistic must be 'cell' or 'pooled' (LF-CBM's), got {self.cutoff_statistic!r}."
+                f"BottleneckConfig.cutoff_statistic must be one of {list(CUTOFF_STATISTICS)} ('lfcbm' is LF-CBM's), "
+                f"got {self.cutoff_statistic!r}."
             )
+        if self.cutoff_guard not in ("keep", "warn"):
+            raise InputError(f"BottleneckConfig.cutoff_guard must be 'keep' (keep concepts the head needs) or 'warn' "
+                             f"(remove them and warn), got {self.cutoff_guard!r}.")
         for k in ("lr", "batch_size", "max_steps", "val_every", "patience"):
             v = getattr(self, k)
             if v is None and k in _AUTO_BOTTLENECK:
@@ -253,9 +270,12 @@ class HeadConfig:
         max_iter: solver iterations per path point.
         val_tolerance: with ``select="val_acc"``, take the sparsest point whose validation
             accuracy is within this much of the best (like glmnet's ``lambda.1se``); 0 = the best.
-        lam: the regularisation strength with ``select="fixed"`` (GLM-SAGA's scale: mean
-            cross-entropy + ``lam * R(W)``, as LF-CBM's ``--lam``); ``HeadConfig(lam=...)`` alone
-            means ``select="fixed"``.
+        lam: the regularisation strength with ``select="fixed"``, LF-CBM's ``--lam``: LF-CBM passes
+            it to GLM-SAGA as ``max_reg`` with ``k=1``, and GLM-SAGA solves at ``lam / max(0.001, alpha)``
+            (``glm_saga/elasticnet.py``), i.e. mean cross-entropy + ``lam * ||W||_1 +
+            lam (1 - alpha) / (2 alpha) * ||W||_F^2``. salfcbm solves the same point (`lam_for_solver`),
+            so ``HeadConfig(lam=1e-4)`` is LF-CBM's ``--lam 0.0001``; the solved value is ``HeadFit.lam``.
+            ``HeadConfig(lam=...)`` alone means ``select="fixed"``.
         baseline_lam: ``lam`` of the standard-sparse baseline with ``select="fixed"``
             (LF-CBM fits it with its own value); ``None`` = ``lam``.
 
@@ -368,6 +388,8 @@ class BottleneckReport:
     pooled_similarity: dict[str, float] = field(default_factory=dict)
     cell_similarity: dict[str, float] = field(default_factory=dict)
     statistic: str = "cell"
+    lfcbm_similarity: dict[str, float] = field(default_factory=dict)
+    kept_for_head: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -380,6 +402,11 @@ class FitResult:
     baseline: HeadFit | None
     metrics: dict[str, Any]
     run_dir: Path | None = None
+    cutoff: dict[str, Any] = field(default_factory=dict)
+    """What the interpretability cutoff did (also ``metrics["cutoff"]``): ``statistic``, ``cutoff``,
+    ``guard``, ``dropped`` (names), ``needed_by_head`` (dropped concepts the head on every concept
+    uses), ``kept_for_head`` (those kept anyway with ``cutoff_guard="keep"``) and
+    ``val_accuracy_without_cutoff``."""
 
 
 # ----------------------------------------------------------------------------- data helpers
@@ -590,6 +617,13 @@ def _bottleneck_step(model: Any, opt: torch.optim.Optimizer, x: torch.Tensor, p:
     return loss
 
 
+def _check_prunable(cfg: BottleneckConfig, prune: bool) -> BottleneckConfig:
+    if prune and cfg.cutoff_statistic == LFCBM_STATISTIC:
+        raise InputError("train_bottleneck(prune=True) cannot apply cutoff_statistic='lfcbm': it needs the unprompted "
+                         "validation similarities. Use salfcbm.fit, or prune=False and then apply_cutoff.")
+    return cfg
+
+
 def train_bottleneck(
     model: SALFCBM,
     train_features: ShardedStore,
@@ -608,7 +642,7 @@ def train_bottleneck(
     validation similarity is below ``config.cutoff`` are removed from the model (conv rows
     and all) and reported.
     """
-    cfg = (config or BottleneckConfig()).for_data(train_features.length)
+    cfg = _check_prunable(config or BottleneckConfig(), prune).for_data(train_features.length)
     concepts = list(model.concepts)
     if train_targets.grid != model.grid:
         raise InputError(
@@ -688,33 +722,55 @@ def train_bottleneck(
     return apply_cutoff(model, report, cfg, prune=prune)
 
 
-def apply_cutoff(model: SALFCBM, report: BottleneckReport, config: BottleneckConfig, *, prune: bool = True
-                 ) -> BottleneckReport:
+def cutoff_similarities(report: BottleneckReport, statistic: str) -> dict[str, float]:
+    """The per-concept validation statistic the cutoff compares with (``cell``, ``pooled`` or ``lfcbm``)."""
+    if statistic == LFCBM_STATISTIC:
+        if not report.lfcbm_similarity:
+            raise InputError(
+                "cutoff_statistic='lfcbm' needs the unprompted similarities of the validation images, which "
+                "train_bottleneck does not have: use salfcbm.fit (it computes them with the scorer's embed_images), "
+                "or set report.lfcbm_similarity from salfcbm.training.cutoff.lfcbm_similarity first."
+            )
+        return dict(report.lfcbm_similarity)
+    return dict(report.pooled_similarity if statistic == "pooled" else report.cell_similarity)
+
+
+def _passes(sim: float, config: BottleneckConfig) -> bool:
+    # LF-CBM keeps ``sim > cutoff`` (a NaN similarity fails); salfcbm's own statistics keep ``>=``
+    return sim > config.cutoff if config.cutoff_statistic == LFCBM_STATISTIC else sim >= config.cutoff
+
+
+def apply_cutoff(model: SALFCBM, report: BottleneckReport, config: BottleneckConfig, *, prune: bool = True,
+                 keep_also: Sequence[str] = ()) -> BottleneckReport:
     """The interpretability cutoff (LF-CBM's, 0.45 by default) on a trained bottleneck.
 
-    Concepts whose validation similarity (``config.cutoff_statistic``: per cell or pooled)
-    is below ``config.cutoff`` are listed in ``report.dropped`` and, with ``prune``, removed
-    from ``model`` (bottleneck rows, head columns, statistics). The model must still hold
-    every concept of ``report.cell_similarity``.
+    Concepts whose validation similarity (``config.cutoff_statistic``: per cell, pooled, or
+    LF-CBM's) is below ``config.cutoff`` are listed in ``report.dropped`` and, with ``prune``,
+    removed from ``model`` (bottleneck rows, head columns, statistics). Concepts in
+    ``keep_also`` stay whatever their similarity (``report.kept_for_head``). The model must
+    still hold every concept of ``report.cell_similarity``.
     """
     stat = config.cutoff_statistic
-    sims = dict(report.pooled_similarity if stat == "pooled" else report.cell_similarity)
+    sims = cutoff_similarities(report, stat)
     concepts = [c for c in model.concepts if c in sims]
-    keep = [c for c in concepts if sims[c] >= config.cutoff]
-    dropped = [(c, sims[c]) for c in concepts if sims[c] < config.cutoff]
+    extra = set(keep_also)
+    keep = [c for c in concepts if _passes(sims[c], config) or c in extra]
+    dropped = [(c, sims[c]) for c in concepts if not (_passes(sims[c], config) or c in extra)]
+    kept_for_head = [c for c in concepts if c in extra and not _passes(sims[c], config)]
     if prune:
         if not keep:
+            best = max((v for v in sims.values() if v == v), default=float("nan"))
             raise AllConceptsCutError(
                 f"Every concept fell below the interpretability cutoff {config.cutoff} ({stat} validation similarity, "
-                f"best {max(sims.values()):.3f}). Lower `cutoff`, use cutoff_statistic='pooled' (LF-CBM's), train "
-                "longer, or check that the similarities match the images.",
+                f"best {best:.3f}). Lower `cutoff`, use another cutoff_statistic, train longer, or check that the "
+                "similarities match the images.",
                 sims,
             )
         if dropped:
             model.select_concepts(keep)
             logger.info("Interpretability cutoff removed %d concepts: %s", len(dropped), [d[0] for d in dropped])
     return replace(report, concept_similarity=sims, statistic=stat, kept=keep if prune else concepts,
-                   dropped=dropped if prune else [])
+                   dropped=dropped if prune else [], kept_for_head=kept_for_head if prune else [])
 
 
 @torch.no_grad()
@@ -766,16 +822,30 @@ def fit_head(
     return fit_
 
 
+def lam_for_solver(lam: float, alpha: float) -> float:
+    """GLM-SAGA's regularisation strength for LF-CBM's ``--lam``: ``lam / max(0.001, alpha)``.
+
+    LF-CBM sets ``metadata['max_reg']['nongrouped'] = lam`` and calls ``glm_saga(..., alpha, epsilon=1, k=1)``;
+    GLM-SAGA's path starts at ``max_reg / max(0.001, alpha)`` and, with one point, ends there.
+
+    Examples:
+        >>> round(lam_for_solver(1e-4, 0.99), 10)
+        0.0001010101
+    """
+    return float(lam) / max(0.001, float(alpha))
+
+
 def _fit_fixed_lambda(
     x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
     cfg: HeadConfig, *, progress: bool = True, desc: str = "Sparse head path",
 ) -> HeadFit:
-    """The paper's head: Eq. 2 solved at one fixed ``lam`` (warm-started down from ``lam_max``)."""
+    """The paper's head: Eq. 2 solved at LF-CBM's fixed ``lam`` (GLM-SAGA's scaling; warm-started from ``lam_max``)."""
     lam_top = lambda_max(x_train, y_train, num_classes, cfg.alpha)
-    lam = float(cfg.lam)
+    lam = lam_for_solver(cfg.lam, cfg.alpha)
     if lam >= lam_top:
         warnings.warn(
-            f"The fixed lam={lam:g} is at or above lam_max={lam_top:.4g} for these features: the head has no "
+            f"The fixed lam={cfg.lam:g} (solved at lam/alpha={lam:.4g}, as GLM-SAGA does) is at or above "
+            f"lam_max={lam_top:.4g} for these features: the head has no "
             "non-zero weight and predicts the majority class. Lower lam (LF-CBM's default is 7e-4).",
             DegenerateResultWarning, stacklevel=3,
         )
@@ -828,41 +898,6 @@ def _filter_stage(model: SALFCBM, train_data: Dataset, sims: SimilarityStore, op
                     len(model.concepts), report.reasons, path)
         model.select_concepts(report.kept)
     return report
-
-
-def _cutoff_check(
-    report: BottleneckReport, bcfg: BottleneckConfig, candidates: list[str], train: tuple, val: tuple,
-    num_classes: int, hcfg: HeadConfig, val_accuracy: float, *, progress: bool = True,
-) -> dict[str, Any]:
-    """Does the head need a concept that the interpretability cutoff removed?
-
-    Fits the same head on every candidate concept; a dropped concept that this head gives a
-    non-zero weight, while it reaches a better validation accuracy, was needed: warn loudly.
-    """
-    out: dict[str, Any] = {"cutoff": bcfg.cutoff, "statistic": bcfg.cutoff_statistic, "dropped": len(report.dropped),
-                           "needed_by_head": []}
-    if not report.dropped:
-        return out
-    _, _, (z_train, z_val) = standardize(train[0], val[0])
-    full = fit_head(z_train, train[1], z_val, val[1], num_classes, hcfg, progress=progress,
-                    desc="Sparse head path (all concepts, cutoff check)")
-    acc = _accuracy(full.logits(z_val), val[1])
-    out["val_accuracy_without_cutoff"] = acc
-    used = (full.weight != 0).any(0)
-    other = report.pooled_similarity if bcfg.cutoff_statistic == "cell" else report.cell_similarity
-    needed = [(c, round(s, 3), round(other.get(c, float("nan")), 3)) for c, s in report.dropped
-              if used[candidates.index(c)]]
-    out["needed_by_head"] = needed
-    if needed and acc > val_accuracy:
-        other_name = "pooled" if bcfg.cutoff_statistic == "cell" else "per-cell"
-        warnings.warn(
-            f"The interpretability cutoff ({bcfg.cutoff_statistic} similarity < {bcfg.cutoff}) removed concepts the "
-            f"head uses when they are kept: {', '.join(f'{c!r} ({s}, {other_name} {o})' for c, s, o in needed)}. "
-            f"Validation accuracy with them {acc:.3f}, without {val_accuracy:.3f}. Lower the cutoff, or compare "
-            f"with the {other_name} statistic (BottleneckConfig(cutoff_statistic=...)).",
-            DegenerateResultWarning, stacklevel=3,
-        )
-    return out
 
 
 def _matched_nec(
@@ -1085,28 +1120,110 @@ def _feature_source(model: SALFCBM, run: _RunDir, splits: list, cache_features: 
 
 
 def _bottleneck_stage(model: SALFCBM, run: _RunDir, bcfg: BottleneckConfig, f_train, f_val, train_similarities,
-                      val_similarities, *, progress: bool):
-    """Train (or resume) the bottleneck on every candidate, then apply the cutoff (stage 3).
+                      val_similarities, *, val_data=None, loader: dict[str, Any] | None = None, progress: bool):
+    """Train (or resume) the bottleneck on every candidate (stage 3); the cutoff is `_cutoff_stage`'s.
 
-    Returns the report, the candidate concepts and their train/val pooled activations.
+    Returns the report (with LF-CBM's statistic when ``bcfg`` asks for it), the candidate concepts and
+    their train/val pooled activations.
     """
     candidates = list(model.concepts)
-    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic")}
+    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic", "cutoff_guard")}
     key = _stage_key({"b": trained, "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
                       "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)],
                       "v": 2})
     report = run.load_bottleneck(model, key)
     if report is None:
-        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities, bcfg,
-                                  progress=progress, prune=False)
+        report = train_bottleneck(model, f_train, train_similarities, f_val, val_similarities,
+                                  replace(bcfg, cutoff_statistic="cell"), progress=progress, prune=False)
         run.save_bottleneck(model, key, report)
     full_train, full_val = concept_activations(model, f_train), concept_activations(model, f_val)
+    if bcfg.cutoff_statistic == LFCBM_STATISTIC:
+        clip = _unprompted_val(run, val_similarities, val_data, candidates, **(loader or {}))
+        report = replace(report, lfcbm_similarity={c: float(v) for c, v in
+                                                   zip(candidates, lfcbm_similarity(clip, full_val))})
+    return report, candidates, full_train, full_val
+
+
+def _unprompted_val(run: _RunDir, val_similarities: SimilarityStore, val_data, concepts: list[str], *,
+                    batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> torch.Tensor:
+    """LF-CBM's ``val_clip_features`` ``(N, M)`` of the validation images (cached in the run directory)."""
+    from safetensors.torch import load_file
+
+    if val_data is None:
+        raise InputError("cutoff_statistic='lfcbm' needs the validation images (fit's val_data).")
+    key = _stage_key({"concepts": concepts, "s": val_similarities.store.meta,
+                      "data": _content(val_similarities.store), "n": len(val_data)})
+    path = run / "cutoff_unprompted_val.safetensors"
+    meta = read_checked_metadata(path) if path.exists() else None
+    if meta is not None and meta.get("salfcbm.key") == key:
+        return load_file(path)["similarity"]
+    sims = unprompted_similarities(val_similarities.scorer, val_data, concepts, batch_size=batch_size,
+                                   num_workers=num_workers, progress=progress)
+    if sims.shape != (len(val_data), len(concepts)):
+        raise InputError(f"The scorer's unprompted similarities have shape {tuple(sims.shape)}; expected "
+                         f"({len(val_data)}, {len(concepts)}) (validation images x concepts).")
+    atomic_write_bytes(path, checked_safetensors({"similarity": sims.contiguous()}, {"salfcbm.key": key}))
+    return sims
+
+
+def _cutoff_stage(model: SALFCBM, run: _RunDir, report: BottleneckReport, bcfg: BottleneckConfig,
+                  candidates: list[str], train: tuple, val: tuple, hcfg: HeadConfig, *, progress: bool
+                  ) -> tuple[BottleneckReport, dict[str, Any]]:
+    """Apply the interpretability cutoff; first check whether the head needs a concept it removes.
+
+    When the cutoff removes concepts, the head is fitted on every candidate and on the survivors.
+    A removed concept that the head on every candidate gives a non-zero weight is "needed by the
+    head" when that head is also better on validation than the head on the survivors. With
+    ``cutoff_guard="keep"`` such concepts are kept; with ``"warn"`` they are removed (and `fit`
+    warns). Either way the returned check lists them with both validation accuracies. When no
+    concept passes the cutoff nothing is rescued: `AllConceptsCutError`.
+    """
+    trial = apply_cutoff(model, report, bcfg, prune=False)
+    dropped = [c for c in trial.kept if not _passes(trial.concept_similarity[c], bcfg)]
+    check: dict[str, Any] = {"cutoff": bcfg.cutoff, "statistic": bcfg.cutoff_statistic, "guard": bcfg.cutoff_guard,
+                             "candidates": len(candidates), "dropped": [], "needed_by_head": [], "kept_for_head": []}
+    needed: list[str] = []
+    if dropped and len(dropped) < len(candidates):  # every concept cut: AllConceptsCutError, no rescue
+        _, _, (z_train, z_val) = standardize(train[0], val[0])
+        full = fit_head(z_train, train[1], z_val, val[1], model.num_classes, hcfg, progress=progress,
+                        desc="Sparse head path (all concepts, cutoff check)")
+        check["val_accuracy_without_cutoff"] = acc_all = _accuracy(full.logits(z_val), val[1])
+        cols = [i for i, c in enumerate(candidates) if c not in set(dropped)]
+        cut = fit_head(z_train[:, cols], train[1], z_val[:, cols], val[1], model.num_classes, hcfg,
+                       progress=progress, desc="Sparse head path (cutoff check)")
+        check["val_accuracy_with_cutoff"] = acc_cut = _accuracy(cut.logits(z_val[:, cols]), val[1])
+        used = (full.weight != 0).any(0)
+        if acc_all > acc_cut:
+            needed = [c for c in dropped if used[candidates.index(c)]]
     try:
-        report = apply_cutoff(model, report, bcfg)
+        report = apply_cutoff(model, report, bcfg, keep_also=needed if bcfg.cutoff_guard == "keep" else ())
     except AllConceptsCutError as e:
         _record_all_cut(run.path, e, bcfg.cutoff)
         raise
-    return report, candidates, full_train, full_val
+    sims = report.concept_similarity
+    check["dropped"] = [c for c, _ in report.dropped]
+    check["needed_by_head"] = [(c, round(sims[c], 3)) for c in needed]
+    check["kept_for_head"] = list(report.kept_for_head)
+    check["kept"] = len(report.kept)
+    if report.kept_for_head:
+        logger.warning("The interpretability cutoff (%s similarity, %s) would remove %d concepts the head uses; "
+                       "kept for the head (cutoff_guard='keep'): %s", bcfg.cutoff_statistic, bcfg.cutoff,
+                       len(report.kept_for_head), report.kept_for_head)
+    return report, check
+
+
+def _warn_needed(check: dict[str, Any], val_accuracy: float) -> None:
+    """With ``cutoff_guard="warn"``: warn when the cutoff removed concepts the better all-concept head uses."""
+    needed = [n for n in check["needed_by_head"] if n[0] not in check["kept_for_head"]]
+    acc = check.get("val_accuracy_without_cutoff", float("-inf"))
+    if needed:
+        warnings.warn(
+            f"The interpretability cutoff ({check['statistic']} similarity below {check['cutoff']}) removed concepts "
+            f"the head uses when they are kept: {', '.join(f'{c!r} ({s})' for c, s in needed)}. Validation accuracy "
+            f"with them {acc:.3f}, without {val_accuracy:.3f}. Keep them (BottleneckConfig(cutoff_guard='keep')), "
+            "lower the cutoff, or compare another cutoff_statistic.",
+            DegenerateResultWarning, stacklevel=4,
+        )
 
 
 def _head_stage(model: SALFCBM, candidates: list[str], full_train, full_val, y_train, y_val, hcfg: HeadConfig, *,
@@ -1330,11 +1447,15 @@ def fit(
     # 3. bottleneck (resumable; the cutoff is applied after, so changing it does not retrain)
     with _timed(timings, "bottleneck"):
         report, candidates, full_train, full_val = _bottleneck_stage(
-            model, run, bcfg, f_train, f_val, train_similarities, val_similarities, progress=progress)
+            model, run, bcfg, f_train, f_val, train_similarities, val_similarities, val_data=val_data,
+            loader=loader, progress=progress)
+    y_train, y_val = labels_of(train_data), labels_of(val_data)
+    with _timed(timings, "cutoff"):
+        report, cut = _cutoff_stage(model, run, report, bcfg, candidates, (full_train, y_train), (full_val, y_val),
+                                    hcfg, progress=progress)
 
     # 4. head on standardised pooled concept activations
     with _timed(timings, "head"):
-        y_train, y_val = labels_of(train_data), labels_of(val_data)
         head_fit, z_train, z_val = _head_stage(model, candidates, full_train, full_val, y_train, y_val, hcfg,
                                                progress=progress)
 
@@ -1347,8 +1468,8 @@ def fit(
     # 5. metrics, cutoff check, test accuracy and the standard baseline
     metrics = _fit_metrics(model, head_fit, report, z_train, z_val, y_train, y_val, cache, reason, freport)
     metrics["presence"] = presence_report if calibrate_presence else None
-    metrics["cutoff"] = _cutoff_check(report, bcfg, candidates, (full_train, y_train), (full_val, y_val),
-                                      model.num_classes, hcfg, metrics["salfcbm"]["val_accuracy"], progress=progress)
+    metrics["cutoff"] = cut
+    _warn_needed(cut, metrics["salfcbm"]["val_accuracy"])
     f_test = y_test = None
     if test_data is not None:
         f_test = features(test_data, "test")
@@ -1369,4 +1490,4 @@ def fit(
     # 6. save
     _save_stage(model, run, metrics)
     return FitResult(model=model, bottleneck=report, head=head_fit, baseline=base_fit, metrics=metrics,
-                     run_dir=run.path)
+                     run_dir=run.path, cutoff=cut)

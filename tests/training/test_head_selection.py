@@ -41,9 +41,9 @@ def test_fixed_lambda_is_the_solution_at_lam_and_ignores_validation():
     cfg = HeadConfig(select="fixed", lam=0.02)
     a = fit_head(xt, yt, xv, yv, 4, cfg, progress=False)
     b = fit_head(xt, yt, xv, yv[torch.randperm(len(yv))], 4, cfg, progress=False)  # shuffled val labels
-    assert a.criterion == "fixed" and a.lam == pytest.approx(0.02)
+    assert a.criterion == "fixed" and a.lam == pytest.approx(0.02 / 0.99)  # GLM-SAGA's lam / alpha (issue 18.7)
     assert torch.equal(a.weight, b.weight), "the paper's selection must not look at the validation set"
-    direct = fit_sparse_head(xt, yt, num_classes=4, lambdas=[0.02], select="last", progress=False, tol=1e-6,
+    direct = fit_sparse_head(xt, yt, num_classes=4, lambdas=[0.02 / 0.99], select="last", progress=False, tol=1e-6,
                              max_iter=20000)
     assert torch.allclose(a.weight, direct.weight, atol=5e-3)
     assert 0 < a.point.nnz < a.weight.numel()
