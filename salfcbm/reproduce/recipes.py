@@ -42,7 +42,16 @@ class Recipe:
         line_width: circle line width in pixels (2).
         scorer: open_clip model name and pretrained tag.
         concepts: ``"lf-cbm:NAME"`` or ``"template:TEXT"`` with ``{class}``.
-        activation_cutoff: drop concepts whose top-5 mean CLIP similarity on the training set is below.
+        activation_cutoff: drop concepts whose top-5 mean CLIP similarity to the *unprompted*
+            training images (CLIP's own crop) is at or below it (LF-CBM's ``clip_cutoff``).
+        concept_filters: which of LF-CBM's concept filters run, through the same
+            `salfcbm.supervision.concepts.filter_concepts` as `salfcbm.fit`: ``"activation"``
+            (what LF-CBM's ``train_cbm.py`` runs on its published, already filtered lists: the
+            top-5 ``activation_cutoff`` only), ``"lf-cbm"`` (also length, class and concept
+            near-duplicates, for an unfiltered list) or ``"none"``.
+        pooling: how concept maps are pooled to c*(x): ``"softmax"`` (the authors' released
+            ``SoftmaxPooling2D``), ``"mean"`` or ``"max"``.
+        softmax_temperature: temperature of softmax pooling (the authors': 1).
         interpretability_cutoff: drop concepts the bottleneck cannot follow (validation similarity).
         lam: fixed elastic-net strength of the sparse SALF-CBM head (LF-CBM's, mean form).
         standard_lam: the same for the "standard, sparse" baseline.
@@ -51,6 +60,10 @@ class Recipe:
         bottleneck_lr: Adam learning rate of the bottleneck.
         bottleneck_batch: images per bottleneck step.
         bottleneck_steps: maximum bottleneck steps.
+        bottleneck_patience: validation checks without a gain before the bottleneck stops
+            (1: LF-CBM's stop at the first validation increase).
+        bottleneck_val_every: steps between validation checks (LF-CBM: 50).
+        bottleneck_init: ``"lf-cbm"`` (``nn.Linear``'s default, as LF-CBM's projection) or ``"normal"``.
         batch_size: images per forward when computing stores.
         image_size: side of the square images both the scorer and the backbone see.
         resize: short side the images are resized to before the centre crop (LF-CBM: 256).
@@ -77,6 +90,9 @@ class Recipe:
     scorer: tuple[str, str] = ("ViT-B-16", "openai")
     concepts: str = "lf-cbm:imagenet"
     activation_cutoff: float = 0.28
+    concept_filters: str = "activation"
+    pooling: str = "softmax"
+    softmax_temperature: float = 1.0
     interpretability_cutoff: float = 0.45
     lam: float = 1e-4
     standard_lam: float = 1e-4
@@ -85,6 +101,9 @@ class Recipe:
     bottleneck_lr: float = 1e-3
     bottleneck_batch: int = 256
     bottleneck_steps: int = 5000
+    bottleneck_patience: int = 1
+    bottleneck_val_every: int = 50
+    bottleneck_init: str = "lf-cbm"
     batch_size: int = 256
     image_size: int = 224
     resize: int = 256
@@ -97,6 +116,17 @@ class Recipe:
     baselines: tuple[str, ...] = ()
     dense: bool = True
     notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        from salfcbm.core.config import POOLINGS
+
+        for name, value, valid in (("pooling", self.pooling, POOLINGS), ("concept_filters", self.concept_filters,
+                                   CONCEPT_FILTERS), ("bottleneck_init", self.bottleneck_init, ("lf-cbm", "normal"))):
+            if value not in valid:
+                raise InputError(f"Recipe {self.name!r}: {name} must be one of {valid}, got {value!r}.")
+        t = self.softmax_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise InputError(f"Recipe {self.name!r}: softmax_temperature must be a finite number > 0, got {t!r}.")
 
     @property
     def key(self) -> str:
@@ -115,6 +145,9 @@ class Recipe:
             return [self]
         return [replace(self, grid=g, radius=r, sweep=(), name=f"{self.name}-g{g}-r{r}") for g, r in self.sweep]
 
+
+#: `Recipe.concept_filters` values.
+CONCEPT_FILTERS = ("activation", "lf-cbm", "none")
 
 _RESNET50 = {"source": "torchvision", "name": "resnet50", "weights": "IMAGENET1K_V1"}
 _RESNET18_CUB = {"source": "pytorchcv", "name": "resnet18_cub", "weights": "pretrained"}
@@ -136,18 +169,18 @@ _CUB = dict(dataset="cub", backbone=_RESNET18_CUB, layer="features.stage4", conc
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe(name="table1-imagenet", version=1, table="table1", **_IMAGENET),
-        Recipe(name="table1-places365", version=1, table="table1", **_PLACES),
-        Recipe(name="table1-cub", version=1, table="table1", **_CUB),
-        Recipe(name="table2-imagenet-seg", version=1, table="table2",
+        Recipe(name="table1-imagenet", version=2, table="table1", **_IMAGENET),
+        Recipe(name="table1-places365", version=2, table="table1", **_PLACES),
+        Recipe(name="table1-cub", version=2, table="table1", **_CUB),
+        Recipe(name="table2-imagenet-seg", version=2, table="table2",
                **{**_IMAGENET, "concepts": "template:an image of a {class}", "expected_concepts": 1000,
-                  "activation_cutoff": 0.0, "interpretability_cutoff": 0.0},
+                  "activation_cutoff": 0.0, "interpretability_cutoff": 0.0, "concept_filters": "none"},
                segmentation=True, baselines=_TABLE2_BASELINES, dense=False),
-        Recipe(name="table3-imagenet", version=1, table="table3", **_IMAGENET, sweep=_SWEEP, dense=False),
-        Recipe(name="table3-cub", version=1, table="table3", **_CUB, sweep=_SWEEP, dense=False),
-        Recipe(name="appendix-b1-vit", version=1, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
+        Recipe(name="table3-imagenet", version=2, table="table3", **_IMAGENET, sweep=_SWEEP, dense=False),
+        Recipe(name="table3-cub", version=2, table="table3", **_CUB, sweep=_SWEEP, dense=False),
+        Recipe(name="appendix-b1-vit", version=2, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
                "layer": "encoder"}, notes="patch tokens only"),
-        Recipe(name="appendix-b1-vit-cls", version=1, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
+        Recipe(name="appendix-b1-vit-cls", version=2, table="figure7", **{**_IMAGENET, "backbone": _VIT_B16,
                "layer": "encoder"}, cls_concat=True, notes="patch tokens + CLS"),
     )
 }
