@@ -17,6 +17,7 @@ Run::
 
     python benchmarks/bench_bottleneck_regime.py --threads 1   # ~20 min on one CPU core
     python benchmarks/bench_bottleneck_regime.py --quick       # fewer images and regimes
+    python benchmarks/bench_bottleneck_regime.py --memory      # bytes per image of one step at ImageNet's shapes
 
 Prints a markdown table and writes JSON to ``--out`` (default
 ``benchmarks/results/bottleneck_regime.json``).
@@ -101,6 +102,36 @@ def _one(model, data, sims, feats, regime, seed: int) -> dict:
             "concepts": len(rep.cell_similarity), "test_accuracy": 100 * acc, "seconds": seconds}
 
 
+_STEP = """
+import resource, sys, torch
+from salfcbm.training.batches import project_channels_last
+from salfcbm.training.pipeline import bottleneck_loss
+b, c, m, g = (int(a) for a in sys.argv[1:5])
+torch.set_num_threads(1)
+conv = torch.nn.Conv2d(c, m, 1, bias=False)
+x, p = torch.randn(b, g, g, c), torch.randn(b, g, g, m)
+opt = torch.optim.Adam(conv.parameters(), lr=1e-3)
+loss = bottleneck_loss(project_channels_last(conv, x), p)
+opt.zero_grad(); loss.backward(); opt.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def step_memory(channels: int = 2048, concepts: int = 4751, grid: int = 7, batches=(32, 96)) -> dict:
+    """Peak host memory of one bottleneck step (fp32, CPU) at two batch sizes, each in a fresh process:
+    the slope is the memory per image of a step (ImageNet's ResNet-50 layer4 and 4,751 concepts by default)."""
+    import subprocess
+
+    peak = {}
+    for b in batches:
+        out = subprocess.run([sys.executable, "-c", _STEP, str(b), str(channels), str(concepts), str(grid)],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        peak[b] = int(out.stdout.split()[-1])
+    per_image = (peak[batches[1]] - peak[batches[0]]) / (batches[1] - batches[0])
+    return {"channels": channels, "concepts": concepts, "grid": grid, "peak_bytes": peak,
+            "bytes_per_image": per_image, "gb_at": {n: per_image * n / 1e9 for n in (256, 8192, 16384, 50000)}}
+
+
 def _table(rows: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -125,9 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="300 training images and three regimes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--memory", action="store_true", help="only measure one step's memory per image (ImageNet shapes)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory:
+        mem = step_memory()
+        print(json.dumps(mem, indent=2))
+        path = Path(args.out).with_name("bottleneck_step_memory.json")
+        path.write_text(json.dumps({**mem, "machine": {"platform": platform.platform(), "torch": torch.__version__}},
+                                   indent=2))
+        return mem
     cfg, data, model, sims, feats = _world(Path(args.work_dir) / ("quick" if args.quick else "world"), args.quick,
                                            args.progress)
     regimes = REGIMES[:3] if args.quick else REGIMES

@@ -58,8 +58,10 @@ class Recipe:
         alpha: elastic-net mixing.
         solver_iters: LF-CBM's GLM-SAGA epochs (recorded; salfcbm's solver runs to its KKT tolerance).
         bottleneck_lr: Adam learning rate of the bottleneck.
-        bottleneck_batch: images per bottleneck step.
-        bottleneck_steps: maximum bottleneck steps.
+        bottleneck_batch: images per bottleneck step, at most the training set (LF-CBM's
+            ``min(proj_batch_size, N)``): 50,000 for CUB (the whole set, as LF-CBM), 8,192 for
+            ImageNet and Places365 (LF-CBM's 50,000 does not fit a GPU at 49 cells per image).
+        bottleneck_steps: maximum bottleneck steps (LF-CBM's ``proj_steps``, 1,000).
         bottleneck_patience: validation checks without a gain before the bottleneck stops
             (1: LF-CBM's stop at the first validation increase).
         bottleneck_val_every: steps between validation checks (LF-CBM: 50).
@@ -99,8 +101,8 @@ class Recipe:
     alpha: float = 0.99
     solver_iters: int = 80
     bottleneck_lr: float = 1e-3
-    bottleneck_batch: int = 256
-    bottleneck_steps: int = 5000
+    bottleneck_batch: int = 8192
+    bottleneck_steps: int = 1000
     bottleneck_patience: int = 1
     bottleneck_val_every: int = 50
     bottleneck_init: str = "lf-cbm"
@@ -163,7 +165,7 @@ _PLACES = dict(dataset="places365", backbone=_RESNET50, layer="layer4", concepts
                splits=("train-standard", "val"), num_classes=365, expected_concepts=2544, val_fraction=0.02)
 _CUB = dict(dataset="cub", backbone=_RESNET18_CUB, layer="features.stage4", concepts="lf-cbm:cub",
             activation_cutoff=0.26, lam=2e-4, standard_lam=2e-5, solver_iters=5000, splits=("train", "test"),
-            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck_batch=128, batch_size=128)
+            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck_batch=50000, batch_size=128)
 
 #: Every recipe by name.
 RECIPES: dict[str, Recipe] = {

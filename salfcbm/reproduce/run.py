@@ -31,8 +31,8 @@ from salfcbm.errors import ConfigMismatchError, DryRunError, InputError, Missing
 from salfcbm.reproduce.recipes import Recipe
 from salfcbm.reproduce.tables import format_table
 
-__all__ = ["DryRunError", "build_backbone", "concept_filter_options", "dry_run", "load_datasets", "recipe_concepts",
-           "run_recipe"]
+__all__ = ["DryRunError", "bottleneck_config", "build_backbone", "concept_filter_options", "dry_run", "load_datasets",
+           "recipe_concepts", "run_recipe"]
 
 
 def build_backbone(recipe: Recipe, pretrained: bool = True) -> torch.nn.Module:
@@ -96,6 +96,17 @@ def concept_filter_options(recipe: Recipe) -> dict[str, Any] | bool:
         return False
     return {"activation_cutoff": recipe.activation_cutoff, "top_k": 5,
             "text_filters": recipe.concept_filters == "lf-cbm"}
+
+
+def bottleneck_config(recipe: Recipe, n_train: int):
+    """The recipe's `BottleneckConfig`; like LF-CBM's ``min(proj_batch_size, len(train))``, a step sees
+    at most the whole training set (never an image twice)."""
+    from salfcbm.training import BottleneckConfig
+
+    return BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=max(2, min(recipe.bottleneck_batch, n_train)),
+                            max_steps=recipe.bottleneck_steps, patience=recipe.bottleneck_patience,
+                            val_every=recipe.bottleneck_val_every, init=recipe.bottleneck_init,
+                            cutoff=recipe.interpretability_cutoff)
 
 
 def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: int) -> dict[str, float]:
@@ -189,7 +200,7 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
     from salfcbm.core.model import wrap
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.store import compute_similarity_store
-    from salfcbm.training import BottleneckConfig, HeadConfig, feature_store, fit
+    from salfcbm.training import HeadConfig, feature_store, fit
 
     train, val, test, class_names = data
     prompts = PromptGrid(grid=(recipe.grid, recipe.grid), radius=recipe.radius, line_width=recipe.line_width)
@@ -208,10 +219,7 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
             feature_store(model, d, run / "features" / split, batch_size=recipe.batch_size, progress=progress)
         return {}
     res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
-              bottleneck=BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=recipe.bottleneck_batch,
-                                          max_steps=recipe.bottleneck_steps, patience=recipe.bottleneck_patience,
-                                          val_every=recipe.bottleneck_val_every, init=recipe.bottleneck_init,
-                                          cutoff=recipe.interpretability_cutoff),
+              bottleneck=bottleneck_config(recipe, len(train)),
               head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
               device=device, progress=progress, filter_concepts=concept_filter_options(recipe))
     n_inactive = res.metrics.get("concept_filter", {}).get("dropped", 0)

@@ -86,3 +86,14 @@ def test_lf_cbm_init_is_nn_linear_default():
     assert abs(w.std().item() - bound / math.sqrt(3)) < 0.01 * bound
     init_bottleneck(conv, "normal")
     assert abs(conv.weight.std().item() - bound) < 0.01 * bound
+
+
+def test_recipes_train_the_bottleneck_in_lf_cbms_regime_where_it_fits():
+    from salfcbm.reproduce.run import bottleneck_config
+
+    cub, imnet = get_recipe("table1-cub"), get_recipe("table1-imagenet")
+    c = bottleneck_config(cub, 5394)  # CUB's training images after the 10% hold-out: all of them, every step
+    assert (c.batch_size, c.max_steps, c.val_every, c.patience, c.init, c.lr) == (5394, 1000, 50, 1, "lf-cbm", 1e-3)
+    i = bottleneck_config(imnet, 1_255_000)
+    assert i.batch_size == 8192 and i.cutoff == imnet.interpretability_cutoff
+    assert bottleneck_config(imnet, 3).batch_size == 3  # a tiny (dry-run) set: never an image twice in a step

@@ -92,7 +92,7 @@ def test_fixed_lambda_head_is_one_point():
 
 def test_run_dir_of_another_recipe_version_is_refused(tmp_path):
     _claim_run_dir(tmp_path, get_recipe("table1-cub"), force=False)
-    with pytest.raises(ConfigMismatchError, match="table1-cub@v1, not table1-places365@v1"):
+    with pytest.raises(ConfigMismatchError, match="table1-cub@v2, not table1-places365@v2"):
         _claim_run_dir(tmp_path, get_recipe("table1-places365"), force=False)
 
 
@@ -100,7 +100,7 @@ def test_cli_prints_the_cost(capsys):
     assert main(["reproduce", "table1", "--dataset", "cub", "--cost-only"]) == 0
     out = capsys.readouterr().out
     assert "293,706 prompted CLIP forwards" in out and "370 text forwards" in out
-    assert main(["reproduce", "--list"]) == 0 and "table2-imagenet-seg@v1" in capsys.readouterr().out
+    assert main(["reproduce", "--list"]) == 0 and "table2-imagenet-seg@v2" in capsys.readouterr().out
     assert main(["reproduce", "table9", "--dataset", "cub", "--cost-only"]) == 2
 
 
