@@ -46,6 +46,8 @@ REGIMES = [
     ("256, 1000 steps, first increase, LF-CBM init", 256, 1000, 1, "lf-cbm"),
     ("256, 1000 steps, first increase, normal init", 256, 1000, 1, "normal"),
     ("64, 1000 steps, first increase, LF-CBM init", 64, 1000, 1, "lf-cbm"),
+    ("256, 5000 steps, first increase, LF-CBM init", 256, 5000, 1, "lf-cbm"),
+    ("full batch, 3000 steps, first increase, LF-CBM init", 0, 3000, 1, "lf-cbm"),
 ]
 CUTOFF = 0.45
 
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="300 training images and three regimes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--regimes", type=int, nargs="+", help="indices into REGIMES (default: all)")
+    p.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     p.add_argument("--memory", action="store_true", help="only measure one step's memory per image (ImageNet shapes)")
     args = p.parse_args(argv)
     if args.threads:
@@ -169,8 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
         return mem
     cfg, data, model, sims, feats = _world(Path(args.work_dir) / ("quick" if args.quick else "world"), args.quick,
                                            args.progress)
-    regimes = REGIMES[:3] if args.quick else REGIMES
-    rows = []
+    regimes = [REGIMES[i] for i in args.regimes] if args.regimes else REGIMES[:3] if args.quick else REGIMES
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if args.append and out.exists() else []
     for regime in regimes:
         for seed in args.seeds:
             rows.append(_one(model, data, sims, feats, regime, seed))
@@ -182,7 +187,6 @@ def main(argv: list[str] | None = None) -> dict:
                      "head": "HeadConfig.paper('default'): fixed lambda 7e-4, alpha 0.99"},
            "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
            "rows": rows, "table": table}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     return res

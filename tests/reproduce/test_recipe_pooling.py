@@ -75,6 +75,10 @@ def test_recipe_and_wrap_refuse_bad_pooling_settings():
         replace(r, bottleneck_init="xavier")
     with pytest.raises(InputError, match="init must be one of"):
         BottleneckConfig(init="xavier")
+    net = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    with pytest.raises(InputError, match="softmax_temperature"):
+        wrap(net, concepts=["a"], num_classes=2, pooling="softmax", softmax_temperature=float("nan"),
+             backbone_weights=None, input_size=(64, 64))
 
 
 def test_lf_cbm_init_is_nn_linear_default():
