@@ -9,7 +9,10 @@ Settings not stated by the SALF-CBM paper are LF-CBM's (the paper: "the same ini
 list and regularization parameters alpha and lambda as in [19]"), from LF-CBM's
 ``training_commands.txt``: the concept sets, the top-5 activation cutoff (``clip_cutoff``),
 the interpretability cutoff 0.45 and the fixed ``lam`` of the sparse head (and of the
-"standard, sparse" baseline). Deviation: LF-CBM early-stops on the test set; a recipe holds
+"standard, sparse" baseline), and LF-CBM's projection-layer regime (Adam 1e-3, at most 1,000
+steps, a stop at the first validation decrease, ``nn.Linear``'s init) with the batch capped where
+49 cells per image do not fit a GPU. The pooling of the concept maps, which the paper does not
+state, is the authors' released model's (softmax). ``sources.py`` documents each setting. Deviation: LF-CBM early-stops on the test set; a recipe holds
 out ``val_fraction`` of the training set instead (stratified, seeded), and reports the
 official validation / test split as the test accuracy, as the paper's Table 1 does.
 """

@@ -1,8 +1,9 @@
 """Run a recipe end to end and write its table next to the paper's numbers.
 
 `run_recipe` reads the dataset in its shipped layout, loads the concept set, computes
-the prompted CLIP similarities, drops concepts that never fire (LF-CBM's top-5 cutoff),
-trains the bottleneck and the fixed-lambda sparse head with `salfcbm.fit`, fits the
+the prompted CLIP similarities, and runs `salfcbm.fit`: its filter stage drops concepts that
+never fire (LF-CBM's top-5 cutoff on the unprompted images), then it trains the bottleneck and
+the fixed-lambda sparse head; then the run fits the
 "standard, sparse" baseline (and the non-sparse rows) on the cached backbone features,
 checks that the saved model reloads to the same logits, explains a few test images, draws
 the top test images of five random concept neurons (appendix C, ``neurons.png``), runs
