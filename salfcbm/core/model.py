@@ -812,6 +812,7 @@ def wrap(
     layer: str | None = None,
     grid: int | tuple[int, int] = (7, 7),
     pooling: str = "mean",
+    softmax_temperature: float = 1.0,
     cls_concat: bool = False,
     class_names: Sequence[str] | None = None,
     freeze_backbone: bool = True,
@@ -840,6 +841,7 @@ def wrap(
         grid: prompting grid, e.g. ``7`` or ``(7, 7)``.
         pooling: ``"mean"`` (default; the paper names none), ``"softmax"`` (the authors'
             released code) or ``"max"``.
+        softmax_temperature: temperature of ``pooling="softmax"`` (the authors' ``SoftmaxPooling2D``: 1).
         cls_concat: concatenate the CLS token to every position (ViTs).
         class_names: names of the classes.
         freeze_backbone: keep the backbone fixed.
@@ -889,6 +891,7 @@ def wrap(
         layer=layer,
         grid=_as_grid(grid),
         pooling=pooling,
+        softmax_temperature=softmax_temperature,
         cls_concat=cls_concat,
         class_names=list(class_names) if class_names is not None else None,
         freeze_backbone=freeze_backbone,

@@ -9,7 +9,10 @@ Settings not stated by the SALF-CBM paper are LF-CBM's (the paper: "the same ini
 list and regularization parameters alpha and lambda as in [19]"), from LF-CBM's
 ``training_commands.txt``: the concept sets, the top-5 activation cutoff (``clip_cutoff``),
 the interpretability cutoff 0.45 and the fixed ``lam`` of the sparse head (and of the
-"standard, sparse" baseline). Deviation: LF-CBM early-stops on the test set; a recipe holds
+"standard, sparse" baseline), and LF-CBM's projection-layer regime (Adam 1e-3, at most 1,000
+steps, a stop at the first validation decrease, ``nn.Linear``'s init) with the batch capped where
+49 cells per image do not fit a GPU. The pooling of the concept maps, which the paper does not
+state, is the authors' released model's (softmax). ``sources.py`` documents each setting. Deviation: LF-CBM early-stops on the test set; a recipe holds
 out ``val_fraction`` of the training set instead (stratified, seeded), and reports the
 official validation / test split as the test accuracy, as the paper's Table 1 does.
 """
@@ -42,7 +45,16 @@ class Recipe:
         line_width: circle line width in pixels (2).
         scorer: open_clip model name and pretrained tag.
         concepts: ``"lf-cbm:NAME"`` or ``"template:TEXT"`` with ``{class}``.
-        activation_cutoff: drop concepts whose top-5 mean CLIP similarity on the training set is below.
+        activation_cutoff: drop concepts whose top-5 mean CLIP similarity to the *unprompted*
+            training images (CLIP's own crop) is at or below it (LF-CBM's ``clip_cutoff``).
+        concept_filters: which of LF-CBM's concept filters run, through the same
+            `salfcbm.supervision.concepts.filter_concepts` as `salfcbm.fit`: ``"activation"``
+            (what LF-CBM's ``train_cbm.py`` runs on its published, already filtered lists: the
+            top-5 ``activation_cutoff`` only), ``"lf-cbm"`` (also length, class and concept
+            near-duplicates, for an unfiltered list) or ``"none"``.
+        pooling: how concept maps are pooled to c*(x): ``"softmax"`` (the authors' released
+            ``SoftmaxPooling2D``), ``"mean"`` or ``"max"``.
+        softmax_temperature: temperature of softmax pooling (the authors': 1).
         interpretability_cutoff: drop concepts the bottleneck cannot follow (validation similarity).
         cutoff_statistic: the statistic the interpretability cutoff is compared with; ``"lfcbm"``: LF-CBM's
             (pooled concept activations against the unprompted CLIP similarities, kept when ``>``).
@@ -53,8 +65,14 @@ class Recipe:
         alpha: elastic-net mixing.
         solver_iters: LF-CBM's GLM-SAGA epochs (recorded; salfcbm's solver runs to its KKT tolerance).
         bottleneck_lr: Adam learning rate of the bottleneck.
-        bottleneck_batch: images per bottleneck step.
-        bottleneck_steps: maximum bottleneck steps.
+        bottleneck_batch: images per bottleneck step, at most the training set (LF-CBM's
+            ``min(proj_batch_size, N)``): 50,000 for CUB (the whole set, as LF-CBM), 8,192 for
+            ImageNet and Places365 (LF-CBM's 50,000 does not fit a GPU at 49 cells per image).
+        bottleneck_steps: maximum bottleneck steps (LF-CBM's ``proj_steps``, 1,000).
+        bottleneck_patience: validation checks without a gain before the bottleneck stops
+            (1: LF-CBM's stop at the first validation increase).
+        bottleneck_val_every: steps between validation checks (LF-CBM: 50).
+        bottleneck_init: ``"lf-cbm"`` (``nn.Linear``'s default, as LF-CBM's projection) or ``"normal"``.
         batch_size: images per forward when computing stores.
         image_size: side of the square images both the scorer and the backbone see.
         resize: short side the images are resized to before the centre crop (LF-CBM: 256).
@@ -81,6 +99,9 @@ class Recipe:
     scorer: tuple[str, str] = ("ViT-B-16", "openai")
     concepts: str = "lf-cbm:imagenet"
     activation_cutoff: float = 0.28
+    concept_filters: str = "activation"
+    pooling: str = "softmax"
+    softmax_temperature: float = 1.0
     interpretability_cutoff: float = 0.45
     cutoff_statistic: str = "lfcbm"
     cutoff_guard: str = "warn"
@@ -89,8 +110,11 @@ class Recipe:
     alpha: float = 0.99
     solver_iters: int = 80
     bottleneck_lr: float = 1e-3
-    bottleneck_batch: int = 256
-    bottleneck_steps: int = 5000
+    bottleneck_batch: int = 8192
+    bottleneck_steps: int = 1000
+    bottleneck_patience: int = 1
+    bottleneck_val_every: int = 50
+    bottleneck_init: str = "lf-cbm"
     batch_size: int = 256
     image_size: int = 224
     resize: int = 256
@@ -103,6 +127,17 @@ class Recipe:
     baselines: tuple[str, ...] = ()
     dense: bool = True
     notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        from salfcbm.core.config import POOLINGS
+
+        for name, value, valid in (("pooling", self.pooling, POOLINGS), ("concept_filters", self.concept_filters,
+                                   CONCEPT_FILTERS), ("bottleneck_init", self.bottleneck_init, ("lf-cbm", "normal"))):
+            if value not in valid:
+                raise InputError(f"Recipe {self.name!r}: {name} must be one of {valid}, got {value!r}.")
+        t = self.softmax_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise InputError(f"Recipe {self.name!r}: softmax_temperature must be a finite number > 0, got {t!r}.")
 
     @property
     def key(self) -> str:
@@ -122,6 +157,9 @@ class Recipe:
         return [replace(self, grid=g, radius=r, sweep=(), name=f"{self.name}-g{g}-r{r}") for g, r in self.sweep]
 
 
+#: `Recipe.concept_filters` values.
+CONCEPT_FILTERS = ("activation", "lf-cbm", "none")
+
 _RESNET50 = {"source": "torchvision", "name": "resnet50", "weights": "IMAGENET1K_V1"}
 _RESNET18_CUB = {"source": "pytorchcv", "name": "resnet18_cub", "weights": "pretrained"}
 _VIT_B16 = {"source": "torchvision", "name": "vit_b_16", "weights": "IMAGENET1K_V1"}
@@ -136,7 +174,7 @@ _PLACES = dict(dataset="places365", backbone=_RESNET50, layer="layer4", concepts
                splits=("train-standard", "val"), num_classes=365, expected_concepts=2544, val_fraction=0.02)
 _CUB = dict(dataset="cub", backbone=_RESNET18_CUB, layer="features.stage4", concepts="lf-cbm:cub",
             activation_cutoff=0.26, lam=2e-4, standard_lam=2e-5, solver_iters=5000, splits=("train", "test"),
-            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck_batch=128, batch_size=128)
+            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck_batch=50000, batch_size=128)
 
 #: Every recipe by name.
 RECIPES: dict[str, Recipe] = {
@@ -147,7 +185,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(name="table1-cub", version=2, table="table1", **_CUB),
         Recipe(name="table2-imagenet-seg", version=2, table="table2",
                **{**_IMAGENET, "concepts": "template:an image of a {class}", "expected_concepts": 1000,
-                  "activation_cutoff": 0.0, "interpretability_cutoff": 0.0},
+                  "activation_cutoff": 0.0, "interpretability_cutoff": 0.0, "concept_filters": "none"},
                segmentation=True, baselines=_TABLE2_BASELINES, dense=False),
         Recipe(name="table3-imagenet", version=2, table="table3", **_IMAGENET, sweep=_SWEEP, dense=False),
         Recipe(name="table3-cub", version=2, table="table3", **_CUB, sweep=_SWEEP, dense=False),

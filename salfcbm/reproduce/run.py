@@ -1,8 +1,9 @@
 """Run a recipe end to end and write its table next to the paper's numbers.
 
 `run_recipe` reads the dataset in its shipped layout, loads the concept set, computes
-the prompted CLIP similarities, drops concepts that never fire (LF-CBM's top-5 cutoff),
-trains the bottleneck and the fixed-lambda sparse head with `salfcbm.fit`, fits the
+the prompted CLIP similarities, and runs `salfcbm.fit`: its filter stage drops concepts that
+never fire (LF-CBM's top-5 cutoff on the unprompted images), then it trains the bottleneck and
+the fixed-lambda sparse head; then the run fits the
 "standard, sparse" baseline (and the non-sparse rows) on the cached backbone features,
 checks that the saved model reloads to the same logits, explains a few test images, draws
 the top test images of five random concept neurons (appendix C, ``neurons.png``), runs
@@ -31,7 +32,8 @@ from salfcbm.errors import ConfigMismatchError, DryRunError, InputError, Missing
 from salfcbm.reproduce.recipes import Recipe
 from salfcbm.reproduce.tables import format_concepts, format_table
 
-__all__ = ["DryRunError", "build_backbone", "dry_run", "load_datasets", "recipe_concepts", "run_recipe"]
+__all__ = ["DryRunError", "bottleneck_config", "build_backbone", "concept_filter_options", "dry_run", "load_datasets",
+           "recipe_concepts", "run_recipe"]
 
 
 def build_backbone(recipe: Recipe, pretrained: bool = True) -> torch.nn.Module:
@@ -84,16 +86,29 @@ def recipe_concepts(recipe: Recipe, class_names: list[str]) -> list[str]:
     return load_concepts(recipe.concepts)
 
 
-def _active_concepts(recipe: Recipe, store: Any, concepts: list[str]) -> tuple[list[str], int]:
-    if recipe.activation_cutoff <= 0:
-        return concepts, 0
-    activity = store.concept_activity(concepts, top_k=5)
-    kept = [c for c, a in zip(concepts, activity.tolist()) if a > recipe.activation_cutoff]
-    if not kept:
-        warnings.warn(f"No concept passes the activation cutoff {recipe.activation_cutoff} (random weights?); "
-                      "keeping all of them.", stacklevel=2)
-        return concepts, 0
-    return kept, len(concepts) - len(kept)
+def concept_filter_options(recipe: Recipe) -> dict[str, Any] | bool:
+    """The recipe's ``filter_concepts`` argument of `salfcbm.fit`: one filter implementation for both paths.
+
+    ``"activation"`` runs LF-CBM's ``train_cbm.py`` filter (top-5 mean similarity to the
+    unprompted training images, CLIP's own crop, ``> activation_cutoff`` kept) and skips the
+    text filters that LF-CBM ran once to make its published lists; ``"lf-cbm"`` runs them all.
+    """
+    if recipe.concept_filters == "none":
+        return False
+    return {"activation_cutoff": recipe.activation_cutoff, "top_k": 5,
+            "text_filters": recipe.concept_filters == "lf-cbm"}
+
+
+def bottleneck_config(recipe: Recipe, n_train: int):
+    """The recipe's `BottleneckConfig`; like LF-CBM's ``min(proj_batch_size, len(train))``, a step sees
+    at most the whole training set (never an image twice)."""
+    from salfcbm.training import BottleneckConfig
+
+    return BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=max(2, min(recipe.bottleneck_batch, n_train)),
+                            max_steps=recipe.bottleneck_steps, patience=recipe.bottleneck_patience,
+                            val_every=recipe.bottleneck_val_every, init=recipe.bottleneck_init,
+                            cutoff=recipe.interpretability_cutoff, cutoff_statistic=recipe.cutoff_statistic,
+                            cutoff_guard=recipe.cutoff_guard)
 
 
 def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: int) -> dict[str, float]:
@@ -187,33 +202,29 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
     from salfcbm.core.model import wrap
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.store import compute_similarity_store
-    from salfcbm.training import BottleneckConfig, HeadConfig, feature_store, fit
+    from salfcbm.training import HeadConfig, feature_store, fit
 
     train, val, test, class_names = data
     prompts = PromptGrid(grid=(recipe.grid, recipe.grid), radius=recipe.radius, line_width=recipe.line_width)
     backbone = build_backbone(recipe, pretrained=pretrained)
     model = wrap(backbone, concepts=concepts, num_classes=len(class_names), class_names=class_names, layer=recipe.layer,
-                 grid=recipe.grid, cls_concat=recipe.cls_concat, input_size=(recipe.image_size, recipe.image_size),
+                 grid=recipe.grid, pooling=recipe.pooling, softmax_temperature=recipe.softmax_temperature,
+                 cls_concat=recipe.cls_concat, input_size=(recipe.image_size, recipe.image_size),
                  backbone_weights=recipe.backbone["weights"] if pretrained else None).to(device)
     # one geometry: the scorer and the backbone see the model's own view of every image
     train, val, test = (align_dataset(d, model.image_transform) for d in (train, val, test))
     kw = dict(batch_size=recipe.batch_size, progress=progress)
     s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
     s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
-    kept, n_inactive = _active_concepts(recipe, s_train, concepts)
-    if n_inactive:
-        model.select_concepts(kept)
     if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
         for split, d in (("train", train), ("val", val), ("test", test)):
             feature_store(model, d, run / "features" / split, batch_size=recipe.batch_size, progress=progress)
         return {}
     res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
-              bottleneck=BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=recipe.bottleneck_batch,
-                                          max_steps=recipe.bottleneck_steps, cutoff=recipe.interpretability_cutoff,
-                                          cutoff_statistic=recipe.cutoff_statistic, cutoff_guard=recipe.cutoff_guard),
+              bottleneck=bottleneck_config(recipe, len(train)),
               head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
-              device=device, progress=progress,
-              filter_concepts=False)  # LF-CBM's published lists are filtered; the activation cutoff ran above
+              device=device, progress=progress, filter_concepts=concept_filter_options(recipe))
+    n_inactive = res.metrics.get("concept_filter", {}).get("dropped", 0)
     out: dict[str, Any] = {"salfcbm_sparse": 100 * res.metrics["salfcbm"]["test_accuracy"],
                            "concepts": {"initial": len(concepts), "inactive": n_inactive,
                                         "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts,
@@ -414,6 +425,7 @@ def dry_run(
         write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
                           per_split=dict(zip(split_names[recipe.dataset], images)))
     small = replace(recipe, bottleneck_steps=bottleneck_steps, activation_cutoff=0.0, interpretability_cutoff=-1.0,
+                    concept_filters="none",
                     sweep=_spread(recipe.sweep, sweep_points),
                     baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
     concepts = None

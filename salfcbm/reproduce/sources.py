@@ -70,7 +70,74 @@ _CUTOFF: dict[str, Source] = {
 
 
 # ------------------------------------------------------------------ pooling, filters, bottleneck optimisation
-_POOLING_FILTERS_OPTIM: dict[str, Source] = {}
+_LFCBM_TRAIN = "LF-CBM train_cbm.py (train_cbm_and_save; read at commit bacf7bd)"
+_AUTHORS_CBM = "authors' cbm.py (github.com/itaybenou/show-and-tell, commit e45f864: SoftmaxPooling2D, CBM_model)"
+_REGIME = "docs/training.md, 'The bottleneck regime of the recipes' (benchmarks/bench_bottleneck_regime.py)"
+
+_POOLING_FILTERS_OPTIM: dict[str, Source] = {
+    "pooling": Source(
+        paper="not stated (Sec. 3.3-3.4: the maps are pooled to c*(x))",
+        lfcbm="no maps (the projection is applied to globally average-pooled features)",
+        authors="SoftmaxPooling2D(kernel_size=map_size): softmax over all cells, weighted sum",
+        source=_AUTHORS_CBM,
+        reason="the recipes follow the authors' released model; salfcbm's library default stays 'mean' "
+               "(linear, so Explain Anything and interventions are exact; the same pooling as the standard baseline)",
+    ),
+    "softmax_temperature": Source(
+        paper="not stated", lfcbm="", authors="1 (F.softmax of the raw cell values)", source=_AUTHORS_CBM,
+    ),
+    "activation_cutoff": Source(
+        paper="not stated (\"the same ... as in [19]\")",
+        lfcbm="--clip_cutoff 0.28 ImageNet and Places365, 0.26 CUB (default 0.25); kept if top-5 mean > cutoff",
+        authors="",
+        source=_LFCBM_TRAIN + "; LF-CBM training_commands.txt",
+        reason="LF-CBM's statistic exactly: mean of the 5 highest similarities to the unprompted training images, "
+               "cropped by the scorer's own preprocessing (CLIP: shorter side to 224, centre crop), through the same "
+               "filter_concepts as salfcbm.fit. Table 2 keeps all 1,000 class concepts (0.0, filters off)",
+    ),
+    "concept_filters": Source(
+        paper="Sec. 3.1: LF-CBM's filters (length, class and concept similarity, absent from the data)",
+        lfcbm="the text filters made the published *_filtered.txt lists (GPT_conceptset_processor.ipynb); "
+              "train_cbm.py then runs only the top-5 clip_cutoff",
+        authors="",
+        source="LF-CBM conceptset_utils.py, GPT_conceptset_processor.ipynb, train_cbm.py",
+        reason="'activation' on the published lists, as LF-CBM's training does; 'lf-cbm' (text filters too, pairs "
+               "in LF-CBM's sorted order) for an unfiltered list; 'none' for Table 2's class concepts",
+    ),
+    "bottleneck_lr": Source(
+        paper="not stated", lfcbm="1e-3 (Adam)", authors="", source=_LFCBM_TRAIN,
+    ),
+    "bottleneck_batch": Source(
+        paper="not stated",
+        lfcbm="--proj_batch_size 50000 images, min(50000, training images) per step, drawn anew each step",
+        authors="",
+        source=_LFCBM_TRAIN + "; " + _REGIME,
+        reason="a spatial step holds 49 cells of features and targets per image: one step costs 6.0 MB per image "
+               "at ImageNet's shapes (measured, benchmarks/bench_bottleneck_regime.py --memory), about 300 GB for "
+               "LF-CBM's 50,000. CUB takes LF-CBM's batch as it is (the whole training set, about 3 GB); "
+               "ImageNet and Places365 take 8,192 (about 49 GB on ImageNet), the largest power of two that fits "
+               "an 80 GB GPU with room for the rest. On the demo world (docs/training.md) 256 images a step and the "
+               "whole set ended alike (64 was worse), so a cap far above 256 should cost nothing measurable",
+    ),
+    "bottleneck_steps": Source(
+        paper="not stated", lfcbm="--proj_steps 1000", authors="", source=_LFCBM_TRAIN + "; " + _REGIME,
+        reason="LF-CBM's. On the demo world its stop at the first decrease ended after 800 to 1,350 steps; "
+               "v1's 5,000 steps with patience 10 ran about 4,500 for at most 0.016 of validation similarity, "
+               "one concept and no accuracy difference beyond the seed spread",
+    ),
+    "bottleneck_patience": Source(
+        paper="not stated", lfcbm="stop at the first validation loss increase (patience 1)", authors="",
+        source=_LFCBM_TRAIN, reason="LF-CBM's (v1 of the recipes waited 10 checks)",
+    ),
+    "bottleneck_val_every": Source(
+        paper="not stated", lfcbm="50 steps (i % 50 == 0)", authors="", source=_LFCBM_TRAIN,
+        reason="LF-CBM's; LF-CBM validates on the test split, the recipes on a held-out part of the training set",
+    ),
+    "bottleneck_init": Source(
+        paper="not stated", lfcbm="torch.nn.Linear's default: U(-1/sqrt(C), 1/sqrt(C))", authors="",
+        source=_LFCBM_TRAIN, reason="LF-CBM's (v1 of the recipes drew N(0, 1/C))",
+    ),
+}
 
 
 #: Every documented recipe field -> its provenance.

@@ -39,6 +39,7 @@ __all__ = [
     "format_concept",
     "generate_concepts",
     "load_concepts",
+    "near_duplicates",
     "read_text_lines",
     "save_concepts",
     "unique_concepts",
@@ -429,6 +430,7 @@ def filter_concepts(
     activations: Any = None,
     activation_cutoff: float = 0.25,
     top_k: int = 5,
+    text_filters: bool = True,
 ) -> ConceptFilterReport:
     """LF-CBM's concept filters (paper 3.1), each dropped concept reported with its reason.
 
@@ -440,9 +442,10 @@ def filter_concepts(
        ``>= class_similarity`` to a class name (``"too similar to class: ..."``);
     4. cosine similarity ``>= concept_similarity`` to another concept
        (``"too similar to concept: ..."``). As in LF-CBM's ``filter_too_similar``, pairs
-       are visited in order and, of two near-duplicates not yet removed, the one with
-       the *lower* total similarity to all concepts is removed: the more general one is
-       kept;
+       are visited in the order of the *sorted* concept list (LF-CBM's
+       ``filter_too_similar_to_cls`` sorts it first) and, of two near-duplicates not yet
+       removed, the one with the *lower* total similarity to all concepts is removed (on a
+       tie the second of the pair): the more general one is kept;
     5. never fires on the training images: the mean of its ``top_k`` highest
        image similarities is ``<= activation_cutoff`` (``"never fires: ..."``).
        LF-CBM measures it on the unprompted images (cutoff 0.25; 0.26 for CUB,
@@ -452,7 +455,10 @@ def filter_concepts(
     Steps 3-4 need ``scorer.text_embeddings`` (skipped, except exact class
     matches, when ``scorer`` is ``None`` or raises ``NotImplementedError``, or a
     ``KeyError`` for text outside a closed vocabulary);
-    step 5 needs ``activations``. Difference from LF-CBM: its similarities in steps
+    step 5 needs ``activations``. ``text_filters=False`` skips steps 2-4: what LF-CBM's
+    ``train_cbm.py`` does with its published lists, which these steps made once. Differences
+    from LF-CBM: its class filter compares a class's index with a concept's (``i != j``), so
+    concept ``j`` escapes class ``j``'s test, an index slip not reproduced here; its similarities in steps
     3-4 average CLIP ViT-B/16 and all-mpnet-base-v2 text embeddings
     (``(mpnet + 3 * clip) / 4``); salfcbm uses the scorer's text embeddings only, so as
     not to depend on sentence-transformers.
@@ -471,6 +477,7 @@ def filter_concepts(
         activation_cutoff: a concept is dropped if its top-k mean is ``<=`` this
             (LF-CBM: 0.25 for CLIP ViT-B/16).
         top_k: ``k`` of the top-k mean.
+        text_filters: run steps 2-4 (length, class and concept near-duplicates).
 
     Returns:
         A `ConceptFilterReport`.
@@ -492,23 +499,32 @@ def filter_concepts(
             top_k=top_k,
             text_embeddings=scorer is not None,
             activations=activations is not None,
+            text_filters=bool(text_filters),
         )
     )
     kept = _drop_duplicates(concepts, report)  # 1
-    kept = _drop_where(kept, report, lambda c: len(c) > max_length,  # 2
-                       lambda c: f"too long: {len(c)} > {max_length} characters")
-    kept, cemb = _drop_class_names(kept, classes, scorer, class_similarity, report)  # 3
-    if cemb is not None and len(kept) > 1:  # 4. of a near-duplicate pair, the lower total similarity goes
-        gone = _near_duplicates(cemb @ cemb.T, concept_similarity)
-        for j, (k, sim) in gone.items():
-            report.dropped.append((kept[j], f"too similar to concept: {kept[k]!r} (cosine {sim:.3f} >= {concept_similarity})"))
-        kept = [c for j, c in enumerate(kept) if j not in gone]
+    if text_filters:
+        kept = _drop_text_matches(kept, classes, scorer, max_length, class_similarity, concept_similarity, report)
     if activations is not None and kept:  # 5. activation on training images
         act = dict(zip(kept, _activations(activations, kept, concepts, top_k)))
         kept = _drop_where(kept, report, lambda c: act[c] <= activation_cutoff,
                            lambda c: f"never fires: mean top-{top_k} similarity {float(act[c]):.3f} <= {activation_cutoff}")
     report.kept = kept
     return report
+
+
+def _drop_text_matches(kept: list[str], classes: list[str], scorer: Any, max_length: int, class_similarity: float,
+                       concept_similarity: float, report: ConceptFilterReport) -> list[str]:
+    """Filters 2-4: too long, too similar to a class, too similar to another concept."""
+    kept = _drop_where(kept, report, lambda c: len(c) > max_length,  # 2
+                       lambda c: f"too long: {len(c)} > {max_length} characters")
+    kept, cemb = _drop_class_names(kept, classes, scorer, class_similarity, report)  # 3
+    if cemb is not None and len(kept) > 1:  # 4. of a near-duplicate pair, the lower total similarity goes
+        gone = near_duplicates(kept, cemb @ cemb.T, concept_similarity)
+        for j, (k, sim) in gone.items():
+            report.dropped.append((kept[j], f"too similar to concept: {kept[k]!r} (cosine {sim:.3f} >= {concept_similarity})"))
+        kept = [c for j, c in enumerate(kept) if j not in gone]
+    return kept
 
 
 def _check_filter_options(
@@ -612,13 +628,25 @@ def unprompted_activity(
     return best.mean(0) if best is not None else torch.zeros(len(concepts))
 
 
-def _near_duplicates(sims: torch.Tensor, cutoff: float) -> dict[int, tuple[int, float]]:
-    """LF-CBM's ``filter_too_similar``: ``{removed index: (the index it duplicates, cosine)}``.
+def near_duplicates(concepts: Sequence[str], sims: torch.Tensor, cutoff: float) -> dict[int, tuple[int, float]]:
+    """LF-CBM's ``filter_too_similar`` on ``concepts``: ``{removed index: (the index it duplicates, cosine)}``.
 
-    Pairs ``(i, j)`` are visited in row order; when neither is removed yet and their
-    similarity is ``>= cutoff``, the one whose row sum (total similarity to every concept)
-    is lower is removed (ties remove ``j``).
+    As LF-CBM, the pairs are visited in the order of ``sorted(concepts)`` (its
+    ``filter_too_similar_to_cls`` returns the list sorted, and ``filter_too_similar`` walks it
+    row by row); when neither concept of a pair is removed yet and their similarity is
+    ``>= cutoff``, the one whose row sum (total similarity to every concept, itself
+    included) is lower is removed, on a tie the pair's second. Indices refer to ``concepts``.
     """
+    if len(concepts) != sims.shape[0] or sims.shape[0] != sims.shape[-1]:
+        raise InputError(f"near_duplicates needs an (M, M) similarity matrix for M={len(concepts)} concepts; got "
+                         f"{tuple(sims.shape)}.")
+    order = sorted(range(len(concepts)), key=lambda i: concepts[i])
+    gone = _near_duplicates(sims[order][:, order], cutoff)
+    return {order[j]: (order[k], sim) for j, (k, sim) in gone.items()}
+
+
+def _near_duplicates(sims: torch.Tensor, cutoff: float) -> dict[int, tuple[int, float]]:
+    """The pair walk of `near_duplicates` in row order of ``sims``."""
     totals = sims.sum(1)
     gone: dict[int, tuple[int, float]] = {}
     rows, cols = torch.nonzero(sims >= cutoff, as_tuple=True)

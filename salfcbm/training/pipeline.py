@@ -120,6 +120,19 @@ def bottleneck_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 MAX_BOTTLENECK_LR = 10.0
 #: The statistics the interpretability cutoff can be compared with (`BottleneckConfig.cutoff_statistic`).
 CUTOFF_STATISTICS = ("cell", "pooled", LFCBM_STATISTIC)
+#: Initialisations of the bottleneck (`BottleneckConfig.init`).
+BOTTLENECK_INITS = ("normal", "lf-cbm")
+
+
+def init_bottleneck(conv: nn.Conv2d, init: str = "normal") -> None:
+    """Initialise the 1x1 bottleneck: ``"normal"`` N(0, 1/C), or ``"lf-cbm"`` U(+-1/sqrt(C)) (``nn.Linear``'s default)."""
+    bound = 1.0 / math.sqrt(conv.in_channels)
+    if init == "lf-cbm":
+        nn.init.uniform_(conv.weight, -bound, bound)
+    else:
+        nn.init.normal_(conv.weight, std=bound)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 @dataclass
@@ -153,6 +166,9 @@ class BottleneckConfig:
             ``FitResult.cutoff["kept_for_head"]`` (and ``metrics.json``, the demo report);
             ``"warn"``: it is removed, listed in ``["needed_by_head"]``, and `fit` warns (the
             paper's recipes: LF-CBM removes it).
+        init: the bottleneck's initial weights. ``"normal"`` (default): ``N(0, 1/C)`` for ``C``
+            input channels. ``"lf-cbm"``: LF-CBM's projection layer, an ``nn.Linear`` with
+            PyTorch's default init, ``U(-1/sqrt(C), 1/sqrt(C))`` (Kaiming-uniform with ``a = sqrt(5)``).
     """
 
     lr: float = 1e-3
@@ -165,6 +181,7 @@ class BottleneckConfig:
     seed: int = 0
     cutoff_statistic: str = "cell"
     cutoff_guard: str = "keep"
+    init: str = "normal"
 
     def __post_init__(self):
         if self.cutoff_statistic not in CUTOFF_STATISTICS:
@@ -175,6 +192,9 @@ class BottleneckConfig:
         if self.cutoff_guard not in ("keep", "warn"):
             raise InputError(f"BottleneckConfig.cutoff_guard must be 'keep' (keep concepts the head needs) or 'warn' "
                              f"(remove them and warn), got {self.cutoff_guard!r}.")
+        if self.init not in BOTTLENECK_INITS:
+            raise InputError(f"BottleneckConfig.init must be one of {BOTTLENECK_INITS} (LF-CBM's is 'lf-cbm'), "
+                             f"got {self.init!r}.")
         for k in ("lr", "batch_size", "max_steps", "val_every", "patience"):
             v = getattr(self, k)
             if v is None and k in _AUTO_BOTTLENECK:
@@ -655,9 +675,7 @@ def train_bottleneck(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = model.bottleneck.weight.device
-    nn.init.normal_(model.bottleneck.weight, std=1.0 / math.sqrt(model.bottleneck.in_channels))
-    if model.bottleneck.bias is not None:
-        nn.init.zeros_(model.bottleneck.bias)
+    init_bottleneck(model.bottleneck, cfg.init)
     opt = torch.optim.Adam(model.bottleneck.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, float]] = []
     bad, step, done = 0, 0, False
@@ -870,8 +888,9 @@ def _filter_stage(model: SALFCBM, train_data: Dataset, sims: SimilarityStore, op
     scorer = sims.scorer
     unprompted = callable(getattr(scorer, "embed_images", None))
     classes = model.config["class_names"] or []
+    view, view_name = _unprompted_view(train_data, scorer) if unprompted else (train_data, "")
     key = _stage_key({"concepts": model.concepts, "classes": classes, "opts": opts, "s": sims.store.meta,
-                      "unprompted": unprompted})
+                      "unprompted": unprompted, **({"view": view_name} if view is not train_data else {})})
     path = run / "concept_filter.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     if saved.get("key") == key:
@@ -880,12 +899,12 @@ def _filter_stage(model: SALFCBM, train_data: Dataset, sims: SimilarityStore, op
     else:
         top_k = opts.get("top_k", 5)
         if unprompted:
-            act = unprompted_activity(scorer, train_data, model.concepts, top_k=top_k, batch_size=batch_size,
+            act = unprompted_activity(scorer, view, model.concepts, top_k=top_k, batch_size=batch_size,
                                       num_workers=num_workers, progress=progress)
         else:
             act = sims.concept_activity(model.concepts, top_k=top_k)
         report = _filter(model.concepts, classes=classes, scorer=scorer, activations=act, **opts)
-        report.settings["activation_source"] = "unprompted images (LF-CBM)" if unprompted else \
+        report.settings["activation_source"] = f"unprompted images (LF-CBM), {view_name}" if unprompted else \
             "best prompted cell (the scorer has no embed_images)"
         _write_json(path, {"key": key, "report": report.to_dict()})
     if not report.kept:
@@ -898,6 +917,24 @@ def _filter_stage(model: SALFCBM, train_data: Dataset, sims: SimilarityStore, op
                     len(model.concepts), report.reasons, path)
         model.select_concepts(report.kept)
     return report
+
+
+def _unprompted_view(data: Dataset, scorer: Any) -> tuple[Dataset, str]:
+    """The training images for the unprompted activation test, cropped as the scorer's own preprocessing does.
+
+    LF-CBM embeds them with CLIP's ``preprocess`` (shorter side to 224, centre crop), not
+    with the backbone's crop. A dataset that can re-crop its files (``with_transform``) is
+    given that geometry; any other keeps the model's view (recorded in the report).
+    """
+    size = getattr(scorer, "image_size", None)
+    if size is None or not callable(getattr(data, "with_transform", None)) or \
+            getattr(scorer, "resize_mode", "shortest") != "shortest":
+        return data, "the model's crop (the dataset cannot re-crop its images)"
+    from salfcbm.core.images import ImageTransform
+
+    interp = getattr(scorer, "interpolation", "bicubic")
+    t = ImageTransform(size=tuple(size), crop_pct=1.0, crop_mode="center", interpolation=interp)
+    return data.with_transform(t), f"the scorer's own crop ({size[0]}x{size[1]}, {interp}, centre, whole shorter side)"
 
 
 def _matched_nec(
@@ -1127,7 +1164,8 @@ def _bottleneck_stage(model: SALFCBM, run: _RunDir, bcfg: BottleneckConfig, f_tr
     their train/val pooled activations.
     """
     candidates = list(model.concepts)
-    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic", "cutoff_guard")}
+    trained = {k: v for k, v in asdict(bcfg).items() if k not in ("cutoff", "cutoff_statistic", "cutoff_guard")
+               and not (k == "init" and v == "normal")}  # the default init keeps earlier runs' keys
     key = _stage_key({"b": trained, "concepts": candidates, "f": f_train.meta, "s": train_similarities.store.meta,
                       "data": [_content(x) for x in (f_train, f_val, train_similarities.store, val_similarities.store)],
                       "v": 2})
