@@ -301,3 +301,29 @@ def test_label_targets_correct_only_what_the_model_gets_wrong(tiny, scenes):
         q = torch.quantile(z, 0.95, dim=0).expand_as(z)
         p = float(tiny.head(q).softmax(-1).gather(1, y[:, None]).mean())
     assert c.true_class_probability["random"][0] == pytest.approx(p, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- on the demo (a trained model)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo at the size tests/training uses (the smallest whose concepts are learned well enough to help)."""
+    from salfcbm.demo.run import DemoConfig, run_demo
+
+    cfg = DemoConfig(n_train=800, n_val=200, n_test=200, backbone_epochs=5, bottleneck_steps=300,
+                     num_classes=4, report_images=1, backbone_width=16)
+    return run_demo(tmp_path_factory.mktemp("demo"), cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_on_the_demo_correcting_concepts_helps_and_policies_beat_random(demo_run):
+    m = demo_run.metrics["interventions"]  # run_demo: the first 200 test scenes, ground-truth mask targets
+    for mode in ("map", "region"):
+        acc = m[mode]["accuracy"]
+        for policy, ys in acc.items():
+            assert ys[-1] >= ys[0], (mode, policy)  # every concept corrected: no worse than the model
+        best = max(acc, key=lambda p: m[mode]["auc"][p]["accuracy"])
+        assert max(acc[best]) > acc[best][0], mode  # the best policy strictly raises accuracy
+        assert acc["random"][0] == acc["uncertainty"][0] == m["map"]["accuracy"]["random"][0]
+    assert m["map"]["auc"]["random"]["accuracy"] < m["map"]["auc"]["uncertainty"]["accuracy"]
+    html = (demo_run.out / "report.html").read_text()
+    assert "<h2>Intervention curves</h2>" in html and (demo_run.out / m["figure"]).is_file()
