@@ -316,14 +316,19 @@ def demo_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_on_the_demo_correcting_concepts_helps_and_policies_beat_random(demo_run):
+    """Measured on this demo (docs/evaluation.md): the best policy lifts accuracy above the model's own, and
+    uncertainty beats random. Correcting *every* concept helps with region edits; with whole-map edits it
+    depends on the trained model (0.935 vs 0.955 on one run, 0.96 vs 0.95 on another), so it is not asserted."""
     m = demo_run.metrics["interventions"]  # run_demo: the first 200 test scenes, ground-truth mask targets
     for mode in ("map", "region"):
-        acc = m[mode]["accuracy"]
-        for policy, ys in acc.items():
-            assert ys[-1] >= ys[0], (mode, policy)  # every concept corrected: no worse than the model
-        best = max(acc, key=lambda p: m[mode]["auc"][p]["accuracy"])
+        acc, auc = m[mode]["accuracy"], m[mode]["auc"]
+        assert len({ys[0] for ys in acc.values()}) == 1 and acc["random"][0] == m["map"]["accuracy"]["random"][0]
+        best = max(acc, key=lambda p: auc[p]["accuracy"])
         assert max(acc[best]) > acc[best][0], mode  # the best policy strictly raises accuracy
-        assert acc["random"][0] == acc["uncertainty"][0] == m["map"]["accuracy"]["random"][0]
+    for ys in m["region"]["accuracy"].values():
+        assert ys[-1] >= ys[0]  # every concept corrected inside its region: no worse than the model
+    region_best = max(m["region"]["auc"].values(), key=lambda a: a["accuracy"])
+    assert region_best["accuracy"] > m["region"]["accuracy"]["random"][0]  # and above it on average over k
     assert m["map"]["auc"]["random"]["accuracy"] < m["map"]["auc"]["uncertainty"]["accuracy"]
     html = (demo_run.out / "report.html").read_text()
     assert "<h2>Intervention curves</h2>" in html and (demo_run.out / m["figure"]).is_file()
