@@ -139,6 +139,9 @@ class ConceptTargets:
         if self.regions is not None and (self.regions.dim() != 4 or tuple(self.regions.shape[:2]) != tuple(t.shape)):
             raise InputError(f"`regions` must be (N, K, H, W) with (N, K) = {tuple(t.shape)}, got "
                              f"{tuple(self.regions.shape)}.")
+        if self.regions is not None and (not bool(torch.isfinite(self.regions.float()).all())
+                                         or bool((self.regions.float() < 0).any())):
+            raise InputError("`regions` must be masks (bool) or finite fractions >= 0 (a cell's share of the region).")
 
     @property
     def table(self) -> torch.Tensor:

@@ -263,6 +263,8 @@ def test_bad_targets_raise_salfcbm_errors(tiny, scenes):
         targets_from_labels(torch.full((n, m), 2.0)).labels  # noqa: B018
     with pytest.raises(InputError, match="exactly one of"):
         ConceptTargets()
+    with pytest.raises(InputError, match="finite fractions"):
+        ConceptTargets(labels=torch.ones(n, m), regions=torch.full((n, m, 4, 4), -1.0))
     with pytest.raises(InputError, match="must be ConceptTargets"):
         intervention_curve(tiny, scenes, "labels.csv")
     with pytest.raises(SalfCBMError, match=r"shape \(B, M\)"):
