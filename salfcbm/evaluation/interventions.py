@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from salfcbm._utils.modes import preserved_modes
 from salfcbm.errors import InputError
 from salfcbm.explain.evidence import PRESENCE_THRESHOLD
 
@@ -444,7 +445,8 @@ def _collect(model: SALFCBM, data: Any, batch_size: int, maps: bool) -> tuple[to
     for batch in torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False):
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise InputError("`data` must yield (image, label) items, e.g. a SyntheticScenes or a TensorDataset.")
-        out = model(norm(batch[0].to(device)))
+        with preserved_modes(model, mode=False):  # evaluated as deployed; the user's flags come back
+            out = model(norm(batch[0].to(device)))
         acts.append(out.concept_activations.float().cpu())
         labels.append(torch.as_tensor(batch[1]).long().cpu())
         if maps:
@@ -518,7 +520,9 @@ def intervention_curve(
     """Accuracy and true-class probability as ``k`` concepts per image are set to their targets.
 
     The definitions (targets, modes, policies) are in the module docstring and ``docs/evaluation.md``.
-    The backbone runs once per image; every ``k`` and policy re-runs only the pooling and the head.
+    The backbone runs once per image (in eval mode; the model's flags are restored); every ``k`` and
+    policy re-runs only the pooling and the head. Region mode keeps every image's grid maps in memory
+    (``4 * N * M * Hg * Wg`` bytes): evaluate a large dataset in parts.
 
     Args:
         model: a trained `SALFCBM` (evaluated as it is; nothing of it changes).

@@ -278,6 +278,13 @@ def test_the_model_is_left_as_it_was(tiny, scenes, mask_targets):
     intervention_curve(tiny, scenes, mask_targets, policy=list(POLICIES), ks=[0, 4], mode="region")
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
     assert not tiny.training
+    tiny.train()
+    try:
+        again = intervention_curve(tiny, scenes, mask_targets, policy="random", ks=[0])
+        assert tiny.training and all(m.training for m in tiny.modules())  # the user's flags come back
+    finally:
+        tiny.eval()
+    assert again.accuracy["random"] == intervention_curve(tiny, scenes, mask_targets, policy="random", ks=[0]).accuracy["random"]
 
 
 def test_label_targets_correct_only_what_the_model_gets_wrong(tiny, scenes):
@@ -334,3 +341,17 @@ def test_on_the_demo_correcting_concepts_helps_and_policies_beat_random(demo_run
     assert m["map"]["auc"]["random"]["accuracy"] < m["map"]["auc"]["uncertainty"]["accuracy"]
     html = (demo_run.out / "report.html").read_text()
     assert "<h2>Intervention curves</h2>" in html and (demo_run.out / m["figure"]).is_file()
+
+
+@pytest.mark.slow
+def test_salfcbm_demo_prints_the_area_per_policy(demo_run, monkeypatch, tmp_path, capsys):
+    import salfcbm.demo.run as demo_module
+    from salfcbm.cli import main
+
+    monkeypatch.setattr(demo_module, "run_demo", lambda *a, **k: demo_run)  # the run above, not a second one
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("intervention curves"))
+    auc = demo_run.metrics["interventions"]["map"]["auc"]
+    for policy in POLICIES:
+        assert f"{policy} {auc[policy]['accuracy']:.3f}" in line
