@@ -324,6 +324,11 @@ def main(argv: list[str] | None = None) -> dict:
     md = result.to_markdown()
     result.save(out, md_path)
     plot_attribution_examples(result, fig_path, methods=[m for m in args.methods if m in result.examples.get("heatmaps", {})])
+    if result.meta.get("interventions"):  # the demo's intervention curves next to the examples
+        from salfcbm.viz import plot_intervention_curves
+        from salfcbm.viz.figures import save_figure
+
+        print(f"intervention curves: {save_figure(plot_intervention_curves(result.meta['interventions']), out.with_name('intervention_curves.png'), dpi=90)}")
     print()
     print(md)
     print(f"results: {out}, {md_path}, {fig_path}")
