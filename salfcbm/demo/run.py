@@ -299,9 +299,10 @@ def _interventions_html(curves: dict[str, Any] | None) -> str:
         for p in curves["map"]["auc"]
     )
     return (f"<h2>Intervention curves</h2><p>For each of {curves['map']['n_images']} test scenes, k concepts chosen by "
-            "a policy are set to their ground-truth value (present / absent, from the masks), and accuracy is "
-            "measured again; the area is normalised over k (see docs/evaluation.md). Region edits change the "
-            "concept map inside the annotated mask only.</p>"
+            "a policy are corrected against the ground truth (the masks): a concept the model gets wrong (present "
+            "but not there, or there but not present) is set to the mean activation of the scenes where it is "
+            "absent / there, and accuracy is measured again; the area is normalised over k (see "
+            "docs/evaluation.md). Region edits change the concept map inside the annotated mask only.</p>"
             f"<img src='{html.escape(curves['figure'])}' style='max-width:900px'>"
             f"<table><tr><th>policy</th>{head}</tr>{rows}</table>")
 
