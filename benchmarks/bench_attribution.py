@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
         from salfcbm.viz import plot_intervention_curves
         from salfcbm.viz.figures import save_figure
 
-        print(f"intervention curves: {save_figure(plot_intervention_curves(result.meta['interventions']), out.with_name('intervention_curves.png'), dpi=90)}")
+        fig = plot_intervention_curves(result.meta["interventions"])
+        print(f"intervention curves: {save_figure(fig, out.with_name('intervention_curves.png'), dpi=90)}")
     print()
     print(md)
     print(f"results: {out}, {md_path}, {fig_path}")
