@@ -19,7 +19,9 @@ explain the same timm model with its own ImageNet classifier::
 For every method the run reports pixel accuracy, mIoU, mAP (Chefer et al.'s protocol), the
 deletion and insertion AUC (RISE, on the model the method explains), seconds per image and
 that time as a ratio to SALF-CBM's (same device, same batch), plus the wrapped model's
-forward time as a ratio to the bare backbone's. Results: ``--out`` (JSON), the same name
+forward time as a ratio to the bare backbone's, and the field's metrics (pointing game,
+relevance mass and rank accuracy, top-k intersection, on the signed and on the rectified map;
+Average Drop / Increase in Confidence; faithfulness correlation; see docs/evaluation.md). Results: ``--out`` (JSON), the same name
 with ``.md`` (table) and ``attribution_examples.png`` (the same images explained by each
 method, paper figure 4) next to it.
 """

@@ -47,7 +47,7 @@ from salfcbm._utils.argtypes import (  # noqa: E402 - the checked argument types
     _seed,
     _similarity,
     _threads,
-    _workers,
+    _workers as _worker_count,
 )
 
 _grid = _positive_int  # kept for callers of the old name
@@ -60,6 +60,13 @@ def _set_threads(args) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _workers(args) -> int:
+    """``--num-workers``, capped at this process's CPU cores; by default ``min(4, cores - 1)``."""
+    from salfcbm._utils.workers import resolve_num_workers
+
+    return resolve_num_workers(args.num_workers)
 
 
 def _scorer(args):
@@ -211,7 +218,7 @@ def cmd_similarities(args) -> int:
     scorer = _scorer(args)
     prompts = PromptGrid(grid=(args.grid, args.grid), radius=args.radius)
     store = compute_similarity_store(args.out, data, scorer, prompts, batch_size=args.batch_size,
-                                     num_workers=args.num_workers, progress=not args.quiet, shard_size=args.shard_size)
+                                     num_workers=_workers(args), progress=not args.quiet, shard_size=args.shard_size)
     print(f"{store} complete")
     return 0
 
@@ -240,11 +247,13 @@ def cmd_train(args) -> int:
     run.mkdir(parents=True, exist_ok=True)
     _write_args(run, args)
     head = _head_config(args)
-    bottleneck = BottleneckConfig(cutoff=args.cutoff, max_steps=args.steps, lr=args.lr, seed=args.seed,
-                                  cutoff_statistic=args.cutoff_statistic)
+    settings = {"cutoff": args.cutoff, "lr": args.lr, "seed": args.seed, "cutoff_statistic": args.cutoff_statistic}
+    if args.steps is not None:
+        settings["max_steps"] = args.steps
+    bottleneck = (BottleneckConfig.quick if args.quick else BottleneckConfig)(**settings)
     res = fit(model, data["train"], data["val"], scorer=_scorer(args), test_data=data.get("test"),
-              prompts=PromptGrid(grid=(args.grid, args.grid), radius=args.radius), run_dir=run,
-              bottleneck=bottleneck, head=head, batch_size=args.batch_size, num_workers=args.num_workers,
+              prompts=PromptGrid(grid=(args.grid, args.grid), radius=args.radius), run_dir=run, baseline=not args.quick,
+              bottleneck=bottleneck, head=head, batch_size=args.batch_size, num_workers=_workers(args),
               device=args.device, precision=args.precision, progress=not args.quiet,
               filter_concepts=False if args.no_filter else {"activation_cutoff": args.clip_cutoff})
     if not args.quiet:
@@ -257,7 +266,8 @@ def _head_config(args):
     """The head selection asked for on the command line (``--preset``, ``--lam``, ``--target-nec``)."""
     from salfcbm.training.pipeline import HeadConfig
 
-    kw = {"sparse": not args.dense, "n_lambdas": args.path_points}
+    points = args.path_points if args.path_points is not None else (10 if getattr(args, "quick", False) else None)
+    kw = {"sparse": not args.dense, "n_lambdas": points}
     if args.preset:
         return HeadConfig.paper(args.preset, **kw)
     if args.lam is not None:
@@ -500,7 +510,8 @@ def _scorer_args(q: argparse.ArgumentParser) -> None:
                    help="leave out unreadable images, images over the pixel limit (PIL.Image.MAX_IMAGE_PIXELS) or too thin to "
                         "resize, and non-regular files (each named in a warning) instead of stopping at the first one")
     g.add_argument("--batch-size", type=_int_in(1, 2**20), default=64, help="images per batch")
-    g.add_argument("--num-workers", type=_workers, default=4, help="DataLoader worker processes")
+    g.add_argument("--num-workers", type=_worker_count, default=None,
+                   help="DataLoader worker processes, at most the CPU cores available (default: min(4, cores - 1))")
     g.add_argument("--device", type=_device, default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the random CLIP init, bottleneck init and batch order")
 
@@ -523,9 +534,9 @@ def _demo_parser(sub) -> None:
 
 
 def _train_parser(sub) -> None:
-    from salfcbm.training.pipeline import BottleneckConfig, HeadConfig
+    from salfcbm.training.pipeline import BottleneckConfig
 
-    b, h = BottleneckConfig(), HeadConfig()
+    b = BottleneckConfig()
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a SALF-CBM on image folders",
                        description="Train a SALF-CBM on image folders (one sub-folder per class). The run directory "
                                    "holds args.json, the stores, metrics.json and the saved model (RUN_DIR/model); "
@@ -543,7 +554,9 @@ def _train_parser(sub) -> None:
     t.add_argument("--run-dir", type=_out_dir, required=True, help="run directory (resumable)")
     t.add_argument("--pooling", default="mean", choices=["mean", "softmax", "max"], help="concept-map pooling")
     t.add_argument("--cls-concat", action="store_true", help="concatenate the CLS token to every position (ViTs)")
-    t.add_argument("--steps", type=_int_in(1, 10**8), default=b.max_steps, help="maximum bottleneck training steps")
+    t.add_argument("--steps", type=_int_in(1, 10**8), default=None,
+                   help="maximum bottleneck training steps (default: scaled with the training images, 500 to 5000; "
+                        "--quick: 300)")
     t.add_argument("--lr", type=_lr, default=b.lr, help="bottleneck learning rate (Adam)")
     t.add_argument("--cutoff", type=_similarity, default=b.cutoff, help="interpretability cutoff (LF-CBM's 0.45)")
     t.add_argument("--cutoff-statistic", default="cell", choices=["cell", "pooled"],
@@ -552,8 +565,12 @@ def _train_parser(sub) -> None:
     t.add_argument("--clip-cutoff", type=_similarity, default=0.25,
                    help="'never fires' filter: LF-CBM's 0.25 (0.26 CUB, 0.28 ImageNet/Places365)")
     t.add_argument("--dense", action="store_true", help="dense head instead of the sparse path")
-    t.add_argument("--path-points", type=_int_in(1, 10**4), default=h.n_lambdas,
-                   help="points on the sparse head's regularisation path")
+    t.add_argument("--path-points", type=_int_in(1, 10**4), default=None,
+                   help="points on the sparse head's regularisation path (default: one per 25 training images, "
+                        "10 to 40; --quick: 10)")
+    t.add_argument("--quick", action="store_true",
+                   help="a first try: at most 300 bottleneck steps, stopping after 30 without a gain, a 10-point "
+                        "head path, and no standard-sparse baseline (explicit --steps/--path-points still apply)")
     sel = t.add_mutually_exclusive_group()
     sel.add_argument("--target-nec", type=_float_in(0.0, 1e6, open_low=True), default=None,
                      help="choose the head by non-zeros per class (default: by validation accuracy)")

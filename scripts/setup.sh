@@ -18,3 +18,14 @@ if ! .venv/bin/python -c "import salfcbm, pytest, captum, pytorch_grad_cam, mkdo
   .venv/bin/pip install -q -e ".[dev]"
   touch .venv/.salfcbm-installed
 fi
+# Quantus 0.6 (test-only: tests/evaluation/test_quantus_crosscheck.py checks salfcbm's metrics against it).
+# --no-deps because its metadata requires `opencv-python`, which clashes with the `opencv-python-headless`
+# that grad-cam (the baselines extra) requires (both install the `cv2` module); its remaining imports are pure or already here,
+# so they are installed by name. Not a pyproject extra for that reason: an extra would pull opencv-python.
+if ! .venv/bin/python -c "import quantus" >/dev/null 2>&1; then
+  echo "[setup] installing quantus==0.6.0 (test-only, --no-deps) and the packages it imports"
+  .venv/bin/pip install -q --no-deps "quantus==0.6.0"
+  .venv/bin/pip install -q "scikit-image>=0.19.3" "cachetools" "tqdm>=4.62.3" "pandas>=1.5.3" "scikit-learn>=0.24.2" \
+    "scipy>=1.7.3" "matplotlib>=3.3.4"
+  .venv/bin/python -c "import cv2" >/dev/null 2>&1 || .venv/bin/pip install -q "opencv-python-headless>=4.5.5.62"
+fi

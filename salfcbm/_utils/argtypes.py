@@ -99,15 +99,25 @@ def _in_dir(s: str) -> str:
     return s
 
 
+def _special_kind(p: Path) -> str:
+    """What a path that is neither a folder nor a regular file is, in words."""
+    import stat
+
+    mode = p.stat().st_mode
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+
+
 def _in_file(s: str) -> str:
     """An argparse type: an existing, readable regular file."""
     p = Path(s).expanduser()
     if not p.exists():
-        raise argparse.ArgumentTypeError(f"no file {s!r}; pass an existing file")
+        what = " (a link to nothing)" if p.is_symlink() else ""
+        raise argparse.ArgumentTypeError(f"{s!r} does not exist{what}; pass an existing file")
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{s!r} is a folder, not a file; pass a file")
     if not p.is_file():
-        raise argparse.ArgumentTypeError(f"{s!r} is not a regular file (a pipe or a device?); pass a regular file")
+        raise argparse.ArgumentTypeError(f"{s!r} is {_special_kind(p)}, not a regular file; pass a regular file")
     if not os.access(p, os.R_OK):
         raise argparse.ArgumentTypeError(f"{s!r} is not readable (permission denied); fix its permissions")
     return s
@@ -130,7 +140,7 @@ def _out_file(s: str) -> str:
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{s!r} is a folder; pass a file name, e.g. {str(p / 'report.html')!r}")
     if p.exists() and not p.is_file():
-        raise argparse.ArgumentTypeError(f"{s!r} is not a regular file (a pipe or a device?); pass a file name")
+        raise argparse.ArgumentTypeError(f"{s!r} is {_special_kind(p)}, not a regular file; pass a file name")
     blocker = _blocking_file(p)
     if blocker is not None:
         raise argparse.ArgumentTypeError(f"{s!r} cannot be written: {str(blocker)!r} is a file, not a folder")

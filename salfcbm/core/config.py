@@ -107,6 +107,11 @@ class ModelConfig:
             file decides).
         backbone_fingerprint: SHA-256 prefix of the backbone's weights when saved
             (`salfcbm.core.backbones.backbone_fingerprint`), checked on load.
+        presence_threshold: per concept, the calibrated presence threshold: the concept is *present*
+            in an image when the peak of its standardised concept map, ``(max c(x)[m] - mean[m]) / std[m]``,
+            is above it (`salfcbm.explain.evidence`; set by `salfcbm.fit` on the validation split).
+            ``None`` (uncalibrated, and files written before the field existed): present means a
+            standardised pooled activation above 0, the training mean. Left out of the file when ``None``.
         weights_sha256: SHA-256 of ``model.safetensors`` (set in the written file only).
         backbone_weights_sha256: SHA-256 of ``backbone.safetensors``, the backbone's own weights, saved when
             its spec cannot rebuild them (random init, a local file, a custom module; see
@@ -145,6 +150,7 @@ class ModelConfig:
     backbone_fingerprint: str | None = None
     weights_sha256: str | None = None
     backbone_weights_sha256: str | None = None
+    presence_threshold: list[float] | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -209,6 +215,12 @@ class ModelConfig:
         t = self.softmax_temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise _fail("softmax_temperature", t, "a finite number > 0")
+        pt = self.presence_threshold
+        if pt is not None:
+            if not _floats(pt, len(self.concepts)):
+                raise _fail("presence_threshold", pt, f"null or a list of {len(self.concepts)} finite numbers "
+                            "(one per concept)")
+            object.__setattr__(self, "presence_threshold", [float(x) for x in pt])
         if self.head_stats is not None and not isinstance(self.head_stats, dict):
             raise _fail("head_stats", self.head_stats, "a dict or null")
         if not _is_int(self.version) or self.version > CONFIG_VERSION:
@@ -247,6 +259,8 @@ class ModelConfig:
             del d["bottleneck_bias"]
         if d["backbone_weights_sha256"] is None:  # no backbone file: the same bytes as before the field existed
             del d["backbone_weights_sha256"]
+        if d["presence_threshold"] is None:  # uncalibrated: the file reads as before the field existed
+            del d["presence_threshold"]
         return d
 
     @classmethod

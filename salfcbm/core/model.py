@@ -109,6 +109,8 @@ class SALFCBM(
             "a single 1x1 convolution") nor LF-CBM's projection (``bias=False``) has one, and Eq. 1
             centres every cell over the batch, so a bias gets no gradient and is removed by the
             standardisation anyway. Models saved before salfcbm 0.2 have one and load with it.
+        presence_threshold: per concept, the calibrated presence threshold (`presence_threshold`;
+            set by `salfcbm.fit`); ``None``: present means above the training mean.
 
     Examples:
         >>> import timm, torch, salfcbm
@@ -144,6 +146,7 @@ class SALFCBM(
         softmax_temperature: float = 1.0,
         head_stats: dict | None = None,
         bottleneck_bias: bool = False,
+        presence_threshold: list[float] | None = None,
     ):
         super().__init__()
         _check_concepts(concepts)
@@ -191,7 +194,7 @@ class SALFCBM(
                 class_names=list(class_names) if class_names is not None else None,
                 layout=self.tap.layout, num_prefix_tokens=self.tap.num_prefix_tokens, **transform.to_config(),
                 freeze_backbone=freeze_backbone, softmax_temperature=softmax_temperature, head_stats=head_stats,
-                bottleneck_bias=bool(bottleneck_bias),
+                bottleneck_bias=bool(bottleneck_bias), presence_threshold=presence_threshold,
             )
         except ConfigError as e:
             raise InputError(str(e).replace("Fix config.json (or the argument)", "Fix the argument")) from None
@@ -234,6 +237,26 @@ class SALFCBM(
     @property
     def layer(self) -> str:
         return self.config["layer"]
+
+    @property
+    def presence_threshold(self) -> torch.Tensor | None:
+        """``(M,)`` calibrated presence thresholds on the standardised concept-map peak, or ``None``.
+
+        A concept is present in an image when ``(max c(x)[m] - mean[m]) / std[m]`` exceeds its
+        threshold (`salfcbm.explain.evidence`); ``None`` (not calibrated): when its standardised
+        pooled activation is above 0. `salfcbm.fit` calibrates it on the validation split.
+        """
+        t = self.config.presence_threshold
+        return None if t is None else torch.tensor(t, dtype=torch.float32)
+
+    def set_presence_threshold(self, thresholds: Sequence[float] | torch.Tensor | None) -> None:
+        """Store (or, with ``None``, remove) the per-concept presence thresholds (a new config)."""
+        if isinstance(thresholds, torch.Tensor):
+            thresholds = thresholds.detach().flatten().cpu().tolist()
+        try:
+            self.config = self.config.replace(presence_threshold=None if thresholds is None else list(thresholds))
+        except ConfigError as e:
+            raise InputError(str(e).replace("Fix config.json (or the argument)", "Fix the argument")) from None
 
     def set_head_stats(self, stats: dict[str, Any] | None) -> None:
         """Record the metrics the model card shows (a new config; nothing else changes)."""
@@ -309,7 +332,9 @@ class SALFCBM(
         self.bottleneck, self.head = conv, head
         self.concept_mean = self.concept_mean[t].clone()
         self.concept_std = self.concept_std[t].clone()
-        self.config = self.config.replace(concepts=[self.concepts[i] for i in idx])
+        pt = self.config.presence_threshold
+        self.config = self.config.replace(concepts=[self.concepts[i] for i in idx],
+                                          presence_threshold=None if pt is None else [pt[i] for i in idx])
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:

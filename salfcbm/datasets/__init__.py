@@ -2,7 +2,16 @@
 
 from salfcbm.datasets.folder import ImageFolderDataset
 from salfcbm.datasets.imagenet_seg import ImagenetSegmentation
-from salfcbm.datasets.paper import CUB200Dataset, ImageNetDataset, Places365Dataset, holdout_split
+from salfcbm.datasets.paper import (
+    CUB200Dataset,
+    CUBAttributes,
+    ConceptLabels,
+    ImageNetDataset,
+    Places365Dataset,
+    holdout_split,
+    match_cub_attributes,
+    read_cub_attributes,
+)
 
-__all__ = ["CUB200Dataset", "ImageFolderDataset", "ImageNetDataset", "ImagenetSegmentation", "Places365Dataset",
-           "holdout_split"]
+__all__ = ["CUB200Dataset", "CUBAttributes", "ConceptLabels", "ImageFolderDataset", "ImageNetDataset", "ImagenetSegmentation", "Places365Dataset",
+           "holdout_split", "match_cub_attributes", "read_cub_attributes"]

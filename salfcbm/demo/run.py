@@ -273,8 +273,9 @@ def _write_report(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
     parts.append(_interventions_html(metrics.get("interventions")))
     parts.append("<h2>Explanations of test images</h2><p>Top row: the top contributions by |S| and their "
                  "standardised concept maps, on one colour scale (the colour bar; 0 is the concept's training mean). "
-                 "Solid frames: the concept is present (activation above its training mean); dashed frames marked "
-                 "ABSENT: the concept is not there and its absence is what contributes. "
+                 "Solid frames: the model detects the concept (the peak of its standardised map is above the "
+                 "concept's calibrated threshold); dashed frames marked ABSENT: the model does not detect it "
+                 "and its absence is what contributes. The ground truth below shows where detection is wrong. "
                  "Bottom row: the ground-truth mask of the same concept.</p>")
     for r in rows:
         contrib = ", ".join(f"{esc(n)} ({v:+.2f}, {esc(EVIDENCE_LABELS.get(e, e))})"

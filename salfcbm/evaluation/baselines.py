@@ -15,6 +15,10 @@ paper's Table 2, from the libraries people use for them, plus two floors:
 | `fullgrad` | pytorch-grad-cam `FullGrad` | ignored |
 | `random` | seeded uniform noise | ignored |
 | `center` | centred Gaussian (centre-bias floor) | ignored |
+| `torchcam_cam`, `torchcam_gradcam`, `torchcam_gradcam++` | torchcam's CAM extractors (optional) | used |
+| `torchcam_smoothgradcam++`, `torchcam_xgradcam` | torchcam (optional) | used |
+| `torchcam_layercam`, `torchcam_scorecam` | torchcam (optional) | used |
+| `legrad` | torchcam `LeGrad` (vision transformers; optional) | transformer blocks (``layers=``) |
 
 Used layers may be omitted: ``layer=None`` picks the last spatial stage
 (`salfcbm.core.tap.default_layer`). Token layers (ViT ``(B, N, C)``) and NHWC
@@ -37,7 +41,8 @@ Conventions, for every attributor:
   affine rescaling of each heatmap and deletion/insertion uses only the order
   of values, so this does not matter there.
 
-Needs ``captum`` and ``grad-cam`` (``pip install 'salfcbm[baselines]'``).
+Needs ``captum`` and ``grad-cam`` (``pip install 'salfcbm[baselines]'``); the torchcam methods
+need ``torchcam`` (in the same extra), and raise `MissingExtraError` naming the install without it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import contextlib
 import inspect
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -545,6 +550,195 @@ class _FullGrad(_PGCAM):
         return self._run(images, target, None)
 
 
+# --------------------------------------------------------------------------- torchcam methods
+
+
+def _torchcam(feature: str) -> Any:
+    try:
+        import torchcam.methods as methods
+    except ImportError:
+        raise MissingExtraError("torchcam", "baselines", feature) from None
+    return methods
+
+
+class _TorchCAM(_LayerMixin, Attributor):
+    """A torchcam (``torchcam.methods``) CAM extractor at one layer, hooks removed after every call.
+
+    Maps are torchcam's: ReLU'd (except CAM) and min-max normalised per image, at the layer's grid,
+    upsampled bilinearly to the input.
+    """
+
+    cam_class: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        Attributor.__init__(self, model, eval_mode=eval_mode)
+        if not hasattr(_torchcam(self.name), self.cam_class):
+            raise UnsupportedBaselineError(
+                f"The installed torchcam has no {self.cam_class}; upgrade it: pip install -U 'torchcam>=0.4'."
+            )
+        self._init_layer(layer, reshape_transform)
+
+    def _options(self, images: torch.Tensor) -> dict[str, Any]:
+        return {}
+
+    def _extractor(self, images: torch.Tensor, reshape: Any) -> Any:
+        cls = getattr(_torchcam(self.name), self.cam_class)
+        kw: dict[str, Any] = {"input_shape": tuple(images.shape[1:]), **self._options(images)}
+        if reshape is not None:
+            kw["reshape_transform"] = reshape
+        with preserved_modes(self.model):
+            try:
+                return cls(self.model, self.layer_name, **kw)
+            except TypeError as e:
+                if reshape is not None and "reshape_transform" in str(e):
+                    raise UnsupportedBaselineError(
+                        f"torchcam's {self.cam_class} of the installed version cannot fold the token / NHWC layer "
+                        f"{self.layer_name!r} into a map; torchcam>=0.5 can: pip install -U torchcam."
+                    ) from None
+                raise
+
+    def _attribute(self, images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        hw = (int(images.shape[-2]), int(images.shape[-1]))
+        reshape = None if self._layout(hw) == "NCHW" else self._fold
+        extractor = self._extractor(images, reshape)
+        try:
+            scores = _logits(self.model, images)
+            cams = extractor([int(t) for t in target.tolist()], scores)
+        finally:
+            extractor.remove_hooks()
+        cam = cams[0] if len(cams) == 1 else type(extractor).fuse_cams(cams)
+        return F.interpolate(cam[:, None].float(), size=hw, mode="bilinear", align_corners=False)
+
+
+class _TCCAM(_TorchCAM):
+    name = "torchcam_cam"
+    cam_class = "CAM"
+
+    def _options(self, images: torch.Tensor) -> dict[str, Any]:
+        linear = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+        if not linear:
+            raise UnsupportedBaselineError(
+                f"CAM (torchcam) weights the maps with the classifier's nn.Linear, and {type(self.model).__name__} "
+                "has none. Use a gradient method (torchcam_gradcam) for this model."
+            )
+        return {"fc_layer": linear[-1]}
+
+
+class _TCGradCAM(_TorchCAM):
+    name = "torchcam_gradcam"
+    cam_class = "GradCAM"
+
+
+class _TCGradCAMpp(_TorchCAM):
+    name = "torchcam_gradcam++"
+    cam_class = "GradCAMpp"
+
+
+class _TCSmoothGradCAMpp(_TorchCAM):
+    name = "torchcam_smoothgradcam++"
+    cam_class = "SmoothGradCAMpp"
+
+
+class _TCXGradCAM(_TorchCAM):
+    name = "torchcam_xgradcam"
+    cam_class = "XGradCAM"
+
+
+class _TCLayerCAM(_TorchCAM):
+    name = "torchcam_layercam"
+    cam_class = "LayerCAM"
+
+
+class _TCScoreCAM(_TorchCAM):
+    name = "torchcam_scorecam"
+    cam_class = "ScoreCAM"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        batch_size: int = 32,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        super().__init__(model, layer, reshape_transform=reshape_transform, eval_mode=eval_mode)
+        self.batch_size = batch_size
+
+    def _options(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"batch_size": self.batch_size}
+
+
+def _vit_blocks(model: nn.Module) -> list[str]:
+    """Names of the transformer blocks LeGrad can read: a ``self_attention`` that is an ``nn.MultiheadAttention``."""
+    return [
+        n for n, m in model.named_modules() if isinstance(getattr(m, "self_attention", None), nn.MultiheadAttention)
+    ]
+
+
+class _LeGrad(Attributor):
+    """LeGrad (Bousselham et al., 2024) for vision transformers, from torchcam (>= 0.5).
+
+    ``layers``: the transformer blocks to read (names or modules; default: the last
+    ``n_layers`` blocks). torchcam supports torchvision ``VisionTransformer`` models (blocks
+    with a batch-first ``nn.MultiheadAttention`` ``self_attention``); other transformers
+    (timm's fused attention) are refused with `UnsupportedBaselineError`.
+    """
+
+    name = "legrad"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        layers: Sequence[str | nn.Module] | None = None,
+        n_layers: int = 4,
+        score_projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        prefix_tokens: int = 1,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(model, eval_mode=eval_mode)
+        if not hasattr(_torchcam("LeGrad"), "LeGrad"):
+            raise UnsupportedBaselineError(
+                "The installed torchcam has no LeGrad (added in 0.5): pip install -U torchcam."
+            )
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+            raise InputError(f"`n_layers` must be a positive int, got {n_layers!r}.")
+        blocks = _vit_blocks(model)
+        if not blocks:
+            raise UnsupportedBaselineError(
+                f"LeGrad (torchcam) reads attention from transformer blocks with a batch-first nn.MultiheadAttention "
+                f"`self_attention` (torchvision's VisionTransformer); {type(model).__name__} has none "
+                "(a CNN, or timm's fused attention). Use a layer method (gradcam, torchcam_gradcam) for this model."
+            )
+        self.layers = [_resolve_layer(model, b)[0] for b in layers] if layers is not None else blocks[-n_layers:]
+        self.score_projection, self.prefix_tokens = score_projection, prefix_tokens
+
+    def _attribute(self, images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        methods = _torchcam("LeGrad")
+        kw = {"score_projection": self.score_projection} if self.score_projection is not None else {}
+        try:
+            extractor = methods.LeGrad(self.model, list(self.layers), prefix_tokens=self.prefix_tokens, **kw)
+        except (TypeError, ValueError) as e:
+            raise UnsupportedBaselineError(f"torchcam's LeGrad cannot explain this model: {e}") from None
+        try:
+            scores = _logits(self.model, images)
+            cams = extractor([int(t) for t in target.tolist()], scores)
+        finally:
+            extractor.remove_hooks()
+        cam = cams[0] if len(cams) == 1 else type(extractor).fuse_cams(cams)
+        return F.interpolate(cam[:, None].float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
 # --------------------------------------------------------------------------- floors
 
 
@@ -588,21 +782,28 @@ class _Center(Attributor):
     __call__ = attribute
 
 
-_REGISTRY: dict[str, type[Attributor]] = {
-    c.name: c
-    for c in (_IntegratedGradients, _GradCAM, _LRP, _GradCAMPlusPlus, _ScoreCAM, _FullGrad, _Random, _Center)
-}
-_LAYER_METHODS = {"gradcam", "gradcam++", "scorecam"}
+_CORE = (_IntegratedGradients, _GradCAM, _LRP, _GradCAMPlusPlus, _ScoreCAM, _FullGrad, _Random, _Center)
+_TORCHCAM = (_TCCAM, _TCGradCAM, _TCGradCAMpp, _TCSmoothGradCAMpp, _TCXGradCAM, _TCLayerCAM, _TCScoreCAM, _LeGrad)
+_REGISTRY: dict[str, type[Attributor]] = {c.name: c for c in (*_CORE, *_TORCHCAM)}
+_LAYER_METHODS = {"gradcam", "gradcam++", "scorecam", *(c.name for c in _TORCHCAM if c is not _LeGrad)}
 
 
-def list_baselines() -> list[str]:
+def list_baselines(optional: bool = False) -> list[str]:
     """Names accepted by `make_baseline`.
+
+    Args:
+        optional: also list the torchcam methods (``torchcam_*`` and ``legrad``), which need
+            ``pip install 'salfcbm[baselines]'`` with torchcam; without it, only the methods of
+            the paper's Table 2 and the floors (the default set of `build_methods`).
 
     Examples:
         >>> list_baselines()
         ['integrated_gradients', 'gradcam', 'lrp', 'gradcam++', 'scorecam', 'fullgrad', 'random', 'center']
+        >>> list_baselines(optional=True)[8:]  # doctest: +NORMALIZE_WHITESPACE
+        ['torchcam_cam', 'torchcam_gradcam', 'torchcam_gradcam++', 'torchcam_smoothgradcam++', 'torchcam_xgradcam',
+         'torchcam_layercam', 'torchcam_scorecam', 'legrad']
     """
-    return list(_REGISTRY)
+    return [c.name for c in (*_CORE, *(_TORCHCAM if optional else ()))]
 
 
 def make_baseline(
@@ -627,7 +828,12 @@ def make_baseline(
             * ``scorecam``: also ``batch_size=32`` (masked images per forward pass);
             * ``lrp``: ``channel_reduction="sum"``, ``eval_mode=True``;
             * ``fullgrad``: ``eval_mode=True``;
-            * ``random``: ``seed=0``; ``center``: ``sigma=0.25`` (fraction of the side).
+            * ``random``: ``seed=0``; ``center``: ``sigma=0.25`` (fraction of the side);
+            * ``torchcam_*`` (torchcam's CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM,
+              Layer-CAM, Score-CAM at ``layer``): ``reshape_transform=None``, ``eval_mode=True``;
+              ``torchcam_scorecam`` also ``batch_size=32``;
+            * ``legrad`` (torchcam's LeGrad, vision transformers): ``layers=None`` (blocks, default the
+              last ``n_layers=4``), ``score_projection=None``, ``prefix_tokens=1``, ``eval_mode=True``.
 
     Returns:
         An `Attributor`.
@@ -635,7 +841,7 @@ def make_baseline(
     Raises:
         InputError: unknown ``name`` or keyword argument.
         UnsupportedBaselineError: the method cannot explain this model.
-        MissingExtraError: captum or grad-cam is not installed.
+        MissingExtraError: captum, grad-cam or (for ``torchcam_*`` and ``legrad``) torchcam is not installed.
 
     Examples:
         >>> import torch
@@ -651,7 +857,7 @@ def make_baseline(
 
         near = closest(str(name), _REGISTRY)
         hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-        raise InputError(f"Unknown baseline {name!r}.{hint} Choose one of {list_baselines()}.")
+        raise InputError(f"Unknown baseline {name!r}.{hint} Choose one of {list_baselines(optional=True)}.")
     cls = _REGISTRY[name]
     params = inspect.signature(cls.__init__).parameters
     allowed = [p for p in params if p not in ("self", "model", "layer")]

@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.demo.scenes import SyntheticScenes
 
 __all__ = [
+    "FIELD_METRIC_COLUMNS",
     "METRIC_COLUMNS",
     "BenchmarkMethod",
     "BenchmarkResult",
@@ -81,6 +82,18 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "insertion_auc",
     "seconds_per_image",
     "speed_ratio",
+)
+
+#: The field's localisation and confidence metrics in every row (``*_relu``: on the rectified map).
+FIELD_METRIC_COLUMNS: tuple[str, ...] = (
+    "pointing_game",
+    "relevance_mass",
+    "relevance_mass_relu",
+    "relevance_rank",
+    "top_k_intersection",
+    "average_drop",
+    "increase_in_confidence",
+    "faithfulness_correlation",
 )
 
 _TARGET_MODES = ("predicted", "labels")
@@ -222,8 +235,8 @@ def build_methods(
 
     Args:
         model: a trained SALF-CBM with its backbone.
-        names: methods, among ``"salfcbm"`` and `list_baselines`
-            (default: all of them).
+        names: methods, among ``"salfcbm"`` and `list_baselines` (``optional=True`` adds torchcam's
+            ``torchcam_*`` and ``legrad``; default: SALF-CBM's two and the non-optional baselines).
         backbone_preprocess: how benchmark images become backbone inputs: ``"model"``
             (``model.preprocess(images, crop=False)``: resize the whole image and normalise with the
             backbone's statistics,
@@ -265,8 +278,8 @@ def build_methods(
         raise InputError(f"`model` must be a salfcbm.SALFCBM with its backbone, got {type(model).__name__}.")
     if on_error not in ("raise", "record"):
         raise InputError(f"`on_error` must be 'raise' or 'record', got {on_error!r}.")
-    valid = ["salfcbm", "salfcbm_logit", *list_baselines()]
-    names = list(valid if names is None else names)
+    valid = ["salfcbm", "salfcbm_logit", *list_baselines(optional=True)]  # torchcam's methods when named
+    names = list(["salfcbm", "salfcbm_logit", *list_baselines()] if names is None else names)
     bad = [n for n in names if n not in valid]
     if bad or not names:
         raise InputError(f"Unknown method(s) {bad or names}; choose among {valid}.")
@@ -542,6 +555,7 @@ class BenchmarkResult:
                 f"| {num(r, 'deletion_auc', '.3f')} | {num(r, 'insertion_auc', '.3f')} "
                 f"| {num(r, 'seconds_per_image', '.2e')} | {num(r, 'speed_ratio', '.2f')} |"
             )
+        lines += self._field_markdown()
         if self.forward:
             f = self.forward
             lines += [
@@ -571,6 +585,36 @@ class BenchmarkResult:
 
             lines += ["", intervention_markdown(self.meta["interventions"]).rstrip("\n")]
         return "\n".join(lines) + "\n"
+
+    def _field_markdown(self) -> list[str]:
+        """The field's localisation / confidence metrics, signed map next to rectified map."""
+        rows = {n: r for n, r in self.rows.items() if "error" not in r and "pointing_game" in r}
+        if not rows:
+            return []
+
+        def f(r: dict[str, Any], k: str, scale: float = 1.0) -> str:
+            v = r.get(k)
+            return "–" if v is None else f"{scale * v:.3f}" if scale == 1.0 else f"{scale * v:.1f}"
+
+        lines = [
+            "",
+            "Localisation (signed map as given / rectified `max(h, 0)`) and confidence:",
+            "",
+            "| method | pointing game ↑ | relevance mass ↑ | mass ∉ [0, 1] % | relevance rank ↑ | top-k ∩ ↑ "
+            "| avg. drop % ↓ | incr. conf. % ↑ | faithfulness corr. ↑ |",
+            "|" + "---|" * 9,
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {f(r, 'pointing_game')} / {f(r, 'pointing_game_relu')} "
+                f"| {f(r, 'relevance_mass')} / {f(r, 'relevance_mass_relu')} "
+                f"| {f(r, 'relevance_mass_out_of_range', 100)} "
+                f"| {f(r, 'relevance_rank')} / {f(r, 'relevance_rank_relu')} "
+                f"| {f(r, 'top_k_intersection')} / {f(r, 'top_k_intersection_relu')} "
+                f"| {f(r, 'average_drop', 100)} | {f(r, 'increase_in_confidence', 100)} "
+                f"| {f(r, 'faithfulness_correlation')} |"
+            )
+        return lines
 
     def save(self, json_path: str | os.PathLike, markdown_path: str | os.PathLike | None = None) -> None:
         """Write `to_dict` as JSON (and `to_markdown`), atomically."""
@@ -684,12 +728,20 @@ def _check_benchmark_data(
     return masks, labels
 
 
+def _check_faithfulness_runs(runs: Any) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs == 1 or runs < 0:
+        raise InputError(f"`faithfulness_runs` must be 0 (skip) or an int >= 2 (a correlation), got {runs!r}.")
+
+
 @dataclass
 class _ScoringState:
     """Accumulators of one benchmark run's scoring pass (metrics, errors, examples, timing batch)."""
 
     seg: dict[str, Any]
     faith: dict[str, Any]
+    loc: dict[str, Any] = field(default_factory=dict)  # LocalisationMetrics per method
+    conf: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)  # ADrop / IIC / faithfulness corr.
+    faithfulness_runs: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     agree: dict[str, list[int]] = field(default_factory=dict)  # [explained == label, images] when labels known
     ex_images: list[torch.Tensor] = field(default_factory=list)
@@ -727,8 +779,11 @@ def _make_scoring_state(
         )
         for n, m in methods.items()
     }
+    from salfcbm.evaluation.localisation import LocalisationMetrics
+
     return _ScoringState(
-        seg=seg, faith=faith, agree={n: [0, 0] for n in methods}, ex_heat={n: [] for n in methods}
+        seg=seg, faith=faith, agree={n: [0, 0] for n in methods}, ex_heat={n: [] for n in methods},
+        loc={n: LocalisationMetrics() for n in methods}, conf={n: {} for n in methods},
     )
 
 
@@ -773,6 +828,23 @@ def _method_heatmaps(
     return heat, t
 
 
+def _confidence_update(
+    state: _ScoringState, name: str, m: BenchmarkMethod, x01: torch.Tensor, heat: torch.Tensor, t: torch.Tensor
+) -> None:
+    """Average Drop / Increase in Confidence and faithfulness correlation of one batch, on the method's model."""
+    from salfcbm.evaluation.confidence import average_drop_increase, faithfulness_correlation
+
+    pipe = state.faith[name].model  # the method's images -> logits pipeline
+    acc = state.conf[name]
+    adi = average_drop_increase(pipe, x01, heat, t)
+    acc.setdefault("average_drop", []).append(adi["drop"])
+    acc.setdefault("increase_in_confidence", []).append(adi["increase"])
+    if state.faithfulness_runs:
+        seed = state.n_seen  # reproducible, different subsets per batch
+        fc = faithfulness_correlation(pipe, x01, heat, t, n_runs=state.faithfulness_runs, seed=seed)
+        acc.setdefault("faithfulness_correlation", []).append(fc)
+
+
 def _score_batch(
     state: _ScoringState,
     methods: Mapping[str, BenchmarkMethod],
@@ -797,6 +869,8 @@ def _score_batch(
             heat, t = _method_heatmaps(name, m, x01, y, targets, state.agree[name])
             state.seg[name].update(heat, torch.as_tensor(g))
             state.faith[name].update(x01, heat, t)
+            state.loc[name].update(heat, torch.as_tensor(g))
+            _confidence_update(state, name, m, x01, heat, t)
             if keep_ex:
                 state.ex_heat[name].extend(heat[:keep_ex].cpu())
         except Exception as e:
@@ -856,6 +930,11 @@ def _result_rows(methods: Mapping[str, BenchmarkMethod], state: _ScoringState) -
             continue
         s = state.seg[name].compute()
         d = state.faith[name].compute()
+        row.update(state.loc[name].compute())
+        for key, vs in state.conf[name].items():
+            v = torch.cat(vs)
+            v = v[~torch.isnan(v)]
+            row[key] = float(v.mean()) if v.numel() else None
         row.update(
             pixel_accuracy=s["pixel_accuracy"],
             miou=s["miou"],
@@ -994,6 +1073,7 @@ def run_attribution_benchmark(
     ap_backend: str = "sklearn",
     on_error: str = "raise",
     progress: bool = True,
+    faithfulness_runs: int = 20,
 ) -> BenchmarkResult:
     """Score heatmap methods on images with ground-truth masks (paper 4.2, Table 2).
 
@@ -1006,7 +1086,14 @@ def run_attribution_benchmark(
     * by deletion / insertion (`DeletionInsertion`) on the
       method's own model: pixels of the ``[0, 1]`` benchmark image are replaced in order
       of decreasing saliency and the softmax probability of the explained class is
-      followed (AUC over the fraction of pixels changed).
+      followed (AUC over the fraction of pixels changed);
+    * with the field's localisation metrics (`salfcbm.evaluation.localisation`): pointing game
+      (Zhang et al. 2016), relevance mass accuracy (Kohlbrenner et al. 2020), relevance rank
+      accuracy (Arras et al. 2022) and top-k intersection (Theiner et al. 2022, k = 1000 / 224² of
+      the pixels), on the map as given and (``*_relu``) on the rectified map ``max(h, 0)``;
+    * with Average Drop / Increase in Confidence (Chattopadhyay et al. 2018) and, when
+      ``faithfulness_runs`` > 0, faithfulness correlation (Bhatt et al. 2020) on the method's model
+      (`salfcbm.evaluation.confidence`).
 
     Then each method is timed on the first ``timing_batch`` images
     (`time_attribution`, median of ``timing_repeats`` rounds), and
@@ -1046,6 +1133,8 @@ def run_attribution_benchmark(
         on_error: ``"raise"``, or ``"record"`` to keep going when a method fails (its
             row gets ``error`` and it is left out of the rest of the run).
         progress: tqdm progress bar.
+        faithfulness_runs: random pixel subsets per image for faithfulness correlation (one
+            forward pass each); ``0`` skips it.
 
     Returns:
         A `BenchmarkResult`.
@@ -1076,11 +1165,13 @@ def run_attribution_benchmark(
         insertion_substrate,
     )
     masks, labels = _check_benchmark_data(images, masks, labels, targets)
+    _check_faithfulness_runs(faithfulness_runs)
     dev = torch.device(device) if device is not None else None
 
     state = _make_scoring_state(
         methods, ap_backend, n_steps, perturbation_batch_size, deletion_substrate, insertion_substrate
     )
+    state.faithfulness_runs = faithfulness_runs
     t_start = time.perf_counter()
     _score_all_batches(
         state,
@@ -1120,6 +1211,7 @@ def run_attribution_benchmark(
         "speed_clock": clock,
         "reference": reference,
         "ap_backend": ap_backend,
+        "faithfulness_runs": faithfulness_runs,
         "device": str(state.timing_set[0].device) if state.timing_set is not None else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

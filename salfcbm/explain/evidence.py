@@ -7,24 +7,34 @@ so: cat"). Ranking by ``|S|`` mixes both, and drawing the concept map of an abse
 next to a detected one tells the user something the model did not see. This module names
 the four cases, so explanations, pictures and reports can keep them apart.
 
-**Presence.** A concept is *present* in an image when its standardised pooled activation is
-positive, ``c*_norm(x)[m] > 0``: the image holds more of the concept than the average
-training image (`PRESENCE_THRESHOLD`). Why this definition:
+**Presence.** Two rules, by what the model carries:
 
-* it is the quantity the head reads, so the four kinds are exactly the four sign patterns of
-  ``S = W * c*_norm``: ``sign(S) = sign(W) * sign(c*_norm)``; no extra hyper-parameter, and an
-  "absent, supporting" concept is exactly a negative weight times a below-average activation;
-* a threshold on the raw concept map (e.g. its maximum) has no meaning across concepts: the
-  bottleneck's loss (the cubic cosine, Eq. 1) is invariant to a per-concept scale and shift,
-  so raw map values of two concepts are not comparable; the training mean and standard
-  deviation are the only per-concept calibration a SALF-CBM carries;
-* it is checkable: on the demo's procedural scenes, where every concept has a ground-truth
-  mask, the concepts shown as present are far more often really there than the concepts
-  shown by ``|S|`` alone (``docs/explain.md`` reports the numbers).
+* **calibrated** (models trained by `salfcbm.fit`, which stores ``model.presence_threshold``):
+  a concept is present when the *peak* of its standardised concept map,
+  ``(max_{h,w} c(x)[m, h, w] - mean[m]) / std[m]``, is above the concept's own threshold. The
+  thresholds are chosen on the validation split, label-free, against the targets that
+  supervised the bottleneck (`salfcbm.training.presence`): the prompted similarities say where
+  each concept is, their per-concept two-way split (Otsu) says in which validation images it
+  is, and each threshold is the one whose "present" agrees best (F1) with that.
+* **training mean** (uncalibrated models, and models saved before calibration existed): the
+  standardised *pooled* activation is positive, ``c*_norm(x)[m] > 0`` (`PRESENCE_THRESHOLD`):
+  the image holds more of the concept than the average training image.
 
-It is relative, not absolute: a concept that every training image shows to a similar degree
-is "absent" in the images that show it less than average. ``c*_norm`` itself is in
-``Explanation.normalized_activations`` for finer judgements.
+Why the calibrated rule: "above the training mean" is relative, so a concept that most
+training images show is called absent in images that show it a little, and a rare one is
+called present on noise; and a pooled mean dilutes a small object. On the demo's scenes, where
+every concept has a ground-truth mask, the calibrated rule labels fewer absent concepts present
+at no lower recall (``docs/explain.md`` reports the numbers, `benchmarks/bench_presence.py`
+measures them). Raw map values of two concepts are not comparable (the bottleneck loss, Eq. 1,
+is invariant to a per-concept scale and shift), which is why both rules work on the
+standardised scale and the calibrated one has a threshold per concept.
+
+The evidence kinds are the four patterns of presence and the sign of the contribution ``S``
+("supports": ``S > 0``; at ``S = 0`` the weight's sign decides). With the training-mean rule
+they are exactly the sign patterns of ``S = W * c*_norm``; with the calibrated rule a concept
+can also be present with a below-average pooled activation (a small object: "present,
+opposes" under a positive weight). ``Explanation.normalized_activations`` and
+``ClassExplanation.peaks`` hold the numbers for finer judgements.
 """
 
 from __future__ import annotations
@@ -42,10 +52,11 @@ __all__ = [
     "PRESENT_KINDS",
     "EVIDENCE_LABELS",
     "is_present",
+    "is_present_calibrated",
     "evidence_kinds",
 ]
 
-#: A concept is present when its standardised pooled activation is above this (0: the training mean).
+#: Uncalibrated models: a concept is present when its standardised pooled activation is above this (0: the training mean).
 PRESENCE_THRESHOLD = 0.0
 
 PRESENT_SUPPORTS = "present_supports"  #: present, positive weight: S > 0
@@ -77,12 +88,25 @@ def is_present(normalized_activations: torch.Tensor) -> torch.Tensor:
     return normalized_activations > PRESENCE_THRESHOLD
 
 
-def evidence_kinds(weights: torch.Tensor, normalized_activations: torch.Tensor) -> list[str]:
+def is_present_calibrated(peaks: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """``peaks > thresholds``: the calibrated rule, on standardised concept-map peaks.
+
+    Examples:
+        >>> is_present_calibrated(torch.tensor([0.7, 2.0]), torch.tensor([1.0, 1.5])).tolist()
+        [False, True]
+    """
+    return peaks > thresholds.to(peaks.device, peaks.dtype)
+
+
+def evidence_kinds(weights: torch.Tensor, normalized_activations: torch.Tensor,
+                   present: torch.Tensor | None = None) -> list[str]:
     """The evidence kind of each contribution ``weights * normalized_activations`` (same shape, 1-D).
 
     Args:
         weights: ``(k,)`` head weights ``W[l, m]`` of the concepts.
         normalized_activations: ``(k,)`` their standardised pooled activations ``c*_norm(x)[m]``.
+        present: ``(k,)`` bool, which concepts are present (e.g. `is_present_calibrated`);
+            default: the training-mean rule, `is_present` of ``normalized_activations``.
 
     Returns:
         One of `EVIDENCE_KINDS` per concept.
@@ -92,13 +116,17 @@ def evidence_kinds(weights: torch.Tensor, normalized_activations: torch.Tensor) 
         ['present_supports', 'present_opposes', 'absent_supports', 'absent_opposes', 'no_weight']
     """
     w = weights.detach().flatten().cpu()
-    present = is_present(normalized_activations.detach().flatten().cpu())
+    if present is None:
+        present = is_present(normalized_activations.detach().flatten().cpu())
+    present = present.detach().flatten().cpu()
+    z = normalized_activations.detach().flatten().cpu()
     kinds = []
-    for wi, pi in zip(w.tolist(), present.tolist()):
+    for wi, zi, pi in zip(w.tolist(), z.tolist(), present.tolist()):
+        si = wi * zi
         if wi == 0:
             kinds.append(NO_WEIGHT)
         elif pi:
-            kinds.append(PRESENT_SUPPORTS if wi > 0 else PRESENT_OPPOSES)
+            kinds.append(PRESENT_SUPPORTS if si > 0 or (si == 0 and wi > 0) else PRESENT_OPPOSES)
         else:
-            kinds.append(ABSENT_SUPPORTS if wi < 0 else ABSENT_OPPOSES)
+            kinds.append(ABSENT_SUPPORTS if si > 0 or (si == 0 and wi < 0) else ABSENT_OPPOSES)
     return kinds

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from salfcbm._utils.io import atomic_write_text
 from salfcbm._utils.tensors import interp_matrix, upsample_bilinear
 from salfcbm.errors import ClassNotFoundError, DegenerateResultWarning, InputError
-from salfcbm.explain.evidence import PRESENT_KINDS, evidence_kinds
+from salfcbm.explain.evidence import PRESENT_KINDS, evidence_kinds, is_present_calibrated
 
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM, SALFCBMOutput
@@ -409,7 +409,9 @@ class ClassExplanation(_JSONMixin):
     Each top concept carries its evidence kind (`salfcbm.evidence`): ``"present_supports"``,
     ``"present_opposes"``, ``"absent_supports"`` (a negative weight times a below-average
     activation: the concept's *absence* raises the logit), ``"absent_opposes"`` or
-    ``"no_weight"``. A concept is present when its standardised activation is positive.
+    ``"no_weight"``. A concept is present when the peak of its standardised concept map is above
+    the model's calibrated `SALFCBM.presence_threshold` (models from `salfcbm.fit`), else
+    (uncalibrated models) when its standardised pooled activation is positive.
 
     Attributes:
         target: class index ``l``.
@@ -424,9 +426,14 @@ class ClassExplanation(_JSONMixin):
         heatmaps: ``(k, H, W)`` their concept maps upsampled bilinearly to the input size (or ``None``).
         evidence: ``k`` evidence kinds, one per top concept (see above).
         activations: ``(k,)`` the top concepts' standardised pooled activations ``c*_norm(x)[m]``
-            (``> 0``: present).
+            (``> 0``: present, for an uncalibrated model).
         concept_mean, concept_std: ``(k,)`` the training statistics that standardise them;
             `standardized_heatmaps` puts the heatmaps on that common scale.
+        peaks: ``(k,)`` the peaks of the standardised concept maps,
+            ``(max c(x)[m] - mean[m]) / std[m]`` (``None`` for an uncalibrated model).
+        presence_threshold: ``(k,)`` the model's calibrated presence thresholds of these
+            concepts (``peaks > presence_threshold``: present), or ``None`` when the model is not
+            calibrated and presence means ``activations > 0``.
     """
 
     target: int
@@ -443,6 +450,8 @@ class ClassExplanation(_JSONMixin):
     activations: torch.Tensor | None = None
     concept_mean: torch.Tensor | None = field(default=None, repr=False)
     concept_std: torch.Tensor | None = field(default=None, repr=False)
+    peaks: torch.Tensor | None = None
+    presence_threshold: torch.Tensor | None = field(default=None, repr=False)
 
     def pairs(self) -> list[tuple[str, float]]:
         """``[(concept, contribution), ...]`` for the top-k concepts."""
@@ -450,8 +459,13 @@ class ClassExplanation(_JSONMixin):
 
     @property
     def present(self) -> list[bool]:
-        """Per top concept, whether the image shows it (standardised activation above 0)."""
+        """Per top concept, whether the image shows it (see `presence_rule`)."""
         return [e in PRESENT_KINDS for e in self.evidence]
+
+    @property
+    def presence_rule(self) -> str:
+        """``"calibrated"`` (map peak above the concept's threshold) or ``"training_mean"`` (activation > 0)."""
+        return "calibrated" if self.presence_threshold is not None else "training_mean"
 
     def by_evidence(self) -> dict[str, list[tuple[str, float]]]:
         """``{kind: [(concept, contribution), ...]}`` for the kinds that occur, in rank order."""
@@ -479,6 +493,8 @@ class ClassExplanation(_JSONMixin):
         act = _floats(self.activations) if self.activations is not None else [None] * k
         mean = _floats(self.concept_mean) if self.concept_mean is not None else [None] * k
         std = _floats(self.concept_std) if self.concept_std is not None else [None] * k
+        peak = _floats(self.peaks) if self.peaks is not None else [None] * k
+        thr = _floats(self.presence_threshold) if self.presence_threshold is not None else [None] * k
         ev = list(self.evidence) if len(self.evidence) == k else [None] * k
         return {
             "target": self.target,
@@ -488,11 +504,12 @@ class ClassExplanation(_JSONMixin):
             "bias": self.bias,
             "top_concepts": [
                 {"index": int(i), "concept": c, "contribution": s, "evidence": e, "activation": a,
-                 "concept_mean": mu, "concept_std": sd}
-                for i, c, s, e, a, mu, sd in zip(
-                    self.concept_indices.tolist(), self.concepts, _floats(self.scores), ev, act, mean, std
+                 "concept_mean": mu, "concept_std": sd, "peak": pk, "presence_threshold": th}
+                for i, c, s, e, a, mu, sd, pk, th in zip(
+                    self.concept_indices.tolist(), self.concepts, _floats(self.scores), ev, act, mean, std, peak, thr
                 )
             ],
+            "presence_rule": self.presence_rule,
             "contributions": _floats(self.contributions),
             "heatmaps": _heatmaps_to_json(self.heatmaps, heatmaps),
         }
@@ -523,6 +540,8 @@ class ClassExplanation(_JSONMixin):
             activations=column("activation"),
             concept_mean=column("concept_mean"),
             concept_std=column("concept_std"),
+            peaks=column("peak"),
+            presence_threshold=column("presence_threshold"),
         )
 
 
@@ -905,6 +924,7 @@ def explain(
         if heatmaps:
             sel = out.concept_maps_at(idx, img_idx).detach()  # (P, k, Hg, Wg): the top-k maps only
             maps = upsample_maps(sel, size)
+        peaks = _standardized_peaks(model, out, idx, img_idx)
     names, cnames = model.concepts, model.class_names
     results: list[Explanation] = []
     p = 0
@@ -928,7 +948,8 @@ def explain(
                     concepts=[names[j] for j in ci.tolist()],
                     scores=signed[p][keep],
                     heatmaps=maps[p][keep] if maps is not None else None,
-                    **_evidence_fields(model, W[t, ci], norm[i, ci], ci),
+                    **_evidence_fields(model, W[t, ci], norm[i, ci], ci,
+                                       peaks[p][keep] if peaks is not None else None),
                 )
             )
             p += 1
@@ -949,13 +970,31 @@ def explain(
     return ExplanationBatch(results, concept_names=names, class_names=cnames)
 
 
-def _evidence_fields(model: SALFCBM, weights: torch.Tensor, z: torch.Tensor, ci: torch.Tensor) -> dict[str, Any]:
-    """The evidence kind of each shown concept, and what puts its heatmap on the common scale."""
+def _standardized_peaks(model: SALFCBM, out: Any, idx: torch.Tensor, img_idx: torch.Tensor) -> torch.Tensor | None:
+    """``(P, k)`` peaks of the shown concepts' standardised maps, for a model with calibrated presence."""
+    if model.presence_threshold is None:
+        return None
+    peak = out.concept_maps_at(idx, img_idx).detach().flatten(2).amax(-1).float()  # (P, k)
+    mean, std = model.concept_mean.detach().float(), model.concept_std.detach().float()
+    return (peak - mean[idx]) / std[idx]
+
+
+def _evidence_fields(model: SALFCBM, weights: torch.Tensor, z: torch.Tensor, ci: torch.Tensor,
+                     peaks: torch.Tensor | None = None) -> dict[str, Any]:
+    """The evidence kind of each shown concept (calibrated presence when the model has thresholds),
+    and what puts its heatmap on the common scale."""
+    thresholds = model.presence_threshold
+    present = None
+    if thresholds is not None and peaks is not None:
+        thresholds = thresholds.to(peaks.device)[ci.to(peaks.device)]
+        present = is_present_calibrated(peaks, thresholds)
     return {
-        "evidence": evidence_kinds(weights, z),
+        "evidence": evidence_kinds(weights, z, present),
         "activations": z,
         "concept_mean": model.concept_mean.detach()[ci],
         "concept_std": model.concept_std.detach()[ci],
+        "peaks": peaks if present is not None else None,
+        "presence_threshold": thresholds if present is not None else None,
     }
 
 

@@ -37,6 +37,7 @@ from salfcbm._utils.io import (
     read_checked_metadata,
 )
 from salfcbm._utils.progress import close_bar
+from salfcbm._utils.workers import resolve_num_workers
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
 from salfcbm._utils.tensors import autocast, check_precision, to_device
@@ -48,7 +49,7 @@ from salfcbm.head.solver import HeadFit, fit_dense_head, fit_sparse_head, lambda
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
-from salfcbm.training import diagnostics
+from salfcbm.training import diagnostics, presence
 from salfcbm.training.batches import Prefetched, project_channels_last, shard_batches, shard_tensors
 from salfcbm.supervision.store import (
     ShardedStore,
@@ -111,6 +112,10 @@ def bottleneck_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- configs
+#: The largest bottleneck learning rate accepted (the CLI's `--lr` has the same bound).
+MAX_BOTTLENECK_LR = 10.0
+
+
 @dataclass
 class BottleneckConfig:
     """Hyper-parameters of the concept bottleneck stage (paper 3.3).
@@ -118,9 +123,11 @@ class BottleneckConfig:
     Attributes:
         lr: Adam learning rate.
         batch_size: images per step (the cubic cosine is taken across the batch).
-        max_steps: upper bound on optimisation steps.
-        val_every: steps between validation checks.
-        patience: validation checks without improvement before stopping.
+        max_steps: upper bound on optimisation steps; ``None`` (default): scaled with the data
+            (`for_data`: 200 epochs, between 500 and 5000 steps).
+        val_every: steps between validation checks; ``None``: scaled with the data (`for_data`).
+        patience: validation checks without improvement before stopping; ``None``: scaled with the
+            data, so training stops after about 20 epochs (between 50 and 500 steps) without a gain.
         weight_decay: Adam weight decay.
         cutoff: interpretability cutoff (LF-CBM's, 0.45; the paper states none): concepts whose
             validation similarity (``cutoff_statistic``) is below it are removed.
@@ -138,9 +145,9 @@ class BottleneckConfig:
 
     lr: float = 1e-3
     batch_size: int = 256
-    max_steps: int = 5000
-    val_every: int = 50
-    patience: int = 10
+    max_steps: int | None = None
+    val_every: int | None = None
+    patience: int | None = None
     weight_decay: float = 0.0
     cutoff: float = 0.45
     seed: int = 0
@@ -153,6 +160,8 @@ class BottleneckConfig:
             )
         for k in ("lr", "batch_size", "max_steps", "val_every", "patience"):
             v = getattr(self, k)
+            if v is None and k in _AUTO_BOTTLENECK:
+                continue  # scaled with the data by `for_data`
             if k != "lr" and (not isinstance(v, int) or isinstance(v, bool)):
                 raise InputError(f"BottleneckConfig.{k} must be a positive int, got {v!r}.")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -163,7 +172,46 @@ class BottleneckConfig:
                 raise InputError(f"BottleneckConfig.{k} must be a finite number, got {v!r}.")
         if self.batch_size < 2:
             raise InputError("BottleneckConfig.batch_size must be at least 2 (the loss is taken across the batch).")
+        if self.lr > MAX_BOTTLENECK_LR:  # Adam's step is lr-sized: past this the weights overflow fp32
+            raise InputError(f"BottleneckConfig.lr={self.lr!r} is beyond {MAX_BOTTLENECK_LR} (the paper and LF-CBM use "
+                             "1e-3); pass a learning rate in (0, 10].")
 
+    def for_data(self, n_train: int) -> BottleneckConfig:
+        """This config with every automatic (``None``) field set from the number of training images.
+
+        With ``E = ceil(n_train / batch_size)`` steps per epoch: ``max_steps = clip(200 E, 500, 5000)``;
+        training stops when the validation similarity has not improved for ``W = clip(20 E, 50, 500)``
+        steps, checked every ``val_every = clip(W / 5, 10, 50)`` steps (``patience = W / val_every``).
+        Large data keeps the former fixed defaults (5000, 50, 10); 36 images stop after 50 steps
+        without a gain instead of 500. Fields set explicitly are kept.
+
+        Examples:
+            >>> c = BottleneckConfig().for_data(36)
+            >>> c.max_steps, c.val_every, c.patience
+            (500, 10, 5)
+            >>> c = BottleneckConfig().for_data(1_281_167)
+            >>> c.max_steps, c.val_every, c.patience
+            (5000, 50, 10)
+        """
+        if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0:
+            raise InputError(f"n_train must be the number of training images (an int >= 0), got {n_train!r}.")
+        epoch = max(1, math.ceil(n_train / self.batch_size))
+        window = min(500, max(50, 20 * epoch))  # steps without a validation gain before stopping
+        val_every = self.val_every or min(50, max(10, window // 5))
+        auto = {
+            "max_steps": min(5000, max(500, 200 * epoch)),
+            "val_every": val_every,
+            "patience": max(1, round(window / val_every)),
+        }
+        return replace(self, **{k: v for k, v in auto.items() if getattr(self, k) is None})
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BottleneckConfig:
+        """Settings for a first try: at most 300 steps, stopping after 30 without a validation gain."""
+        return cls(**{"max_steps": 300, "val_every": 10, "patience": 3, **overrides})
+
+
+_AUTO_BOTTLENECK = ("max_steps", "val_every", "patience")
 
 #: LF-CBM's fixed lambda per dataset (``training_commands.txt`` of LF-CBM), which SALF-CBM reuses (paper 3.4):
 #: ``(SALF-CBM / LF-CBM head, standard-sparse baseline)``. "default" is LF-CBM's ``--lam`` default (CIFAR).
@@ -197,6 +245,8 @@ class HeadConfig:
         alpha: elastic-net mixing (0.99 in the paper).
         n_lambdas: points on the regularisation path (with ``"fixed"``: at most this many
             warm-start points from ``lam_max`` down to ``lam``; the solution is the same).
+            ``None`` (default): scaled with the data (`for_data`: one point per 25 training
+            images, between 10 and 40).
         lambda_min_ratio: end of the path relative to ``lam_max``.
         select: ``"fixed"``, ``"val_acc"`` or ``"nec"``.
         target_nec: the NEC target with ``select="nec"``.
@@ -218,7 +268,7 @@ class HeadConfig:
 
     sparse: bool = True
     alpha: float = 0.99
-    n_lambdas: int = 40
+    n_lambdas: int | None = None
     lambda_min_ratio: float = 1e-3
     select: str = "val_acc"
     target_nec: float | None = None
@@ -247,6 +297,31 @@ class HeadConfig:
                 raise InputError(f"HeadConfig.{k} must be a positive number, got {v!r}.")
         if self.lam is not None and self.select != "fixed":
             raise InputError(f"HeadConfig.lam={self.lam!r} is only used with select='fixed'; got select={self.select!r}.")
+        v = self.n_lambdas
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"HeadConfig.n_lambdas must be a positive int or None (scaled with the data), got {v!r}.")
+
+    def for_data(self, n_train: int) -> HeadConfig:
+        """This config with ``n_lambdas`` set from the number of training images when it is ``None``.
+
+        ``clip(n_train // 25, 10, 40)`` path points: with few images the validation accuracy that
+        selects a point takes few distinct values, so a fine path buys nothing; from 1000 images on,
+        the former fixed 40.
+
+        Examples:
+            >>> HeadConfig().for_data(36).n_lambdas, HeadConfig().for_data(600).n_lambdas, HeadConfig().for_data(10**6).n_lambdas
+            (10, 24, 40)
+            >>> HeadConfig(n_lambdas=7).for_data(36).n_lambdas
+            7
+        """
+        if self.n_lambdas is not None:
+            return self
+        return replace(self, n_lambdas=min(40, max(10, int(n_train) // 25)))
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> HeadConfig:
+        """Settings for a first try: a 10-point path."""
+        return cls(**{"n_lambdas": 10, **overrides})
 
     @classmethod
     def paper(cls, dataset: str = "default", **overrides: Any) -> HeadConfig:
@@ -524,7 +599,7 @@ def train_bottleneck(
     validation similarity is below ``config.cutoff`` are removed from the model (conv rows
     and all) and reported.
     """
-    cfg = config or BottleneckConfig()
+    cfg = (config or BottleneckConfig()).for_data(train_features.length)
     concepts = list(model.concepts)
     if train_targets.grid != model.grid:
         raise InputError(
@@ -551,32 +626,34 @@ def train_bottleneck(
     best = (initial, 0, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
     bar = tqdm(total=cfg.max_steps, desc="Concept bottleneck", disable=not progress, unit="step")
     batches = _shard_batches(train_features, train_targets, concepts, cfg.batch_size, rng)  # epochs back to back
-    while not done:
-        for x, p in batches:
-            x, p = to_device(x, device), to_device(p, device)
-            loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            if step % cfg.val_every == 0 or step == cfg.max_steps:
-                sim = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
-                history.append({"step": step, "train_loss": loss.item(), "val_similarity": sim})
-                bar.set_postfix(loss=f"{loss.item():.3g}", val_sim=f"{sim:.4f}")
-                if sim > best[0] + 1e-6:
-                    best = (sim, step, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
-                    bad = 0
-                else:
-                    bad += 1
-                if bad >= cfg.patience:
+    try:  # closed also when a step raises: the prefetch thread must not outlive the loop
+        while not done:
+            for x, p in batches:
+                x, p = to_device(x, device), to_device(p, device)
+                loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+                if step % cfg.val_every == 0 or step == cfg.max_steps:
+                    sim = _val_similarity(model, val_features, val_targets, concepts, val_cache).mean().item()
+                    history.append({"step": step, "train_loss": loss.item(), "val_similarity": sim})
+                    bar.set_postfix(loss=f"{loss.item():.3g}", val_sim=f"{sim:.4f}")
+                    if sim > best[0] + 1e-6:
+                        best = (sim, step, {k: v.detach().clone() for k, v in model.bottleneck.state_dict().items()})
+                        bad = 0
+                    else:
+                        bad += 1
+                    if bad >= cfg.patience:
+                        done = True
+                if done or step >= cfg.max_steps:
                     done = True
-            if done or step >= cfg.max_steps:
+                    break
+            else:  # no batch at all: nothing to train on
                 done = True
-                break
-        else:  # no batch at all: nothing to train on
-            done = True
-    batches.close()
+    finally:
+        batches.close()
     data_seconds = batches.wait_seconds
     if bad >= cfg.patience:
         reason = (f"early stop at step {step}/{cfg.max_steps}: no validation gain in {cfg.patience} checks; "
@@ -665,7 +742,7 @@ def fit_head(
     config: HeadConfig | None = None, *, progress: bool = True, desc: str = "Sparse head path",
 ) -> HeadFit:
     """Fit the final layer on standardised features with the configured solver."""
-    cfg = config or HeadConfig()
+    cfg = (config or HeadConfig()).for_data(len(x_train))
     if not cfg.sparse:
         return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
     if cfg.select == "fixed":
@@ -801,7 +878,7 @@ def _matched_nec(
                       stacklevel=stacklevel)
         return out
     fit_ = fit_sparse_head(
-        train[0], train[1], val[0], val[1], num_classes=num_classes, alpha=cfg.alpha, n_lambdas=max(cfg.n_lambdas, 100),
+        train[0], train[1], val[0], val[1], num_classes=num_classes, alpha=cfg.alpha, n_lambdas=_matched_points(cfg),
         lambda_min_ratio=min(cfg.lambda_min_ratio, 1e-3), select="nec", target_nec=target, max_iter=cfg.max_iter,
         progress=progress, desc="Sparse head path (standard baseline at SALF-CBM's NEC)",
     )
@@ -810,6 +887,12 @@ def _matched_nec(
         row["test_accuracy"] = _accuracy(fit_.logits(test[0]), test[1])
     out["standard_sparse"] = row
     return out
+
+
+def _matched_points(cfg: HeadConfig) -> int:
+    """Path points of the matched-NEC baseline: 2.5 times the head's (100 for the 40-point path), at most 100."""
+    n = cfg.n_lambdas or 40
+    return max(n, min(100, math.ceil(2.5 * n)))
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -1037,6 +1120,14 @@ def _head_stage(model: SALFCBM, candidates: list[str], full_train, full_val, y_t
     return head_fit, z_train, z_val
 
 
+def _presence_stage(model: SALFCBM, f_val, val_similarities: SimilarityStore) -> dict[str, Any]:
+    """Calibrate presence on the validation split (label-free; `salfcbm.training.presence`) and store it."""
+    peaks = presence.concept_peaks(model, f_val)
+    thresholds, report = presence.calibrate_presence(peaks, presence.target_peaks(val_similarities, model.concepts))
+    model.set_presence_threshold(thresholds)
+    return report
+
+
 def _fit_metrics(model: SALFCBM, head_fit: HeadFit, report: BottleneckReport, z_train, z_val, y_train, y_val,
                  cache: bool, reason: str, freport: ConceptFilterReport | None) -> dict[str, Any]:
     """The SALF-CBM, bottleneck, path, features and concept-filter entries of ``metrics.json``."""
@@ -1135,11 +1226,12 @@ def fit(
     filter_concepts: bool | dict[str, Any] = True,
     batch_size: int = 64,
     shard_size: int = 512,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     progress: bool = True,
     device: str | torch.device | None = None,
     inputs: str = "auto",
     precision: str = "fp32",
+    calibrate_presence: bool = True,
 ) -> FitResult:
     """Train a wrapped model end to end: similarities, features, bottleneck, head (+ baseline).
 
@@ -1160,8 +1252,10 @@ def fit(
         val_similarities: an existing similarity store of ``val_data``.
         run_dir: where artefacts, ``metrics.json`` and the saved model go (a temporary
             directory if ``None``; nothing is resumable then).
-        bottleneck: bottleneck stage hyper-parameters.
-        head: final layer hyper-parameters.
+        bottleneck: bottleneck stage hyper-parameters; its automatic fields (``max_steps``,
+            ``val_every``, ``patience``) scale with ``len(train_data)`` (`BottleneckConfig.for_data`).
+        head: final layer hyper-parameters; an automatic ``n_lambdas`` scales with the data
+            (`HeadConfig.for_data`). The settings used are in ``metrics["settings"]``.
         baseline: also fit the "standard, sparse" head on pooled backbone features.
         cache_features: ``True`` caches backbone features in sharded fp16 stores (fast epochs);
             ``False`` recomputes them on the fly every epoch (`OnTheFlyFeatures`, no disk,
@@ -1179,7 +1273,7 @@ def fit(
             is saved as ``run_dir/concept_filter.json``.
         batch_size: images per batch when computing stores.
         shard_size: images per shard of the feature stores.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers, at most the CPU cores available (``None``: ``min(4, cores - 1)``).
         progress: show tqdm progress bars.
         device: where to run (default: where the model is); CPU-to-GPU copies use pinned memory
             and do not block.
@@ -1187,6 +1281,10 @@ def fit(
             for a full pixel hash, ``"fingerprint"``; see `compute_store`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the backbone while computing
             features (stored as fp16 either way); the bottleneck and head train in fp32.
+        calibrate_presence: choose a presence threshold per concept on the validation split, against
+            the targets (label-free; `salfcbm.training.presence`), and store it in the model
+            (`SALFCBM.presence_threshold`): explanations then call a concept present when the peak of
+            its standardised map is above it. ``False``: present means above the training mean.
 
     Returns:
         A `FitResult` with the trained model (saved to ``run_dir/model``) and metrics.
@@ -1194,7 +1292,10 @@ def fit(
     Examples:
         >>> result = salfcbm.fit(model, train_set, val_set, scorer=salfcbm.CLIPScorer(), run_dir="runs/cub")  # doctest: +SKIP
     """
-    bcfg, hcfg = bottleneck or BottleneckConfig(), head or HeadConfig()
+    n_train = len(train_data)
+    bcfg = (bottleneck or BottleneckConfig()).for_data(n_train)  # automatic settings scale with the data
+    hcfg = (head or HeadConfig()).for_data(n_train)
+    num_workers = resolve_num_workers(num_workers)
     _check_same_classes(train_data, {"val_data": val_data, "test_data": test_data})
     run = _RunDir(run_dir)
     prompts, train_data, val_data, test_data = _prepare_inputs(
@@ -1232,8 +1333,15 @@ def fit(
         head_fit, z_train, z_val = _head_stage(model, candidates, full_train, full_val, y_train, y_val, hcfg,
                                                progress=progress)
 
+    # 4b. presence thresholds, calibrated on the validation split against the targets (label-free)
+    model.set_presence_threshold(None)
+    if calibrate_presence:
+        with _timed(timings, "presence"):
+            presence_report = _presence_stage(model, f_val, val_similarities)
+
     # 5. metrics, cutoff check, test accuracy and the standard baseline
     metrics = _fit_metrics(model, head_fit, report, z_train, z_val, y_train, y_val, cache, reason, freport)
+    metrics["presence"] = presence_report if calibrate_presence else None
     metrics["cutoff"] = _cutoff_check(report, bcfg, candidates, (full_train, y_train), (full_val, y_val),
                                       model.num_classes, hcfg, metrics["salfcbm"]["val_accuracy"], progress=progress)
     f_test = y_test = None
@@ -1249,6 +1357,7 @@ def fit(
                                                     hcfg, progress=progress)
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
+    metrics["settings"] = {"bottleneck": asdict(bcfg), "head": asdict(hcfg), "num_workers": num_workers}
     metrics["degenerate"] = findings = _findings(report, head_fit, z_val, y_val, base_fit, s_val, name)
     diagnostics.report(findings, stacklevel=3)
 

@@ -12,6 +12,7 @@ from salfcbm.viz.figures import (
 )
 from salfcbm.viz.interventions import plot_intervention_curves
 from salfcbm.viz.neurons import plot_top_images
+from salfcbm.viz.sanity import plot_randomisation
 from salfcbm.viz.video import ConceptTrack, read_video_frames, save_video_gif, save_video_strip, track_concepts
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "plot_explanation",
     "plot_intervention_curves",
     "plot_overlay",
+    "plot_randomisation",
     "plot_region_report",
     "plot_top_images",
     "read_video_frames",

@@ -571,13 +571,15 @@ def plot_region_report(
 
 _EVIDENCE_LEGEND = (
     "<p>Each concept's contribution is its head weight times its standardised activation. "
-    '<span class="ev-present_supports">present, supports</span>: the image shows the concept '
-    "(activation above its training mean) and its weight is positive. "
-    '<span class="ev-present_opposes">present, opposes</span>: shown, negative weight. '
-    '<span class="ev-absent_supports">absent; its absence supports</span>: the image shows the concept '
-    "less than the average training image and its weight is negative, so its absence raises the class "
-    "score (its map is drawn dashed and marked ABSENT). "
-    '<span class="ev-absent_opposes">absent; its absence opposes</span>: less than average, positive weight. '
+    "<b>Present</b> means the model detects the concept, not that it is certainly there: for a model "
+    "trained by salfcbm.fit, the peak of its standardised map is above the concept's own threshold "
+    "(calibrated on validation images against the targets); for an uncalibrated model, its activation is "
+    "above its training mean. "
+    '<span class="ev-present_supports">present, supports</span>: detected, positive contribution. '
+    '<span class="ev-present_opposes">present, opposes</span>: detected, negative contribution. '
+    '<span class="ev-absent_supports">absent; its absence supports</span>: not detected, and its absence '
+    "raises the class score (negative weight; its map is drawn dashed and marked ABSENT). "
+    '<span class="ev-absent_opposes">absent; its absence opposes</span>: not detected, positive weight. '
     "Maps share one colour scale per picture (the colour bar; 0 is the training mean).</p>"
 )
 

@@ -187,8 +187,10 @@ def test_real_data_path_end_to_end(tmp_path):
         assert d["methods"][name]["n_images"] == 3
     assert d["meta"]["targets"] == "predicted" and d["forward"]["ratio"] > 0
     assert json.loads(out.read_text())["methods"].keys() == d["methods"].keys()
-    rows = [ln for ln in out.with_suffix(".md").read_text().splitlines() if ln.startswith("| ")]
+    main_table, *_ = out.with_suffix(".md").read_text().split("\n\n")
+    rows = [ln for ln in main_table.splitlines() if ln.startswith("| ")]
     assert len(rows) == len(methods) + 1  # header + one row per method
+    assert "pointing game" in out.with_suffix(".md").read_text()  # the field's metrics table
     assert (out.parent / "attribution_examples.png").stat().st_size > 0
 
 

@@ -56,9 +56,18 @@ def test_fixed_lambda_above_lam_max_warns():
     assert f.point.nnz == 0
 
 
-def test_cli_head_options():
+def _cli_inputs(tmp_path, monkeypatch) -> None:
+    """The folders and the concept file the train flags name (the CLI checks they exist when parsing)."""
+    monkeypatch.chdir(tmp_path)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "c").write_text("fur\n")
+
+
+def test_cli_head_options(tmp_path, monkeypatch):
     from salfcbm.cli import _head_config, build_parser
 
+    _cli_inputs(tmp_path, monkeypatch)
     base = ["train", "--backbone", "timm:resnet18", "--train", "a", "--val", "b", "--concepts", "c", "--run-dir", "d"]
     args = build_parser().parse_args(base + ["--preset", "imagenet"])
     assert _head_config(args) == HeadConfig.paper("imagenet")
@@ -70,9 +79,10 @@ def test_cli_head_options():
     assert _head_config(args).select == "val_acc"
 
 
-def test_cli_filter_and_cutoff_options():
+def test_cli_filter_and_cutoff_options(tmp_path, monkeypatch):
     from salfcbm.cli import build_parser
 
+    _cli_inputs(tmp_path, monkeypatch)
     base = ["train", "--backbone", "timm:resnet18", "--train", "a", "--val", "b", "--concepts", "c", "--run-dir", "d"]
     args = build_parser().parse_args(base)
     assert not args.no_filter and args.clip_cutoff == 0.25 and args.cutoff_statistic == "cell"

@@ -248,3 +248,38 @@ def test_val_tolerance_picks_the_sparsest_point_near_the_best():
     assert loose.criterion == "val_acc_tolerance"
     with pytest.raises(salfcbm.errors.InputError, match="val_tolerance"):
         HeadConfig(val_tolerance=1.5)
+
+
+def test_a_step_that_raises_stops_the_prefetch_thread(tmp_path, monkeypatch):
+    """A failing step (e.g. Adam overflowing at a huge lr) must not leave the prefetch thread running:
+    a daemon thread inside torch at interpreter exit aborted the process (exit 134)."""
+    import threading
+
+    from salfcbm.training import pipeline
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
+    model = salfcbm.wrap(net, concepts=["c0", "c1", "c2", "c3"], num_classes=2, grid=3, input_size=(6, 6))
+    f, s = _linear_problem(tmp_path, 512, 0)
+    calls = {"n": 0}
+    real = pipeline.bottleneck_loss
+
+    def failing_loss(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("value cannot be converted to type float without overflow")
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "bottleneck_loss", failing_loss)
+    with pytest.raises(RuntimeError, match="overflow"):
+        train_bottleneck(model, f, s, f, s, BottleneckConfig(max_steps=50, val_every=25, batch_size=16),
+                         progress=False)
+    for t in threading.enumerate():
+        if t.name == "salfcbm-prefetch":
+            t.join(timeout=5)
+            assert not t.is_alive(), "the prefetch thread outlived the failed loop"
+
+
+@pytest.mark.parametrize("lr", [1e308, 11.0])
+def test_a_learning_rate_beyond_the_bound_is_refused_up_front(lr):
+    with pytest.raises(salfcbm.errors.InputError, match=r"\(0, 10\]"):
+        BottleneckConfig(lr=lr)
