@@ -50,7 +50,7 @@ mkdir -p "$WORK/own" && cd "$WORK/own"
 "$WORK/venv/bin/python" "$REPO/docs/snippets/stand_in.py"  # small image folders, a concept list, a tiny random CLIP
 "$WORK/venv/bin/salfcbm" train --backbone timm:test_resnet --backbone-weights none --train my_images/train \
   --val my_images/val --concepts my_concepts.txt --run-dir runs/own --scorer local-dir:tiny-clip --image-size 64 \
-  --grid 4 --radius 4 --steps 10 --cutoff 0 --path-points 3 --no-filter --num-workers 0 --device cpu --quiet
+  --grid 4 --radius 4 --quick --cutoff 0 --no-filter --device cpu --quiet
 test -f runs/own/model/backbone.safetensors
 "$WORK/venv/bin/salfcbm" explain --model runs/own/model my_images/test/*/000.png --out own.html --quiet
 "$WORK/venv/bin/python" -c "import salfcbm; salfcbm.SALFCBM.from_pretrained('runs/own/model'); print('[wheel] runs/own/model loads in a new process')"

@@ -581,6 +581,15 @@ def _val_similarity(
     return out if pooled else out.permute(2, 0, 1)  # (M,) or (M, Hg, Wg)
 
 
+def _bottleneck_step(model: Any, opt: torch.optim.Optimizer, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """One Adam step of the Eq. 1 loss on a channels-last batch (one addmm); returns the loss."""
+    loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def train_bottleneck(
     model: SALFCBM,
     train_features: ShardedStore,
@@ -629,11 +638,7 @@ def train_bottleneck(
     try:  # closed also when a step raises: the prefetch thread must not outlive the loop
         while not done:
             for x, p in batches:
-                x, p = to_device(x, device), to_device(p, device)
-                loss = bottleneck_loss(project_channels_last(model.bottleneck, x), p)  # channels-last, one addmm
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = _bottleneck_step(model, opt, to_device(x, device), to_device(p, device))
                 step += 1
                 bar.update(1)
                 if step % cfg.val_every == 0 or step == cfg.max_steps:
