@@ -295,6 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not real:  # the scenes have concept masks: how often is a shown concept not in the image at all?
         # on the demo's model: its concepts are the scenes' (the Table 2 model's are class concepts)
         result.meta["explanation_masks"] = explanation_mask_check(demo_model.to(device), test, idx, top_k=4)
+        from salfcbm.evaluation.interventions import intervention_curve, targets_from_masks
+
+        result.meta["interventions"] = intervention_curve(  # annotation targets, whole-map edits, every policy
+            demo_model, torch.utils.data.Subset(test, list(idx)), targets_from_masks(test.masks_batch(idx), test.concepts)
+        ).to_dict()
     for name, reason in skipped.items():
         result.rows[name] = {"explains": "backbone", "error": reason}
     result.rows = {k: result.rows[k] for k in args.methods if k in result.rows}
@@ -321,6 +326,12 @@ def main(argv: list[str] | None = None) -> dict:
     md = result.to_markdown()
     result.save(out, md_path)
     plot_attribution_examples(result, fig_path, methods=[m for m in args.methods if m in result.examples.get("heatmaps", {})])
+    if result.meta.get("interventions"):  # the demo's intervention curves next to the examples
+        from salfcbm.viz import plot_intervention_curves
+        from salfcbm.viz.figures import save_figure
+
+        fig = plot_intervention_curves(result.meta["interventions"])
+        print(f"intervention curves: {save_figure(fig, out.with_name('intervention_curves.png'), dpi=90)}")
     print()
     print(md)
     print(f"results: {out}, {md_path}, {fig_path}")

@@ -194,6 +194,11 @@ def cmd_demo(args) -> int:
         print(f"top-{ex['top_k']} concepts of {ex['images']} test images with an empty ground-truth mask: "
               f"{pct(ex['shown_mask_empty'])} of all shown; {pct(ex['present']['mask_empty'])} of those shown as "
               f"present, {pct(ex['absent']['mask_empty'])} of those shown as absent")
+    iv = m.get("interventions")
+    if iv:
+        print("intervention curves (ground-truth concepts, AUC of accuracy over k): " + ", ".join(
+            f"{p} {iv['map']['auc'][p]['accuracy']:.3f} (region {iv['region']['auc'][p]['accuracy']:.3f})"
+            for p in iv["map"]["auc"]))
     print(f"report: {res.out / 'report.html'}")
     print(f"model:  {res.out / 'model'}")
     return 0

@@ -580,6 +580,10 @@ class BenchmarkResult:
                     f"{pct(ex['absent']['mask_empty'])} of those shown as absent."
                 ),
             ]
+        if self.meta.get("interventions"):  # optional: intervention_curve(...).to_dict() on the same data
+            from salfcbm.evaluation.interventions import intervention_markdown
+
+            lines += ["", intervention_markdown(self.meta["interventions"]).rstrip("\n")]
         return "\n".join(lines) + "\n"
 
     def _field_markdown(self) -> list[str]:

@@ -10,6 +10,7 @@ from salfcbm.viz.figures import (
     sankey_svg,
     write_html_report,
 )
+from salfcbm.viz.interventions import plot_intervention_curves
 from salfcbm.viz.neurons import plot_top_images
 from salfcbm.viz.sanity import plot_randomisation
 from salfcbm.viz.video import ConceptTrack, read_video_frames, save_video_gif, save_video_strip, track_concepts
@@ -18,6 +19,7 @@ __all__ = [
     "ConceptTrack",
     "overlay_heatmap",
     "plot_explanation",
+    "plot_intervention_curves",
     "plot_overlay",
     "plot_randomisation",
     "plot_region_report",
