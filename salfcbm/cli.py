@@ -184,6 +184,12 @@ def cmd_demo(args) -> int:
     print()
     print(f"concept maps vs ground-truth masks: mIoU {seg['miou']:.3f} (random maps {rnd['miou']:.3f}), "
           f"pixel acc {seg['pixel_accuracy']:.3f}, mAP {seg['map']:.3f} (random {rnd['map']:.3f})")
+    if seg.get("loc_pointing_game") is not None:
+        f3 = lambda d, k: "-" if d.get(k) is None else f"{d[k]:.3f}"  # noqa: E731
+        print(f"concept maps, the field's metrics (docs/evaluation.md): pointing game {f3(seg, 'loc_pointing_game')} "
+              f"(random {f3(rnd, 'loc_pointing_game')}), relevance mass {f3(seg, 'loc_relevance_mass')} "
+              f"(rectified {f3(seg, 'loc_relevance_mass_relu')}), relevance rank {f3(seg, 'loc_relevance_rank')}, "
+              f"top-k intersection {f3(seg, 'loc_top_k_intersection')}")
     cut = m.get("cutoff", {})
     print(f"dropped by the interpretability cutoff ({cut.get('statistic', '?')} statistic, {cut.get('cutoff', '?')}): "
           f"{len(m['bottleneck']['dropped'])} concepts; kept because the head uses them: "

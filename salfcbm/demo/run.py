@@ -132,14 +132,18 @@ def concept_map_miou(
 
     For each test image and each concept of the model present in it, the concept map
     upsampled to the image is scored with the Chefer et al. protocol
-    (`SegmentationMetrics`). ``random_maps=True`` scores random
-    grid maps instead: the floor to compare with.
+    (`SegmentationMetrics`), and with the field's localisation metrics (`LocalisationMetrics`:
+    pointing game, relevance mass and rank accuracy, top-k intersection, on the signed and the
+    rectified map; keys prefixed ``loc_``). ``random_maps=True`` scores random grid maps
+    instead: the floor to compare with.
     """
+    from salfcbm.evaluation.localisation import LocalisationMetrics
     from salfcbm.evaluation.metrics import SegmentationMetrics
 
     n = len(dataset) if n is None else min(n, len(dataset))
     index = [dataset.concepts.index(c) for c in model.concepts]
     seg = SegmentationMetrics(ap_backend="torch")  # the same AP as sklearn's, batched
+    loc, scored = LocalisationMetrics(), False
     g = torch.Generator().manual_seed(seed)
     for a in range(0, n, batch_size):
         idx = list(range(a, min(a + batch_size, n)))
@@ -153,7 +157,12 @@ def concept_map_miou(
         b, m = present.nonzero(as_tuple=True)
         if len(b):
             seg.update(up[b, m][:, None], masks[b, m])
-    return seg.compute()
+            loc.update(up[b, m], masks[b, m])
+            scored = True
+    out = seg.compute()
+    if scored:
+        out.update({f"loc_{k}": v for k, v in loc.compute().items()})
+    return out
 
 
 def _figures(model: SALFCBM, data: SyntheticScenes, out: Path, k: int, n_images: int) -> list[dict[str, Any]]:

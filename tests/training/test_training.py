@@ -152,6 +152,9 @@ def test_fit_end_to_end_on_the_procedural_scenes(tiny_run):
     # concept maps localise: well above random maps against the ground-truth masks
     assert m["segmentation"]["miou"] > m["segmentation_random"]["miou"] + 0.05
     assert m["segmentation"]["map"] > m["segmentation_random"]["map"] + 0.1
+    # and by the field's localisation metrics (issue 19): the map's maximum lands on the concept more often
+    assert m["segmentation"]["loc_pointing_game"] > m["segmentation_random"]["loc_pointing_game"] + 0.1
+    assert 0 <= m["segmentation"]["loc_relevance_mass_relu"] <= 1
     for f in ("report.html", "metrics.json", "model/config.json", "model/model.safetensors", "figures/path.png"):
         assert (res.out / f).exists(), f
     html = (res.out / "report.html").read_text()
