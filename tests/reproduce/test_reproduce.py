@@ -100,7 +100,7 @@ def test_cli_prints_the_cost(capsys):
     assert main(["reproduce", "table1", "--dataset", "cub", "--cost-only"]) == 0
     out = capsys.readouterr().out
     assert "293,706 prompted CLIP forwards" in out and "370 text forwards" in out
-    assert main(["reproduce", "--list"]) == 0 and "table2-imagenet-seg@v1" in capsys.readouterr().out
+    assert main(["reproduce", "--list"]) == 0 and "table2-imagenet-seg@v2" in capsys.readouterr().out
     assert main(["reproduce", "table9", "--dataset", "cub", "--cost-only"]) == 2
 
 
