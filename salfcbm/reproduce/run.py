@@ -212,7 +212,8 @@ def _segmentation(recipe: Recipe, model, seg_file: str | os.PathLike, run: Path,
     res.save(run / "segmentation.json", run / "segmentation.md")
     failed = skipped.get("salfcbm") or res.rows.get("salfcbm", {}).get("error")
     if failed:  # the baselines may be recorded and skipped; the recipe's own row may not
-        raise RecipeRunError(f"Table 2: the recipe's own method, SALF-CBM, failed on ImageNet-segmentation: {str(failed).rstrip('.')}. "
+        why = str(failed).rstrip(".")
+        raise RecipeRunError(f"Table 2: the recipe's own method, SALF-CBM, failed on ImageNet-segmentation: {why}. "
                              f"The baselines' rows are in {run / 'segmentation.json'}; no table was written. Check "
                              "that the model kept one class concept per class (recipe interpretability_cutoff=None).")
     out = {k: {m: 100 * float(v[m]) for m in ("pixel_accuracy", "miou", "map") if v.get(m) is not None}
