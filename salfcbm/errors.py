@@ -46,6 +46,7 @@ __all__ = [
     "HubUnavailableError",
     "DiskSpaceError",
     "DryRunError",
+    "RecipeRunError",
     "UnknownConceptSetError",
     "UnknownRecipeError",
     "NotATensorError",
@@ -271,6 +272,10 @@ class DiskSpaceError(SalfCBMError, OSError):
 
 class DryRunError(SalfCBMError, RuntimeError):
     """A dry run found the pipeline inconsistent (a resumed run or a reloaded model disagrees)."""
+
+
+class RecipeRunError(SalfCBMError, RuntimeError):
+    """A recipe's own method failed where the run records and skips a baseline (Table 2's SALF-CBM row)."""
 
 
 class UnknownConceptSetError(_UnknownName):

@@ -28,11 +28,12 @@ from typing import Any
 import torch
 
 from salfcbm._utils.io import atomic_write_bytes
-from salfcbm.errors import ConfigMismatchError, DryRunError, InputError, MissingExtraError
+from salfcbm.errors import ConfigError, ConfigMismatchError, DryRunError, InputError, MissingExtraError, RecipeRunError
 from salfcbm.reproduce.recipes import Recipe
 from salfcbm.reproduce.tables import format_concepts, format_table
 
-__all__ = ["DryRunError", "bottleneck_config", "build_backbone", "concept_filter_options", "dry_run", "load_datasets",
+__all__ = ["DryRunError", "RecipeRunError", "backbone_head_accuracy", "bottleneck_config", "build_backbone",
+           "concept_filter_options", "dry_run", "load_datasets",
            "recipe_concepts", "run_recipe"]
 
 
@@ -70,6 +71,9 @@ def load_datasets(recipe: Recipe, data_root: str | os.PathLike, *, seed: int = 0
         from salfcbm.supervision.concept_sets import lf_cbm_class_names
 
         names = lf_cbm_class_names("imagenet")
+    from salfcbm.supervision.concepts import unique_class_names
+
+    names = unique_class_names(names)  # LF-CBM's list names two pairs of classes alike: one concept and map each
     if len(full.classes) != recipe.num_classes:
         warnings.warn(f"{data_root} has {len(full.classes)} classes; the {recipe.name} recipe expects "
                       f"{recipe.num_classes}. The numbers will not be comparable to the paper's.", stacklevel=2)
@@ -78,11 +82,15 @@ def load_datasets(recipe: Recipe, data_root: str | os.PathLike, *, seed: int = 0
 
 
 def recipe_concepts(recipe: Recipe, class_names: list[str]) -> list[str]:
-    """The recipe's concept list before filtering (``lf-cbm:NAME`` or ``template:TEXT``)."""
-    from salfcbm.supervision.concepts import concepts_from_templates, load_concepts
+    """The recipe's concept list before filtering (``lf-cbm:NAME`` or ``template:TEXT``).
+
+    A template gives one concept per class: repeated class names get their class index first
+    (`salfcbm.supervision.concepts.unique_class_names`), so LF-CBM's ImageNet list gives 1,000.
+    """
+    from salfcbm.supervision.concepts import concepts_from_templates, load_concepts, unique_class_names
 
     if recipe.concepts.startswith("template:"):
-        return concepts_from_templates(class_names, recipe.concepts.split(":", 1)[1])
+        return concepts_from_templates(unique_class_names(class_names), recipe.concepts.split(":", 1)[1])
     return load_concepts(recipe.concepts)
 
 
@@ -107,8 +115,16 @@ def bottleneck_config(recipe: Recipe, n_train: int):
     return BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=max(2, min(recipe.bottleneck_batch, n_train)),
                             max_steps=recipe.bottleneck_steps, patience=recipe.bottleneck_patience,
                             val_every=recipe.bottleneck_val_every, init=recipe.bottleneck_init,
-                            cutoff=recipe.interpretability_cutoff, cutoff_statistic=recipe.cutoff_statistic,
-                            cutoff_guard=recipe.cutoff_guard)
+                            **_cutoff_settings(recipe))
+
+
+def _cutoff_settings(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's interpretability cutoff; ``None`` (Table 2) keeps every concept: a cutoff below every
+    similarity (they lie in [-1, 1]) on the per-cell statistic, whose rule keeps a concept unless it is below."""
+    if recipe.interpretability_cutoff is None:
+        return {"cutoff": -2.0, "cutoff_statistic": "cell", "cutoff_guard": "keep"}
+    return {"cutoff": float(recipe.interpretability_cutoff), "cutoff_statistic": recipe.cutoff_statistic,
+            "cutoff_guard": recipe.cutoff_guard}
 
 
 def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: int) -> dict[str, float]:
@@ -128,6 +144,36 @@ def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: in
         dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=num_classes, progress=False)
         out["standard_dense"] = 100 * float((dense.logits(z[2]).argmax(1) == y[2]).float().mean())
     return out
+
+
+@torch.no_grad()
+def backbone_head_accuracy(model, dataset, *, batch_size: int = 256, device=None) -> float:
+    """Accuracy (%) of the backbone's own classifier on ``dataset``: the paper's "standard, non-sparse" row.
+
+    The backbone of ``model`` runs whole, with its published head, on the model's own view of
+    every image (`SALFCBM.image_transform`, normalised as for the concept maps). Its modes are
+    restored afterwards.
+
+    Raises:
+        ConfigError: the backbone's output is not one logit per class of ``model``.
+    """
+    from salfcbm._utils.modes import preserved_modes
+    from salfcbm.core.images import align_dataset
+
+    device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
+    loader = torch.utils.data.DataLoader(align_dataset(dataset, model.image_transform), batch_size=batch_size)
+    correct = seen = 0
+    with preserved_modes(model.backbone, mode=False):
+        for x, y in loader:
+            out = model.backbone(model.image_transform.normalize(x.to(device)))
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != model.num_classes:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ConfigError(f"The backbone's own classifier gives {got} per batch, expected (B, "
+                                  f"{model.num_classes}) logits in the dataset's label order. Use the recipe "
+                                  "setting standard_dense='refit' (a dense head fitted on its features) instead.")
+            correct += int((out.argmax(1).cpu() == torch.as_tensor(y)).sum())
+            seen += len(y)
+    return 100 * correct / max(seen, 1)
 
 
 def _salf_dense(model, run: Path, train, val, test) -> float:
@@ -187,11 +233,22 @@ def _segmentation(recipe: Recipe, model, seg_file: str | os.PathLike, run: Path,
     res = run_attribution_benchmark(methods, loader, n_steps=n_steps, max_images=max_images, device=device,
                                     timing_batch=0, reference=None, progress=False, on_error="record")
     res.save(run / "segmentation.json", run / "segmentation.md")
+    failed = skipped.get("salfcbm") or res.rows.get("salfcbm", {}).get("error")
+    if failed:  # the baselines may be recorded and skipped; the recipe's own row may not
+        why = str(failed).rstrip(".")
+        raise RecipeRunError(f"Table 2: the recipe's own method, SALF-CBM, failed on ImageNet-segmentation: {why}. "
+                             f"The baselines' rows are in {run / 'segmentation.json'}; no table was written. Check "
+                             "that the model kept one class concept per class (recipe interpretability_cutoff=None).")
     out = {k: {m: 100 * float(v[m]) for m in ("pixel_accuracy", "miou", "map") if v.get(m) is not None}
            for k, v in res.rows.items()}
     for name, why in skipped.items():
         warnings.warn(f"Table 2: {name} was left out: {why}", stacklevel=2)
     return out
+
+
+def _interpretability_cutoff(recipe: Recipe) -> float:
+    """The bottleneck cutoff of ``recipe``; ``None`` (no cutoff) is below every similarity (they lie in [-1, 1])."""
+    return -2.0 if recipe.interpretability_cutoff is None else float(recipe.interpretability_cutoff)
 
 
 def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
@@ -231,6 +288,9 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
                                         "kept_for_head": list(res.bottleneck.kept_for_head)},
                            "nec": res.metrics["salfcbm"]["nec"]}
     out.update(_standard_heads(recipe, run, train, val, test, len(class_names)))
+    if recipe.dense and recipe.standard_dense == "backbone":  # the paper's row: the backbone's own classifier
+        out["standard_dense_refit"] = out.pop("standard_dense")
+        out["standard_dense"] = backbone_head_accuracy(model, test, batch_size=recipe.batch_size, device=device)
     if recipe.dense:
         out["salfcbm_dense"] = _salf_dense(res.model, run, train, val, test)
     out["checks"] = _check_reload_and_explain(res.model, backbone, run, test)
@@ -300,6 +360,8 @@ def run_recipe(
     """
     from salfcbm.supervision.scorers import CLIPScorer
 
+    if recipe.standard_dense not in ("backbone", "refit"):
+        raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
     if recipe.segmentation and seg_file is None:
         raise InputError(f"{recipe.name} needs the ImageNet-segmentation file: pass seg_file= / --seg-file "
                          "path/to/gtsegs_ijcv.mat.")

@@ -8,6 +8,7 @@ from salfcbm.supervision.concepts import (
     generate_concepts,
     load_concepts,
     save_concepts,
+    unique_class_names,
     unique_concepts,
     unprompted_activity,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "generate_concepts",
     "load_concepts",
     "save_concepts",
+    "unique_class_names",
     "unique_concepts",
     "unprompted_activity",
 ]

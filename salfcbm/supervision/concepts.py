@@ -7,7 +7,8 @@ training data are discarded. This module does each step, and
 `filter_concepts` reports every dropped concept with its reason.
 
 * `load_concepts` / `save_concepts`: one concept per line.
-* `concepts_from_templates`: ``"an image of a {class}"`` for every class.
+* `concepts_from_templates`: ``"an image of a {class}"`` for every class;
+  `unique_class_names` first gives repeated class names their class index.
 * `generate_concepts`: any OpenAI-compatible chat endpoint (OpenAI, vLLM,
   Ollama, llama.cpp server, ...), with LF-CBM's three prompts
   (`LF_CBM_PROMPTS`). Needs ``pip install 'salfcbm[llm]'``.
@@ -42,6 +43,7 @@ __all__ = [
     "near_duplicates",
     "read_text_lines",
     "save_concepts",
+    "unique_class_names",
     "unique_concepts",
     "unprompted_activity",
 ]
@@ -211,7 +213,44 @@ def concepts_from_templates(classes: Sequence[str], templates: Sequence[str] | s
     for t in templates:
         if not isinstance(t, str) or "{class}" not in t:
             raise InputError(f"Each template must be a string containing '{{class}}'; got {t!r}.")
+    keys = [" ".join(c.split()).lower() for c in classes]
+    if len(set(keys)) < len(keys):
+        import warnings
+        from collections import Counter
+
+        from salfcbm.errors import SalfCBMWarning
+
+        n = Counter(keys)
+        rep = sorted({c for c, k in zip(classes, keys) if n[k] > 1})
+        warnings.warn(f"Class names repeat ({rep[:5]}): their classes share one concept per template. Pass "
+                      "unique_class_names(classes) to give each class its own concept.", SalfCBMWarning, stacklevel=2)
     return unique_concepts(t.replace("{class}", c) for t in templates for c in classes)
+
+
+def unique_class_names(classes: Sequence[str]) -> list[str]:
+    """The class names with every repeated name told apart by its class index: ``"missile (class 657)"``.
+
+    A name that occurs once is kept as it is. Names are compared as `unique_concepts` compares
+    concepts (case and runs of whitespace ignored), so each class then gets its own template
+    concept (`concepts_from_templates`) and its own map. LF-CBM's ImageNet list
+    (`salfcbm.supervision.concept_sets.lf_cbm_class_names`) names classes 657 and 744
+    "missile" and 836 and 837 "sunglasses" (WordNet: "missile" / "projectile, missile",
+    "sunglass" / "sunglasses, dark glasses, shades").
+
+    Examples:
+        >>> unique_class_names(["missile", "cat", "Missile"])
+        ['missile (class 0)', 'cat', 'Missile (class 2)']
+    """
+    classes = _check_classes(classes)
+    keys = [" ".join(c.split()).lower() for c in classes]
+    count: dict[str, int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    out = [f"{c} (class {i})" if count[k] > 1 else c for i, (c, k) in enumerate(zip(classes, keys))]
+    if len({" ".join(c.split()).lower() for c in out}) != len(out):  # "a (class 1)" was already a name
+        raise InputError(f"Class names stay repeated after adding the class index to repeated ones: {classes[:10]}...; "
+                         "rename the classes so that each is unique.")
+    return out
 
 
 def _check_classes(classes: Any) -> list[str]:

@@ -149,7 +149,9 @@ class BottleneckConfig:
             data, so training stops after about 20 epochs (between 50 and 500 steps) without a gain.
         weight_decay: Adam weight decay.
         cutoff: interpretability cutoff (LF-CBM's, 0.45; the paper states none): concepts whose
-            validation similarity (``cutoff_statistic``) is below it are removed.
+            validation similarity (``cutoff_statistic``) is below it are removed. Similarities lie
+            in [-1, 1], so a cutoff below -1 is no cutoff: every concept is kept, even one whose
+            similarity is undefined (a map that never varies, NaN).
         seed: seed of the initialisation and the batch order.
         cutoff_statistic: what the cutoff is compared with. ``"cell"`` (default): the Eq. 1
             similarity of every grid cell, averaged over the cells, i.e. how well the concept's
@@ -754,7 +756,10 @@ def cutoff_similarities(report: BottleneckReport, statistic: str) -> dict[str, f
 
 
 def _passes(sim: float, config: BottleneckConfig) -> bool:
-    # LF-CBM keeps ``sim > cutoff`` (a NaN similarity fails); salfcbm's own statistics keep ``>=``
+    # LF-CBM keeps ``sim > cutoff`` (a NaN similarity fails); salfcbm's own statistics keep ``>=``.
+    # Similarities lie in [-1, 1]: a cutoff below -1 is no cutoff, and keeps every concept (NaN too).
+    if config.cutoff < -1:
+        return True
     return sim > config.cutoff if config.cutoff_statistic == LFCBM_STATISTIC else sim >= config.cutoff
 
 

@@ -133,12 +133,13 @@ def test_fit_applies_lfcbm_statistic_to_pooled_activations_and_unprompted_val(tm
 
 def test_recipes_use_lfcbm_statistic_and_table_md_reports_concepts_kept():
     from salfcbm.reproduce.recipes import RECIPES
+    from salfcbm.reproduce.run import bottleneck_config
     from salfcbm.reproduce.tables import PAPER_CONCEPTS, concept_rows, format_concepts
 
     for r in RECIPES.values():
         assert r.cutoff_statistic == "lfcbm" and r.cutoff_guard == "warn" and r.version >= 2, r.key
-        BottleneckConfig(cutoff=r.interpretability_cutoff, cutoff_statistic=r.cutoff_statistic,
-                         cutoff_guard=r.cutoff_guard)  # a valid configuration
+        cfg = bottleneck_config(r, 1000)  # a valid configuration; Table 2 has no cutoff at all
+        assert cfg.cutoff_statistic == ("cell" if r.interpretability_cutoff is None else "lfcbm"), r.key
     assert PAPER_CONCEPTS == {"imagenet": 4741, "places365": 2544, "cub": 370}
     runs = {"table1-imagenet": {"concepts": {"initial": 4751, "inactive": 10, "uninterpretable": 95, "final": 4646,
                                              "kept_for_head": []}},

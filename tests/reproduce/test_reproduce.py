@@ -110,7 +110,7 @@ def test_dry_run_cub_at_full_size(tmp_path):
     res = dry_run(get_recipe("table1-cub"), tmp_path, scorer="tiny", images=(8, 4), bottleneck_steps=5)
     run = res["runs"]["table1-cub"]
     assert run["concepts"]["final"] == 370 and run["checks"]["reload_max_abs_diff"] < 1e-4
-    assert {"salfcbm_sparse", "standard_sparse", "salfcbm_dense", "standard_dense"} <= set(run)
+    assert {"salfcbm_sparse", "standard_sparse", "salfcbm_dense", "standard_dense", "standard_dense_refit"} <= set(run)
     assert "| SALF-CBM, sparse |" in res["table"] and "74.35" in res["table"]
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["grid"] == [7, 7] and saved["input_size"] == [224, 224] and len(saved["concepts"]) == 370
