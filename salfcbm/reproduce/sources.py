@@ -167,7 +167,7 @@ _CUTOFF: dict[str, Source] = {
         lfcbm="removes every concept below the cutoff, whether or not the final layer would use it",
         authors="no training code released",
         source="LF-CBM train_cbm.py (the cutoff runs before glm_saga fits the final layer)",
-        reason="'warn' reproduces LF-CBM (the concept is removed); fit lists in metrics['cutoff']['needed_by_head'] "
+        reason="'warn' reproduces LF-CBM (the concept is removed); fit lists in `metrics['cutoff']['needed_by_head']` "
                "the removed concepts a head on every concept uses, and warns when that head is better on "
                "validation. The library default 'keep' keeps them instead.",
     ),
