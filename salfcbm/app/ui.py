@@ -27,18 +27,21 @@ def _upload(gr, **kwargs):
     `gradio.Image` opens every upload with PIL before any callback runs, so a file that is not an
     image (a text file named ``.png``) fails inside Gradio, which shows a bare "Error" on every
     output. Here the path goes to `Explorer.load`, whose reader (`salfcbm.core.images`) checks it
-    and says what is wrong. The page still shows it as a `gradio.Image` (a template of it).
+    and says what is wrong. The page shows it as the `gradio.Image` it is.
     """
 
-    class UploadedImage(gr.Image):
-        is_template = True  # the browser side is gradio's own Image
+    upload = gr.Image(type="filepath", **kwargs)
+    read = upload.preprocess
 
-        def preprocess(self, payload):
-            if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
-                return str(payload.path)  # already in gradio's upload cache, as gradio.Image would return it
-            return super().preprocess(payload)
+    def preprocess(payload):
+        if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
+            return str(payload.path)  # already in gradio's upload cache, as gradio.Image would return it
+        return read(payload)
 
-    return UploadedImage(type="filepath", **kwargs)
+    # an instance attribute, not a subclass: gradio's component metaclass writes a .pyi stub next to the
+    # module of every class it creates, which would write into the installed package at run time
+    upload.preprocess = preprocess
+    return upload
 
 
 def _editor_value(gr, ex: Explorer, current, mode: str):

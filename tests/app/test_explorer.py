@@ -431,3 +431,19 @@ def test_an_unreadable_upload_clears_every_panel(explorer, current, tmp_path):
     assert regions[0] is None and regions[2] == [] and regions[4] is None and regions[6] == []
     assert predict[:4] == (None, None, None, "") and predict[4] == note  # the prediction panel says it too
     assert stale == (None,) * 10 and good[0] is None
+
+
+def test_building_the_app_writes_nothing_into_the_package(model, scenes):
+    """gradio's component metaclass writes a ``.pyi`` stub next to the module of every component class it
+    creates: the explorer must not define one, or each start writes into the installed package."""
+    pytest.importorskip("gradio")
+    from pathlib import Path
+
+    import salfcbm.app as app_pkg
+    from salfcbm.app import build_app
+
+    folder = Path(app_pkg.__file__).parent
+    before = sorted(p.name for p in folder.iterdir() if p.name != "__pycache__")
+    build_app(model, scenes)
+    assert sorted(p.name for p in folder.iterdir() if p.name != "__pycache__") == before
+    assert not list(folder.glob("*.pyi"))
