@@ -27,21 +27,39 @@ def _upload(gr, **kwargs):
     `gradio.Image` opens every upload with PIL before any callback runs, so a file that is not an
     image (a text file named ``.png``) fails inside Gradio, which shows a bare "Error" on every
     output. Here the path goes to `Explorer.load`, whose reader (`salfcbm.core.images`) checks it
-    and says what is wrong. The page shows it as the `gradio.Image` it is.
+    and says what is wrong. The page still shows it as a `gradio.Image` (a template of it).
     """
+    return _uploaded_image_class(gr)(type="filepath", **kwargs)
 
-    upload = gr.Image(type="filepath", **kwargs)
-    read = upload.preprocess
 
-    def preprocess(payload):
-        if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
-            return str(payload.path)  # already in gradio's upload cache, as gradio.Image would return it
-        return read(payload)
+def _uploaded_image_class(gr):
+    """`gradio.Image` whose ``preprocess`` hands over the uploaded file's path unread (a template of it).
 
-    # an instance attribute, not a subclass: gradio's component metaclass writes a .pyi stub next to the
-    # module of every class it creates, which would write into the installed package at run time
-    upload.preprocess = preprocess
-    return upload
+    gradio's component metaclass writes a ``.pyi`` stub next to the module of every component class it
+    creates; that would write into the installed package at run time, so the stub writer is switched
+    off while this one class is made (once per process).
+    """
+    global _UPLOADED_IMAGE
+    if _UPLOADED_IMAGE is None:
+        import gradio.component_meta as meta
+
+        write_stub = meta.create_or_modify_pyi
+        meta.create_or_modify_pyi = lambda *args, **kwargs: None
+        try:
+            class UploadedImage(gr.Image):
+                is_template = True  # the browser side is gradio's own Image
+
+                def preprocess(self, payload):
+                    if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
+                        return str(payload.path)  # already in gradio's upload cache, as gradio.Image returns it
+                    return super().preprocess(payload)
+        finally:
+            meta.create_or_modify_pyi = write_stub
+        _UPLOADED_IMAGE = UploadedImage
+    return _UPLOADED_IMAGE
+
+
+_UPLOADED_IMAGE = None
 
 
 def _editor_value(gr, ex: Explorer, current, mode: str):
