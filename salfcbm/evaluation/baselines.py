@@ -498,9 +498,8 @@ class _GradCAMPlusPlus(_PGCAM):
     cam_class = "GradCAMPlusPlus"
 
 
-class _ScoreCAM(_PGCAM):
-    name = "scorecam"
-    cam_class = "ScoreCAM"
+class _BatchSized:
+    """A CAM that scores masked copies of the images in batches (Score-CAM): ``batch_size`` is its option."""
 
     def __init__(
         self,
@@ -515,6 +514,11 @@ class _ScoreCAM(_PGCAM):
             raise InputError(f"`batch_size` must be a positive int, got {batch_size!r}.")
         super().__init__(model, layer, reshape_transform=reshape_transform, eval_mode=eval_mode)
         self.batch_size = batch_size
+
+
+class _ScoreCAM(_BatchSized, _PGCAM):
+    name = "scorecam"
+    cam_class = "ScoreCAM"
 
     def _extra(self, cam: Any) -> None:
         cam.batch_size = self.batch_size
@@ -656,23 +660,9 @@ class _TCLayerCAM(_TorchCAM):
     cam_class = "LayerCAM"
 
 
-class _TCScoreCAM(_TorchCAM):
+class _TCScoreCAM(_BatchSized, _TorchCAM):
     name = "torchcam_scorecam"
     cam_class = "ScoreCAM"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: str | nn.Module | None = None,
-        *,
-        batch_size: int = 32,
-        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        eval_mode: bool = True,
-    ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        super().__init__(model, layer, reshape_transform=reshape_transform, eval_mode=eval_mode)
-        self.batch_size = batch_size
 
     def _options(self, images: torch.Tensor) -> dict[str, Any]:
         return {"batch_size": self.batch_size}
