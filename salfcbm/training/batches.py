@@ -18,13 +18,13 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Prefetched", "prefetch", "project_channels_last", "shard_batches", "shard_tensors"]
+__all__ = ["Prefetched", "map_features", "prefetch", "project_channels_last", "shard_batches", "shard_tensors"]
 
 
 def project_channels_last(bottleneck: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,22 @@ def project_channels_last(bottleneck: nn.Conv2d, x: torch.Tensor) -> torch.Tenso
     flat = x.reshape(-1, C)
     out = flat @ w.t() if bottleneck.bias is None else torch.addmm(bottleneck.bias, flat, w.t())
     return out.view(B, H, W, -1)
+
+
+@torch.no_grad()
+def map_features(model: Any, features: Any, reduce: Callable[[torch.Tensor], torch.Tensor],
+                 batch: int = 1024) -> torch.Tensor:
+    """``reduce(concept maps)`` of every cached feature map, concatenated on the CPU: ``(N, ...)``.
+
+    The one loop over a feature store's shards that runs the bottleneck in batches (pooled
+    activations, map peaks); the maps of one batch at a time are in memory.
+    """
+    device = model.bottleneck.weight.device
+    out = []
+    for _, values in features.iter_shards():
+        for s in range(0, values.shape[0], batch):
+            out.append(reduce(model.bottleneck(values[s : s + batch].to(device, torch.float32))).cpu())
+    return torch.cat(out)
 
 
 def _channels_last_float(x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
 from salfcbm.training import diagnostics, presence
 from salfcbm.training.cutoff import LFCBM_STATISTIC, lfcbm_similarity, unprompted_similarities
-from salfcbm.training.batches import Prefetched, project_channels_last, shard_batches, shard_tensors
+from salfcbm.training.batches import Prefetched, map_features, project_channels_last, shard_batches, shard_tensors
 from salfcbm.supervision.store import (
     ShardedStore,
     SimilarityStore,
@@ -799,13 +799,7 @@ def apply_cutoff(model: SALFCBM, report: BottleneckReport, config: BottleneckCon
 @torch.no_grad()
 def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 1024) -> torch.Tensor:
     """Pooled concept activations c*(x) ``(N, M)`` from cached features (before standardisation)."""
-    device = model.bottleneck.weight.device
-    out = []
-    for a, values in features.iter_shards():
-        for s in range(0, values.shape[0], batch):
-            maps = model.bottleneck(values[s : s + batch].to(device, torch.float32))
-            out.append(model.pool(maps).cpu())
-    return torch.cat(out)
+    return map_features(model, features, model.pool, batch)
 
 
 @torch.no_grad()

@@ -147,13 +147,9 @@ def calibrate_presence(peaks: torch.Tensor, target_peak: torch.Tensor) -> tuple[
 @torch.no_grad()
 def concept_peaks(model: Any, features: Any, batch: int = 1024) -> torch.Tensor:
     """``(N, M)`` peaks of the standardised concept maps, ``(max c(x)[m] - mean[m]) / std[m]``, from cached features."""
-    device = model.bottleneck.weight.device
-    out = []
-    for _, values in features.iter_shards():
-        for s in range(0, values.shape[0], batch):
-            maps = model.bottleneck(values[s : s + batch].to(device, torch.float32))
-            out.append(maps.flatten(2).amax(-1).cpu())
-    peak = torch.cat(out)
+    from salfcbm.training.batches import map_features
+
+    peak = map_features(model, features, lambda maps: maps.flatten(2).amax(-1), batch)
     return (peak - model.concept_mean.detach().cpu()) / model.concept_std.detach().cpu()
 
 
