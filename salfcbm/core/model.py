@@ -463,6 +463,17 @@ class SALFCBM(
         """(c* - mean) / std with the training statistics."""
         return (activations - self.concept_mean) / self.concept_std
 
+    def map_peaks(self, maps: torch.Tensor, concepts: Any = None) -> torch.Tensor:
+        """``(B, K)`` peaks of standardised concept maps, ``(max_{h,w} c(x)[m] - mean[m]) / std[m]``, in fp32.
+
+        ``maps`` is ``(B, K, h, w)``, the maps of the concepts at indices ``concepts`` (default: all
+        of them); the calibrated presence rule compares these with ``presence_threshold``.
+        """
+        idx = slice(None) if concepts is None else concepts
+        mean = self.concept_mean.detach().float().to(maps.device)[idx]
+        std = self.concept_std.detach().float().to(maps.device)[idx]
+        return (maps.detach().float().flatten(2).amax(-1) - mean) / std
+
     def head_from_maps(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pool, standardise and classify concept maps: ``(activations, normalised, logits)``."""
         act = self.pool(maps)

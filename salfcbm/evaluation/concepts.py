@@ -91,8 +91,7 @@ def present_decision(model: Any, normalized_activations: torch.Tensor, peaks: to
 
 def _peaks(model: Any, maps: torch.Tensor, idx: list[int]) -> torch.Tensor:
     """``(N, K)`` peaks of the standardised concept maps ``maps`` (``(N, K, h, w)``) of concepts ``idx``."""
-    mean, std = model.concept_mean.detach().float().cpu(), model.concept_std.detach().float().cpu()
-    return (maps.detach().float().cpu().flatten(2).amax(-1) - mean[idx]) / std[idx]
+    return model.map_peaks(maps, idx).cpu()
 
 
 def _threshold_label(model: Any = None) -> str:

@@ -113,14 +113,13 @@ def presence_check(
     if not idx:
         raise InputError("`indices` is empty; pass at least one image index.")
     col = torch.tensor([dataset.concepts.index(c) for c in model.concepts])
-    mean, std = model.concept_mean.detach().float().cpu(), model.concept_std.detach().float().cpu()
     z, peak, truth, shown = [], [], [], []
     for a in range(0, len(idx), batch_size):
         part = idx[a : a + batch_size]
         x = model.preprocess(torch.stack([dataset[i][0] for i in part]))
         out = model(x)
         z.append(model.standardize(out.concept_activations).float().cpu())
-        peak.append((out.concept_maps.flatten(2).amax(-1).float().cpu() - mean) / std)
+        peak.append(model.map_peaks(out.concept_maps).cpu())
         truth.append(dataset.masks_batch(part).flatten(2).any(-1)[:, col])
         expl = model.explain(x, top_k=top_k, heatmaps=False, skip_zero=False, output=out)
         shown.append(torch.stack([e.top.concept_indices.cpu() for e in expl]))

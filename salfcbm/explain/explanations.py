@@ -974,9 +974,7 @@ def _standardized_peaks(model: SALFCBM, out: Any, idx: torch.Tensor, img_idx: to
     """``(P, k)`` peaks of the shown concepts' standardised maps, for a model with calibrated presence."""
     if model.presence_threshold is None:
         return None
-    peak = out.concept_maps_at(idx, img_idx).detach().flatten(2).amax(-1).float()  # (P, k)
-    mean, std = model.concept_mean.detach().float(), model.concept_std.detach().float()
-    return (peak - mean[idx]) / std[idx]
+    return model.map_peaks(out.concept_maps_at(idx, img_idx), idx)  # (P, k)
 
 
 def _evidence_fields(model: SALFCBM, weights: torch.Tensor, z: torch.Tensor, ci: torch.Tensor,

@@ -149,8 +149,7 @@ def concept_peaks(model: Any, features: Any, batch: int = 1024) -> torch.Tensor:
     """``(N, M)`` peaks of the standardised concept maps, ``(max c(x)[m] - mean[m]) / std[m]``, from cached features."""
     from salfcbm.training.batches import map_features
 
-    peak = map_features(model, features, lambda maps: maps.flatten(2).amax(-1), batch)
-    return (peak - model.concept_mean.detach().cpu()) / model.concept_std.detach().cpu()
+    return map_features(model, features, model.map_peaks, batch)
 
 
 @torch.no_grad()
