@@ -4,7 +4,7 @@
 * `run`: `run_recipe`, `dry_run`;
 * `cost`: `estimate_cost`, `measure_throughput`;
 * `tables`: the paper's numbers and comparison tables;
-* `neurons`: top-activating images of a concept neuron (appendix C).
+
 """
 
 from salfcbm.reproduce.cost import CostEstimate, estimate_cost, measure_throughput

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salfcbm.supervision.concepts import _near_duplicates, filter_concepts, format_concept
+from salfcbm.supervision.concept_filter import _near_duplicates
+from salfcbm.supervision.concepts import filter_concepts, format_concept
 
 
 def _lfcbm_rule(sims: torch.Tensor, cutoff: float) -> set[int]:
