@@ -40,12 +40,12 @@ _LAZY: dict[str, str] = {
     "PromptGrid": "salfcbm.supervision.prompts",
     "ConceptScorer": "salfcbm.supervision.scorers",
     "CLIPScorer": "salfcbm.supervision.scorers",
-    "load_concepts": "salfcbm.supervision.concepts",
-    "save_concepts": "salfcbm.supervision.concepts",
-    "concepts_from_templates": "salfcbm.supervision.concepts",
-    "generate_concepts": "salfcbm.supervision.concepts",
-    "filter_concepts": "salfcbm.supervision.concepts",
-    "ConceptFilterReport": "salfcbm.supervision.concepts",
+    "load_concepts": "salfcbm.supervision.concept_lists",
+    "save_concepts": "salfcbm.supervision.concept_lists",
+    "concepts_from_templates": "salfcbm.supervision.concept_lists",
+    "generate_concepts": "salfcbm.supervision.concept_generation",
+    "filter_concepts": "salfcbm.supervision.concept_filter",
+    "ConceptFilterReport": "salfcbm.supervision.concept_filter",
     "compute_similarity_store": "salfcbm.supervision.store",
     "compute_store": "salfcbm._utils.shard_compute",
     "PromptedEmbeddingStore": "salfcbm.supervision.store",
@@ -128,14 +128,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
         RegionExplanation,
         RegionReport,
     )
-    from salfcbm.supervision.concepts import (
-        ConceptFilterReport,
-        concepts_from_templates,
-        filter_concepts,
-        generate_concepts,
-        load_concepts,
-        save_concepts,
-    )
+    from salfcbm.supervision.concept_filter import ConceptFilterReport, filter_concepts
+    from salfcbm.supervision.concept_generation import generate_concepts
+    from salfcbm.supervision.concept_lists import concepts_from_templates, load_concepts, save_concepts
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
     from salfcbm.supervision.store import PromptedEmbeddingStore, SimilarityStore, compute_similarity_store

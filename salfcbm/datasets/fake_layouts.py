@@ -113,9 +113,9 @@ def write_imagenet_seg_mat(path: str | os.PathLike, images: Sequence[Any], masks
     The layout of MATLAB v7.3 that `ImagenetSegmentation`
     reads: object references under ``value/img`` and, through a ``(1, 1)`` cell, ``value/gt``.
     """
-    from salfcbm.datasets.imagenet_seg import _h5py
+    from salfcbm.datasets.imagenet_seg import h5py_module
 
-    h5py = _h5py()
+    h5py = h5py_module()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:

@@ -1,4 +1,4 @@
-"""Issue 15 item 5: the concept filters follow LF-CBM's rules."""
+"""The concept filters follow LF-CBM's rules: length, class and concept near-duplicates, activation (issue 15, item 5)."""
 
 from __future__ import annotations
 
