@@ -122,7 +122,7 @@ def filter_concepts(
         max_length: length cap in characters (LF-CBM: 30).
         class_similarity: class-name similarity cutoff (LF-CBM: 0.85).
         concept_similarity: concept-concept similarity cutoff (LF-CBM: 0.9).
-        activations: a `SimilarityStore` (image similarity =
+        activations: a `PromptedEmbeddingStore` (image similarity =
             max over the prompt grid), an ``(N, M)`` tensor of image-concept
             similarities for the given concepts, an ``(M,)`` tensor of precomputed
             top-k means, or a callable ``concepts -> (M,)``.
@@ -326,7 +326,7 @@ def _activations(activations: Any, kept: list[str], original: Sequence[str], top
         k = min(top_k, t.shape[0])
         return t[:, cols].topk(k, dim=0).values.mean(dim=0)
     raise InputError(
-        f"activations must be a SimilarityStore, a callable, an (N, {len(original)}) tensor of image-concept "
+        f"activations must be a PromptedEmbeddingStore, a callable, an (N, {len(original)}) tensor of image-concept "
         f"similarities or a ({len(original)},) tensor of top-k means; got shape {tuple(t.shape)}."
     )
 
