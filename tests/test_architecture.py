@@ -356,7 +356,7 @@ def test_no_test_reruns_the_doctests():
 
 
 #: Test files named after a tracker item instead of the behaviour they check (their docstring opens with the
-#: item); docs/CONSOLIDATE.md of issue 20 gives each a behaviour name. The lead empties this after the merge.
+#: item); CONSOLIDATE.md (issue 20) gives each a behaviour name. The lead empties this after the merge.
 KNOWN_TRACKER_NAMED_TESTS = {
     "tests/core/test_bottleneck_bias.py",
     "tests/evaluation/test_frozen_backbone.py",

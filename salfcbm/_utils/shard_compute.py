@@ -22,6 +22,7 @@ from salfcbm.errors import InputError
 
 __all__ = ["ShardBatches", "collate_images", "compute_store"]
 
+
 def collate_images(items: list[Any]) -> torch.Tensor:
     """Stack the images of a batch of ``image`` or ``(image, label, ...)`` items; a non-tensor image or
     mixed shapes raise `InputError` naming the fix."""
@@ -91,7 +92,7 @@ def compute_store(
         inputs: how each shard records what it was computed from, so that a finished shard
             whose images changed is recomputed: ``"files"`` (path, size, mtime of each file),
             ``"content"`` (a SHA-256 of the pixels), ``"fingerprint"`` (the dataset's own
-            fingerprint, in the manifest) or ``"auto"``; see `salfcbm.supervision.provenance`.
+            fingerprint, in the manifest) or ``"auto"``; see `salfcbm._utils.provenance`.
 
     Returns:
         ``store``, now complete.

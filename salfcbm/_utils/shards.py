@@ -1,7 +1,7 @@
 """Sharded, resumable, checksummed tensor stores on disk: `ShardedStore`.
 
 A generic store of ``length`` items of one shape, split into fixed-size safetensors shards
-(the similarity store of `salfcbm.supervision` and the feature caches of `salfcbm.training` both
+(the prompted-embedding store of `salfcbm.supervision` and the feature caches of `salfcbm.training` both
 use it). Each shard is written atomically (temporary file + ``os.replace``) with a SHA-256 of its
 data, so a killed run leaves only complete shards and a resumed run computes exactly the missing
 ones. A ``manifest.json`` records everything that determines the content; opening a store with

@@ -35,6 +35,7 @@ _SYSTEM_PROMPT = (
     "no numbering, no explanations, no sentences."
 )
 
+
 def _parse_answer(text: str) -> list[str]:
     items = []
     for line in (text or "").splitlines():
