@@ -19,9 +19,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,17 @@ from salfcbm._utils.io import sha256_file
 from salfcbm.errors import AlignmentError, InputError
 from salfcbm.supervision.prompts import PromptGrid
 
-__all__ = ["ConceptScorer", "CLIPScorer", "sha256_file"]
+__all__ = [
+    "CLIPScorer",
+    "ConceptScorer",
+    "DatasetBoundScorer",
+    "UnpromptedScorer",
+    "clip_scorer",
+    "list_scorers",
+    "register_scorer",
+    "scorer_from_name",
+    "unregister_scorer",
+]
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,9 +82,141 @@ class ConceptScorer(Protocol):
         """``(M, D)`` L2-normalised text embeddings; may raise ``NotImplementedError``."""
         ...
 
-    # Optional: ``embed_images(images, indices) -> (B, D)``, the *unprompted* image embeddings.
-    # With it, the concept filter of `salfcbm.fit` measures "never fires" on whole images
-    # as LF-CBM does; without it, on the best prompted cell of each image.
+    # Optional capabilities, each a protocol of its own below: `UnpromptedScorer` (``embed_images``)
+    # and `DatasetBoundScorer` (``for_dataset``). Test for them with ``isinstance``.
+
+
+@runtime_checkable
+class UnpromptedScorer(Protocol):
+    """A scorer that also embeds whole images, without a prompt: ``embed_images(images, indices) -> (B, D)``.
+
+    With it, the concept filter of `salfcbm.fit` measures "never fires" on whole images as LF-CBM
+    does; without it, on the best prompted cell of each image. `CLIPScorer` is one.
+
+    Examples:
+        >>> isinstance(CLIPScorer.__new__(CLIPScorer), UnpromptedScorer), isinstance(object(), UnpromptedScorer)
+        (True, False)
+    """
+
+    def embed_images(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 3, H, W)`` images in ``[0, 1]`` -> ``(B, D)`` L2-normalised unprompted embeddings."""
+        ...
+
+
+@runtime_checkable
+class DatasetBoundScorer(Protocol):
+    """A scorer that reads data by index and can be rebound to another split: ``for_dataset(dataset) -> scorer``.
+
+    `compute_similarity_store` asks such a scorer for a copy bound to the dataset it stores, so one
+    scorer serves every split (the demo world's ground-truth scorer is one).
+
+    Examples:
+        >>> isinstance(CLIPScorer.__new__(CLIPScorer), DatasetBoundScorer)
+        False
+    """
+
+    def for_dataset(self, dataset: Any) -> ConceptScorer:
+        """A scorer like this one whose ``indices`` refer to ``dataset``."""
+        ...
+
+
+# --------------------------------------------------------------------------- the registry
+
+#: Prefixes open_clip itself gives a model name (``hf-hub:ORG/REPO``, ``local-dir:PATH``): not scorer names.
+_CLIP_PREFIXES = ("hf-hub", "local-dir")
+_SCORERS: dict[str, Callable[..., Any]] = {}
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def register_scorer(name: str) -> Callable[[F_], F_]:
+    """Decorator: register a scorer class or factory under ``name``, for `scorer_from_name`.
+
+    The factory is called as ``factory(**kwargs)`` for the name alone and ``factory(spec, **kwargs)``
+    for ``"name:spec"`` (``spec`` is the text after the first colon, e.g. a model name), and must
+    return a `ConceptScorer`. Works from user code, as timm's ``register_model``.
+
+    Raises:
+        InputError: ``name`` is empty, holds a colon, is one of open_clip's prefixes
+            (``hf-hub``, ``local-dir``) or is taken (`unregister_scorer` first to replace one).
+
+    Examples:
+        >>> @register_scorer("constant_example")
+        ... class Constant:
+        ...     def __init__(self, dim="4"):
+        ...         self.dim = int(dim)
+        ...     def fingerprint(self): return {"type": "constant", "dim": self.dim}
+        ...     def embed(self, images, indices, prompts): return torch.ones(len(images), *prompts.grid, self.dim)
+        ...     def similarity(self, embeddings, concepts): return embeddings[..., :1].expand(*embeddings.shape[:-1], len(concepts))
+        ...     def text_embeddings(self, texts): raise NotImplementedError
+        >>> scorer_from_name("constant_example:8").dim
+        8
+        >>> unregister_scorer("constant_example")
+    """
+    if not isinstance(name, str) or not name.strip() or ":" in name:
+        raise InputError(f"A scorer name is a non-empty string without ':' (the spec follows it), got {name!r}.")
+    if name in _CLIP_PREFIXES:
+        raise InputError(f"{name!r} is an open_clip model prefix ({name}:...), not a scorer name; choose another.")
+
+    def decorate(factory: F_) -> F_:
+        if not callable(factory):
+            raise InputError(f"register_scorer({name!r}) decorates a class or a function, got {type(factory).__name__}.")
+        if name in _SCORERS and _SCORERS[name] is not factory:
+            raise InputError(f"A scorer named {name!r} is already registered; choose another name, or call "
+                             f"unregister_scorer({name!r}) first to replace it.")
+        _SCORERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def unregister_scorer(name: str) -> None:
+    """Remove the scorer ``name`` from the registry (to replace it, or after a test)."""
+    if name not in _SCORERS:
+        raise InputError(f"No scorer named {name!r} is registered; registered: {list_scorers()}.")
+    del _SCORERS[name]
+
+
+def list_scorers() -> list[str]:
+    """Registered scorer names, in registration order.
+
+    Examples:
+        >>> list_scorers()
+        ['clip']
+    """
+    return list(_SCORERS)
+
+
+def scorer_from_name(name: str, **kwargs: Any) -> ConceptScorer:
+    """The concept scorer a name stands for, with the CLI's syntax (``--scorer``).
+
+    * ``"NAME"`` or ``"NAME:SPEC"`` where ``NAME`` is registered (`register_scorer`): that factory,
+      called with ``SPEC`` (when given) and ``kwargs``. ``"clip:ViT-B-16"`` is CLIP ViT-B/16 and
+      ``"clip:ViT-B-16/openai"`` names the pretrained tag too (``"clip:ViT-B-16/none"``: random init).
+    * anything else is a CLIP model as ``salfcbm train --scorer`` takes it: an open_clip model name
+      (``"ViT-B-16"``), ``"hf-hub:ORG/REPO"`` or ``"local-dir:PATH"``; ``kwargs`` go to `CLIPScorer`
+      (``pretrained="openai"``, ``device``, ``precision``, ...).
+
+    Raises:
+        InputError: ``name`` is not a non-empty string, or the factory did not return a `ConceptScorer`.
+
+    Examples:
+        >>> scorer_from_name("clip:ViT-B-16/openai", device="cpu")  # doctest: +SKIP
+        CLIPScorer(...)
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"A scorer name must be a non-empty string (e.g. 'ViT-B-16' or 'clip:ViT-B-16'), got {name!r}.")
+    key, sep, spec = name.partition(":")
+    if key in _SCORERS:
+        factory = _SCORERS[key]
+        scorer = factory(spec, **kwargs) if sep else factory(**kwargs)
+    else:
+        scorer = _SCORERS["clip"](name, **kwargs)
+    if not isinstance(scorer, ConceptScorer):
+        raise InputError(
+            f"The scorer {name!r} built a {type(scorer).__name__}, which lacks the ConceptScorer methods (fingerprint, "
+            "embed, similarity, text_embeddings); make its registered factory return a ConceptScorer."
+        )
+    return scorer
 
 
 def _state_dict_sha256(module: torch.nn.Module) -> str:
@@ -442,3 +584,17 @@ def _check_images(images: Any) -> None:
     if not images.is_floating_point():
         raise InputError(f"images must be float in [0, 1]; got dtype {images.dtype}. Divide uint8 images by 255.")
 
+
+@register_scorer("clip")
+def clip_scorer(spec: str | None = None, **kwargs: Any) -> CLIPScorer:
+    """The registered ``"clip"`` factory: ``spec`` is an open_clip model name (default ``"ViT-B-16"``),
+    ``hf-hub:ORG/REPO`` or ``local-dir:PATH``, optionally ``MODEL/TAG`` for ``pretrained=TAG``
+    (``none``: random init); ``kwargs`` go to `CLIPScorer`."""
+    model = spec or "ViT-B-16"
+    if "/" in model and not model.startswith(tuple(p + ":" for p in _CLIP_PREFIXES)):
+        model, tag = model.split("/", 1)
+        if "pretrained" in kwargs:
+            raise InputError(f"The scorer 'clip:{spec}' names its pretrained tag {tag!r} and pretrained= is given too; "
+                             "give it once.")
+        kwargs["pretrained"] = None if tag in ("", "none") else tag
+    return CLIPScorer(model, **kwargs)
