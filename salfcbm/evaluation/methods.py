@@ -144,8 +144,10 @@ def build_methods(
 
     Args:
         model: a trained SALF-CBM with its backbone.
-        names: methods, among ``"salfcbm"`` and `list_baselines` (``optional=True`` adds torchcam's
-            ``torchcam_*`` and ``legrad``; default: SALF-CBM's two and the non-optional baselines).
+        names: methods, among ``"salfcbm"``, ``"salfcbm_logit"`` and every registered baseline
+            (``list_baselines(optional=True)``: torchcam's ``torchcam_*`` and ``legrad``, and yours,
+            `register_baseline`); default: SALF-CBM's two and the non-optional baselines. Each
+            baseline is built with its class's `benchmark_kwargs` (integrated gradients: the reference colour).
         backbone_preprocess: how benchmark images become backbone inputs: ``"model"``
             (``model.preprocess(images, crop=False)``: resize the whole image and normalise with the
             backbone's statistics,
