@@ -301,3 +301,16 @@ def test_evaluation_modules_are_one_idea_each():
     sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
              for p in (ROOT / "salfcbm" / "evaluation").rglob("*.py")}
     assert {k: v for k, v in sizes.items() if v >= 600} == {}
+
+
+def test_the_scorer_registry_module_needs_no_torch():
+    """The CLI's --help can list scorer names cheaply: the registry module imports no torch of its own and
+    knows "clip" before CLIP's module is loaded (the `salfcbm.supervision` package itself still imports torch)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('r', 'salfcbm/supervision/"
+            "scorer_registry.py'); m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+            "print(m.list_scorers(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['clip'] False", out.stderr
