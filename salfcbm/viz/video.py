@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from salfcbm.errors import InputError, MissingExtraError
-from salfcbm.explain.explanations import upsample_maps
+from salfcbm.explain.regions import upsample_maps
 from salfcbm._utils.io import atomic_write
 from salfcbm._utils.modes import module_device
 from salfcbm.viz.figures import denormalize, heatmap_to_rgb
