@@ -9,7 +9,7 @@ import timm
 import torch
 
 import salfcbm
-from salfcbm.explain import explanations as explain_mod
+import salfcbm.explain as explain_mod
 from salfcbm.core.model import SALFCBM
 
 
