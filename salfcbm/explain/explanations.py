@@ -15,8 +15,9 @@ from __future__ import annotations
 from salfcbm.errors import ClassNotFoundError
 from salfcbm.explain.explain_anything import explain_region
 from salfcbm.explain.explain_image import explain
-from salfcbm.explain.inputs import class_index  # noqa: F401 (importable here before the split)
+from salfcbm.explain.inputs import Target, class_index  # noqa: F401 (importable here before the split)
 from salfcbm.explain.intervention import intervene
+from salfcbm.explain.records import HEATMAP_MODES  # noqa: F401 (importable here before the split)
 from salfcbm.explain.regions import box_mask, mask_to_grid, points_mask, region_masks, upsample_maps
 from salfcbm.explain.results import (
     ClassExplanation,

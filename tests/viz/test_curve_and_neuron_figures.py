@@ -26,7 +26,7 @@ def test_intervention_curves_draw_one_line_per_policy_with_its_area_in_the_legen
     assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy", "true-class probability"]
     assert [ln.get_label() for ln in fig.axes[0].lines] == ["random (AUC 0.600)", "oracle (AUC 0.750)"]
     assert list(fig.axes[1].lines[1].get_ydata()) == [0.3, 0.6, 0.8]
-    assert fig._suptitle.get_text() == "Intervention curves (concept mode; targets: labels; 12 images)"
+    assert fig.get_suptitle() == "Intervention curves (concept mode; targets: labels; 12 images)"
     with pytest.raises(InputError, match="Nothing to plot"):
         plot_intervention_curves({"accuracy": {}})
 
@@ -53,7 +53,8 @@ def test_randomisation_shows_both_similarities_and_the_maps_of_each_step(tmp_pat
     assert (tmp_path / "r.png").exists()
     assert len(fig.axes) == 2 + 3  # two curve panels, the intact map and one map per step
     assert [ax.get_title() for ax in fig.axes[2:]] == ["intact", "head", "layer4"]
-    assert fig._suptitle.get_text().endswith("FAILED") and fig._suptitle.get_color() == "red"
+    assert fig.get_suptitle().endswith("FAILED")
+    assert [t.get_color() for t in fig.texts if t.get_text() == fig.get_suptitle()] == ["red"]
     crosses = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
     assert len(crosses) == 1  # the failure is marked once per panel
     with pytest.raises(InputError, match="Expected a RandomisationResult"):
