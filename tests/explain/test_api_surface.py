@@ -10,7 +10,7 @@ import torch
 
 import salfcbm
 import salfcbm.explain as explain_mod
-from salfcbm.core.model import SALFCBM
+from salfcbm import SALFCBM
 
 
 @pytest.fixture(scope="module")
