@@ -140,7 +140,6 @@ def check_top_k(top_k: Any, limit: int) -> int:
     return min(top_k, limit)
 
 
-
 _MAX_HEATMAP_BYTES = 2**31  # 2 GiB of float32 heatmaps per call
 
 

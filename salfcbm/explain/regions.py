@@ -25,12 +25,10 @@ def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return upsample_bilinear(maps.float(), (int(size[0]), int(size[1])))
 
 
-
 def _hw(size: Sequence[int]) -> tuple[int, int]:
     if len(size) != 2:
         raise InputError(f"A size is (H, W), got {size!r}.")
     return int(size[0]), int(size[1])
-
 
 
 def box_mask(box: Sequence[float], size: Sequence[int], *, device=None) -> torch.Tensor:

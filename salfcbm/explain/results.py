@@ -489,7 +489,6 @@ class DecisionRule(JSONRecord):
         }
 
 
-
 for _cls in (ClassExplanation, Explanation, ExplanationBatch, RegionExplanation, RegionReport, InterventionResult,
              DecisionRule):
     _cls.__repr__ = short_repr  # the dataclass repr prints every tensor (19,000 characters for one batch)
