@@ -59,13 +59,13 @@ _LAZY: dict[str, str] = {
     "HeadConfig": "salfcbm.training.pipeline",
     "FitResult": "salfcbm.training.pipeline",
     # explanations
-    "Explanation": "salfcbm.explain.explanations",
-    "ExplanationBatch": "salfcbm.explain.explanations",
-    "ClassExplanation": "salfcbm.explain.explanations",
-    "RegionExplanation": "salfcbm.explain.explanations",
-    "RegionReport": "salfcbm.explain.explanations",
-    "InterventionResult": "salfcbm.explain.explanations",
-    "DecisionRule": "salfcbm.explain.explanations",
+    "Explanation": "salfcbm.explain.results",
+    "ExplanationBatch": "salfcbm.explain.results",
+    "ClassExplanation": "salfcbm.explain.results",
+    "RegionExplanation": "salfcbm.explain.results",
+    "RegionReport": "salfcbm.explain.results",
+    "InterventionResult": "salfcbm.explain.results",
+    "DecisionRule": "salfcbm.explain.results",
     "SALFCBMAttribution": "salfcbm.explain.attribution",
     "track_concepts": "salfcbm.viz.video",
 }
@@ -119,7 +119,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from salfcbm.core.tap import FeatureTap, default_layer
     from salfcbm.datasets.folder import ImageFolderDataset
     from salfcbm.explain.attribution import SALFCBMAttribution
-    from salfcbm.explain.explanations import (
+    from salfcbm.explain.results import (
         ClassExplanation,
         DecisionRule,
         Explanation,

@@ -14,8 +14,8 @@ import torch  # noqa: E402
 
 import salfcbm  # noqa: E402
 from salfcbm.explain.evidence import evidence_kinds  # noqa: E402
-from salfcbm.explain.explanations import ClassExplanation, ExplanationBatch  # noqa: E402
-from salfcbm.viz.figures import plot_explanation, write_html_report  # noqa: E402
+from salfcbm.explain import ClassExplanation, ExplanationBatch  # noqa: E402
+from salfcbm.viz import plot_explanation, write_html_report  # noqa: E402
 
 CONCEPTS = ["fur", "wing", "grass", "sky"]
 SIZE = 32
