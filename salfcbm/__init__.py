@@ -30,8 +30,8 @@ __version__ = "0.1.0.dev0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     # the model
-    "wrap": "salfcbm.core.model",
-    "SALFCBM": "salfcbm.core.model",
+    "wrap": "salfcbm.explain.mixin",
+    "SALFCBM": "salfcbm.explain.mixin",
     "SALFCBMOutput": "salfcbm.core.model",
     "SALFCBMClassifier": "salfcbm.core.model",
     "FeatureTap": "salfcbm.core.tap",
@@ -111,10 +111,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
-    from salfcbm.core.model import SALFCBM, SALFCBMClassifier, SALFCBMOutput, wrap
+    from salfcbm.core.model import SALFCBMClassifier, SALFCBMOutput
     from salfcbm.core.tap import FeatureTap, default_layer
     from salfcbm.datasets.folder import ImageFolderDataset
     from salfcbm.explain.attribution import SALFCBMAttribution
+    from salfcbm.explain.mixin import SALFCBM, wrap
     from salfcbm.explain.explanations import (
         ClassExplanation,
         DecisionRule,
