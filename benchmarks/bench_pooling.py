@@ -8,9 +8,9 @@ at prompting grids 7 and 14 (the tapped ``layer4`` map is 7x7):
   for the reference path (every ``(B, M, Hg, Wg)`` map built, then pooled: salfcbm <= 0.1). The
   counter does not see bilinear resizing; its multiply-adds are given apart (``resize_madds``, 4
   taps per output cell), so that nothing is hidden.
-* **Peak memory** of the adapter step (tapped features -> pooled activations) for a batch, measured
-  in a fresh process as the rise of its peak resident set (``ru_maxrss``) over what it held before
-  the call (the features and the weights), on CPU; ``torch.cuda.max_memory_allocated`` with
+* **Peak memory** of the adapter step (tapped features -> pooled activations) at batch 8 and 64, measured
+  in a fresh process as the rise of its peak resident set over what it held before the call (the
+  features and the weights; Linux ``/proc/self/clear_refs`` resets the peak, ``VmHWM`` reads it), on CPU; ``torch.cuda.max_memory_allocated`` with
   ``--device cuda``.
 * **Time** of the adapter step, reference and new interleaved in rounds (process CPU time, one
   thread; wall time after synchronisation on a GPU), median ratio over rounds.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -111,6 +110,13 @@ def flop_rows(grids, poolings) -> list[dict]:
     return rows
 
 
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status (this measurement needs Linux)")
+
+
 def _child(variant: str, grid: int, pooling: str, batch: int, device: str) -> None:
     """One measurement in a fresh process: the rise of peak memory during one adapter step."""
     torch.manual_seed(0)
@@ -128,17 +134,20 @@ def _child(variant: str, grid: int, pooling: str, batch: int, device: str) -> No
             fn()
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - before
-        else:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else:  # Linux: reset the peak resident set (clear_refs 5), then read it back (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+            before = _status_kib("VmRSS")
             fn()
-            peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+            peak = max(0, _status_kib("VmHWM") - before) * 1024
     print(json.dumps({"peak_bytes": peak}))
 
 
 def peak_memory(variant, grid, pooling, batch, device) -> int:
     cmd = [sys.executable, __file__, "--child", variant, str(grid), pooling, str(batch), "--device", device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1",
-                                                                               "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+                                                                               # big blocks straight from and back to the OS,
+                                                                               # so the resident set follows the live tensors
+                                                                               "MALLOC_MMAP_THRESHOLD_": "65536"})
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
@@ -170,13 +179,16 @@ def timing(grid, pooling, batch, rounds, device) -> dict:
 
 
 def table(result) -> str:
-    lines = ["| grid | pooling | FLOPs reference / bare | FLOPs new / bare | explain / bare | resize madds (not counted) "
-             "| peak MiB reference | peak MiB new | time new / reference |", "|---|---|---|---|---|---|---|---|---|"]
+    bs = result["batches_for_memory"]
+    lines = ["| grid | pooling | FLOPs reference / bare | FLOPs new / bare | explain / bare | resize madds (not counted) | "
+             + " | ".join(f"peak MiB B={b}: reference -> new" for b in bs) + f" | time new / reference (B={result['batch_for_time']}) |",
+             "|---|---|---|---|---|---|" + "---|" * len(bs) + "---|"]
     for f in result["flops"]:
         m = next(r for r in result["adapter"] if r["grid"] == f["grid"] and r["pooling"] == f["pooling"])
         lines.append(f"| {f['grid']} | {f['pooling']} | {f['reference_over_bare']:.3f} | {f['new_over_bare']:.3f} | "
                      f"{f['explain_over_bare']:.3f} | {f['resize_madds'] / 1e6:.1f} M | "
-                     f"{m['peak_reference'] / 2**20:.0f} | {m['peak_new'] / 2**20:.0f} | {m['new_over_reference']:.2f} |")
+                     + " | ".join(f"{m[f'peak_reference_b{b}'] / 2**20:.0f} -> {m[f'peak_new_b{b}'] / 2**20:.0f}" for b in bs)
+                     + f" | {m['new_over_reference']:.2f} |")
     return "\n".join(lines)
 
 
@@ -192,20 +204,22 @@ def main(argv=None) -> None:
         return _child(v, int(g), p, int(b), args.device)
     torch.set_num_threads(1)
     batch, rounds = (2, 3) if args.quick else (8, 5)
+    memory_batches = (2,) if args.quick else (8, 64)
     grids, poolings = (7, 14), ("softmax", "max")
     result = {"backbone": "timm:resnet50 (random init)", "input": "224 px", "concepts": M, "classes": CLASSES,
-              "batch_for_memory_and_time": batch, "rounds": rounds, "device": args.device,
+              "batch_for_time": batch, "batches_for_memory": list(memory_batches), "rounds": rounds, "device": args.device,
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "flops": flop_rows(grids, poolings), "adapter": []}
     for grid in grids:
         for pooling in poolings:
-            row = {"grid": grid, "pooling": pooling,
-                   "peak_reference": peak_memory("reference", grid, pooling, batch, args.device),
-                   "peak_new": peak_memory("new", grid, pooling, batch, args.device),
-                   **timing(grid, pooling, batch, rounds, args.device)}
+            row = {"grid": grid, "pooling": pooling, **timing(grid, pooling, batch, rounds, args.device)}
+            for b in memory_batches:
+                row[f"peak_reference_b{b}"] = peak_memory("reference", grid, pooling, b, args.device)
+                row[f"peak_new_b{b}"] = peak_memory("new", grid, pooling, b, args.device)
             result["adapter"].append(row)
-            print(f"grid {grid:2d} {pooling:7s} peak MiB {row['peak_reference'] / 2**20:.0f} -> "
-                  f"{row['peak_new'] / 2**20:.0f}, time x{row['new_over_reference']:.2f}", flush=True)
+            print(f"grid {grid:2d} {pooling:7s} peak MiB " + ", ".join(
+                f"B={b}: {row[f'peak_reference_b{b}'] / 2**20:.0f} -> {row[f'peak_new_b{b}'] / 2**20:.0f}"
+                for b in memory_batches) + f"; time x{row['new_over_reference']:.2f}", flush=True)
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2))
     atomic_write_text(out.with_suffix(".md"), table(result) + "\n")

@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["CHUNK_ELEMENTS", "pooled_activations", "project_first"]
 
-#: elements of one chunk of concept maps (B x k x Hg x Wg); 4 Mi elements = 16 MiB in fp32
-CHUNK_ELEMENTS = 1 << 22
+#: elements of one chunk of concept maps (B x k x Hg x Wg); 1 Mi elements = 4 MiB in fp32
+CHUNK_ELEMENTS = 1 << 20
 
 
 def project_first(map_size: tuple[int, int], grid: tuple[int, int]) -> bool:

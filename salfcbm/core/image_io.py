@@ -7,7 +7,6 @@ every refusal is an `ImageInputError` (or `CorruptImageError`, `ImageTooLargeErr
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import warnings

@@ -34,12 +34,15 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from salfcbm.core.image_io import check_image_pixels, is_loaded, load_images, max_image_pixels, open_image
 from salfcbm.errors import AlignmentError, ImageConversionWarning, ImageInputError, ImageTooLargeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from salfcbm.core.config import ModelConfig
 
 __all__ = [
     "ImageTransform",
@@ -140,15 +143,15 @@ class ImageTransform:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ImageTransform:
-        """Rebuild from `to_config` keys."""
+    def from_config(cls, config: ModelConfig) -> ImageTransform:
+        """Rebuild from a model's config (the fields `to_config` writes)."""
         return cls(
-            size=tuple(config["input_size"]),
-            crop_pct=config.get("input_crop_pct", 1.0),
-            crop_mode=config.get("input_crop_mode", "center"),
-            interpolation=config.get("input_interpolation", "bilinear"),
-            mean=tuple(config["input_mean"]),
-            std=tuple(config["input_std"]),
+            size=tuple(config.input_size),
+            crop_pct=config.input_crop_pct,
+            crop_mode=config.input_crop_mode,
+            interpolation=config.input_interpolation,
+            mean=tuple(config.input_mean),
+            std=tuple(config.input_std),
         )
 
     # -- geometry

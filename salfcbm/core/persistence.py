@@ -35,15 +35,11 @@ import torch
 from torch import nn
 
 from salfcbm._utils.io import replace_files, sha256_bytes, write_in_progress
-from salfcbm._utils.modes import module_device_dtype, preserved_modes
 from salfcbm.core import backbone_weights
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.errors import (
-    BackboneMismatchError,
-    BackboneSpecError,
     ChecksumError,
     ConfigError,
-    ConfigMismatchError,
     InputError,
     ModelNotFoundError,
     WeightsFormatError,
@@ -53,7 +49,8 @@ from salfcbm.core.load_checks import (check_backbone, check_backbone_source, che
                                       check_outputs_finite, check_state_matches, check_tensors)
 from salfcbm.core.model_card import MODEL_CARD_TEMPLATE
 
-__all__ = ["save_model", "load_model", "MODEL_CARD_TEMPLATE", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME",
+__all__ = ["save_model", "load_model", "check_backbone", "check_backbone_source", "check_concept_count",
+           "check_outputs_finite", "check_state_matches", "check_tensors", "MODEL_CARD_TEMPLATE", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME",
            "OWNED_FILES", "card_is_ours", "read_model_files", "MAX_CONFIG_BYTES", "MAX_JSON_DEPTH",
            "MAX_HEADER_BYTES"]
 
