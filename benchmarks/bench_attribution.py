@@ -127,7 +127,7 @@ def _table2_model(demo_model, data, cfg: dict, out: Path, progress: bool, device
     Trained with the concepts "An image of a {class}" (their ground truth: the objects that meet
     the class rule), the paper's head selection, in ``out/table2`` (resumable).
     """
-    from salfcbm.core.model import wrap
+    from salfcbm import wrap
     from salfcbm.demo.scenes import GroundTruthScorer
     from salfcbm.explain.attribution import CLASS_TEMPLATE
     from salfcbm.supervision.prompts import PromptGrid
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         from torch.utils.data import DataLoader, Subset
 
         from salfcbm.datasets.imagenet_seg import ImagenetSegmentation
-        from salfcbm.core.model import SALFCBM
+        from salfcbm import SALFCBM
 
         model = SALFCBM.from_pretrained(args.model).eval().to(device)
         ds = ImagenetSegmentation(args.imagenet_seg, size=args.size)

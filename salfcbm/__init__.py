@@ -30,8 +30,8 @@ __version__ = "0.1.0.dev0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     # the model
-    "wrap": "salfcbm.core.model",
-    "SALFCBM": "salfcbm.core.model",
+    "wrap": "salfcbm.explain.mixin",
+    "SALFCBM": "salfcbm.explain.mixin",
     "SALFCBMOutput": "salfcbm.core.outputs",
     "SALFCBMClassifier": "salfcbm.core.outputs",
     "FeatureTap": "salfcbm.core.tap",
@@ -114,11 +114,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from salfcbm._utils.shard_compute import compute_store
     from salfcbm._utils.shards import ShardedStore
-    from salfcbm.core.model import SALFCBM, wrap
     from salfcbm.core.outputs import SALFCBMClassifier, SALFCBMOutput
     from salfcbm.core.tap import FeatureTap, default_layer
     from salfcbm.datasets.folder import ImageFolderDataset
     from salfcbm.explain.attribution import SALFCBMAttribution
+    from salfcbm.explain.mixin import SALFCBM, wrap
     from salfcbm.explain.results import (
         ClassExplanation,
         DecisionRule,

@@ -309,7 +309,7 @@ def _model_source(path: str) -> tuple[str, Path | None]:
 
 
 def _load_model(args):
-    from salfcbm.core.model import SALFCBM
+    from salfcbm import SALFCBM  # the model class with its explanation methods
 
     kind, path = _model_source(args.model)
     if kind == "demo":

@@ -17,12 +17,12 @@ from typing import Any
 
 from salfcbm.core.backbones import normalize_spec
 from salfcbm.core.images import CROP_MODES, INTERPOLATIONS
+from salfcbm.core.pooling import POOLINGS  # the open registry (name -> function); register_pooling adds to it
 from salfcbm.errors import ConfigError, closest
 
 __all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS", "CONFIG_LIMITS", "repeated"]
 
 CONFIG_VERSION = 3  # 3: the image geometry (input_crop_pct, input_crop_mode, input_interpolation)
-POOLINGS = ("mean", "softmax", "max")
 
 #: The largest sizes a model config may name. A ``config.json`` is checked against them before
 #: anything is allocated (a file asking for a 100000 px input is refused, not run), and `wrap`
@@ -180,8 +180,9 @@ class ModelConfig:
             raise _fail("num_classes", self.num_classes, f"a positive int <= {lim['classes']} (CONFIG_LIMITS)")
         if not _is_pair(self.grid, lim["grid_side"]):
             raise _fail("grid", self.grid, f"a pair of ints [H~, W~] in 1..{lim['grid_side']} (CONFIG_LIMITS)")
-        if self.pooling not in POOLINGS:
-            raise _fail("pooling", self.pooling, f"one of {POOLINGS}")
+        if not isinstance(self.pooling, str) or self.pooling not in POOLINGS:
+            raise _fail("pooling", self.pooling, f"one of {tuple(POOLINGS)} (register others with "
+                        "salfcbm.core.pooling.register_pooling before loading)")
         if self.bottleneck_bias is not None and not isinstance(self.bottleneck_bias, bool):
             raise _fail("bottleneck_bias", self.bottleneck_bias, "true, false or null")
         if not isinstance(self.cls_concat, bool) or not isinstance(self.freeze_backbone, bool):

@@ -28,7 +28,7 @@ import torch
 from salfcbm._utils.io import atomic_write_bytes, checked_safetensors, read_checked_metadata
 from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
-from salfcbm.core.model import SALFCBM, wrap
+from salfcbm.explain.mixin import SALFCBM, wrap
 from salfcbm.errors import InputError
 from salfcbm.demo.checks import explanation_mask_check
 from salfcbm.explain.evidence import EVIDENCE_LABELS

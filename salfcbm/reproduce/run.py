@@ -190,7 +190,7 @@ def _salf_dense(model, run: Path, train, val, test) -> float:
 
 def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> dict[str, Any]:
     """Reload the saved model, compare logits, explain ``n`` test images into an HTML report."""
-    from salfcbm.core.model import SALFCBM
+    from salfcbm import SALFCBM  # with its explanation methods
     from salfcbm.viz import write_html_report
 
     paths = [p for p, _ in test.samples[: min(n, len(test))]]
@@ -256,7 +256,7 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
                 stores_only: bool = False) -> dict[str, Any]:
     """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
     from salfcbm.core.images import align_dataset
-    from salfcbm.core.model import wrap
+    from salfcbm import wrap  # the model class with its explanation methods
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.store import compute_similarity_store
     from salfcbm.training import HeadConfig, feature_store, fit

@@ -49,7 +49,7 @@ def test_pool_then_project_matches_the_maps_path(key):
         with torch.no_grad():
             maps, act, logits = _reference(model, x)
             out = model(x)
-            assert out.maps_computed == (pooling != "mean")
+            assert not out.maps_computed  # every pooling builds its maps only when read (21.5)
             tol = {"rtol": 1e-4, "atol": 1e-4 * float(maps.abs().max())}
             torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()))
             torch.testing.assert_close(out.concept_activations, act, **tol)
