@@ -16,7 +16,6 @@ from types import MappingProxyType
 from typing import Any
 
 from salfcbm.core.backbones import normalize_spec
-from salfcbm.core.images import CROP_MODES, INTERPOLATIONS
 from salfcbm.errors import ConfigError, closest
 
 __all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS", "CONFIG_LIMITS", "repeated"]
@@ -205,6 +204,8 @@ class ModelConfig:
             raise _fail("input_mean", self.input_mean, "three finite numbers")
         if not _floats(self.input_std) or min(self.input_std) <= 0:
             raise _fail("input_std", self.input_std, "three finite positive numbers")
+        from salfcbm.core.images import CROP_MODES, INTERPOLATIONS  # torch: imported once a config is built
+
         cp = self.input_crop_pct
         if isinstance(cp, bool) or not isinstance(cp, (int, float)) or not 0 < cp <= 1:
             raise _fail("input_crop_pct", cp, "a number in (0, 1] (1 = keep the whole shorter side)")
