@@ -3,9 +3,10 @@
 The parser is built without importing torch, timm or the training code, so ``salfcbm --help``
 and every ``salfcbm COMMAND --help`` start in a blink. Choices the library lists in a torch-free
 module are taken from there (the poolings: `salfcbm.core.config.POOLINGS`, or the pooling
-registry `salfcbm.core.pooling.POOLINGS` once it exists; the reproduce datasets: the recipes).
-The few settings whose home imports torch (`salfcbm.training.BottleneckConfig`'s defaults, its
-cutoff statistics, the head presets, the precisions) are copied here; ``tests/cli/test_parser.py``
+registry `salfcbm.core.pooling.POOLINGS` once it exists; the precisions:
+`salfcbm.core.config.PRECISIONS`; the reproduce datasets: the recipes). The few settings whose
+home imports torch (`salfcbm.training.BottleneckConfig`'s defaults, its cutoff statistics, the
+head presets) are copied here; ``tests/cli/test_parser.py``
 checks every copy against its library source, and the command validates its values against the
 live library after importing it (a `BottleneckConfig`, `HeadConfig.paper`, a scorer).
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from types import MappingProxyType
+
+from salfcbm.core.config import PRECISIONS
 
 __all__ = ["BOTTLENECK_DEFAULTS", "CUTOFF_GUARDS", "CUTOFF_STATISTICS", "HEAD_PRESETS", "PRECISIONS", "poolings"]
 
@@ -27,8 +30,6 @@ CUTOFF_STATISTICS = ("cell", "pooled", "lfcbm")
 CUTOFF_GUARDS = ("keep", "warn")
 #: The keys of `salfcbm.training.PAPER_LAMBDAS` (``HeadConfig.paper``'s presets).
 HEAD_PRESETS = ("imagenet", "places365", "cub", "cifar10", "cifar100", "default")
-#: The keys of `salfcbm._utils.tensors.PRECISIONS` (the scorer's and the feature pass's autocast).
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def poolings() -> tuple[str, ...]:

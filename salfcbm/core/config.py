@@ -18,10 +18,13 @@ from typing import Any
 from salfcbm.core.backbones import normalize_spec
 from salfcbm.errors import ConfigError, closest
 
-__all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS", "CONFIG_LIMITS", "repeated"]
+__all__ = ["ModelConfig", "CONFIG_VERSION", "POOLINGS", "PRECISIONS", "CONFIG_LIMITS", "repeated"]
 
 CONFIG_VERSION = 3  # 3: the image geometry (input_crop_pct, input_crop_mode, input_interpolation)
 POOLINGS = ("mean", "softmax", "max")
+#: The compute precisions salfcbm takes (the keys of ``salfcbm._utils.tensors.PRECISIONS``, which maps them to
+#: torch dtypes); listed here, without torch, for the command line's choices.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 #: The largest sizes a model config may name. A ``config.json`` is checked against them before
 #: anything is allocated (a file asking for a 100000 px input is refused, not run), and `wrap`

@@ -16,19 +16,21 @@ __all__ = ["add_parser", "cmd_reproduce"]
 def add_parser(sub: argparse._SubParsersAction, formatter_class: type | None = None) -> argparse.ArgumentParser:
     """Add the ``reproduce`` sub-command to ``sub`` (the ``salfcbm`` sub-parsers)."""
     from salfcbm._utils.argtypes import device, float_in, in_dir, in_file, int_in, out_dir
+    from salfcbm.core.config import PRECISIONS
+    from salfcbm.reproduce.recipes import DATASETS, DRY_RUN_SCORERS
 
     r = sub.add_parser("reproduce", help="run one of the paper's experiments (Tables 1-3, appendix B.1)",
                        formatter_class=formatter_class or argparse.HelpFormatter,
                        description="Run a named, versioned recipe of the paper. Prints what it will cost first.")
     r.add_argument("table", nargs="?", help="table1, table2, table3, appendix-b1, or a recipe name (see --list)")
-    r.add_argument("--dataset", choices=["imagenet", "places365", "cub"], help="the dataset column")
+    r.add_argument("--dataset", choices=DATASETS, help="the dataset column")
     r.add_argument("--list", action="store_true", help="list the recipes and exit")
     r.add_argument("--data-root", type=in_dir, help="the dataset in its shipped layout")
     r.add_argument("--run-dir", type=out_dir, help="where stores, models and the table go (resumable)")
     r.add_argument("--seg-file", type=in_file, help="gtsegs_ijcv.mat (Table 2)")
     r.add_argument("--dry-run", action="store_true",
                    help="random weights, real shapes, a few generated images in the real layout (no data needed)")
-    r.add_argument("--dry-run-scorer", choices=["full", "tiny"], default="full",
+    r.add_argument("--dry-run-scorer", choices=DRY_RUN_SCORERS, default="full",
                    help="dry run with the real CLIP architecture (full) or a tiny CLIP at 224 px (CPU)")
     r.add_argument("--measure-throughput", action="store_true",
                    help="time a short batch of the scorer on --device, print the cost with it, and exit")
@@ -37,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction, formatter_class: type | None = N
     r.add_argument("--cost-only", action="store_true", help="print the cost and exit")
     r.add_argument("--force", action="store_true", help="start even if the disk looks too small")
     r.add_argument("--device", type=device, default=None, help="where to run (default: CUDA if available, else CPU)")
-    r.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="scorer precision")
+    r.add_argument("--precision", default="fp32", choices=PRECISIONS, help="scorer precision")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reproduce)
     return r

@@ -210,6 +210,11 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 
+#: The datasets of the recipes, in the order of the paper's tables (``salfcbm reproduce --dataset``).
+DATASETS = tuple(dict.fromkeys(r.dataset for r in RECIPES.values()))
+#: The scorers of a dry run (`salfcbm.reproduce.run.dry_run_scorer`): the recipe's CLIP architecture or a tiny one.
+DRY_RUN_SCORERS = ("full", "tiny")
+
 #: ``salfcbm reproduce TABLE --dataset D`` -> recipe name.
 _ALIASES = {("table1", "imagenet"): "table1-imagenet", ("table1", "places365"): "table1-places365",
             ("table1", "cub"): "table1-cub", ("table2", "imagenet"): "table2-imagenet-seg",

@@ -29,7 +29,7 @@ import torch
 
 from salfcbm._utils.io import atomic_write_bytes
 from salfcbm.errors import ConfigError, ConfigMismatchError, DryRunError, InputError, MissingExtraError, RecipeRunError
-from salfcbm.reproduce.recipes import Recipe
+from salfcbm.reproduce.recipes import DRY_RUN_SCORERS, Recipe
 from salfcbm.reproduce.tables import format_concepts, format_table
 
 __all__ = ["DryRunError", "RecipeRunError", "backbone_head_accuracy", "bottleneck_config", "build_backbone",
@@ -402,7 +402,7 @@ def dry_run_scorer(recipe: Recipe, kind: str = "full", device=None):
     """The recipe's scorer architecture with random weights (``"full"``), or a tiny CLIP at 224 px (``"tiny"``)."""
     from salfcbm.supervision.scorers import CLIPScorer
 
-    if kind not in ("full", "tiny"):
+    if kind not in DRY_RUN_SCORERS:
         raise InputError(f"The dry-run scorer must be 'full' or 'tiny', got {kind!r}.")
     name = recipe.scorer[0]
     if kind == "tiny":
