@@ -108,14 +108,8 @@ def concept_filter_options(recipe: Recipe) -> dict[str, Any] | bool:
 
 
 def bottleneck_config(recipe: Recipe, n_train: int):
-    """The recipe's `BottleneckConfig`; like LF-CBM's ``min(proj_batch_size, len(train))``, a step sees
-    at most the whole training set (never an image twice)."""
-    from salfcbm.training import BottleneckConfig
-
-    return BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=max(2, min(recipe.bottleneck_batch, n_train)),
-                            max_steps=recipe.bottleneck_steps, patience=recipe.bottleneck_patience,
-                            val_every=recipe.bottleneck_val_every, init=recipe.bottleneck_init,
-                            **_cutoff_settings(recipe))
+    """The recipe's `BottleneckConfig` (`RecipeBottleneck.config`) with its interpretability cutoff."""
+    return recipe.bottleneck.config(n_train, **_cutoff_settings(recipe))
 
 
 def _cutoff_settings(recipe: Recipe) -> dict[str, Any]:
@@ -486,7 +480,7 @@ def dry_run(
     if not root.exists():
         write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
                           per_split=dict(zip(split_names[recipe.dataset], images)))
-    small = replace(recipe, bottleneck_steps=bottleneck_steps, activation_cutoff=0.0, interpretability_cutoff=-1.0,
+    small = replace(recipe, bottleneck=replace(recipe.bottleneck, max_steps=bottleneck_steps), activation_cutoff=0.0, interpretability_cutoff=-1.0,
                     concept_filters="none",
                     sweep=_spread(recipe.sweep, sweep_points),
                     baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
