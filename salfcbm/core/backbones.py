@@ -146,7 +146,7 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(backbone.state_dict().items()):
         h.update(f"{k}:{tuple(v.shape)}\n".encode())
-        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().tobytes())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().data)  # hashed in place
     return h.hexdigest()[:24]
 
 

@@ -593,6 +593,8 @@ def load_model(cls: type, model_id: str | os.PathLike, *, backbone: nn.Module | 
         check_backbone_source(config.backbone, str(model_id), trusted=trust_backbone_source)
         backbone = backbone_weights.saved_backbone(config, weights_file, str(model_id), verify=verify,
                                                    hub_kwargs=hub_kwargs)
+        # weights read from a file whose SHA-256 was just checked need no second hash (their fingerprint)
+        verify_backbone = verify_backbone and not (verify and backbone is not None)
     kwargs = _constructor_kwargs(config, backbone, overrides)
     if kwargs.get("bottleneck_bias") is None:  # saved before the field existed: the weights decide
         kwargs["bottleneck_bias"] = "bottleneck.bias" in state
