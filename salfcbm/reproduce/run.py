@@ -429,6 +429,45 @@ def _numbers(results: dict[str, Any]) -> dict[str, Any]:
     return {k: {kk: vv for kk, vv in v.items() if kk != "checks"} for k, v in results["runs"].items()}
 
 
+def dry_run_inputs(recipe: Recipe, run_dir: str | os.PathLike, *, scorer: str, images: tuple[int, int],
+                   bottleneck_steps: int, sweep_points: int | None, seg_images: int, device, progress: bool,
+                   write: bool = True) -> tuple[Recipe, Path, dict[str, Any]]:
+    """`dry_run`'s scaled recipe, generated dataset root and `run_recipe` keywords; ``write``: generate the data
+    (the images once; under torchrun rank 0 alone writes, the other ranks read)."""
+    from salfcbm.datasets.paper import write_fake_layout
+
+    run = Path(run_dir)
+    split_names = {"imagenet": ("train", "val"), "places365": ("train-standard", "val"), "cub": ("train", "test")}
+    root = run / "data" / recipe.dataset
+    if write and not root.exists():
+        write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
+                          per_split=dict(zip(split_names[recipe.dataset], images)))
+    small = replace(recipe, bottleneck=replace(recipe.bottleneck, max_steps=bottleneck_steps), activation_cutoff=0.0,
+                    interpretability_cutoff=-1.0, concept_filters="none",
+                    sweep=_spread(recipe.sweep, sweep_points),
+                    baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
+    concepts = None
+    if not recipe.concepts.startswith("template:"):
+        concepts = [f"dry-run concept {i:05d}" for i in range(recipe.expected_concepts)]
+    seg_file = None
+    if recipe.segmentation:
+        import numpy as np
+
+        from salfcbm.datasets.paper import write_imagenet_seg_mat
+
+        rng = np.random.default_rng(0)
+        imgs = [rng.integers(0, 256, size=(240, 300, 3), dtype=np.uint8) for _ in range(seg_images)]
+        masks = [np.zeros((240, 300), np.uint8) for _ in range(seg_images)]
+        for m in masks:
+            m[60:180, 80:220] = 1
+        seg_file = run / "data" / "gtsegs_ijcv.mat"
+        if write:
+            write_imagenet_seg_mat(seg_file, imgs, masks)
+    kw = dict(scorer=dry_run_scorer(recipe, scorer, device), concepts=concepts, pretrained=False, seg_file=seg_file,
+              seg_steps=2, device=device, progress=progress, force=True)
+    return small, root, kw
+
+
 def dry_run(
     recipe: Recipe,
     run_dir: str | os.PathLike,
@@ -440,7 +479,7 @@ def dry_run(
     seg_images: int = 2,
     device: str | torch.device | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run ``recipe`` end to end with random weights at the real shapes on generated data, twice.
 
     The dataset is generated in its real layout (all of the recipe's classes, ``images``
@@ -465,47 +504,34 @@ def dry_run(
         device: where to run.
         progress: progress bars.
 
+    Under torchrun the first run is `run_on_ranks`' (every rank computes its shards of the stores,
+    rank 0 trains) and the resumed run is rank 0's.
+
     Returns:
-        ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``.
+        ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``
+        (``None`` on a torchrun rank other than 0).
 
     Raises:
         DryRunError: the resumed run or the reloaded model disagrees.
     """
-    from salfcbm.datasets.paper import write_fake_layout
+    from salfcbm.reproduce.ranks import barrier, rank_and_world, run_on_ranks
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = Path(run_dir)
-    split_names = {"imagenet": ("train", "val"), "places365": ("train-standard", "val"), "cub": ("train", "test")}
-    root = run / "data" / recipe.dataset
-    if not root.exists():
-        write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
-                          per_split=dict(zip(split_names[recipe.dataset], images)))
-    small = replace(recipe, bottleneck=replace(recipe.bottleneck, max_steps=bottleneck_steps), activation_cutoff=0.0, interpretability_cutoff=-1.0,
-                    concept_filters="none",
-                    sweep=_spread(recipe.sweep, sweep_points),
-                    baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
-    concepts = None
-    if not recipe.concepts.startswith("template:"):
-        concepts = [f"dry-run concept {i:05d}" for i in range(recipe.expected_concepts)]
-    seg_file = None
-    if recipe.segmentation:
-        import numpy as np
-
-        from salfcbm.datasets.paper import write_imagenet_seg_mat
-
-        rng = np.random.default_rng(0)
-        imgs = [rng.integers(0, 256, size=(240, 300, 3), dtype=np.uint8) for _ in range(seg_images)]
-        masks = [np.zeros((240, 300), np.uint8) for _ in range(seg_images)]
-        for m in masks:
-            m[60:180, 80:220] = 1
-        seg_file = write_imagenet_seg_mat(run / "data" / "gtsegs_ijcv.mat", imgs, masks)
-    sc = dry_run_scorer(recipe, scorer, device)
-    kw = dict(scorer=sc, concepts=concepts, pretrained=False, seg_file=seg_file, seg_steps=2, device=device,
-              progress=progress, force=True)
+    rank, _ = rank_and_world()
+    if rank != 0:  # torchrun: rank 0 generates the data, the other ranks read it
+        barrier()
+    small, root, kw = dry_run_inputs(recipe, run, scorer=scorer, images=images, bottleneck_steps=bottleneck_steps,
+                                     sweep_points=sweep_points, seg_images=seg_images, device=device, progress=progress,
+                                     write=rank == 0)
+    if rank == 0:
+        barrier()
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: degenerate-result warnings are expected
-        first = run_recipe(small, root, run / "run", **kw)
+        first = run_on_ranks(small, root, run / "run", **kw)  # torchrun: the ranks share the stores, rank 0 trains
+        if first is None:  # another rank than 0: its shards are done
+            return None
         seconds = time.perf_counter() - t
         t = time.perf_counter()
         second = run_recipe(small, root, run / "run", **kw)
