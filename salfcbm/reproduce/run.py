@@ -247,7 +247,7 @@ def _interpretability_cutoff(recipe: Recipe) -> float:
 
 def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
                 device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool,
-                stores_only: bool = False) -> dict[str, Any]:
+                stores_only: bool = False, shard_size: int | None = None) -> dict[str, Any]:
     """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
     from salfcbm.core.images import align_dataset
     from salfcbm.core.model import wrap
@@ -264,7 +264,7 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
                  backbone_weights=recipe.backbone["weights"] if pretrained else None).to(device)
     # one geometry: the scorer and the backbone see the model's own view of every image
     train, val, test = (align_dataset(d, model.image_transform) for d in (train, val, test))
-    kw = dict(batch_size=recipe.batch_size, progress=progress)
+    kw = dict(batch_size=recipe.batch_size, progress=progress, **({"shard_size": shard_size} if shard_size else {}))
     s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
     s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
     if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
@@ -329,6 +329,7 @@ def run_recipe(
     force: bool = False,
     progress: bool = True,
     stores_only: bool = False,
+    shard_size: int | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
 
@@ -348,6 +349,8 @@ def run_recipe(
         progress: progress bars.
         stores_only: only compute the similarity and feature stores (each ``torchrun`` rank
             its share of the shards), then return; a later call trains from them.
+        shard_size: images per shard of the similarity stores, the unit of resuming and of splitting them
+            across torchrun ranks (default: the store's own, 1,024).
 
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
@@ -373,7 +376,8 @@ def run_recipe(
         sub_dir = run if sub is recipe else run / sub.name
         results[sub.name] = _run_single(sub, data, concepts, sub_dir, scorer=scorer, pretrained=pretrained,
                                         device=device, seg_file=seg_file, seg_steps=seg_steps,
-                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only)
+                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only,
+                                        shard_size=shard_size)
     if stores_only:
         return {"recipe": recipe.to_dict(), "runs": results, "table": ""}
     table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
