@@ -105,7 +105,7 @@ def _table(res: dict) -> str:
               "| step | " + " | ".join(versions) + " |", "|---|" + "---|" * len(versions)]
     labels = {"bare": "build the bare backbone", "wrap_minus_bare": "wrap (added to the bare build)",
               "load_saved_minus_bare": "from_pretrained(dir), saved backbone file, minus the bare build",
-              "load_given_minus_bare": "bare build + from_pretrained(dir, backbone=), minus the bare build"}
+              "load_given_minus_bare": "bare build + from_pretrained(dir, backbone=, verify_backbone=False), minus the bare build"}
     for k, label in labels.items():
         lines.append(f"| {label} | " + " | ".join(f"{res['model'][v][k]:.3f}" for v in versions) + " |")
     return "\n".join(lines) + "\n"
