@@ -3,7 +3,7 @@
     python scripts/method_docs.py          # rewrite the generated part of docs/method.md
     python scripts/method_docs.py --check  # exit 1 if it is out of date (tests/reproduce/test_method_docs.py too)
 
-One table per recipe (`salfcbm.reproduce.RECIPES`), one row per key of ``get_recipe(name).to_dict()``:
+One table per recipe (`salfcbm.reproduce.RECIPES`), one row per key of ``get_recipe(name).settings()``:
 the recipe's value, then the paper's, LF-CBM's and the authors' code's values, the source and the
 reason for a difference, from `salfcbm.reproduce.sources.SOURCES` (most specific key first:
 ``"RECIPE:field"``, ``"TABLE:field"``, ``"DATASET:field"``, ``"field"``). A field without an entry
@@ -65,7 +65,7 @@ def recipe_table(name: str) -> list[str]:
              f"{recipe.table}, {recipe.dataset}" + (f" ({recipe.notes})" if recipe.notes else "") + ".", "",
              "| setting | recipe | paper | LF-CBM | authors' code | source | why it differs |",
              "|---|---|---|---|---|---|---|"]
-    for field, value in recipe.to_dict().items():
+    for field, value in recipe.settings().items():
         s = source_of(recipe, field)
         lines.append("| " + " | ".join(_cell(c) for c in (f"`{field}`", _value(value), s.paper, s.lfcbm, s.authors,
                                                              s.source, s.reason)) + " |")
@@ -76,7 +76,7 @@ def render_tables() -> str:
     """The generated block, markers included."""
     from salfcbm.reproduce.recipes import RECIPES
 
-    parts = [START, "", "Generated from `get_recipe(name).to_dict()` and `salfcbm.reproduce.sources.SOURCES`. An",
+    parts = [START, "", "Generated from `get_recipe(name).settings()` and `salfcbm.reproduce.sources.SOURCES`. An",
              "empty cell: the setting is not stated there (or not applicable).", ""]
     for name in RECIPES:
         parts += recipe_table(name)

@@ -344,7 +344,7 @@ def test_corrupt_image_through_dataloader_workers_is_one_line(tmp_path, capsys):
     ds = ImageFolderDataset(tmp_path / "data", size=32)
     with pytest.raises(CorruptImageError, match="2.png"):
         ds[ds.folder.samples.index((str(bad), 1))]
-    from salfcbm.cli import _one_line
+    from salfcbm.cli.entry import one_line as _one_line
 
     loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=1)
     with pytest.raises(CorruptImageError) as e:

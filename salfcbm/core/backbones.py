@@ -8,10 +8,7 @@ the backbone itself are never saved by salfcbm.
 from __future__ import annotations
 
 import functools
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from salfcbm.errors import BackboneSpecError
 
@@ -25,6 +22,9 @@ __all__ = [
     "resolve_weights",
     "SAFE_KWARGS",
 ]
+
+if TYPE_CHECKING:  # torch is imported where a backbone is built or read, so specs and configs load without it
+    from torch import nn
 
 _SOURCES = ("timm", "torchvision", "custom")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,10 +141,12 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
     """
     import hashlib
 
+    import torch
+
     h = hashlib.sha256()
     for k, v in sorted(backbone.state_dict().items()):
         h.update(f"{k}:{tuple(v.shape)}\n".encode())
-        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().tobytes())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy().data)  # hashed in place
     return h.hexdigest()[:24]
 
 
@@ -188,6 +190,7 @@ def _torchvision_candidates(cls: type) -> tuple[tuple[str, tuple], ...]:
     """(builder name, parameter shapes) of every torchvision builder that returns ``cls`` (built on meta)."""
     import warnings
 
+    import torch
     import torchvision
 
     out = []

@@ -17,7 +17,7 @@ from salfcbm.core.config import ModelConfig
 from salfcbm.errors import BackboneMismatchError, BackboneSpecError, ConfigMismatchError, WeightsFormatError
 
 __all__ = ["check_backbone", "check_backbone_source", "check_concept_count", "check_outputs_finite",
-           "check_state_matches", "check_tensors"]
+           "check_state_matches", "check_tensors", "probe_features"]
 
 
 def check_tensors(state: dict[str, torch.Tensor], path: str) -> None:
@@ -74,11 +74,14 @@ def check_concept_count(state: dict[str, torch.Tensor], config: ModelConfig, mod
                                   "Use the config.json saved with these weights.")
 
 
-def check_backbone(model: Any, config: ModelConfig, saved_channels: int | None, *, verify_backbone: bool) -> None:
-    """Channels probed at the layer must equal the saved ones; the weights fingerprint must match."""
-    if saved_channels is not None and model.config.feature_channels != saved_channels:
+def check_backbone(model: Any, config: ModelConfig, saved_channels: int | None, *, verify_backbone: bool,
+                   channels: int | None = None) -> None:
+    """Channels probed at the layer (``channels``: of a probe map) must equal the saved ones; the weights
+    fingerprint must match."""
+    channels = model.config.feature_channels if channels is None else channels
+    if saved_channels is not None and channels != saved_channels:
         raise ConfigMismatchError(
-            f"The backbone gives {model.config.feature_channels} channels at layer {model.layer!r}, but the saved "
+            f"The backbone gives {channels} channels at layer {model.layer!r}, but the saved "
             f"bottleneck expects {saved_channels}. Pass the backbone (and layer) the model was trained with."
         )
     expected = config.backbone_fingerprint
@@ -120,19 +123,23 @@ def check_backbone_source(spec: dict | None, model_id: str, *, trusted: bool) ->
             )
 
 
-def check_outputs_finite(model: Any, model_id: str) -> None:
-    """Refuse finite but extreme weights: the model must give finite logits on a probe batch.
-
-    The batch is two images at the model's input size (seeded noise and a white image),
-    normalised as the model expects; the model's train/eval flags are restored afterwards.
-    """
+def probe_features(model: Any) -> torch.Tensor:
+    """The tapped map of the probe batch: two images at the model's input size (seeded noise and a white
+    image), normalised as the model expects; the model's train/eval flags are restored afterwards."""
     cfg = model.config
     g = torch.Generator().manual_seed(0)
     h, w = cfg.input_size
     x = torch.stack([torch.rand(3, h, w, generator=g), torch.ones(3, h, w)])
     x = (x - torch.tensor(cfg.input_mean).view(1, 3, 1, 1)) / torch.tensor(cfg.input_std).view(1, 3, 1, 1)
     with torch.no_grad(), preserved_modes(model, mode=False):
-        fmap = model.forward_features(x.to(module_device_dtype(model.backbone)[0]))  # the backbone's device
+        return model.forward_features(x.to(module_device_dtype(model.backbone)[0]))  # the backbone's device
+
+
+def check_outputs_finite(model: Any, model_id: str, fmap: torch.Tensor | None = None) -> None:
+    """Refuse finite but extreme weights: the model must give finite logits on the probe batch
+    (`probe_features`; ``fmap``: its map, when already computed)."""
+    fmap = probe_features(model) if fmap is None else fmap
+    with torch.no_grad(), preserved_modes(model, mode=False):
         out = model.output_from_features(fmap.to(module_device_dtype(model.bottleneck)[0]))  # the adapter's
     bad = [k for k in ("logits", "concept_activations") if not torch.isfinite(out[k]).all()]
     if bad:

@@ -46,7 +46,7 @@ from salfcbm.errors import (
 )
 from salfcbm.core.config import ModelConfig
 from salfcbm.core.load_checks import (check_backbone, check_backbone_source, check_concept_count,
-                                      check_outputs_finite, check_state_matches, check_tensors)
+                                      check_outputs_finite, check_state_matches, check_tensors, probe_features)
 from salfcbm.core.model_card import MODEL_CARD_TEMPLATE
 
 __all__ = ["save_model", "load_model", "check_backbone", "check_backbone_source", "check_concept_count",
@@ -427,15 +427,18 @@ def load_model(cls: type, model_id: str | os.PathLike, *, backbone: nn.Module | 
         check_backbone_source(config.backbone, str(model_id), trusted=trust_backbone_source)
         backbone = backbone_weights.saved_backbone(config, weights_file, str(model_id), verify=verify,
                                                    hub_kwargs=hub_kwargs)
+        # weights read from a file whose SHA-256 was just checked need no second hash (their fingerprint)
+        verify_backbone = verify_backbone and not (verify and backbone is not None)
     kwargs = _constructor_kwargs(config, backbone, overrides)
     if kwargs.get("bottleneck_bias") is None:  # saved before the field existed: the weights decide
         kwargs["bottleneck_bias"] = "bottleneck.bias" in state
     model = cls(**kwargs)
-    check_backbone(model, config, config.feature_channels, verify_backbone=verify_backbone)
+    fmap = probe_features(model)  # one probe forward: the channels check here and the finite-outputs check below
+    check_backbone(model, config, config.feature_channels, verify_backbone=verify_backbone, channels=fmap.shape[1])
     check_state_matches(model, state, str(model_id))
     model.load_state_dict(state, strict=False)  # exactly the adapter's keys (checked above)
     model.config = model.config.replace(head_stats=config.head_stats, backbone_fingerprint=config.backbone_fingerprint)
-    check_outputs_finite(model, str(model_id))
+    check_outputs_finite(model, str(model_id), fmap)
     return model
 
 
@@ -444,7 +447,7 @@ def _constructor_kwargs(config: ModelConfig, backbone: nn.Module | None, overrid
     for k in ("version", "weights_sha256", "backbone_fingerprint", "head_stats"):
         d.pop(k)
     d.pop("backbone_weights_sha256", None)
-    d["feature_channels"] = None  # probe the backbone at the layer instead of trusting the file
+    # the file's channels size the bottleneck; `load_model` checks them against the probed map
     if backbone is not None:
         if not isinstance(backbone, nn.Module):
             raise InputError(f"`backbone` must be an nn.Module, got {type(backbone).__name__}.")

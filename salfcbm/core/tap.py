@@ -349,6 +349,11 @@ def default_layer(backbone: nn.Module, input_size: tuple[int, int] | None = None
     module is probed and the deepest one with a spatial output (outside the
     classifier head) wins.
     """
+    return _pick_default(backbone, probe_layers(backbone, input_size), _feature_info_candidates(backbone), input_size)
+
+
+def _feature_info_candidates(backbone: nn.Module) -> list[str]:
+    """The last stage timm's ``feature_info`` names, when it names one of the backbone's modules."""
     modules = dict(backbone.named_modules())
     fi = getattr(backbone, "feature_info", None)
     candidates: list[str] = []
@@ -361,7 +366,12 @@ def default_layer(backbone: nn.Module, input_size: tuple[int, int] | None = None
             candidates.append(fi.module_name()[-1])
         except Exception:  # noqa: BLE001 - fall back to probing
             pass
-    infos = probe_layers(backbone, input_size)
+    return candidates
+
+
+def _pick_default(backbone: nn.Module, infos: list[LayerInfo], candidates: list[str],
+                  input_size: tuple[int, int] | None) -> str:
+    """`default_layer`'s choice among the probed ``infos``: a timm ``feature_info`` candidate, else the deepest spatial."""
     spatial = {i.name: i for i in infos if i.spatial}
     for c in candidates:
         if c in spatial:
@@ -385,10 +395,14 @@ def _candidates(backbone: nn.Module, input_size: tuple[int, int] | None, k: int 
     return ", ".join(f"{n!r}" for n in names)
 
 
-def _probe_layer(backbone: nn.Module, layer: str, input_size: tuple[int, int] | None) -> LayerInfo:
-    """What ``layer`` emits on a probe batch; a salfcbm error naming candidate layers unless it is a
-    spatial map with one entry per image."""
-    (info,) = probe_layers(backbone, input_size, names=[layer]) or [None]
+def _probe_layer(backbone: nn.Module, layer: str, input_size: tuple[int, int] | None,
+                 probed: list[LayerInfo] | None = None) -> LayerInfo:
+    """What ``layer`` emits on a probe batch (read from ``probed``, a probe of every module, when given);
+    a salfcbm error naming candidate layers unless it is a spatial map with one entry per image."""
+    if probed is None:
+        (info,) = probe_layers(backbone, input_size, names=[layer]) or [None]
+    else:
+        info = next((i for i in probed if i.name == layer), None)
     if info is None:
         raise NonSpatialLayerError(
             f"Module {layer!r} never ran during a forward pass of {type(backbone).__name__}; "
@@ -451,8 +465,10 @@ class FeatureTap:
             raise InputError(f"`backbone` must be a torch.nn.Module, got {type(backbone).__name__}.")
         self.backbone = backbone
         modules = dict(backbone.named_modules())
+        probed = None  # one probe forward: the default layer is chosen from the probe that describes it
         if layer is None:
-            layer = default_layer(backbone, input_size)
+            probed = probe_layers(backbone, input_size)
+            layer = _pick_default(backbone, probed, _feature_info_candidates(backbone), input_size)
         if layer not in modules or layer == "":
             raise LayerNotFoundError(layer, [n for n in modules if n])
         self.layer = layer
@@ -460,7 +476,7 @@ class FeatureTap:
         self.stop_early = stop_early
         self.cls_concat = bool(cls_concat)
         if layout is None:
-            info = _probe_layer(backbone, layer, input_size)
+            info = _probe_layer(backbone, layer, input_size, probed)
             layout, num_prefix_tokens, self.channels = info.layout, info.num_prefix_tokens, info.channels
             self.element: int | None = info.element
         else:  # as saved in a config: the map is the first tensor of the output with the input's batch

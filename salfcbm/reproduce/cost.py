@@ -173,7 +173,7 @@ def estimate_cost(recipe: Recipe, *, throughput: float | None = None, gpus: int 
     head = 2 * n_train * m * 4  # activations + standardised copy, fp32
     # one bottleneck step (fp32): the features, the targets and about five concept-sized intermediates of Eq. 1
     # and its gradient per image (measured: 6.0 MB per image at ImageNet's shapes, bench_bottleneck_regime.py)
-    batch = min(recipe.bottleneck_batch, n_train) * (f["channels"] + 6 * m) * g2 * 4
+    batch = min(recipe.bottleneck.batch_size, n_train) * (f["channels"] + 6 * m) * g2 * 4
     if throughput is None:
         throughput, source = ASSUMED_FLOPS / f["scorer_image"], f"assumed {ASSUMED_FLOPS / 1e12:.0f} TFLOP/s per GPU"
     else:

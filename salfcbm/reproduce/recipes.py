@@ -30,7 +30,51 @@ from typing import Any
 
 from salfcbm.errors import InputError, UnknownRecipeError
 
-__all__ = ["RECIPES", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes"]
+__all__ = ["RECIPES", "Recipe", "RecipeBottleneck", "UnknownRecipeError", "get_recipe", "list_recipes"]
+
+
+@dataclass(frozen=True)
+class RecipeBottleneck:
+    """The bottleneck regime of a recipe: `salfcbm.training.BottleneckConfig`'s names, without torch.
+
+    LF-CBM's projection-layer regime: Adam 1e-3, at most 1,000 steps, a validation check every 50
+    steps and a stop at the first one without a gain, ``nn.Linear``'s init; the batch is capped where
+    49 cells per image do not fit a GPU. `config` builds the `BottleneckConfig` a run trains with.
+
+    Attributes:
+        lr: Adam learning rate of the bottleneck.
+        batch_size: images per bottleneck step, at most the training set (LF-CBM's
+            ``min(proj_batch_size, N)``): 50,000 for CUB (the whole set, as LF-CBM), 8,192 for
+            ImageNet and Places365 (LF-CBM's 50,000 does not fit a GPU at 49 cells per image).
+        max_steps: maximum bottleneck steps (LF-CBM's ``proj_steps``, 1,000).
+        patience: validation checks without a gain before the bottleneck stops
+            (1: LF-CBM's stop at the first validation increase).
+        val_every: steps between validation checks (LF-CBM: 50).
+        init: ``"lf-cbm"`` (``nn.Linear``'s default, as LF-CBM's projection) or ``"normal"``.
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 8192
+    max_steps: int = 1000
+    patience: int = 1
+    val_every: int = 50
+    init: str = "lf-cbm"
+
+    def __post_init__(self) -> None:
+        if self.init not in BOTTLENECK_INITS:
+            raise InputError(f"Recipe bottleneck.init must be one of {BOTTLENECK_INITS}, got {self.init!r}.")
+
+    def config(self, n_train: int, **settings: Any):
+        """The `BottleneckConfig` of this regime for ``n_train`` training images (a step sees at most all of
+        them, never an image twice, like LF-CBM's ``min(proj_batch_size, len(train))``), with ``settings``."""
+        from salfcbm.training import BottleneckConfig
+
+        return BottleneckConfig(lr=self.lr, batch_size=max(2, min(self.batch_size, n_train)), max_steps=self.max_steps,
+                                patience=self.patience, val_every=self.val_every, init=self.init, **settings)
+
+
+#: `RecipeBottleneck.init` values (`salfcbm.training.BottleneckConfig`'s inits).
+BOTTLENECK_INITS = ("lf-cbm", "normal")
 
 
 @dataclass(frozen=True)
@@ -71,15 +115,8 @@ class Recipe:
         standard_lam: the same for the "standard, sparse" baseline.
         alpha: elastic-net mixing.
         solver_iters: LF-CBM's GLM-SAGA epochs (recorded; salfcbm's solver runs to its KKT tolerance).
-        bottleneck_lr: Adam learning rate of the bottleneck.
-        bottleneck_batch: images per bottleneck step, at most the training set (LF-CBM's
-            ``min(proj_batch_size, N)``): 50,000 for CUB (the whole set, as LF-CBM), 8,192 for
-            ImageNet and Places365 (LF-CBM's 50,000 does not fit a GPU at 49 cells per image).
-        bottleneck_steps: maximum bottleneck steps (LF-CBM's ``proj_steps``, 1,000).
-        bottleneck_patience: validation checks without a gain before the bottleneck stops
-            (1: LF-CBM's stop at the first validation increase).
-        bottleneck_val_every: steps between validation checks (LF-CBM: 50).
-        bottleneck_init: ``"lf-cbm"`` (``nn.Linear``'s default, as LF-CBM's projection) or ``"normal"``.
+        bottleneck: the bottleneck stage's regime (`RecipeBottleneck`: Adam lr, batch, steps, patience,
+            validation interval, init).
         batch_size: images per forward when computing stores.
         image_size: side of the square images both the scorer and the backbone see.
         resize: short side the images are resized to before the centre crop (LF-CBM: 256).
@@ -121,12 +158,7 @@ class Recipe:
     standard_lam: float = 1e-4
     alpha: float = 0.99
     solver_iters: int = 80
-    bottleneck_lr: float = 1e-3
-    bottleneck_batch: int = 8192
-    bottleneck_steps: int = 1000
-    bottleneck_patience: int = 1
-    bottleneck_val_every: int = 50
-    bottleneck_init: str = "lf-cbm"
+    bottleneck: RecipeBottleneck = field(default_factory=RecipeBottleneck)
     batch_size: int = 256
     image_size: int = 224
     resize: int = 256
@@ -144,8 +176,11 @@ class Recipe:
     def __post_init__(self) -> None:
         from salfcbm.core.config import POOLINGS
 
+        if not isinstance(self.bottleneck, RecipeBottleneck):
+            raise InputError(f"Recipe {self.name!r}: bottleneck must be a RecipeBottleneck, got "
+                             f"{type(self.bottleneck).__name__}.")
         for name, value, valid in (("pooling", self.pooling, POOLINGS), ("concept_filters", self.concept_filters,
-                                   CONCEPT_FILTERS), ("bottleneck_init", self.bottleneck_init, ("lf-cbm", "normal"))):
+                                                                         CONCEPT_FILTERS)):
             if value not in valid:
                 raise InputError(f"Recipe {self.name!r}: {name} must be one of {valid}, got {value!r}.")
         t = self.softmax_temperature
@@ -162,6 +197,13 @@ class Recipe:
         d = asdict(self)
         d["key"] = self.key
         return d
+
+    def settings(self) -> dict[str, Any]:
+        """`to_dict` with the nested settings flattened: ``{"bottleneck.lr": 0.001, ...}`` (the method page's rows)."""
+        out: dict[str, Any] = {}
+        for k, v in self.to_dict().items():
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if k == "bottleneck" else {k: v})
+        return out
 
     def runs(self) -> list[Recipe]:
         """The single runs of this recipe: itself, or one per ``(grid, radius)`` of the sweep."""
@@ -188,7 +230,8 @@ _PLACES = dict(dataset="places365", backbone=_RESNET50, layer="layer4", concepts
                standard_dense="refit")
 _CUB = dict(dataset="cub", backbone=_RESNET18_CUB, layer="features.stage4", concepts="lf-cbm:cub",
             activation_cutoff=0.26, lam=2e-4, standard_lam=2e-5, solver_iters=5000, splits=("train", "test"),
-            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck_batch=50000, batch_size=128)
+            num_classes=200, expected_concepts=370, val_fraction=0.1, bottleneck=RecipeBottleneck(batch_size=50000),
+            batch_size=128)
 
 #: Every recipe by name.
 RECIPES: dict[str, Recipe] = {
@@ -209,6 +252,11 @@ RECIPES: dict[str, Recipe] = {
                "layer": "encoder"}, cls_concat=True, notes="patch tokens + CLS"),
     )
 }
+
+#: The datasets of the recipes, in the order of the paper's tables (``salfcbm reproduce --dataset``).
+DATASETS = tuple(dict.fromkeys(r.dataset for r in RECIPES.values()))
+#: The scorers of a dry run (`salfcbm.reproduce.run.dry_run_scorer`): the recipe's CLIP architecture or a tiny one.
+DRY_RUN_SCORERS = ("full", "tiny")
 
 #: ``salfcbm reproduce TABLE --dataset D`` -> recipe name.
 _ALIASES = {("table1", "imagenet"): "table1-imagenet", ("table1", "places365"): "table1-places365",

@@ -29,7 +29,7 @@ import torch
 
 from salfcbm._utils.io import atomic_write_bytes
 from salfcbm.errors import ConfigError, ConfigMismatchError, DryRunError, InputError, MissingExtraError, RecipeRunError
-from salfcbm.reproduce.recipes import Recipe
+from salfcbm.reproduce.recipes import DRY_RUN_SCORERS, Recipe
 from salfcbm.reproduce.tables import format_concepts, format_table
 
 __all__ = ["DryRunError", "RecipeRunError", "backbone_head_accuracy", "bottleneck_config", "build_backbone",
@@ -108,14 +108,8 @@ def concept_filter_options(recipe: Recipe) -> dict[str, Any] | bool:
 
 
 def bottleneck_config(recipe: Recipe, n_train: int):
-    """The recipe's `BottleneckConfig`; like LF-CBM's ``min(proj_batch_size, len(train))``, a step sees
-    at most the whole training set (never an image twice)."""
-    from salfcbm.training import BottleneckConfig
-
-    return BottleneckConfig(lr=recipe.bottleneck_lr, batch_size=max(2, min(recipe.bottleneck_batch, n_train)),
-                            max_steps=recipe.bottleneck_steps, patience=recipe.bottleneck_patience,
-                            val_every=recipe.bottleneck_val_every, init=recipe.bottleneck_init,
-                            **_cutoff_settings(recipe))
+    """The recipe's `BottleneckConfig` (`RecipeBottleneck.config`) with its interpretability cutoff."""
+    return recipe.bottleneck.config(n_train, **_cutoff_settings(recipe))
 
 
 def _cutoff_settings(recipe: Recipe) -> dict[str, Any]:
@@ -253,7 +247,7 @@ def _interpretability_cutoff(recipe: Recipe) -> float:
 
 def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
                 device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool,
-                stores_only: bool = False) -> dict[str, Any]:
+                stores_only: bool = False, shard_size: int | None = None) -> dict[str, Any]:
     """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
     from salfcbm.core.images import align_dataset
     from salfcbm import wrap  # the model class with its explanation methods
@@ -270,7 +264,7 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
                  backbone_weights=recipe.backbone["weights"] if pretrained else None).to(device)
     # one geometry: the scorer and the backbone see the model's own view of every image
     train, val, test = (align_dataset(d, model.image_transform) for d in (train, val, test))
-    kw = dict(batch_size=recipe.batch_size, progress=progress)
+    kw = dict(batch_size=recipe.batch_size, progress=progress, **({"shard_size": shard_size} if shard_size else {}))
     s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
     s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
     if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
@@ -335,6 +329,7 @@ def run_recipe(
     force: bool = False,
     progress: bool = True,
     stores_only: bool = False,
+    shard_size: int | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
 
@@ -354,6 +349,8 @@ def run_recipe(
         progress: progress bars.
         stores_only: only compute the similarity and feature stores (each ``torchrun`` rank
             its share of the shards), then return; a later call trains from them.
+        shard_size: images per shard of the similarity stores, the unit of resuming and of splitting them
+            across torchrun ranks (default: the store's own, 1,024).
 
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
@@ -379,7 +376,8 @@ def run_recipe(
         sub_dir = run if sub is recipe else run / sub.name
         results[sub.name] = _run_single(sub, data, concepts, sub_dir, scorer=scorer, pretrained=pretrained,
                                         device=device, seg_file=seg_file, seg_steps=seg_steps,
-                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only)
+                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only,
+                                        shard_size=shard_size)
     if stores_only:
         return {"recipe": recipe.to_dict(), "runs": results, "table": ""}
     table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
@@ -402,7 +400,7 @@ def dry_run_scorer(recipe: Recipe, kind: str = "full", device=None):
     """The recipe's scorer architecture with random weights (``"full"``), or a tiny CLIP at 224 px (``"tiny"``)."""
     from salfcbm.supervision.scorers import CLIPScorer
 
-    if kind not in ("full", "tiny"):
+    if kind not in DRY_RUN_SCORERS:
         raise InputError(f"The dry-run scorer must be 'full' or 'tiny', got {kind!r}.")
     name = recipe.scorer[0]
     if kind == "tiny":
@@ -435,6 +433,45 @@ def _numbers(results: dict[str, Any]) -> dict[str, Any]:
     return {k: {kk: vv for kk, vv in v.items() if kk != "checks"} for k, v in results["runs"].items()}
 
 
+def dry_run_inputs(recipe: Recipe, run_dir: str | os.PathLike, *, scorer: str, images: tuple[int, int],
+                   bottleneck_steps: int, sweep_points: int | None, seg_images: int, device, progress: bool,
+                   write: bool = True) -> tuple[Recipe, Path, dict[str, Any]]:
+    """`dry_run`'s scaled recipe, generated dataset root and `run_recipe` keywords; ``write``: generate the data
+    (the images once; under torchrun rank 0 alone writes, the other ranks read)."""
+    from salfcbm.datasets.paper import write_fake_layout
+
+    run = Path(run_dir)
+    split_names = {"imagenet": ("train", "val"), "places365": ("train-standard", "val"), "cub": ("train", "test")}
+    root = run / "data" / recipe.dataset
+    if write and not root.exists():
+        write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
+                          per_split=dict(zip(split_names[recipe.dataset], images)))
+    small = replace(recipe, bottleneck=replace(recipe.bottleneck, max_steps=bottleneck_steps), activation_cutoff=0.0,
+                    interpretability_cutoff=-1.0, concept_filters="none",
+                    sweep=_spread(recipe.sweep, sweep_points),
+                    baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
+    concepts = None
+    if not recipe.concepts.startswith("template:"):
+        concepts = [f"dry-run concept {i:05d}" for i in range(recipe.expected_concepts)]
+    seg_file = None
+    if recipe.segmentation:
+        import numpy as np
+
+        from salfcbm.datasets.paper import write_imagenet_seg_mat
+
+        rng = np.random.default_rng(0)
+        imgs = [rng.integers(0, 256, size=(240, 300, 3), dtype=np.uint8) for _ in range(seg_images)]
+        masks = [np.zeros((240, 300), np.uint8) for _ in range(seg_images)]
+        for m in masks:
+            m[60:180, 80:220] = 1
+        seg_file = run / "data" / "gtsegs_ijcv.mat"
+        if write:
+            write_imagenet_seg_mat(seg_file, imgs, masks)
+    kw = dict(scorer=dry_run_scorer(recipe, scorer, device), concepts=concepts, pretrained=False, seg_file=seg_file,
+              seg_steps=2, device=device, progress=progress, force=True)
+    return small, root, kw
+
+
 def dry_run(
     recipe: Recipe,
     run_dir: str | os.PathLike,
@@ -446,7 +483,7 @@ def dry_run(
     seg_images: int = 2,
     device: str | torch.device | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run ``recipe`` end to end with random weights at the real shapes on generated data, twice.
 
     The dataset is generated in its real layout (all of the recipe's classes, ``images``
@@ -471,47 +508,34 @@ def dry_run(
         device: where to run.
         progress: progress bars.
 
+    Under torchrun the first run is `run_on_ranks`' (every rank computes its shards of the stores,
+    rank 0 trains) and the resumed run is rank 0's.
+
     Returns:
-        ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``.
+        ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``
+        (``None`` on a torchrun rank other than 0).
 
     Raises:
         DryRunError: the resumed run or the reloaded model disagrees.
     """
-    from salfcbm.datasets.paper import write_fake_layout
+    from salfcbm.reproduce.ranks import barrier, rank_and_world, run_on_ranks
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = Path(run_dir)
-    split_names = {"imagenet": ("train", "val"), "places365": ("train-standard", "val"), "cub": ("train", "test")}
-    root = run / "data" / recipe.dataset
-    if not root.exists():
-        write_fake_layout(recipe.dataset, root, num_classes=recipe.num_classes, image_size=(256, 320),
-                          per_split=dict(zip(split_names[recipe.dataset], images)))
-    small = replace(recipe, bottleneck_steps=bottleneck_steps, activation_cutoff=0.0, interpretability_cutoff=-1.0,
-                    concept_filters="none",
-                    sweep=_spread(recipe.sweep, sweep_points),
-                    baselines=tuple(b for b in recipe.baselines if b != "scorecam" or str(device).startswith("cuda")))
-    concepts = None
-    if not recipe.concepts.startswith("template:"):
-        concepts = [f"dry-run concept {i:05d}" for i in range(recipe.expected_concepts)]
-    seg_file = None
-    if recipe.segmentation:
-        import numpy as np
-
-        from salfcbm.datasets.paper import write_imagenet_seg_mat
-
-        rng = np.random.default_rng(0)
-        imgs = [rng.integers(0, 256, size=(240, 300, 3), dtype=np.uint8) for _ in range(seg_images)]
-        masks = [np.zeros((240, 300), np.uint8) for _ in range(seg_images)]
-        for m in masks:
-            m[60:180, 80:220] = 1
-        seg_file = write_imagenet_seg_mat(run / "data" / "gtsegs_ijcv.mat", imgs, masks)
-    sc = dry_run_scorer(recipe, scorer, device)
-    kw = dict(scorer=sc, concepts=concepts, pretrained=False, seg_file=seg_file, seg_steps=2, device=device,
-              progress=progress, force=True)
+    rank, _ = rank_and_world()
+    if rank != 0:  # torchrun: rank 0 generates the data, the other ranks read it
+        barrier()
+    small, root, kw = dry_run_inputs(recipe, run, scorer=scorer, images=images, bottleneck_steps=bottleneck_steps,
+                                     sweep_points=sweep_points, seg_images=seg_images, device=device, progress=progress,
+                                     write=rank == 0)
+    if rank == 0:
+        barrier()
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: degenerate-result warnings are expected
-        first = run_recipe(small, root, run / "run", **kw)
+        first = run_on_ranks(small, root, run / "run", **kw)  # torchrun: the ranks share the stores, rank 0 trains
+        if first is None:  # another rank than 0: its shards are done
+            return None
         seconds = time.perf_counter() - t
         t = time.perf_counter()
         second = run_recipe(small, root, run / "run", **kw)

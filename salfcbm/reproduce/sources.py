@@ -209,10 +209,10 @@ _POOLING_FILTERS_OPTIM: dict[str, Source] = {
         reason="'activation' on the published lists, as LF-CBM's training does; 'lf-cbm' (text filters too, pairs "
                "in LF-CBM's sorted order) for an unfiltered list; 'none' for Table 2's class concepts",
     ),
-    "bottleneck_lr": Source(
+    "bottleneck.lr": Source(
         paper="not stated", lfcbm="1e-3 (Adam)", authors="", source=_LFCBM_TRAIN,
     ),
-    "bottleneck_batch": Source(
+    "bottleneck.batch_size": Source(
         paper="not stated",
         lfcbm="--proj_batch_size 50000 images, min(50000, training images) per step, drawn anew each step",
         authors="",
@@ -224,21 +224,21 @@ _POOLING_FILTERS_OPTIM: dict[str, Source] = {
                "an 80 GB GPU with room for the rest. On the demo world (docs/training.md) 256 images a step and the "
                "whole set ended alike (64 was worse), so a cap far above 256 should cost nothing measurable",
     ),
-    "bottleneck_steps": Source(
+    "bottleneck.max_steps": Source(
         paper="not stated", lfcbm="--proj_steps 1000", authors="", source=_LFCBM_TRAIN + "; " + _REGIME,
         reason="LF-CBM's. On the demo world its stop at the first decrease ended after 800 to 1,350 steps; "
                "v1's 5,000 steps with patience 10 ran about 4,500 for at most 0.016 of validation similarity, "
                "one concept and no accuracy difference beyond the seed spread",
     ),
-    "bottleneck_patience": Source(
+    "bottleneck.patience": Source(
         paper="not stated", lfcbm="stop at the first validation loss increase (patience 1)", authors="",
         source=_LFCBM_TRAIN, reason="LF-CBM's (v1 of the recipes waited 10 checks)",
     ),
-    "bottleneck_val_every": Source(
+    "bottleneck.val_every": Source(
         paper="not stated", lfcbm="50 steps (i % 50 == 0)", authors="", source=_LFCBM_TRAIN,
         reason="LF-CBM's; LF-CBM validates on the test split, the recipes on a held-out part of the training set",
     ),
-    "bottleneck_init": Source(
+    "bottleneck.init": Source(
         paper="not stated", lfcbm="torch.nn.Linear's default: U(-1/sqrt(C), 1/sqrt(C))", authors="",
         source=_LFCBM_TRAIN, reason="LF-CBM's (v1 of the recipes drew N(0, 1/C))",
     ),

@@ -165,12 +165,12 @@ def test_every_failure_is_one_line(paths, capsys, build, words):
 
 
 def test_explain_checks_every_image_before_loading_the_model(paths, capsys, monkeypatch):
-    import salfcbm.cli as cli
+    import salfcbm.cli.explain as cli_explain
 
     def no_load(args):
         raise AssertionError("the model was loaded before the images were checked")
 
-    monkeypatch.setattr(cli, "_load_model", no_load)
+    monkeypatch.setattr(cli_explain, "load_model", no_load)
     line = _one_line_error(capsys, _explain(paths, images=[paths["img"], paths["root"] / "bad.png"]))
     assert "bad.png" in line and "nothing was explained" in line
 

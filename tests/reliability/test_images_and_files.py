@@ -114,7 +114,7 @@ def model():
 
 
 def _cli(path, model, tmp: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(salfcbm.cli, "_load_model", lambda args: model)
+    monkeypatch.setattr(salfcbm.cli.explain, "load_model", lambda args: model)
     rc = salfcbm.cli.main(["explain", "--model", "unused", str(path), "--out", str(tmp / "r.html"), "--quiet"])
     out, err = capsys.readouterr()
     return rc, out, err
@@ -187,7 +187,7 @@ def _cli_folder(root: Path, monkeypatch, capsys, *extra: str):
         return "store"
 
     monkeypatch.setattr("salfcbm.supervision.store.compute_similarity_store", store)
-    monkeypatch.setattr(salfcbm.cli, "_scorer", lambda args: None)
+    monkeypatch.setattr(salfcbm.cli.train, "make_scorer", lambda args: None)
     rc = salfcbm.cli.main(["similarities", "--data", str(root), "--out", str(root.parent / "sims"), "--image-size",
                            "32", "--num-workers", "0", "--device", "cpu", "--quiet", *extra])
     out, err = capsys.readouterr()
@@ -431,7 +431,7 @@ def _cli_concepts(path: Path, tmp_path: Path, monkeypatch, capsys) -> list[str]:
 
     root = _folder(tmp_path / "cli-data")
     monkeypatch.setattr("salfcbm.core.model.wrap", wrap)
-    monkeypatch.setattr(salfcbm.cli, "build_cli_backbone", lambda *a: (M.backbone(), None))
+    monkeypatch.setattr(salfcbm.cli.train, "build_cli_backbone", lambda *a: (M.backbone(), None))
     rc = salfcbm.cli.main(["train", "--backbone", "x", "--train", str(root), "--val", str(root), "--concepts",
                            str(path), "--run-dir", str(tmp_path / "run"), "--image-size", "32", "--quiet"])
     out, err = capsys.readouterr()

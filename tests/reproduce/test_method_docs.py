@@ -42,7 +42,7 @@ def test_method_page_matches_the_recipes(gen):
 def test_one_table_per_recipe_with_every_setting_and_its_value(gen):
     for name, recipe in RECIPES.items():
         rows = _rows(gen, name)
-        assert list(rows) == list(recipe.to_dict()), name
+        assert list(rows) == list(recipe.settings()), name
         assert rows["key"][0] == recipe.key and rows["version"][0] == str(recipe.version)
     t2 = _rows(gen, "table2-imagenet-seg")
     assert t2["interpretability_cutoff"][0] == "None (off)" and "missile (class 744)" in t2["concepts"][5]
@@ -51,7 +51,7 @@ def test_one_table_per_recipe_with_every_setting_and_its_value(gen):
 
 
 def test_every_source_names_a_recipe_field_and_a_recipe_table_or_dataset():
-    fields = set(get_recipe("table1-imagenet").to_dict())
+    fields = set(get_recipe("table1-imagenet").settings())
     scopes = set(RECIPES) | {r.table for r in RECIPES.values()} | {r.dataset for r in RECIPES.values()}
     for key in SOURCES:
         scope, _, field = key.rpartition(":")

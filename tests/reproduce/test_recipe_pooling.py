@@ -57,8 +57,8 @@ def test_every_recipe_pools_as_the_authors_and_records_it(tmp_path):
     _claim_run_dir(tmp_path, r, force=False)
     saved = json.loads((tmp_path / "recipe.json").read_text())
     assert (saved["pooling"], saved["softmax_temperature"], saved["concept_filters"]) == ("softmax", 1.0, "activation")
-    for k in ("bottleneck_batch", "bottleneck_steps", "bottleneck_patience", "bottleneck_val_every", "bottleneck_init"):
-        assert saved[k] == getattr(r, k)
+    for k in ("batch_size", "max_steps", "patience", "val_every", "init"):
+        assert saved["bottleneck"][k] == getattr(r.bottleneck, k)
     mean = replace(r, pooling="mean")  # the mean stays an option
     assert mean.to_dict()["pooling"] == "mean"
 
@@ -71,8 +71,8 @@ def test_recipe_and_wrap_refuse_bad_pooling_settings():
         replace(r, concept_filters="all")
     with pytest.raises(InputError, match="softmax_temperature"):
         replace(r, softmax_temperature=0.0)
-    with pytest.raises(InputError, match="bottleneck_init"):
-        replace(r, bottleneck_init="xavier")
+    with pytest.raises(InputError, match="bottleneck.init"):
+        replace(r, bottleneck=replace(r.bottleneck, init="xavier"))
     with pytest.raises(InputError, match="init must be one of"):
         BottleneckConfig(init="xavier")
     net = timm.create_model("resnet18", pretrained=False, num_classes=0)
