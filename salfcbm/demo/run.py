@@ -15,11 +15,14 @@ and a report that compares concept maps with the ground-truth masks.
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import io
 import json
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +31,58 @@ import torch
 from salfcbm._utils.io import atomic_write_bytes, checked_safetensors, read_checked_metadata
 from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
-from salfcbm.core.model import SALFCBM, wrap
+from salfcbm.core.model import SALFCBM
 from salfcbm.errors import InputError
 from salfcbm.evaluation.benchmark import explanation_mask_check
 from salfcbm.explain.evidence import EVIDENCE_LABELS
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import compute_similarity_store
-from salfcbm.demo.scenes import (
-    GroundTruthScorer,
-    SmallConvNet,
-    SyntheticScenes,
-    pretrain_backbone,
-)
-from salfcbm.training.pipeline import BottleneckConfig, FitResult, HeadConfig, fit
+from salfcbm.demo.backbone import SmallConvNet
+from salfcbm.demo.dataset import SyntheticScenes
+from salfcbm.demo.pretrain import pretrain_backbone
+from salfcbm.demo.scorer import GroundTruthScorer
+from salfcbm.training import BottleneckConfig, FitResult, HeadConfig, fit
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo", "load_demo", "concept_map_miou"]
+#: The folder of a saved model that holds its example images (the explorer's default images).
+EXAMPLES_DIR = "examples"
+#: How many test scenes the demo saves as examples with its model.
+EXAMPLE_IMAGES = 200
+
+__all__ = ["DemoConfig", "DemoResult", "demo_bottleneck", "run_demo", "load_demo", "concept_map_miou",
+           "FLAT_BOTTLENECK_KEYWORDS", "write_examples", "EXAMPLES_DIR", "EXAMPLE_IMAGES"]
+
+
+def demo_bottleneck(seed: int = 0, **changes: Any) -> BottleneckConfig:
+    """The demo's bottleneck settings (1,500 steps at most, 256 scenes a step, lr 5e-3, checked every 50
+    steps with patience 8, cutoff 0.3), with ``changes`` applied.
+
+    Examples:
+        >>> demo_bottleneck(max_steps=300).max_steps, demo_bottleneck().lr
+        (300, 0.005)
+    """
+    base = BottleneckConfig(max_steps=1500, batch_size=256, val_every=50, patience=8, lr=5e-3, cutoff=0.3, seed=seed)
+    return dataclasses.replace(base, **changes)
+
+
+#: The flat keywords of earlier releases and the `BottleneckConfig` field each one now sets.
+FLAT_BOTTLENECK_KEYWORDS = {"bottleneck_steps": "max_steps", "bottleneck_lr": "lr", "cutoff": "cutoff"}
 
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo run (the defaults take a few minutes on 2 CPU cores)."""
+    """Sizes of the demo run (the defaults take a few minutes on 2 CPU cores).
+
+    ``bottleneck`` holds the bottleneck stage's settings (`salfcbm.training.BottleneckConfig`);
+    ``None`` (the default) is `demo_bottleneck` with the demo's ``seed``. The flat keywords of
+    earlier releases, ``bottleneck_steps``, ``bottleneck_lr`` and ``cutoff``, still set its
+    ``max_steps``, ``lr`` and ``cutoff`` (with a ``DeprecationWarning`` naming the new spelling) and
+    read back from it.
+
+    Examples:
+        >>> cfg = DemoConfig(n_train=600, bottleneck=demo_bottleneck(max_steps=300))
+        >>> cfg.bottleneck.max_steps, cfg.bottleneck.seed, cfg.bottleneck_steps
+        (300, 0, 300)
+    """
 
     n_train: int = 3000
     n_val: int = 600
@@ -58,19 +93,70 @@ class DemoConfig:
     backbone_width: int = 16
     grid: int = 7
     radius: int = 32  # PromptGrid's unit: pixels of a 224 px image (the paper's r = 32), 9 px on a 64 px scene
-    bottleneck_steps: int = 1500
     seed: int = 0
     report_images: int = 6
-    bottleneck_lr: float = 5e-3
-    cutoff: float = 0.3
+    bottleneck: BottleneckConfig | None = None
+    bottleneck_steps: InitVar[int | None] = None
+    bottleneck_lr: InitVar[float | None] = None
+    cutoff: InitVar[float | None] = None
 
-    def __post_init__(self):
-        for k, v in self.__dict__.items():
-            if k in ("bottleneck_lr", "cutoff"):
-                if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                    raise InputError(f"DemoConfig.{k} must be a number in [0, 1], got {v!r}.")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "seed" else 1):
-                raise InputError(f"DemoConfig.{k} must be a positive int, got {v!r}.")
+    def __post_init__(self, bottleneck_steps: int | None, bottleneck_lr: float | None, cutoff: float | None):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name != "bottleneck" and (not isinstance(v, int) or isinstance(v, bool)
+                                           or v < (0 if f.name == "seed" else 1)):
+                raise InputError(f"DemoConfig.{f.name} must be a positive int, got {v!r}.")
+        flat = {k: v for k, v in (("bottleneck_steps", bottleneck_steps), ("bottleneck_lr", bottleneck_lr),
+                                  ("cutoff", cutoff)) if v is not None}
+        self.bottleneck = _nested_bottleneck(self.bottleneck, flat, self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able data (``demo_config.json``), the bottleneck's nested."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DemoConfig:
+        """Settings read back from `to_dict` (or a ``demo_config.json`` of an earlier release, flat keys included)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return cls(**data)
+
+
+def _flat_property(field_name: str) -> property:
+    return property(lambda self: getattr(self.bottleneck, field_name),
+                    doc=f"``bottleneck.{field_name}`` (the flat name of earlier releases; read only).")
+
+
+for _flat, _field in FLAT_BOTTLENECK_KEYWORDS.items():  # read back the flat names from the nested config
+    setattr(DemoConfig, _flat, _flat_property(_field))
+del _flat, _field
+
+
+def _nested_bottleneck(given: Any, flat: dict[str, Any], seed: int) -> BottleneckConfig:
+    """``DemoConfig.bottleneck`` from its argument (a config, its dict or None) and the flat keywords."""
+    if isinstance(given, dict):
+        try:
+            given = BottleneckConfig(**given)
+        except TypeError as e:
+            raise InputError(f"DemoConfig.bottleneck got {sorted(given)}: {e}. Pass a salfcbm.training."
+                             "BottleneckConfig or a dict of its fields.") from None
+    if given is not None and not isinstance(given, BottleneckConfig):
+        raise InputError(f"DemoConfig.bottleneck must be a salfcbm.training.BottleneckConfig (or None for the demo's "
+                         f"settings), got {type(given).__name__}.")
+    if not flat:
+        return given if given is not None else demo_bottleneck(seed)
+    new = ", ".join(f"{FLAT_BOTTLENECK_KEYWORDS[k]}={v!r}" for k, v in flat.items())
+    if given is not None:
+        raise InputError(f"DemoConfig got both bottleneck= and the flat keywords {sorted(flat)}; put them in the "
+                         f"bottleneck: bottleneck=demo_bottleneck({new}).")
+    for k, v in flat.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (k != "bottleneck_steps" and not 0 <= v <= 1):
+            raise InputError(f"DemoConfig.{k} must be {'a positive int' if k == 'bottleneck_steps' else 'a number in [0, 1]'}"
+                             f", got {v!r}.")
+    warnings.warn(f"DemoConfig({', '.join(f'{k}={v!r}' for k, v in flat.items())}) is now written "
+                  f"DemoConfig(bottleneck=demo_bottleneck({new})) (salfcbm.demo.demo_bottleneck: the demo's "
+                  "BottleneckConfig).", DeprecationWarning, stacklevel=4)
+    return demo_bottleneck(seed, **{FLAT_BOTTLENECK_KEYWORDS[k]: v for k, v in flat.items()})
 
 
 @dataclass
@@ -370,16 +456,17 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     cfg = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "demo_config.json", json.dumps(cfg.__dict__, indent=2).encode())
+    atomic_write_bytes(out / "demo_config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = _datasets(cfg)
     backbone = _backbone(cfg, data, out, progress)
     size = (cfg.image_size, cfg.image_size)
-    model = wrap(backbone, concepts=data["train"].concepts, num_classes=cfg.num_classes,
-                 class_names=data["train"].classes, grid=cfg.grid, input_size=size, backbone_weights=None,
-                 input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0),  # the CNN normalises its [0, 1] inputs
-                 input_crop_pct=1.0)  # the model's view is the whole scene, where the ground-truth masks are
+    model = SALFCBM(backbone, concepts=list(data["train"].concepts), num_classes=cfg.num_classes,
+                    class_names=list(data["train"].classes), grid=(cfg.grid, cfg.grid), input_size=list(size),
+                    backbone_spec=backbone.spec,  # timm's salfcbm_demo_convnet: the saved model loads by name
+                    input_mean=[0.0, 0.0, 0.0], input_std=[1.0, 1.0, 1.0],  # the CNN normalises its [0, 1] inputs
+                    input_crop_pct=1.0)  # the model's view is the whole scene, where the ground-truth masks are
     prompts = PromptGrid(grid=(cfg.grid, cfg.grid), radius=cfg.radius)
     sims = {
         split: compute_similarity_store(out / "similarities" / split, data[split], GroundTruthScorer(data[split]),
@@ -390,11 +477,11 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     result = fit(
         model, data["train"], data["val"], train_similarities=sims["train"], val_similarities=sims["val"],
         test_data=data["test"], run_dir=out, progress=progress, device=device,
-        bottleneck=BottleneckConfig(max_steps=cfg.bottleneck_steps, batch_size=256, val_every=50, patience=8,
-                                    lr=cfg.bottleneck_lr, cutoff=cfg.cutoff, seed=cfg.seed),
+        bottleneck=cfg.bottleneck,
         head=HeadConfig.paper("default", n_lambdas=30),  # the paper's selection: LF-CBM's fixed lambda (7e-4)
     )
     model = result.model.eval()
+    write_examples(data["test"], out / "model" / EXAMPLES_DIR, n=min(EXAMPLE_IMAGES, cfg.n_test))
     metrics = dict(result.metrics)
     metrics["backbone"] = {"accuracy_val": _backbone_accuracy(backbone, data["val"])}
     metrics["segmentation"] = concept_map_miou(model, data["test"])
@@ -434,17 +521,43 @@ def _backbone_accuracy(net: torch.nn.Module, data: SyntheticScenes) -> float:
 def load_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = None) -> tuple[SALFCBM, dict]:
     """Load a finished demo run: the SALF-CBM (with its backbone) and the datasets.
 
-    The run's ``demo_config.json`` is used unless ``config`` is given.
+    The run's ``demo_config.json`` is used unless ``config`` is given. The model itself loads like
+    any other, ``SALFCBM.from_pretrained(out / "model")``; a run saved before the demo backbone was
+    registered with timm (its spec names a custom ``SmallConvNet``) is loaded with the run's
+    ``backbone.safetensors``.
     """
     out = Path(out)
     if config is None and (out / "demo_config.json").exists():
-        config = DemoConfig(**json.loads((out / "demo_config.json").read_text()))
+        config = DemoConfig.from_dict(json.loads((out / "demo_config.json").read_text()))
     cfg = config or DemoConfig()
-    from safetensors.torch import load_file
-
     if not (out / "model" / "model.safetensors").exists():
         raise FileNotFoundError(f"No finished demo run in {str(out)!r}; run `salfcbm demo --out {out}` first.")
-    net = SmallConvNet(num_classes=cfg.num_classes, width=cfg.backbone_width)
+    saved = json.loads((out / "model" / "config.json").read_text()).get("backbone") or {}
+    if saved.get("source") != "custom":
+        return SALFCBM.from_pretrained(out / "model").eval(), _datasets(cfg)
+    from safetensors.torch import load_file
+
+    net = SmallConvNet(num_classes=cfg.num_classes, width=cfg.backbone_width)  # a run of an earlier release
     net.load_state_dict(load_file(out / "backbone.safetensors"))
     model = SALFCBM.from_pretrained(out / "model", backbone=net.eval()).eval()
     return model, _datasets(cfg)
+
+
+def write_examples(data: SyntheticScenes, folder: Path, n: int) -> list[Path]:
+    """The first ``n`` scenes of ``data`` as PNG files in ``folder`` (``000.png``, ...), the model's examples.
+
+    A saved model folder's ``examples/`` is what the explorer (``salfcbm app``) shows and searches
+    by default, so ``salfcbm app runs/demo/model`` brings the demo's test scenes.
+    """
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = (data[i][0].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+        path = folder / f"{i:03d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
