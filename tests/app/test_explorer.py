@@ -3,7 +3,6 @@ turn bad input into a message."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -265,23 +264,6 @@ def test_unexpected_errors_become_messages_not_tracebacks(explorer, current, mon
 
 
 # ---------------------------------------------------------------------- loading, launching, the extra
-def test_load_model_recognises_the_demo_run(model, tmp_path):
-    from safetensors.torch import save_file
-
-    from salfcbm.app import load_model
-
-    run = tmp_path / "demo"
-    (run / "model").mkdir(parents=True)
-    model.save_pretrained(run / "model")
-    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(run / "backbone.safetensors"))
-    cfg = {"n_train": 10, "n_val": 10, "n_test": 7, "image_size": 32, "num_classes": 3, "backbone_width": 4}
-    (run / "demo_config.json").write_text(json.dumps(cfg))
-    loaded, images = load_model(str(run / "model"))
-    x = torch.rand(1, 3, 32, 32)
-    assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
-    assert len(images) == 7 and not loaded.training
-
-
 def test_load_model_explains_a_bad_source(model, tmp_path):
     from salfcbm.app import load_model
 
