@@ -533,7 +533,8 @@ class Explorer:
         if self._index_maps is not None and self._index_lazy:
             w = self.model.bottleneck.weight.detach()
             b = self.model.bottleneck.bias
-            out = SALFCBMOutput(torch.zeros(len(rows), 1), features=self._index_maps[rows].to(w.device, w.dtype),
+            out = SALFCBMOutput(torch.zeros(len(rows), 1, device=w.device),
+                                features=self._index_maps[rows].to(w.device, w.dtype),
                                 grid=self.model.grid, weight=w, bias=None if b is None else b.detach())
             return out.concept_maps_at([m])[:, 0].float().cpu()
         if self._index_maps is not None:

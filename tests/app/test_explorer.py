@@ -408,9 +408,10 @@ def test_an_unreadable_upload_clears_every_panel(explorer, current, tmp_path):
     loaded = _on_load(gr, explorer, explorer.predict_panel, n_stale=10)
     good = loaded(str(tmp_path / "missing.png"), None, 3, "box", "box")  # a message, not an exception
     out = loaded(str(bad), None, 3, "box", "box")
-    state, note, regions, predict, stale = out[0], out[1], out[2:10], out[10:15], out[15:]
+    state, note, regions, predict, stale = out[0], out[1], out[2:12], out[12:17], out[17:]
     assert state is None and note.startswith("**Cannot do that:** Could not read 'notes.png'") and "\n" not in note
-    assert regions[0] is None and regions[2] == [] and regions[4] is None and regions[6] == []
+    assert regions[0] is None and regions[2] == [] and regions[5] is None and regions[7] == []
+    assert 'data-clicks="0"' in regions[4] and 'data-clicks="0"' in regions[9]  # the pickers' state: no click
     assert predict[:4] == (None, None, None, "") and predict[4] == note  # the prediction panel says it too
     assert stale == (None,) * 10 and good[0] is None
 
