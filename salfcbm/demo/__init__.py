@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "demo_bottleneck": "salfcbm.demo.run",
-    "DemoConfig": "salfcbm.demo.run",
+    "demo_bottleneck": "salfcbm.demo.config",
+    "DemoConfig": "salfcbm.demo.config",
     "DemoResult": "salfcbm.demo.run",
     "load_demo": "salfcbm.demo.run",
     "run_demo": "salfcbm.demo.run",
