@@ -519,9 +519,8 @@ class Explorer:
         if self._maps_built(out):
             fits = n * self.model.num_concepts * Hg * Wg <= MAX_CACHED_MAP_VALUES
             return out.concept_maps.detach().float().cpu() if fits else None
-        feats = out.grid_features
-        fits = n * feats.shape[1] * Hg * Wg <= MAX_CACHED_MAP_VALUES
-        return feats.detach().cpu() if fits else None
+        fits = n * int(self.model.bottleneck.weight.shape[1]) * Hg * Wg <= MAX_CACHED_MAP_VALUES  # C channels
+        return out.grid_features.detach().cpu() if fits else None
 
     def index_maps(self, rows: Sequence[int], m: int, x: torch.Tensor | None = None) -> torch.Tensor:
         """Concept ``m``'s map on the indexed images ``rows``, ``(k, Hg, Wg)`` float32: one map per image.
