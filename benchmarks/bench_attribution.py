@@ -45,12 +45,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from salfcbm._utils.io import atomic_write, atomic_write_text
+from salfcbm.demo.checks import class_evidence_masks, explanation_mask_check
 from salfcbm.evaluation.baselines import list_baselines
 from salfcbm.evaluation.benchmark import (
     build_methods,
-    class_evidence_masks,
     constant_substrate,
-    explanation_mask_check,
     forward_speed,
     plot_attribution_examples,
     run_attribution_benchmark,

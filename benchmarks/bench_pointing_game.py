@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
+from salfcbm.demo.checks import class_evidence_masks
 from salfcbm.demo.run import load_demo
 from salfcbm.evaluation.baselines import make_baseline
-from salfcbm.evaluation.benchmark import build_methods, class_evidence_masks
+from salfcbm.evaluation.benchmark import build_methods
 from salfcbm.evaluation.localisation import LocalisationMetrics
 from salfcbm.explain.attribution import SALFCBMAttribution
 

@@ -2,7 +2,7 @@
 
 Trains (or reuses) the demo (``salfcbm.demo.run_demo``: procedural scenes, every concept has a
 ground-truth mask), explains test images (predicted class, top-4 concepts by ``|S|``) and scores
-three presence rules on the same explanations (`salfcbm.evaluation.presence.presence_check`):
+three presence rules on the same explanations (`salfcbm.demo.checks.presence_check`):
 
 * ``training_mean``: the standardised pooled activation is above 0 (the rule before calibration,
   and the rule of uncalibrated models);
@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 from salfcbm._utils.io import atomic_write_text  # noqa: E402
 from salfcbm.demo.run import DemoConfig, run_demo  # noqa: E402
-from salfcbm.evaluation.presence import presence_check  # noqa: E402
+from salfcbm.demo.checks import presence_check  # noqa: E402
 from salfcbm.training.presence import f1_thresholds  # noqa: E402
 
 QUICK = dict(n_train=800, n_val=200, n_test=200, backbone_epochs=5, bottleneck_steps=300, num_classes=4,

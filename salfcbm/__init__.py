@@ -6,7 +6,7 @@ predictions are explained by concepts and their maps.
 The pipeline, one subpackage per stage (each imports only from the ones before it):
 
 - `salfcbm.core`: backbone specs, the feature tap, the `SALFCBM` module and Hub persistence;
-- `salfcbm.supervision`: concept sets, visual prompts, concept scorers, similarity stores;
+- `salfcbm.supervision`: concept sets, visual prompts, concept scorers, the prompted-embedding store;
 - `salfcbm.datasets`: dataset readers;
 - `salfcbm.training` and `salfcbm.head`: the Eq. 1 bottleneck, the sparse head, `fit`;
 - `salfcbm.explain` and `salfcbm.viz`: explanations, pictures, video;
@@ -32,24 +32,25 @@ _LAZY: dict[str, str] = {
     # the model
     "wrap": "salfcbm.core.model",
     "SALFCBM": "salfcbm.core.model",
-    "SALFCBMOutput": "salfcbm.core.model",
-    "SALFCBMClassifier": "salfcbm.core.model",
+    "SALFCBMOutput": "salfcbm.core.outputs",
+    "SALFCBMClassifier": "salfcbm.core.outputs",
     "FeatureTap": "salfcbm.core.tap",
     "default_layer": "salfcbm.core.tap",
     # supervision
     "PromptGrid": "salfcbm.supervision.prompts",
     "ConceptScorer": "salfcbm.supervision.scorers",
     "CLIPScorer": "salfcbm.supervision.scorers",
-    "load_concepts": "salfcbm.supervision.concepts",
-    "save_concepts": "salfcbm.supervision.concepts",
-    "concepts_from_templates": "salfcbm.supervision.concepts",
-    "generate_concepts": "salfcbm.supervision.concepts",
-    "filter_concepts": "salfcbm.supervision.concepts",
-    "ConceptFilterReport": "salfcbm.supervision.concepts",
+    "load_concepts": "salfcbm.supervision.concept_lists",
+    "save_concepts": "salfcbm.supervision.concept_lists",
+    "concepts_from_templates": "salfcbm.supervision.concept_lists",
+    "generate_concepts": "salfcbm.supervision.concept_generation",
+    "filter_concepts": "salfcbm.supervision.concept_filter",
+    "ConceptFilterReport": "salfcbm.supervision.concept_filter",
     "compute_similarity_store": "salfcbm.supervision.store",
-    "compute_store": "salfcbm.supervision.store",
-    "SimilarityStore": "salfcbm.supervision.store",
-    "ShardedStore": "salfcbm.supervision.store",
+    "compute_store": "salfcbm._utils.shard_compute",
+    "PromptedEmbeddingStore": "salfcbm.supervision.store",
+    "SimilarityStore": "salfcbm.supervision.store",  # deprecated alias of PromptedEmbeddingStore
+    "ShardedStore": "salfcbm._utils.shards",
     # data
     "ImageFolderDataset": "salfcbm.datasets.folder",
     # training
@@ -58,13 +59,13 @@ _LAZY: dict[str, str] = {
     "HeadConfig": "salfcbm.training.pipeline",
     "FitResult": "salfcbm.training.pipeline",
     # explanations
-    "Explanation": "salfcbm.explain.explanations",
-    "ExplanationBatch": "salfcbm.explain.explanations",
-    "ClassExplanation": "salfcbm.explain.explanations",
-    "RegionExplanation": "salfcbm.explain.explanations",
-    "RegionReport": "salfcbm.explain.explanations",
-    "InterventionResult": "salfcbm.explain.explanations",
-    "DecisionRule": "salfcbm.explain.explanations",
+    "Explanation": "salfcbm.explain.results",
+    "ExplanationBatch": "salfcbm.explain.results",
+    "ClassExplanation": "salfcbm.explain.results",
+    "RegionExplanation": "salfcbm.explain.results",
+    "RegionReport": "salfcbm.explain.results",
+    "InterventionResult": "salfcbm.explain.results",
+    "DecisionRule": "salfcbm.explain.results",
     "SALFCBMAttribution": "salfcbm.explain.attribution",
     "track_concepts": "salfcbm.viz.video",
 }
@@ -111,11 +112,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
-    from salfcbm.core.model import SALFCBM, SALFCBMClassifier, SALFCBMOutput, wrap
+    from salfcbm._utils.shard_compute import compute_store
+    from salfcbm._utils.shards import ShardedStore
+    from salfcbm.core.model import SALFCBM, wrap
+    from salfcbm.core.outputs import SALFCBMClassifier, SALFCBMOutput
     from salfcbm.core.tap import FeatureTap, default_layer
     from salfcbm.datasets.folder import ImageFolderDataset
     from salfcbm.explain.attribution import SALFCBMAttribution
-    from salfcbm.explain.explanations import (
+    from salfcbm.explain.results import (
         ClassExplanation,
         DecisionRule,
         Explanation,
@@ -124,16 +128,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
         RegionExplanation,
         RegionReport,
     )
-    from salfcbm.supervision.concepts import (
-        ConceptFilterReport,
-        concepts_from_templates,
-        filter_concepts,
-        generate_concepts,
-        load_concepts,
-        save_concepts,
-    )
+    from salfcbm.supervision.concept_filter import ConceptFilterReport, filter_concepts
+    from salfcbm.supervision.concept_generation import generate_concepts
+    from salfcbm.supervision.concept_lists import concepts_from_templates, load_concepts, save_concepts
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
-    from salfcbm.supervision.store import ShardedStore, SimilarityStore, compute_similarity_store, compute_store
+    from salfcbm.supervision.store import PromptedEmbeddingStore, SimilarityStore, compute_similarity_store
     from salfcbm.training.pipeline import BottleneckConfig, FitResult, HeadConfig, fit
     from salfcbm.viz.video import track_concepts

@@ -11,7 +11,9 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["int_in", "float_in", "device", "in_dir", "in_file", "out_dir", "out_file", "concepts_file", "clip_name"]
+__all__ = ["int_in", "float_in", "device", "in_dir", "in_file", "out_dir", "out_file", "concepts_file", "clip_name",
+           "positive_int", "nonneg_int", "positive_float", "seed", "threads", "workers", "image_size", "grid_size",
+           "similarity", "lr"]
 
 
 def _int_in(lo: int, hi: int):
@@ -154,9 +156,11 @@ def _concepts_file(s: str) -> str:
     return _in_file(s)
 
 
-# public names
+# public names (the command lines import these, never the private ones)
 int_in, float_in, device, in_dir, in_file, out_dir, out_file, concepts_file = (
     _int_in, _float_in, _device, _in_dir, _in_file, _out_dir, _out_file, _concepts_file)
+positive_int, nonneg_int, positive_float, seed, threads, workers, image_size, grid_size, similarity, lr = (
+    _positive_int, _nonneg_int, _positive_float, _seed, _threads, _workers, _image_size, _grid_size, _similarity, _lr)
 
 
 def clip_name(s: str) -> str:

@@ -1,4 +1,5 @@
-"""torchrun: join the process group when launched with WORLD_SIZE > 1 (one process per GPU)."""
+"""torchrun: join the process group when launched with WORLD_SIZE > 1 (one process per GPU), and the one
+home of this process's rank, the world size and the barrier (no-ops outside a process group)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["init_distributed"]
+__all__ = ["barrier", "init_distributed", "rank_and_world"]
 
 
 def init_distributed(device: str | None) -> str | None:
@@ -24,3 +25,16 @@ def init_distributed(device: str | None) -> str | None:
         return f"cuda:{local}"
     torch.distributed.init_process_group("gloo")
     return device
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in ``torch.distributed``; ``(0, 1)`` outside a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every rank of the process group (a no-op outside one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,5 +1,5 @@
-"""Tensor helpers shared by every layer: the one map upsampler, the one accuracy, and the resize-as-matrix,
-device and precision helpers of the fast paths.
+"""Tensor helpers shared by every layer: the one map upsampler, the one accuracy, the one logits check,
+the one precision table (`PRECISIONS`), and the resize-as-matrix and device helpers of the fast paths.
 
 Bilinear resizing with ``align_corners=False`` is linear and separable, so it is a pair of small
 matrices: ``resize(f) = A_h f A_w^T``. The model uses this to pool before projecting (the mean of
@@ -41,6 +41,25 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if labels.numel() == 0:
         return 0.0
     return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
+
+
+def check_logits(logits: object, who: str = "The model", fix: str = "") -> torch.Tensor:
+    """``logits`` if it is a ``(B, num_classes)`` tensor; else `InputError` saying what ``who`` returned (and ``fix``).
+
+    Examples:
+        >>> check_logits(torch.zeros(2, 5)).shape
+        torch.Size([2, 5])
+        >>> check_logits(torch.zeros(5), who="The classifier")
+        Traceback (most recent call last):
+        ...
+        salfcbm.errors.InputError: The classifier must return a (B, num_classes) tensor of logits, got (5,).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        from salfcbm.errors import InputError
+
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputError(f"{who} must return a (B, num_classes) tensor of logits, got {got}.{' ' + fix if fix else ''}")
+    return logits
 
 
 def interp_matrix(n_in: int, n_out: int, device=None, dtype=None) -> torch.Tensor:

@@ -3,9 +3,9 @@
 from salfcbm.datasets.folder import ImageFolderDataset
 from salfcbm.datasets.imagenet_seg import ImagenetSegmentation
 from salfcbm.datasets.paper import (
+    ConceptLabels,
     CUB200Dataset,
     CUBAttributes,
-    ConceptLabels,
     ImageNetDataset,
     Places365Dataset,
     holdout_split,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torchvision import datasets
 
+from salfcbm._utils.provenance import files_digest
 from salfcbm.core.images import ImageTransform
 from salfcbm.errors import ImageTooLargeError, InputError, SalfCBMError, SalfCBMWarning
 
@@ -256,12 +257,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data (for store manifests): root, geometry, files and labels."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for path, label in self.folder.samples:
-            h.update(f"{os.path.relpath(path, self.root)}\t{label}\t{os.path.getsize(path)}\n".encode())
         t = self.image_transform
         view = {"crop_pct": t.crop_pct, "crop_mode": t.crop_mode, "interpolation": t.interpolation}
         return {"type": "ImageFolderDataset", "root": os.path.abspath(self.root), "size": self.size,
-                "view": view, "length": len(self), "files_sha": h.hexdigest()[:24]}
+                "view": view, "length": len(self),
+                "files_sha": files_digest(self.folder.samples, self.root, sizes=True)}

@@ -29,10 +29,10 @@ from PIL import Image
 
 from salfcbm.errors import DatasetNotFoundError, InputError, MissingExtraError
 
-__all__ = ["ImagenetSegmentation", "DatasetNotFoundError"]
+__all__ = ["ImagenetSegmentation", "DatasetNotFoundError", "h5py_module"]
 
 
-def _h5py() -> Any:
+def h5py_module() -> Any:
     try:
         import h5py
     except ImportError:  # pragma: no cover - h5py is installed in the dev environment
@@ -80,7 +80,7 @@ class ImagenetSegmentation(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         size: int | None = 224,
     ) -> None:
-        h5py = _h5py()
+        h5py = h5py_module()
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise InputError(f"`size` must be a positive int or None, got {size!r}.")
         if transform is not None and not callable(transform):
@@ -117,7 +117,7 @@ class ImagenetSegmentation(torch.utils.data.Dataset):
 
     def _handle(self) -> Any:
         if self._file is None or self._pid != os.getpid():
-            self._file = _h5py().File(self.path, "r")
+            self._file = h5py_module().File(self.path, "r")
             self._pid = os.getpid()
         return self._file
 

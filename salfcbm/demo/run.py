@@ -31,7 +31,7 @@ from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.core.model import SALFCBM
 from salfcbm.errors import InputError
-from salfcbm.evaluation.benchmark import explanation_mask_check
+from salfcbm.demo.checks import explanation_mask_check
 from salfcbm.explain.evidence import EVIDENCE_LABELS
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import compute_similarity_store

@@ -1,7 +1,7 @@
 """Evaluation: segmentation and faithfulness metrics, baselines, the benchmark runner, sanity checks, concept
 accuracy, intervention curves."""
 
-from salfcbm.evaluation.baselines import Attributor, list_baselines, make_baseline
+from salfcbm.evaluation.baselines import Attributor, list_baselines, make_baseline, register_baseline
 from salfcbm.evaluation.confidence import average_drop_increase, faithfulness_correlation
 from salfcbm.evaluation.localisation import (
     LocalisationMetrics,
@@ -48,6 +48,7 @@ __all__ = [
     "list_baselines",
     "make_baseline",
     "model_randomisation_test",
+    "register_baseline",
     "presence_threshold",
     "targets_from_activations",
     "targets_from_labels",

@@ -225,13 +225,13 @@ class ConceptMetrics:
 
 def _mann_whitney_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """AUROC of ``scores`` for boolean ``positive`` (ties count one half), NaN with one class only."""
-    from salfcbm.evaluation.sanity import _average_ranks
+    from salfcbm.evaluation.sanity import average_ranks
 
     n_pos = int(positive.sum())
     n_neg = positive.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks = _average_ranks(scores.flatten().double()) + 1
+    ranks = average_ranks(scores.flatten().double()) + 1
     return float((ranks[positive.flatten()].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
-from salfcbm.evaluation.metrics import _as_heatmaps, _logits, _normalise, _resolve_target
+from salfcbm.evaluation.inputs import as_heatmaps, model_logits, normalise_heatmaps, resolve_target
 
 __all__ = ["average_drop_increase", "faithfulness_correlation"]
 
@@ -38,7 +38,7 @@ def _checked(images: Any, saliency: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"`images` must be a float (B, C, H, W) tensor, got "
             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}."
         )
-    sal = _as_heatmaps(saliency, "saliency").to(images.device)
+    sal = as_heatmaps(saliency, "saliency").to(images.device)
     if sal.shape[0] != images.shape[0]:
         raise InputError(f"`saliency` has {sal.shape[0]} maps for {images.shape[0]} images; pass one map per image.")
     if sal.shape[-2:] != images.shape[-2:]:
@@ -81,14 +81,14 @@ def average_drop_increase(
         (['drop', 'increase', 'p_full', 'p_masked'], torch.Size([2]))
     """
     x, sal = _checked(images, saliency)
-    e, _ = _normalise(sal)
+    e, _ = normalise_heatmaps(sal)
     e = e.to(x.dtype)[:, None]
     with _eval(model), torch.no_grad():
-        logits = _logits(model, x)
-        t = _resolve_target(target, x.shape[0], x.device)
+        logits = model_logits(model, x)
+        t = resolve_target(target, x.shape[0], x.device)
         t = logits.argmax(1) if t is None else t
         y = logits.double().softmax(1).gather(1, t[:, None])[:, 0]
-        o = _logits(model, x * e).double().softmax(1).gather(1, t[:, None])[:, 0]
+        o = model_logits(model, x * e).double().softmax(1).gather(1, t[:, None])[:, 0]
     drop = (y - o).clamp(min=0) / y
     return {"drop": drop.cpu(), "increase": (o > y).double().cpu(), "p_full": y.cpu(), "p_masked": o.cpu()}
 
@@ -168,14 +168,14 @@ def faithfulness_correlation(
     flat_sal = sal.flatten(1)
     drops, sums = [], []
     with _eval(model), torch.no_grad():
-        logits = _logits(model, x)
-        t = _resolve_target(target, B, x.device)
+        logits = model_logits(model, x)
+        t = resolve_target(target, B, x.device)
         t = logits.argmax(1) if t is None else t
         full = score(logits).gather(1, t[:, None])[:, 0]
         for r in range(idx.shape[0]):
             keep = torch.ones(B, HW, dtype=torch.bool, device=x.device)
             keep.scatter_(1, idx[r], False)
             xp = torch.where(keep.view(B, 1, H, W), x, fill.view(B, 1, 1, 1))
-            drops.append(full - score(_logits(model, xp)).gather(1, t[:, None])[:, 0])
+            drops.append(full - score(model_logits(model, xp)).gather(1, t[:, None])[:, 0])
             sums.append(flat_sal.gather(1, idx[r]).sum(1))
     return _pearson(torch.stack(sums, 1), torch.stack(drops, 1)).cpu()

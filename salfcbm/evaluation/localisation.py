@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
-from salfcbm.evaluation.metrics import _as_heatmaps, _as_masks
+from salfcbm.evaluation.inputs import as_heatmaps, as_masks
 
 __all__ = [
     "LOCALISATION_KEYS",
@@ -44,8 +44,8 @@ LOCALISATION_KEYS: tuple[str, ...] = ("pointing_game", "relevance_mass", "releva
 
 def _flat(heatmaps: Any, masks: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Checked ``(B, H*W)`` float64 heatmaps, bool masks, and which masks are empty."""
-    h = _as_heatmaps(heatmaps)
-    g = _as_masks(masks)
+    h = as_heatmaps(heatmaps)
+    g = as_masks(masks)
     if h.shape[0] != g.shape[0]:
         raise InputError(
             f"`heatmaps` has {h.shape[0]} images but `masks` has {g.shape[0]}; pass one mask per heatmap."
@@ -90,7 +90,7 @@ def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> torch.Tensor
         raise InputError(f"`tolerance` must be a non-negative int (pixels), got {tolerance!r}.")
     h, g, empty = _flat(heatmaps, masks)
     if tolerance:
-        side = _as_masks(masks).shape[-2:]
+        side = as_masks(masks).shape[-2:]
         g = _dilate(g.view(-1, *side), tolerance).flatten(1)
     at_max = h == h.max(1, keepdim=True).values
     return _nan_where((at_max & g).any(1).double(), empty)
@@ -205,9 +205,9 @@ class LocalisationMetrics:
 
     def update(self, heatmaps: Any, masks: Any) -> dict[str, torch.Tensor]:
         """Score one batch; returns the per-image values (``NaN`` where undefined)."""
-        g = _as_masks(masks)
+        g = as_masks(masks)
         k = self._k(g.shape[-2] * g.shape[-1])
-        h = _as_heatmaps(heatmaps)
+        h = as_heatmaps(heatmaps)
         out: dict[str, torch.Tensor] = {}
         tol = max(1, round(15 * min(g.shape[-2:]) / 224))  # Zhang et al.'s 15 px at 224 px
         for suffix, hm in (("", h), ("_relu", h.clamp(min=0))):

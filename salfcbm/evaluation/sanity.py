@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "RandomisationResult",
+    "average_ranks",
     "model_randomisation_test",
     "spearman",
     "ssim",
@@ -77,7 +78,7 @@ ExtraMethod = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------- similarity measures
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks of a 1-D tensor, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
     _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     end = counts.cumsum(0).double()
@@ -99,7 +100,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """
     if a.shape != b.shape:
         raise InputError(f"Maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
-    ra, rb = _average_ranks(a.flatten().double()), _average_ranks(b.flatten().double())
+    ra, rb = average_ranks(a.flatten().double()), average_ranks(b.flatten().double())
     ca, cb = ra - ra.mean(), rb - rb.mean()
     na, nb = ca.norm(), cb.norm()
     if na == 0 or nb == 0:

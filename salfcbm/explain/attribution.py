@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from salfcbm.errors import InputError, closest
-from salfcbm.explain.explanations import _as_batch, class_index
+from salfcbm.explain.inputs import as_batch, class_index
 
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM
@@ -186,7 +186,7 @@ class SALFCBMAttribution:
         if additional_forward_args is not None:
             raise InputError("SALF-CBM takes no additional forward arguments; pass `additional_forward_args=None`.")
         _warn_ignored(captum_kwargs)
-        x = _as_batch(inputs, "inputs")
+        x = as_batch(inputs, "inputs")
         B = x.shape[0]
         with torch.no_grad():
             out = self.model(x)

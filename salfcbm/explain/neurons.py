@@ -72,7 +72,7 @@ def top_activating_images(
         >>> fig = salfcbm.viz.plot_top_images(tops)  # doctest: +SKIP
     """
     from salfcbm.core.images import align_dataset
-    from salfcbm.explain.explanations import upsample_maps
+    from salfcbm.explain.regions import upsample_maps
 
     names = [concepts] if isinstance(concepts, (int, str)) else list(concepts)
     if not names:

@@ -3,8 +3,7 @@
 * `recipes`: `Recipe` and `RECIPES` (the paper's settings);
 * `run`: `run_recipe`, `dry_run`;
 * `cost`: `estimate_cost`, `measure_throughput`;
-* `tables`: the paper's numbers and comparison tables;
-* `neurons`: top-activating images of a concept neuron (appendix C).
+* `tables`: the paper's numbers and comparison tables.
 """
 
 from salfcbm.reproduce.cost import CostEstimate, estimate_cost, measure_throughput

@@ -1,4 +1,4 @@
-"""Supervision: concept sets, visual prompts, concept scorers and the similarity stores (paper 3.1, 3.2)."""
+"""Supervision: concept sets, visual prompts, concept scorers and the the store of prompted embeddings (paper 3.1, 3.2)."""
 
 from salfcbm.supervision.concepts import (
     ConceptFilterReport,
@@ -15,6 +15,7 @@ from salfcbm.supervision.concepts import (
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
 from salfcbm.supervision.store import (
+    PromptedEmbeddingStore,
     ShardedStore,
     SimilarityStore,
     bind_scorer,
@@ -27,6 +28,7 @@ __all__ = [
     "ConceptFilterReport",
     "ConceptScorer",
     "PromptGrid",
+    "PromptedEmbeddingStore",
     "ShardedStore",
     "SimilarityStore",
     "bind_scorer",

@@ -27,14 +27,13 @@ at by hand.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from salfcbm._utils.io import atomic_write_bytes
+from salfcbm._utils.io import atomic_write_bytes, sha256_bytes
 from salfcbm.errors import ChecksumError, DownloadError, InputError, UnknownConceptSetError
 
 __all__ = [
@@ -105,10 +104,6 @@ def _offline() -> bool:
                for k in ("SALFCBM_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def fetch_file(url: str, sha256: str, dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
     """``dest`` if it exists with the right sha256, else download ``url`` there (checked, atomic).
 
@@ -122,7 +117,7 @@ def fetch_file(url: str, sha256: str, dest: str | os.PathLike, *, timeout: float
     dest = Path(dest)
     by_hand = f"Download {url} yourself and save it as {dest} (expected sha256 {sha256})."
     if dest.is_file():
-        got = _sha256(dest.read_bytes())
+        got = sha256_bytes(dest.read_bytes())
         if got == sha256:
             return dest
         raise ChecksumError(f"The cached file {dest} has sha256 {got}, expected {sha256}: it is corrupt or "
@@ -135,7 +130,7 @@ def fetch_file(url: str, sha256: str, dest: str | os.PathLike, *, timeout: float
             data = r.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise DownloadError(f"Could not download {url}: {e}. Are you offline? {by_hand}") from None
-    got = _sha256(data)
+    got = sha256_bytes(data)
     if got != sha256:
         raise ChecksumError(f"{url} has sha256 {got}, expected {sha256}; nothing was cached. The source may "
                             "have changed or the download was corrupted; retry, or check the URL.")

@@ -11,7 +11,9 @@ concept list:
 
 `ConceptScorer` is a protocol: CLIP (`CLIPScorer`) is the default
 implementation, and any object with these four methods (a ground-truth scorer
-for synthetic data, a different vision-language model) can be plugged in.
+for synthetic data, a different vision-language model) can be plugged in, by
+name too: `register_scorer` and `scorer_from_name` (`salfcbm.supervision.scorer_registry`,
+importable from here) build one from the CLI's ``--scorer`` strings.
 """
 
 from __future__ import annotations
@@ -29,8 +31,25 @@ import torch.nn.functional as F
 from salfcbm._utils.io import sha256_file
 from salfcbm.errors import AlignmentError, InputError
 from salfcbm.supervision.prompts import PromptGrid
+from salfcbm.supervision.scorer_registry import (
+    CLIP_PREFIXES,
+    list_scorers,
+    register_scorer,
+    scorer_from_name,
+    unregister_scorer,
+)
 
-__all__ = ["ConceptScorer", "CLIPScorer", "sha256_file"]
+__all__ = [
+    "CLIPScorer",
+    "ConceptScorer",
+    "DatasetBoundScorer",
+    "UnpromptedScorer",
+    "clip_scorer",
+    "list_scorers",
+    "register_scorer",
+    "scorer_from_name",
+    "unregister_scorer",
+]
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,9 +91,42 @@ class ConceptScorer(Protocol):
         """``(M, D)`` L2-normalised text embeddings; may raise ``NotImplementedError``."""
         ...
 
-    # Optional: ``embed_images(images, indices) -> (B, D)``, the *unprompted* image embeddings.
-    # With it, the concept filter of `salfcbm.fit` measures "never fires" on whole images
-    # as LF-CBM does; without it, on the best prompted cell of each image.
+    # Optional capabilities, each a protocol of its own below: `UnpromptedScorer` (``embed_images``)
+    # and `DatasetBoundScorer` (``for_dataset``). Test for them with ``isinstance``.
+
+
+@runtime_checkable
+class UnpromptedScorer(Protocol):
+    """A scorer that also embeds whole images, without a prompt: ``embed_images(images, indices) -> (B, D)``.
+
+    With it, the concept filter of `salfcbm.fit` measures "never fires" on whole images as LF-CBM
+    does; without it, on the best prompted cell of each image. `CLIPScorer` is one.
+
+    Examples:
+        >>> isinstance(CLIPScorer.__new__(CLIPScorer), UnpromptedScorer), isinstance(object(), UnpromptedScorer)
+        (True, False)
+    """
+
+    def embed_images(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 3, H, W)`` images in ``[0, 1]`` -> ``(B, D)`` L2-normalised unprompted embeddings."""
+        ...
+
+
+@runtime_checkable
+class DatasetBoundScorer(Protocol):
+    """A scorer that reads data by index and can be rebound to another split: ``for_dataset(dataset) -> scorer``.
+
+    `compute_similarity_store` asks such a scorer for a copy bound to the dataset it stores, so one
+    scorer serves every split (the demo world's ground-truth scorer is one).
+
+    Examples:
+        >>> isinstance(CLIPScorer.__new__(CLIPScorer), DatasetBoundScorer)
+        False
+    """
+
+    def for_dataset(self, dataset: Any) -> ConceptScorer:
+        """A scorer like this one whose ``indices`` refer to ``dataset``."""
+        ...
 
 
 def _state_dict_sha256(module: torch.nn.Module) -> str:
@@ -442,3 +494,16 @@ def _check_images(images: Any) -> None:
     if not images.is_floating_point():
         raise InputError(f"images must be float in [0, 1]; got dtype {images.dtype}. Divide uint8 images by 255.")
 
+
+def clip_scorer(spec: str | None = None, **kwargs: Any) -> CLIPScorer:
+    """The ``"clip"`` factory of `scorer_from_name`: ``spec`` is an open_clip model name (default ``"ViT-B-16"``),
+    ``hf-hub:ORG/REPO`` or ``local-dir:PATH``, optionally ``MODEL/TAG`` for ``pretrained=TAG``
+    (``none``: random init); ``kwargs`` go to `CLIPScorer`."""
+    model = spec or "ViT-B-16"
+    if "/" in model and not model.startswith(tuple(p + ":" for p in CLIP_PREFIXES)):
+        model, tag = model.split("/", 1)
+        if "pretrained" in kwargs:
+            raise InputError(f"The scorer 'clip:{spec}' names its pretrained tag {tag!r} and pretrained= is given too; "
+                             "give it once.")
+        kwargs["pretrained"] = None if tag in ("", "none") else tag
+    return CLIPScorer(model, **kwargs)

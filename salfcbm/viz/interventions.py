@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from salfcbm.errors import InputError
+from salfcbm.viz.canvas import new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -26,16 +27,12 @@ def plot_intervention_curves(curves: Mapping[str, Any], *, title: str | None = N
         title: a title above both panels (default: the mode and the targets' source).
         panel_size: inches per panel.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if hasattr(curves, "to_dict"):
         curves = curves.to_dict()
     if not isinstance(curves, Mapping) or not curves.get("accuracy"):
         raise InputError("Nothing to plot: pass the result of salfcbm.evaluation.intervention_curve() (or its to_dict()).")
     ks = curves["ks"]
-    fig = Figure(figsize=(2 * panel_size[0], panel_size[1]))
-    FigureCanvasAgg(fig)
+    fig = new_figure((2 * panel_size[0], panel_size[1]))
     for i, (key, label) in enumerate((("accuracy", "accuracy"), ("true_class_probability", "true-class probability"))):
         ax = fig.add_subplot(1, 2, i + 1)
         for name, ys in curves[key].items():

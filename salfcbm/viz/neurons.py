@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from salfcbm.errors import InputError
-from salfcbm.viz.figures import plot_overlay
+from salfcbm.viz.canvas import new_figure
+from salfcbm.viz.overlays import plot_overlay
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -18,13 +19,11 @@ __all__ = ["plot_top_images"]
 
 def plot_top_images(tops: Sequence[NeuronTopImages], *, alpha: float = 0.5, cmap: str = "jet") -> Figure:
     """One row per neuron: its top images with the concept map overlaid, titled with the activation."""
-    from matplotlib.figure import Figure
-
     tops = list(tops)
     if not tops:
         raise InputError("Nothing to plot: pass the result of top_activating_images().")
     cols = max(len(t.indices) for t in tops)
-    fig = Figure(figsize=(2.2 * cols, 2.4 * len(tops)))
+    fig = new_figure((2.2 * cols, 2.4 * len(tops)))
     for r, t in enumerate(tops):
         for c in range(len(t.indices)):
             ax = fig.add_subplot(len(tops), cols, r * cols + c + 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salfcbm.errors import InputError
-from salfcbm.viz.figures import _new_figure, save_figure
+from salfcbm.viz.canvas import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -35,7 +35,7 @@ def plot_randomisation(result: Any, path: str | os.PathLike | None = None, *, ex
     ex = getattr(result, "examples", {}) if examples else {}
     rows = [m for m in methods if m in ex]
     n_cols = len(steps) + 1
-    fig = _new_figure((max(8.0, 1.5 * n_cols), 3.6 + 1.4 * len(rows)))
+    fig = new_figure((max(8.0, 1.5 * n_cols), 3.6 + 1.4 * len(rows)))
     outer = fig.add_gridspec(2 if rows else 1, 1, height_ratios=[3.0, 1.4 * len(rows)] if rows else None, hspace=0.45)
     top = outer[0].subgridspec(1, 2, wspace=0.25)
     maps = outer[1].subgridspec(len(rows), n_cols, hspace=0.08, wspace=0.05) if rows else None

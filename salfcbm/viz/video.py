@@ -19,10 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from salfcbm.errors import InputError, MissingExtraError
-from salfcbm.explain.explanations import upsample_maps
+from salfcbm.explain.regions import upsample_maps
 from salfcbm._utils.io import atomic_write
 from salfcbm._utils.modes import module_device
-from salfcbm.viz.figures import denormalize, heatmap_to_rgb
+from salfcbm.viz.display import denormalize, heatmap_to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     from salfcbm.core.model import SALFCBM

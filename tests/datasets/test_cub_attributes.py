@@ -135,7 +135,7 @@ def test_no_matching_concept_and_bad_certainty_are_refused(tmp_path):
 def test_fast_and_checked_readers_agree(tmp_path):
     import numpy as np
 
-    from salfcbm.datasets.paper import _cub_rows_checked, _cub_rows_fast
+    from salfcbm.datasets.cub_attributes import _cub_rows_checked, _cub_rows_fast
 
     root, _ = _write_tree(tmp_path)
     path = root / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"

@@ -20,12 +20,12 @@ from salfcbm.evaluation.benchmark import (
     BenchmarkMethod,
     BenchmarkResult,
     build_methods,
-    class_evidence_masks,
     constant_substrate,
     forward_speed,
     plot_attribution_examples,
     run_attribution_benchmark,
 )
+from salfcbm.demo.checks import class_evidence_masks
 from salfcbm.errors import InputError
 from salfcbm.demo.scenes import SmallConvNet, SyntheticScenes
 

@@ -71,11 +71,11 @@ def test_torch_ap_backend_matches_hand_computed():
 def test_torch_average_precision_equals_sklearn_with_ties(rows):
     from sklearn.metrics import average_precision_score
 
-    from salfcbm.evaluation.metrics import _average_precision_torch
+    from salfcbm.evaluation.segmentation import average_precision_rows
 
     scores = torch.tensor([r[0] / 4 for r in rows], dtype=torch.float64)
     targets = torch.tensor([r[1] for r in rows])
-    got = _average_precision_torch(scores[None], targets[None]).item()
+    got = average_precision_rows(scores[None], targets[None]).item()
     if targets.any():
         assert got == pytest.approx(average_precision_score(targets.numpy(), scores.numpy()), abs=1e-12)
     else:

@@ -9,7 +9,7 @@ import torch
 import salfcbm
 from salfcbm.demo.scenes import SmallConvNet, SyntheticScenes
 from salfcbm.errors import InputError
-from salfcbm.evaluation.benchmark import class_evidence_masks
+from salfcbm.demo.checks import class_evidence_masks
 from salfcbm.evaluation.localisation import relevance_rank_accuracy
 from salfcbm.evaluation.quantus_interop import a_batch, explain_func
 from salfcbm.explain.attribution import SALFCBMAttribution

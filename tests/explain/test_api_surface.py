@@ -9,8 +9,8 @@ import timm
 import torch
 
 import salfcbm
-from salfcbm.explain import explanations as explain_mod
-from salfcbm.core.model import SALFCBM
+import salfcbm.explain as explain_mod
+from salfcbm import SALFCBM
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import torch  # noqa: E402
 
 import salfcbm  # noqa: E402
 from salfcbm.explain.evidence import evidence_kinds  # noqa: E402
-from salfcbm.explain.explanations import ClassExplanation, ExplanationBatch  # noqa: E402
-from salfcbm.viz.figures import plot_explanation, write_html_report  # noqa: E402
+from salfcbm.explain import ClassExplanation, ExplanationBatch  # noqa: E402
+from salfcbm.viz import plot_explanation, write_html_report  # noqa: E402
 
 CONCEPTS = ["fur", "wing", "grass", "sky"]
 SIZE = 32
@@ -132,7 +132,7 @@ def test_empty_explanation_warns_and_the_report_says_why(model, image, tmp_path)
 
 
 def test_mask_check_counts_shown_concepts_without_mask():
-    from salfcbm.evaluation.benchmark import explanation_mask_check
+    from salfcbm.demo.checks import explanation_mask_check
     from salfcbm.demo.scenes import SmallConvNet, SyntheticScenes
 
     ds = SyntheticScenes(n=6, image_size=32, seed=1)

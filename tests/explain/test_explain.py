@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 
 import salfcbm
 from salfcbm.explain.attribution import SALFCBMAttribution
-from salfcbm.errors import ConceptNotFoundError, InputError, SalfCBMError
-from salfcbm.explain.explanations import (
-    ClassNotFoundError,
+from salfcbm.errors import ClassNotFoundError, ConceptNotFoundError, InputError, SalfCBMError
+from salfcbm.explain import (
     DecisionRule,
     ExplanationBatch,
     box_mask,

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 import salfcbm
 from salfcbm.errors import InputError
-from salfcbm.evaluation.presence import presence_check, presence_scores
-from salfcbm.explain.explanations import ExplanationBatch
+from salfcbm.demo.checks import presence_check
+from salfcbm.evaluation.presence import presence_scores
+from salfcbm.explain import ExplanationBatch
 from salfcbm.training.presence import calibrate_presence, f1_thresholds, otsu_split, target_presence
 
 CONCEPTS = ["fur", "wing", "grass", "sky"]

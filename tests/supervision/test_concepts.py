@@ -239,12 +239,3 @@ def test_filter_validation():
         filter_concepts(["fur"], class_similarity=2.0)
     with pytest.raises(InputError, match=r"\(N, 2\) tensor"):
         filter_concepts(["a", "b"], activations=torch.zeros(3, 5))
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import salfcbm.supervision.concepts as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

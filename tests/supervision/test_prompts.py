@@ -149,12 +149,3 @@ def test_dict_roundtrip_and_validation():
         PromptGrid().draw(torch.zeros(3, 32, 32))
     with pytest.raises(InputError, match="uint8"):
         PromptGrid(grid=2).draw(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import salfcbm.supervision.prompts as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -13,7 +13,8 @@ from PIL import Image
 
 from salfcbm.errors import InputError
 from salfcbm.supervision.prompts import PromptGrid
-from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer, sha256_file
+from salfcbm._utils.io import sha256_file
+from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
 
 TINY = {
     "embed_dim": 32,

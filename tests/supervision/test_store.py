@@ -265,12 +265,3 @@ def test_similarity_store_rejects_other_settings(tmp_path, clip_scorer):
     generic = _toy_store(tmp_path / "generic")
     with pytest.raises(StoreMismatchError, match="not a similarity store"):
         SimilarityStore(generic, clip_scorer)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import salfcbm.supervision.store as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -16,7 +16,7 @@ import salfcbm  # noqa: E402
 from salfcbm.explain.attribution import SALFCBMAttribution  # noqa: E402
 from salfcbm.errors import InputError, MissingExtraError  # noqa: E402
 from salfcbm.viz.video import read_video_frames, save_video_gif, save_video_strip, track_concepts  # noqa: E402
-from salfcbm.viz.figures import (  # noqa: E402
+from salfcbm.viz import (  # noqa: E402
     denormalize,
     overlay_heatmap,
     plot_explanation,

@@ -1,4 +1,4 @@
-"""Issue 15 item 5: the concept filters follow LF-CBM's rules."""
+"""The concept filters follow LF-CBM's rules: length, class and concept near-duplicates, activation (issue 15, item 5)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salfcbm.supervision.concepts import _near_duplicates, filter_concepts, format_concept
+from salfcbm.supervision.concept_filter import _near_duplicates
+from salfcbm.supervision.concepts import filter_concepts, format_concept
 
 
 def _lfcbm_rule(sims: torch.Tensor, cutoff: float) -> set[int]:
