@@ -23,13 +23,13 @@ from salfcbm.errors import InputError, MissingExtraError
 if TYPE_CHECKING:  # pragma: no cover
     import gradio
 
-__all__ = ["launch", "load_model", "build_app", "Explorer", "EXAMPLES_DIR"]
+__all__ = ["launch", "load_model", "build_app", "Explorer", "EXAMPLES_DIR", "load_gradio"]
 
 #: The folder of a saved model that holds example images: shown as examples and searched by default.
 EXAMPLES_DIR = "examples"
 
 
-def _gradio():
+def load_gradio():
     """Import gradio with telemetry off (unless the user set it), or name the install."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -95,7 +95,7 @@ def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int
     from salfcbm.app.explorer import Explorer
     from salfcbm.app.ui import build_app as _build
 
-    _gradio()
+    load_gradio()
     model, found = load_model(model)
     images = images if images is not None else found
     ex = Explorer(model, images, top_k=top_k, max_images=max_images)
@@ -139,7 +139,7 @@ def launch(
     app.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
         ssr_mode=False, mcp_server=False, footer_links=[], show_error=False, enable_monitoring=False,
-        theme=_gradio().themes.Default(), css=_css(),
+        theme=load_gradio().themes.Default(), css=_css(),
     )
     return app
 

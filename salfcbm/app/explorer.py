@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from salfcbm.core.outputs import SALFCBMOutput
 from salfcbm.errors import InputError, SalfCBMError, closest
 from salfcbm.explain import upsample_maps
-from salfcbm.viz.figures import _Scale, sankey_svg, to_display
+from salfcbm.viz import ColorScale, sankey_svg, to_display
 from salfcbm.app.images import list_images, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +98,7 @@ def _fmt(v: float) -> str:
     return f"{v:+.6f}"
 
 
-def colorbar_html(scale: _Scale) -> str:
+def colorbar_html(scale: ColorScale) -> str:
     """The colour bar of a heatmap scale, as a small HTML legend (the reports' `plot_explanation` one)."""
     import matplotlib
 
@@ -210,7 +210,7 @@ class Explorer:
         ex = self.model.explain(cur.x, target=t, top_k=k, output=cur.output)[0]
         ce = ex.top
         probs = {n: float(p) for n, p in zip(self.model.class_names, ex.probabilities.tolist())}
-        scale = _Scale([ce], None)
+        scale = ColorScale([ce], None)
         gallery = [
             (_u8(scale.overlay(cur.image, h, HEATMAP_ALPHA, None)), f"{c} ({s:+.3f})")
             for c, s, h in zip(ce.concepts, ce.scores.tolist(), scale.maps[0])
@@ -339,7 +339,7 @@ class Explorer:
         maps = upsample_maps(top.detach().float().cpu(), self.size)
         inside = (rep.masks[0] > 0).cpu()
         z = torch.where(inside, (maps - mean[:, None, None]) / std[:, None, None], 0.0)
-        scale = _Scale.signed(list(z))
+        scale = ColorScale.signed(list(z))
         gallery = []
         for c, h in zip(r.concepts, z):
             shown = scale.overlay(cur.image, h, HEATMAP_ALPHA, None)
@@ -476,7 +476,7 @@ class Explorer:
             notes.append(f"Top {len(top)} of {len(act)} indexed images.")
         mean, std = float(self.model.concept_mean[m]), float(self.model.concept_std[m])
         z = [(upsample_maps(h, self.size) - mean) / std for h in maps]
-        scale = _Scale.signed(z)
+        scale = ColorScale.signed(z)
         shown = None if current is None else self.view(current, scale.overlay(images[0], z[0], HEATMAP_ALPHA, None))
         found = list(zip(images, z))[current is not None:]
         gallery = [(_u8(scale.overlay(im, h, HEATMAP_ALPHA, None)), c) for (im, h), c in zip(found, captions)]

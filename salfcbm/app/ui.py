@@ -229,9 +229,9 @@ def _on_load(gr, ex: Explorer, predict_fn, n_stale: int):
 
 def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = "salfcbm explorer"):
     """The explorer's `gradio.Blocks` for an `Explorer` (``launch`` it, or mount it)."""
-    from salfcbm.app import _gradio
+    from salfcbm.app import load_gradio
 
-    gr = _gradio()
+    gr = load_gradio()
     m = ex.model
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(

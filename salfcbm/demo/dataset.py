@@ -130,7 +130,6 @@ class SyntheticScenes(Dataset):
         self.compound_concepts = bool(compound_concepts)
         #: The class rules of this dataset, one per class (`salfcbm.demo.world.Rule`).
         self.rules: tuple[Rule, ...] = RULES[:num_classes]
-        self._rules = self.rules  # the name read before the rules were public; kept for older callers
         self.concepts: list[str] = base_concepts()
         if self.compound_concepts:  # "a blue circle", "a striped circle": what real concept lists look like
             self.concepts += all_compounds()

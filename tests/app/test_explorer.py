@@ -275,25 +275,25 @@ def test_load_model_explains_a_bad_source(model, tmp_path):
 
 
 def test_missing_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
-    from salfcbm.app import _gradio
+    from salfcbm.app import load_gradio
     from salfcbm.cli import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'salfcbm\[app\]'"):
-        _gradio()
+        load_gradio()
     assert main(["app", str(tmp_path)]) == 2
     assert "salfcbm[app]" in capsys.readouterr().err
 
 
 def test_gradio_telemetry_is_off_unless_the_user_set_it(monkeypatch):
     pytest.importorskip("gradio")
-    from salfcbm.app import _gradio
+    from salfcbm.app import load_gradio
 
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
-    _gradio()
+    load_gradio()
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
-    _gradio()
+    load_gradio()
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "True"  # the user's choice stands
 
 
@@ -329,7 +329,7 @@ def test_build_app_lays_out_five_tabs(model, scenes):
 def test_heatmaps_use_the_reports_signed_scale_with_a_colour_bar(explorer, model, current):
     import matplotlib
 
-    from salfcbm.viz.figures import _Scale
+    from salfcbm.viz import ColorScale
 
     _, _, gallery, scale, _ = explorer.predict_panel(current)
     ce = model.explain(current.x, top_k=3)[0].top
@@ -338,7 +338,7 @@ def test_heatmaps_use_the_reports_signed_scale_with_a_colour_bar(explorer, model
     assert "training stds from its training mean" in scale and f"{-top:+.2f}" in scale and f"{top:+.2f}" in scale
     blue = "#{:02x}{:02x}{:02x} 0%".format(*(int(255 * c + 0.5) for c in matplotlib.colormaps["RdBu_r"](0.0)[:3]))
     assert blue in scale  # the colour bar is the reports' colormap, not jet
-    report = _Scale([ce], None)
+    report = ColorScale([ce], None)
     assert report.cmap == "RdBu_r" and (report.vmin, report.vmax) == (-top, top)
     expected = (np.clip(report.overlay(current.image, z[0], 0.6, None), 0, 1) * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(gallery[0][0], expected)
