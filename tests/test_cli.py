@@ -171,7 +171,7 @@ def demo_run(tmp_path) -> Path:
     cfg = DemoConfig(n_train=8, n_val=4, n_test=4, image_size=32, num_classes=2, backbone_width=4)
     run = tmp_path / "demo"
     run.mkdir()
-    (run / "demo_config.json").write_text(json.dumps(cfg.__dict__))
+    (run / "demo_config.json").write_text(json.dumps(cfg.to_dict()))
     net = SmallConvNet(num_classes=2, width=4)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / "backbone.safetensors"))
     model = salfcbm.wrap(net, concepts=["a red circle", "a blue square"], num_classes=2, class_names=["a", "b"],

@@ -23,10 +23,13 @@ from salfcbm.errors import InputError, MissingExtraError
 if TYPE_CHECKING:  # pragma: no cover
     import gradio
 
-__all__ = ["launch", "load_model", "build_app", "Explorer"]
+__all__ = ["launch", "load_model", "build_app", "Explorer", "EXAMPLES_DIR", "load_gradio"]
+
+#: The folder of a saved model that holds example images: shown as examples and searched by default.
+EXAMPLES_DIR = "examples"
 
 
-def _gradio():
+def load_gradio():
     """Import gradio with telemetry off (unless the user set it), or name the install."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -39,10 +42,10 @@ def _gradio():
 def load_model(source: Any):
     """A model and the images that come with it: ``(model, images or None)``.
 
-    ``source`` is a `SALFCBM`, a directory written by ``save_pretrained`` or a
-    Hub repo id. A demo run (``runs/demo`` or its ``runs/demo/model``) is recognised: its backbone
-    is the demo's own network, saved beside the model, and its test scenes come along as the
-    images to search.
+    ``source`` is a `SALFCBM`, a directory written by ``save_pretrained`` (or a run folder that holds
+    one as ``model/``, as ``salfcbm train`` and ``salfcbm demo`` write) or a Hub repo id. A saved model
+    folder may carry example images in ``examples/`` (`EXAMPLES_DIR`; the demo's model brings its test
+    scenes there): they are the images to search.
     """
     from salfcbm.core.model import SALFCBM
 
@@ -51,14 +54,11 @@ def load_model(source: Any):
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"Expected a SALFCBM, a model directory or a Hub repo id, got {type(source).__name__}.")
     path = Path(source).expanduser()
-    for run in (path, path.parent):
-        if (run / "demo_config.json").is_file() and (run / "backbone.safetensors").is_file():
-            from salfcbm.demo.run import load_demo
-
-            model, data = load_demo(run)
-            return model, data["test"]
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"  # a run folder: its model is in model/
     if path.is_dir():
-        return SALFCBM.from_pretrained(str(path)).eval(), None
+        examples = path / EXAMPLES_DIR
+        return SALFCBM.from_pretrained(str(path)).eval(), (str(examples) if examples.is_dir() else None)
     text = str(source)
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise InputError(
@@ -95,7 +95,7 @@ def build_app(model: Any, images: Any = None, *, top_k: int = 5, max_images: int
     from salfcbm.app.explorer import Explorer
     from salfcbm.app.ui import build_app as _build
 
-    _gradio()
+    load_gradio()
     model, found = load_model(model)
     images = images if images is not None else found
     ex = Explorer(model, images, top_k=top_k, max_images=max_images)
@@ -119,8 +119,8 @@ def launch(
 
     Args:
         model: a `SALFCBM`, a saved model directory or a Hub repo id.
-        images: a folder (or list of images, or a dataset) to search by concept; the demo's model
-            brings its test scenes.
+        images: a folder (or list of images, or a dataset) to search by concept; default: the saved
+            model's ``examples/`` folder, if it has one (the demo's model brings its test scenes there).
         host: interface to listen on; the default serves this machine only.
         port: port; ``None`` = the first free one from 7860.
         share: ask Gradio for a public link (off by default; it contacts Gradio's servers).
@@ -139,7 +139,7 @@ def launch(
     app.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
         ssr_mode=False, mcp_server=False, footer_links=[], show_error=False, enable_monitoring=False,
-        theme=_gradio().themes.Default(), css=_css(),
+        theme=load_gradio().themes.Default(), css=_css(),
     )
     return app
 

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salfcbm.core.outputs import SALFCBMOutput
 from salfcbm.errors import InputError, SalfCBMError, closest
 from salfcbm.explain import upsample_maps
-from salfcbm.viz.figures import _Scale, sankey_svg, to_display
+from salfcbm.viz import ColorScale, sankey_svg, to_display
 from salfcbm.app.images import list_images, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,7 +98,7 @@ def _fmt(v: float) -> str:
     return f"{v:+.6f}"
 
 
-def colorbar_html(scale: _Scale) -> str:
+def colorbar_html(scale: ColorScale) -> str:
     """The colour bar of a heatmap scale, as a small HTML legend (the reports' `plot_explanation` one)."""
     import matplotlib
 
@@ -148,21 +149,26 @@ class Explorer:
         self.index_names: list[str] = []
         self.index_activations: torch.Tensor | None = None
         self._index_items: list[Any] = []
-        self._index_maps: torch.Tensor | None = None  # (N, M, Hg, Wg), when small enough to keep
+        self._index_maps: torch.Tensor | None = None  # grid features (N, C, Hg, Wg) or maps (N, M, Hg, Wg), if they fit
+        self._index_lazy = False  # whether _index_maps holds grid features (maps built on demand)
         if images is not None:
             self._build_index(images, max_images, batch_size)
 
     # ------------------------------------------------------------------ images
     def prepare(self, image: Any) -> Current:
         """An uploaded image (path, PIL, array) -> `Current`, with one forward pass."""
-        if image is None:
-            raise InputError("No image yet: upload one or pick an example.")
-        pixels, notes = load_image(image, self.size)
-        x = self.model.preprocess(pixels[None].to(self._device()))
+        x, notes = self.model_input(image)
         with torch.no_grad():
             out = self.model(x)
         shown = to_display(x[0], self.model)  # what the model sees, denormalised
         return Current(image=torch.from_numpy(shown).permute(2, 0, 1), x=x, output=out, notes=notes)
+
+    def model_input(self, image: Any) -> tuple[torch.Tensor, list[str]]:
+        """An image (path, PIL, array, tensor) -> ``(backbone-ready (1, 3, H, W), notes)``; no forward pass."""
+        if image is None:
+            raise InputError("No image yet: upload one or pick an example.")
+        pixels, notes = load_image(image, self.size)
+        return self.model.preprocess(pixels[None].to(self._device())), notes
 
     def _device(self) -> torch.device:
         p = next(self.model.parameters(), None)
@@ -204,7 +210,7 @@ class Explorer:
         ex = self.model.explain(cur.x, target=t, top_k=k, output=cur.output)[0]
         ce = ex.top
         probs = {n: float(p) for n, p in zip(self.model.class_names, ex.probabilities.tolist())}
-        scale = _Scale([ce], None)
+        scale = ColorScale([ce], None)
         gallery = [
             (_u8(scale.overlay(cur.image, h, HEATMAP_ALPHA, None)), f"{c} ({s:+.3f})")
             for c, s, h in zip(ce.concepts, ce.scores.tolist(), scale.maps[0])
@@ -329,10 +335,11 @@ class Explorer:
             [i + 1, c, round(float(s), 6), round(float(p), 6), round(float(z), 4)]
             for i, (c, s, p, z) in enumerate(zip(r.concepts, r.scores.tolist(), per_px, (per_px - mean) / std))
         ]
-        maps = upsample_maps(cur.output.concept_maps[0, r.concept_indices].detach().float().cpu(), self.size)
+        top = cur.output.concept_maps_at(r.concept_indices)[0]  # the k maps shown, not all M
+        maps = upsample_maps(top.detach().float().cpu(), self.size)
         inside = (rep.masks[0] > 0).cpu()
         z = torch.where(inside, (maps - mean[:, None, None]) / std[:, None, None], 0.0)
-        scale = _Scale.signed(list(z))
+        scale = ColorScale.signed(list(z))
         gallery = []
         for c, h in zip(r.concepts, z):
             shown = scale.overlay(cur.image, h, HEATMAP_ALPHA, None)
@@ -450,7 +457,7 @@ class Explorer:
         notes, images, maps = [f"Concept **{name}**."], [], []
         if current is not None:
             images.append(current.image)
-            maps.append(current.output.concept_maps[0, m].detach().float().cpu())
+            maps.append(current.output.concept_maps_at([m])[0, 0].detach().float().cpu())
             z = float(self.model.standardize(current.output.concept_activations.detach().float())[0, m])
             notes.append(f"Pooled activation on this image: {float(current.output.concept_activations[0, m]):.4f} "
                          f"({z:+.2f} training stds from its training mean).")
@@ -462,27 +469,27 @@ class Explorer:
         else:
             act = self.index_activations[:, m]
             top = act.topk(min(int(k), len(act))).indices.tolist()
-            if self._index_maps is not None:
-                maps += list(self._index_maps[top, m])
-                pixels = [load_image(self._index_items[i], self.size)[0] for i in top]
-                images += [to_display(self.model.preprocess(p[None])[0], self.model) for p in pixels]
-            else:  # too many to keep: run the model again on the top images
-                x = torch.cat([self.prepare(self._index_items[i]).x for i in top])
-                with torch.no_grad():
-                    maps += list(self.model(x).concept_maps[:, m].detach().float().cpu())
-                images += [to_display(xi, self.model) for xi in x]
+            x = torch.cat([self.model_input(self._index_items[i])[0] for i in top])
+            maps += list(self.index_maps(top, m, x))
+            images += [to_display(xi, self.model) for xi in x]
             captions = [f"{self.index_names[i]} ({float(act[i]):.3f})" for i in top]
             notes.append(f"Top {len(top)} of {len(act)} indexed images.")
         mean, std = float(self.model.concept_mean[m]), float(self.model.concept_std[m])
         z = [(upsample_maps(h, self.size) - mean) / std for h in maps]
-        scale = _Scale.signed(z)
+        scale = ColorScale.signed(z)
         shown = None if current is None else self.view(current, scale.overlay(images[0], z[0], HEATMAP_ALPHA, None))
         found = list(zip(images, z))[current is not None:]
         gallery = [(_u8(scale.overlay(im, h, HEATMAP_ALPHA, None)), c) for (im, h), c in zip(found, captions)]
         return shown, gallery, colorbar_html(scale), " ".join(notes)
 
     def _build_index(self, images: Any, max_images: int, batch_size: int) -> None:
-        """Pooled concept activations of every searchable image (one forward pass each, batched)."""
+        """Pooled concept activations of every searchable image: one forward pass each, batched.
+
+        The forward pass pools before it projects (mean pooling), so no concept map is built here;
+        the grid features are kept (when they fit `MAX_CACHED_MAP_VALUES`) to build the maps of one
+        concept on the top images at search time. A model that builds its maps to pool them (softmax
+        or max pooling) keeps those maps instead, under the same limit.
+        """
         if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
             files = list_images(images, max_images)
             items, names = list(files), [str(p.relative_to(images)) for p in files]
@@ -490,19 +497,51 @@ class Explorer:
             n = min(len(images), max_images)
             items = [images[i][0] if isinstance(images[i], tuple) else images[i] for i in range(n)]
             names = [f"#{i}" for i in range(n)]
-        acts, maps = [], []
-        Hg, Wg = self.model.grid
-        keep_maps = len(items) * self.model.num_concepts * Hg * Wg <= MAX_CACHED_MAP_VALUES
+        acts, kept = [], []
         for a in range(0, len(items), batch_size):
-            x = torch.cat([self.prepare(it).x for it in items[a: a + batch_size]])
+            x = torch.cat([self.model_input(it)[0] for it in items[a: a + batch_size]])
             with torch.no_grad():
                 out = self.model(x)
             acts.append(out.concept_activations.detach().float().cpu())
-            if keep_maps:
-                maps.append(out.concept_maps.detach().float().cpu())
+            kept.append(self._index_cache(out, len(items)))
         self._index_items, self.index_names = items, names
         self.index_activations = torch.cat(acts) if acts else None
-        self._index_maps = torch.cat(maps) if maps else None
+        self._index_maps = torch.cat(kept) if kept and all(k is not None for k in kept) else None
+        self._index_lazy = bool(kept) and kept[0] is not None and not self._maps_built(out)
+
+    @staticmethod
+    def _maps_built(out: Any) -> bool:
+        return bool(getattr(out, "maps_computed", True))
+
+    def _index_cache(self, out: Any, n: int) -> torch.Tensor | None:
+        """What a batch keeps for search: its grid features (lazy maps) or its maps; ``None`` past the limit."""
+        Hg, Wg = self.model.grid
+        if self._maps_built(out):
+            fits = n * self.model.num_concepts * Hg * Wg <= MAX_CACHED_MAP_VALUES
+            return out.concept_maps.detach().float().cpu() if fits else None
+        fits = n * int(self.model.bottleneck.weight.shape[1]) * Hg * Wg <= MAX_CACHED_MAP_VALUES  # C channels
+        return out.grid_features.detach().cpu() if fits else None
+
+    def index_maps(self, rows: Sequence[int], m: int, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Concept ``m``'s map on the indexed images ``rows``, ``(k, Hg, Wg)`` float32: one map per image.
+
+        Built from the kept grid features (the 1x1 bottleneck restricted to row ``m``), read from the
+        kept maps, or, when nothing could be kept, from one forward pass over ``x`` (the images' inputs).
+        """
+        rows = list(rows)
+        if self._index_maps is not None and self._index_lazy:
+            w = self.model.bottleneck.weight.detach()
+            b = self.model.bottleneck.bias
+            out = SALFCBMOutput(torch.zeros(len(rows), 1, device=w.device),
+                                features=self._index_maps[rows].to(w.device, w.dtype),
+                                grid=self.model.grid, weight=w, bias=None if b is None else b.detach())
+            return out.concept_maps_at([m])[:, 0].float().cpu()
+        if self._index_maps is not None:
+            return self._index_maps[rows, m]
+        if x is None:
+            x = torch.cat([self.model_input(self._index_items[i])[0] for i in rows])
+        with torch.no_grad():
+            return self.model(x).concept_maps_at([m])[:, 0].detach().float().cpu()
 
     def warm_up(self) -> None:
         """Run every panel once on a gray image, so that a user's first click pays no start-up cost."""

@@ -6,19 +6,30 @@ browser test and the docs' screenshot script can find each control.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from salfcbm.app.explorer import PREDICTED, REGION_HEADERS, REGION_MODES, Explorer
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "region_status"]
 
 CSS = """
 #ea-click img, #iv-click img, #cs-map img { image-rendering: auto; }
 #upload img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #heatmaps img, #ea-maps img, #cs-top img { image-rendering: pixelated; }
 .salfcbm-msg { min-height: 2.5em; }
+.salfcbm-status { display: none; }
 """
+_UPDATES = itertools.count(1)  # numbers every update of a region picker (see `region_status`)
+
+
+def region_status(clicks: Sequence[Any]) -> str:
+    """The hidden state of a region picker, set by every event that changes it: ``data-clicks`` (the
+    clicks so far) and ``data-update`` (a number that grows with each update). The page has applied an
+    event's outputs once this element shows its number: what a test (or a script) waits on."""
+    return f'<span data-clicks="{len(clicks)}" data-update="{next(_UPDATES)}"></span>'
+
 
 
 def _upload(gr, **kwargs):
@@ -80,27 +91,29 @@ def _region_inputs(gr, ex: Explorer, state, prefix: str, modes: Sequence[str], l
                                sources=(), transforms=(), layers=False, type="numpy", format="png", height=360,
                                brush=gr.Brush(colors=["#ff3030"], default_size=max(2, 3 * ex.view_scale)))
     note = gr.Markdown(elem_id=f"{prefix}-region")
+    status = gr.HTML(region_status([]), elem_id=f"{prefix}-status", elem_classes="salfcbm-status")
     clicks = gr.State([])
 
     def show(current, m):
         return (gr.update(visible=m not in ("brush", "whole image")), gr.update(visible=m == "brush"), [], "",
-                _editor_value(gr, ex, current, m))
+                region_status([]), _editor_value(gr, ex, current, m))
 
-    mode.change(show, [state, mode], [click, brush, clicks, note, brush])
-    return mode, click, brush, clicks, note
+    mode.change(show, [state, mode], [click, brush, clicks, note, status, brush])
+    return mode, click, brush, clicks, note, status
 
 
 def _on_click(gr, ex: Explorer, then=None):
     """A select handler (gradio passes the click's pixel coordinates as SelectData), optionally
-    followed, in the same event, by a panel once the region is complete."""
+    followed, in the same event, by a panel once the region is complete. Its outputs start with
+    ``clicks, picture, note, status`` (`region_status`)."""
 
     def on_click(current, clicks, mode, drawing, evt):
         clicks, shown, note = ex.click(current, clicks, mode, evt.index)
         if then is None:
-            return clicks, shown, note
+            return clicks, shown, note, region_status(clicks)
         if mode == "box" and len(clicks) < 2:  # one corner so far: keep the last result
-            return (clicks, shown, note, gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        return (clicks, shown, note, *then(current, mode, clicks, drawing))
+            return (clicks, shown, note, region_status(clicks), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        return (clicks, shown, note, region_status(clicks), *then(current, mode, clicks, drawing))
 
     on_click.__annotations__ = {"evt": gr.SelectData}  # gradio finds event data by this annotation
     return on_click
@@ -124,8 +137,8 @@ def _predict_tab(gr, ex: Explorer, state):
 
 
 def _region_tab(gr, ex: Explorer, state):
-    mode, click, brush, clicks, note = _region_inputs(gr, ex, state, "ea", REGION_MODES,
-                                                      "Click two corners for a box, or points")
+    mode, click, brush, clicks, note, status = _region_inputs(gr, ex, state, "ea", REGION_MODES,
+                                                              "Click two corners for a box, or points")
     with gr.Row():
         run = gr.Button("Explain region", variant="primary", elem_id="ea-run")
         clear = gr.Button("Clear region", elem_id="ea-clear")
@@ -135,10 +148,11 @@ def _region_tab(gr, ex: Explorer, state):
     maps = gr.Gallery(label="Their maps inside the region", columns=5, height="auto", elem_id="ea-maps")
     scale = gr.HTML(elem_id="ea-scale")
     inputs, outs = [state, mode, clicks, brush], [table, maps, scale, msg]
-    click.select(_on_click(gr, ex, ex.region_panel), [state, clicks, mode, brush], [clicks, click, note, *outs])
+    click.select(_on_click(gr, ex, ex.region_panel), [state, clicks, mode, brush], [clicks, click, note, status, *outs])
     run.click(ex.region_panel, inputs, outs)
-    clear.click(lambda cur: ([], None if cur is None else ex.view(cur), ""), [state], [clicks, click, note])
-    return (mode, click, brush, clicks, note), outs
+    clear.click(lambda cur: ([], None if cur is None else ex.view(cur), "", region_status([])), [state],
+                [clicks, click, note, status])
+    return (mode, click, brush, clicks, note, status), outs
 
 
 def _intervene_tab(gr, ex: Explorer, state):
@@ -149,9 +163,10 @@ def _intervene_tab(gr, ex: Explorer, state):
         beta = gr.Number(value=round(r / 2, 2), step=r / 100, label="beta (add > 0, remove < 0)", info=ex.beta_info(),
                          elem_id="iv-beta")  # a number box: a typed value is taken as typed, never clamped
         target = gr.Dropdown(ex.class_choices(), value=PREDICTED, label="Report the logit of", elem_id="iv-target")
-    mode, click, brush, clicks, note = _region_inputs(gr, ex, state, "iv", ("box", "points", "brush", "whole image"),
-                                                      "Click two corners for a box, or points")
-    click.select(_on_click(gr, ex), [state, clicks, mode, brush], [clicks, click, note])
+    mode, click, brush, clicks, note, status = _region_inputs(gr, ex, state, "iv",
+                                                              ("box", "points", "brush", "whole image"),
+                                                              "Click two corners for a box, or points")
+    click.select(_on_click(gr, ex), [state, clicks, mode, brush], [clicks, click, note, status])
     run = gr.Button("Intervene", variant="primary", elem_id="iv-run")
     msg = gr.Markdown(elem_id="iv-msg", elem_classes="salfcbm-msg")
     table = gr.Dataframe(headers=["class", "logit before", "logit after", "change", "p before", "p after"],
@@ -159,7 +174,7 @@ def _intervene_tab(gr, ex: Explorer, state):
     inputs, outs = [state, concept, mode, clicks, brush, beta, target], [table, msg]
     for ev in (run.click, beta.submit):
         ev(ex.intervene_panel, inputs, outs)
-    return (mode, click, brush, clicks, note), outs
+    return (mode, click, brush, clicks, note, status), outs
 
 
 def _rules_tab(gr, ex: Explorer):
@@ -202,7 +217,7 @@ def _on_load(gr, ex: Explorer, predict_fn, n_stale: int):
         cur, view, note = ex.load(path)
         regions = []
         for m in (ea_mode, iv_mode):
-            regions += [view, _editor_value(gr, ex, cur, m), [], ""]
+            regions += [view, _editor_value(gr, ex, cur, m), [], "", region_status([])]
         if cur is not None:
             shown = predict_fn(cur, t, k)
         else:
@@ -214,9 +229,9 @@ def _on_load(gr, ex: Explorer, predict_fn, n_stale: int):
 
 def build_app(ex: Explorer, examples: Sequence[Any] | None = None, title: str = "salfcbm explorer"):
     """The explorer's `gradio.Blocks` for an `Explorer` (``launch`` it, or mount it)."""
-    from salfcbm.app import _gradio
+    from salfcbm.app import load_gradio
 
-    gr = _gradio()
+    gr = load_gradio()
     m = ex.model
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(

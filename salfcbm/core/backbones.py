@@ -21,12 +21,16 @@ __all__ = [
     "backbone_fingerprint",
     "resolve_weights",
     "SAFE_KWARGS",
+    "TIMM_NAME_MODULES",
 ]
 
 if TYPE_CHECKING:  # torch is imported where a backbone is built or read, so specs and configs load without it
     from torch import nn
 
 _SOURCES = ("timm", "torchvision", "custom")
+#: timm names that a salfcbm module registers (``timm.models.register_model``): a spec whose timm name
+#: starts with a key imports that module before timm builds it, so a saved model loads in a fresh process.
+TIMM_NAME_MODULES: dict[str, str] = {"salfcbm_demo_": "salfcbm.demo.backbone"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -169,6 +173,7 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
         if src == "timm":
             import timm
 
+            _register_timm_name(name)
             if weights is None:
                 return timm.create_model(name, pretrained=False, **kwargs)
             full = name if weights == "default" else f"{name}.{weights}"
@@ -183,6 +188,15 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
             f"Could not build the {src} backbone {name!r} (weights={weights!r}): {type(e).__name__}: {e}. "
             "If the weights cannot be downloaded here, build the backbone yourself and pass `backbone=`."
         ) from e
+
+
+def _register_timm_name(name: str) -> None:
+    """Import the salfcbm module that registers the timm model ``name`` (see `TIMM_NAME_MODULES`)."""
+    import importlib
+
+    for prefix, module in TIMM_NAME_MODULES.items():
+        if name.startswith(prefix):
+            importlib.import_module(module)
 
 
 @functools.lru_cache(maxsize=None)

@@ -67,9 +67,9 @@ def class_evidence_masks(
             f"got {type(dataset).__name__}."
         )
     background = set(getattr(dataset, "concept_groups", {}).get("background", []))
-    # The rule's object requirements (which phrases must hold on the *same* object) are not
-    # public on SyntheticScenes; without them, "objects" falls back to the concept union.
-    rules = getattr(dataset, "_rules", None)
+    # The rules' object requirements (which phrases must hold on the *same* object): SyntheticScenes.rules;
+    # a dataset without them falls back, for "objects", to the concept union.
+    rules = getattr(dataset, "rules", None)
     idx = {c: k for k, c in enumerate(dataset.concepts)}
     out = []
     for i in indices:

@@ -16,6 +16,7 @@ and a report that compares concept maps with the ground-truth masks.
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import time
@@ -28,49 +29,26 @@ import torch
 from salfcbm._utils.io import atomic_write_bytes, checked_safetensors, read_checked_metadata
 from salfcbm._utils.modes import preserved_modes
 from salfcbm._utils.tensors import upsample_bilinear
-from salfcbm.explain.mixin import SALFCBM, wrap
+from salfcbm.explain.mixin import SALFCBM
 from salfcbm.errors import InputError
 from salfcbm.demo.checks import explanation_mask_check
 from salfcbm.explain.evidence import EVIDENCE_LABELS
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import compute_similarity_store
-from salfcbm.demo.scenes import (
-    GroundTruthScorer,
-    SmallConvNet,
-    SyntheticScenes,
-    pretrain_backbone,
-)
-from salfcbm.training.pipeline import BottleneckConfig, FitResult, HeadConfig, fit
+from salfcbm.demo.backbone import SmallConvNet
+from salfcbm.demo.config import FLAT_BOTTLENECK_KEYWORDS, DemoConfig, demo_bottleneck
+from salfcbm.demo.dataset import SyntheticScenes
+from salfcbm.demo.pretrain import pretrain_backbone
+from salfcbm.demo.scorer import GroundTruthScorer
+from salfcbm.training import FitResult, HeadConfig, fit
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo", "load_demo", "concept_map_miou"]
+#: The folder of a saved model that holds its example images (the explorer's default images).
+EXAMPLES_DIR = "examples"
+#: How many test scenes the demo saves as examples with its model.
+EXAMPLE_IMAGES = 200
 
-
-@dataclass
-class DemoConfig:
-    """Sizes of the demo run (the defaults take a few minutes on 2 CPU cores)."""
-
-    n_train: int = 3000
-    n_val: int = 600
-    n_test: int = 600
-    image_size: int = 64
-    num_classes: int = 8
-    backbone_epochs: int = 12
-    backbone_width: int = 16
-    grid: int = 7
-    radius: int = 32  # PromptGrid's unit: pixels of a 224 px image (the paper's r = 32), 9 px on a 64 px scene
-    bottleneck_steps: int = 1500
-    seed: int = 0
-    report_images: int = 6
-    bottleneck_lr: float = 5e-3
-    cutoff: float = 0.3
-
-    def __post_init__(self):
-        for k, v in self.__dict__.items():
-            if k in ("bottleneck_lr", "cutoff"):
-                if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                    raise InputError(f"DemoConfig.{k} must be a number in [0, 1], got {v!r}.")
-            elif not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "seed" else 1):
-                raise InputError(f"DemoConfig.{k} must be a positive int, got {v!r}.")
+__all__ = ["DemoConfig", "DemoResult", "demo_bottleneck", "run_demo", "load_demo", "concept_map_miou",
+           "FLAT_BOTTLENECK_KEYWORDS", "write_examples", "EXAMPLES_DIR", "EXAMPLE_IMAGES"]
 
 
 @dataclass
@@ -370,16 +348,17 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     cfg = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "demo_config.json", json.dumps(cfg.__dict__, indent=2).encode())
+    atomic_write_bytes(out / "demo_config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = _datasets(cfg)
     backbone = _backbone(cfg, data, out, progress)
     size = (cfg.image_size, cfg.image_size)
-    model = wrap(backbone, concepts=data["train"].concepts, num_classes=cfg.num_classes,
-                 class_names=data["train"].classes, grid=cfg.grid, input_size=size, backbone_weights=None,
-                 input_mean=(0.0, 0.0, 0.0), input_std=(1.0, 1.0, 1.0),  # the CNN normalises its [0, 1] inputs
-                 input_crop_pct=1.0)  # the model's view is the whole scene, where the ground-truth masks are
+    model = SALFCBM(backbone, concepts=list(data["train"].concepts), num_classes=cfg.num_classes,
+                    class_names=list(data["train"].classes), grid=(cfg.grid, cfg.grid), input_size=list(size),
+                    backbone_spec=backbone.spec,  # timm's salfcbm_demo_convnet: the saved model loads by name
+                    input_mean=[0.0, 0.0, 0.0], input_std=[1.0, 1.0, 1.0],  # the CNN normalises its [0, 1] inputs
+                    input_crop_pct=1.0)  # the model's view is the whole scene, where the ground-truth masks are
     prompts = PromptGrid(grid=(cfg.grid, cfg.grid), radius=cfg.radius)
     sims = {
         split: compute_similarity_store(out / "similarities" / split, data[split], GroundTruthScorer(data[split]),
@@ -390,11 +369,11 @@ def run_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = N
     result = fit(
         model, data["train"], data["val"], train_similarities=sims["train"], val_similarities=sims["val"],
         test_data=data["test"], run_dir=out, progress=progress, device=device,
-        bottleneck=BottleneckConfig(max_steps=cfg.bottleneck_steps, batch_size=256, val_every=50, patience=8,
-                                    lr=cfg.bottleneck_lr, cutoff=cfg.cutoff, seed=cfg.seed),
+        bottleneck=cfg.bottleneck,
         head=HeadConfig.paper("default", n_lambdas=30),  # the paper's selection: LF-CBM's fixed lambda (7e-4)
     )
     model = result.model.eval()
+    write_examples(data["test"], out / "model" / EXAMPLES_DIR, n=min(EXAMPLE_IMAGES, cfg.n_test))
     metrics = dict(result.metrics)
     metrics["backbone"] = {"accuracy_val": _backbone_accuracy(backbone, data["val"])}
     metrics["segmentation"] = concept_map_miou(model, data["test"])
@@ -434,17 +413,43 @@ def _backbone_accuracy(net: torch.nn.Module, data: SyntheticScenes) -> float:
 def load_demo(out: str | os.PathLike = "runs/demo", config: DemoConfig | None = None) -> tuple[SALFCBM, dict]:
     """Load a finished demo run: the SALF-CBM (with its backbone) and the datasets.
 
-    The run's ``demo_config.json`` is used unless ``config`` is given.
+    The run's ``demo_config.json`` is used unless ``config`` is given. The model itself loads like
+    any other, ``SALFCBM.from_pretrained(out / "model")``; a run saved before the demo backbone was
+    registered with timm (its spec names a custom ``SmallConvNet``) is loaded with the run's
+    ``backbone.safetensors``.
     """
     out = Path(out)
     if config is None and (out / "demo_config.json").exists():
-        config = DemoConfig(**json.loads((out / "demo_config.json").read_text()))
+        config = DemoConfig.from_dict(json.loads((out / "demo_config.json").read_text()))
     cfg = config or DemoConfig()
-    from safetensors.torch import load_file
-
     if not (out / "model" / "model.safetensors").exists():
         raise FileNotFoundError(f"No finished demo run in {str(out)!r}; run `salfcbm demo --out {out}` first.")
-    net = SmallConvNet(num_classes=cfg.num_classes, width=cfg.backbone_width)
+    saved = json.loads((out / "model" / "config.json").read_text()).get("backbone") or {}
+    if saved.get("source") != "custom":
+        return SALFCBM.from_pretrained(out / "model").eval(), _datasets(cfg)
+    from safetensors.torch import load_file
+
+    net = SmallConvNet(num_classes=cfg.num_classes, width=cfg.backbone_width)  # a run of an earlier release
     net.load_state_dict(load_file(out / "backbone.safetensors"))
     model = SALFCBM.from_pretrained(out / "model", backbone=net.eval()).eval()
     return model, _datasets(cfg)
+
+
+def write_examples(data: SyntheticScenes, folder: Path, n: int) -> list[Path]:
+    """The first ``n`` scenes of ``data`` as PNG files in ``folder`` (``000.png``, ...), the model's examples.
+
+    A saved model folder's ``examples/`` is what the explorer (``salfcbm app``) shows and searches
+    by default, so ``salfcbm app runs/demo/model`` brings the demo's test scenes.
+    """
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = (data[i][0].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+        path = folder / f"{i:03d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths

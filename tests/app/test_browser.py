@@ -141,6 +141,26 @@ def _click_at(page, sel: str, fx: float, fy: float) -> None:
     page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
 
 
+def _region_click(page, prefix: str, fx: float, fy: float, clicks: int) -> str:
+    """Click a region picker and wait until the page has applied that click: its hidden status
+    (``#PREFIX-status``, `salfcbm.app.ui.region_status`) shows a newer update holding ``clicks``
+    clicks. Waits on the page's state, not on a text that an earlier update may already show.
+    Returns the region's note, which the same update wrote."""
+    status = f"#{prefix}-status span"
+    page.locator(status).wait_for(state="attached", timeout=30000)
+    before = int(page.locator(status).first.get_attribute("data-update"))
+    _click_at(page, f"#{prefix}-click", fx, fy)
+    page.wait_for_function(
+        "([sel, before, n]) => { const s = document.querySelector(sel); "
+        "return s !== null && Number(s.dataset.update) > before && Number(s.dataset.clicks) === n; }",
+        arg=[status, before, clicks], timeout=60000)
+    return page.locator(f"#{prefix}-region .prose").first.inner_text()
+
+
+def _message(page, sel: str) -> str:
+    return page.locator(f"{sel} .prose").first.inner_text()
+
+
 def test_explorer_in_a_real_browser(tmp_path):
     _requirements()
     from playwright.sync_api import sync_playwright
@@ -204,16 +224,15 @@ def test_explorer_in_a_real_browser(tmp_path):
 
             # 2. explain anything: a box from two clicks; its top concept is explain_region's
             page.get_by_role("tab", name="Explain anything").click()
-            _click_at(page, "#ea-click", 0.3, 0.3)
-            note = _text(page, "#ea-region", r"Box corner")
-            _click_at(page, "#ea-click", 0.9, 0.9)
-            msg = _text(page, "#ea-msg", r"Top concept")
-            _click_at(page, "#ea-click", 0.1, 0.15)  # a third click starts a new box
-            _text(page, "#ea-region", r"Box corner", note)
-            msg = _timed(latency, "box -> concepts", lambda: (_click_at(page, "#ea-click", 0.55, 0.7),
-                                                               _text(page, "#ea-msg", r"Top concept", msg))[1])
-            assert re.search(r"box=\(\d+, \d+, \d+, \d+\)", _text(page, "#ea-region", r"Region: box"))
-            assert page.locator("#ea-region .prose").first.inner_text().split("box=")[1].rstrip(".") in msg  # the result is for this box
+            assert "Box corner" in _region_click(page, "ea", 0.3, 0.3, clicks=1)
+            assert _region_click(page, "ea", 0.9, 0.9, clicks=2).startswith("Region: box=")
+            assert "Top concept" in _message(page, "#ea-msg")  # written by the same update
+            assert "Box corner" in _region_click(page, "ea", 0.1, 0.15, clicks=1)  # a third click starts a new box
+            msg = _timed(latency, "box -> concepts",
+                         lambda: (_region_click(page, "ea", 0.55, 0.7, clicks=2), _message(page, "#ea-msg"))[1])
+            note = _message(page, "#ea-region")
+            assert re.search(r"box=\(\d+, \d+, \d+, \d+\)", note) and "Top concept" in msg
+            assert note.split("box=")[1].rstrip(".") in msg  # the result is for this box
             box = tuple(int(v) for v in re.search(r"box=\((\d+), (\d+), (\d+), (\d+)\)", msg).groups())
             ref = model.explain_region(x, box=box)[0]
             assert f"Top concept: {ref.concepts[0]}." in msg
@@ -237,10 +256,8 @@ def test_explorer_in_a_real_browser(tmp_path):
 
             # 3. intervene on the same kind of box; the logit change is intervene's
             page.get_by_role("tab", name="Intervene").click()
-            _click_at(page, "#iv-click", 0.1, 0.15)
-            note = _text(page, "#iv-region", r"Box corner")
-            _click_at(page, "#iv-click", 0.55, 0.7)
-            note = _text(page, "#iv-region", r"Region: box=", note)  # about the same box (this tab's layout may
+            assert "Box corner" in _region_click(page, "iv", 0.1, 0.15, clicks=1)
+            note = _region_click(page, "iv", 0.55, 0.7, clicks=2)  # about the same box (this tab's layout may
             box = tuple(int(v) for v in re.search(r"box=\((\d+), (\d+), (\d+), (\d+)\)", note).groups())  # differ by a px)
             msg = _timed(latency, "intervene", lambda: (page.locator("#iv-run").click(), _text(page, "#iv-msg", r"Exact change"))[1])
             assert f"box={box}" in msg

@@ -3,7 +3,6 @@ turn bad input into a message."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -265,23 +264,6 @@ def test_unexpected_errors_become_messages_not_tracebacks(explorer, current, mon
 
 
 # ---------------------------------------------------------------------- loading, launching, the extra
-def test_load_model_recognises_the_demo_run(model, tmp_path):
-    from safetensors.torch import save_file
-
-    from salfcbm.app import load_model
-
-    run = tmp_path / "demo"
-    (run / "model").mkdir(parents=True)
-    model.save_pretrained(run / "model")
-    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(run / "backbone.safetensors"))
-    cfg = {"n_train": 10, "n_val": 10, "n_test": 7, "image_size": 32, "num_classes": 3, "backbone_width": 4}
-    (run / "demo_config.json").write_text(json.dumps(cfg))
-    loaded, images = load_model(str(run / "model"))
-    x = torch.rand(1, 3, 32, 32)
-    assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
-    assert len(images) == 7 and not loaded.training
-
-
 def test_load_model_explains_a_bad_source(model, tmp_path):
     from salfcbm.app import load_model
 
@@ -293,25 +275,25 @@ def test_load_model_explains_a_bad_source(model, tmp_path):
 
 
 def test_missing_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
-    from salfcbm.app import _gradio
+    from salfcbm.app import load_gradio
     from salfcbm.cli import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'salfcbm\[app\]'"):
-        _gradio()
+        load_gradio()
     assert main(["app", str(tmp_path)]) == 2
     assert "salfcbm[app]" in capsys.readouterr().err
 
 
 def test_gradio_telemetry_is_off_unless_the_user_set_it(monkeypatch):
     pytest.importorskip("gradio")
-    from salfcbm.app import _gradio
+    from salfcbm.app import load_gradio
 
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
-    _gradio()
+    load_gradio()
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
-    _gradio()
+    load_gradio()
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "True"  # the user's choice stands
 
 
@@ -347,7 +329,7 @@ def test_build_app_lays_out_five_tabs(model, scenes):
 def test_heatmaps_use_the_reports_signed_scale_with_a_colour_bar(explorer, model, current):
     import matplotlib
 
-    from salfcbm.viz.figures import _Scale
+    from salfcbm.viz import ColorScale
 
     _, _, gallery, scale, _ = explorer.predict_panel(current)
     ce = model.explain(current.x, top_k=3)[0].top
@@ -356,7 +338,7 @@ def test_heatmaps_use_the_reports_signed_scale_with_a_colour_bar(explorer, model
     assert "training stds from its training mean" in scale and f"{-top:+.2f}" in scale and f"{top:+.2f}" in scale
     blue = "#{:02x}{:02x}{:02x} 0%".format(*(int(255 * c + 0.5) for c in matplotlib.colormaps["RdBu_r"](0.0)[:3]))
     assert blue in scale  # the colour bar is the reports' colormap, not jet
-    report = _Scale([ce], None)
+    report = ColorScale([ce], None)
     assert report.cmap == "RdBu_r" and (report.vmin, report.vmax) == (-top, top)
     expected = (np.clip(report.overlay(current.image, z[0], 0.6, None), 0, 1) * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(gallery[0][0], expected)
@@ -426,9 +408,10 @@ def test_an_unreadable_upload_clears_every_panel(explorer, current, tmp_path):
     loaded = _on_load(gr, explorer, explorer.predict_panel, n_stale=10)
     good = loaded(str(tmp_path / "missing.png"), None, 3, "box", "box")  # a message, not an exception
     out = loaded(str(bad), None, 3, "box", "box")
-    state, note, regions, predict, stale = out[0], out[1], out[2:10], out[10:15], out[15:]
+    state, note, regions, predict, stale = out[0], out[1], out[2:12], out[12:17], out[17:]
     assert state is None and note.startswith("**Cannot do that:** Could not read 'notes.png'") and "\n" not in note
-    assert regions[0] is None and regions[2] == [] and regions[4] is None and regions[6] == []
+    assert regions[0] is None and regions[2] == [] and regions[5] is None and regions[7] == []
+    assert 'data-clicks="0"' in regions[4] and 'data-clicks="0"' in regions[9]  # the pickers' state: no click
     assert predict[:4] == (None, None, None, "") and predict[4] == note  # the prediction panel says it too
     assert stale == (None,) * 10 and good[0] is None
 
