@@ -29,12 +29,13 @@ def add_parser(sub) -> None:
 
 def cmd_demo(args) -> int:
     """Run the demo and print its table, segmentation and explanation figures."""
-    from salfcbm.demo.run import DemoConfig, run_demo
+    from salfcbm.demo.config import DemoConfig, demo_bottleneck
+    from salfcbm.demo.run import run_demo
 
     set_threads(args)
     cfg = DemoConfig(
         n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, backbone_epochs=args.backbone_epochs,
-        bottleneck_steps=args.bottleneck_steps, seed=args.seed,
+        bottleneck=demo_bottleneck(args.seed, max_steps=args.bottleneck_steps), seed=args.seed,
     )
     res = run_demo(args.out, cfg, progress=not args.quiet, device=args.device)
     m = res.metrics
