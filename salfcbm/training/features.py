@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -22,6 +22,7 @@ from salfcbm.supervision.store import ShardedStore, compute_store
 from salfcbm.training.batches import map_features
 
 __all__ = [
+    "PRECISION_DTYPES",
     "labels_of",
     "feature_store",
     "OnTheFlyFeatures",
@@ -64,6 +65,11 @@ def _int_labels(values) -> torch.Tensor:
     return torch.tensor(items, dtype=torch.long)
 
 
+#: The storage dtype of features stored "in the precision of the run" (`fit`'s held-out splits when
+#: features are not cached): what the backbone computes under that precision, stored without loss.
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def feature_store(
     model: SALFCBM,
     dataset,
@@ -77,8 +83,14 @@ def feature_store(
     desc: str = "Backbone features",
     inputs: str = "auto",
     precision: str = "fp32",
+    dtype: torch.dtype = torch.float16,
+    count: Callable[[int], None] | None = None,
 ) -> ShardedStore:
     """Cache the backbone features of ``dataset`` resized to the grid: ``(N, C, Hg, Wg)`` fp16.
+
+    ``dtype`` is the storage dtype (fp16 by default; `PRECISION_DTYPES` gives the run's own).
+    ``count(n)``, when given, is called with the number of images of every batch the backbone
+    runs on (shards already on disk are not recomputed, and not counted).
 
     The manifest records the backbone (spec and a hash of its weights), layer, grid and
     preprocessing, so a different backbone never reads a stale cache; computation is
@@ -108,7 +120,7 @@ def feature_store(
         item_shape=(cfg["feature_channels"], *model.grid),
         length=len(dataset),
         shard_size=shard_size,
-        dtype=torch.float16,
+        dtype=dtype,
         resizable=True,
     )
 
@@ -116,6 +128,8 @@ def feature_store(
 
     @torch.no_grad()
     def fn(images: torch.Tensor, _indices: torch.Tensor) -> torch.Tensor:
+        if count is not None:
+            count(int(images.shape[0]))
         return _grid_features(model, images, device, precision)
 
     return compute_store(store, dataset, fn, batch_size=batch_size, num_workers=num_workers, progress=progress,
@@ -138,11 +152,13 @@ class OnTheFlyFeatures:
     fit on disk: every epoch runs the backbone again, shard by shard, so memory stays bounded
     by ``shard_size`` (``fit(..., cache_features=False)``, or ``"auto"`` above
     ``max_feature_cache_gb``). Bottleneck training computes the next shard in a background
-    thread while the current one trains.
+    thread while the current one trains. ``images_computed`` counts the images the backbone ran on
+    (``count(n)`` is also called with each shard's count when given).
     """
 
     def __init__(self, model: SALFCBM, dataset: Dataset, *, shard_size: int = 512, batch_size: int = 64,
-                 num_workers: int = 0, device: str | torch.device | None = None, precision: str = "fp32"):
+                 num_workers: int = 0, device: str | torch.device | None = None, precision: str = "fp32",
+                 count: Callable[[int], None] | None = None):
         dataset = align_dataset(dataset, model.image_transform)
         self.model, self.dataset = model, dataset
         self.precision = check_precision(precision)
@@ -153,6 +169,7 @@ class OnTheFlyFeatures:
         self.meta = {"kind": "features", "on_the_fly": True, "backbone_sha": backbone_fingerprint(model.backbone),
                      "layer": model.layer, "grid": list(model.grid),
                      "dataset": dataset_identity(dataset, resolve_inputs(dataset, "auto"))}
+        self.images_computed, self._count = 0, count
 
     @property
     def num_shards(self) -> int:
@@ -167,7 +184,11 @@ class OnTheFlyFeatures:
         subset = torch.utils.data.Subset(self.dataset, range(a, b))
         loader = torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda")
-        return torch.cat([_grid_features(self.model, batch[0], self.device, self.precision) for batch in loader])
+        out = torch.cat([_grid_features(self.model, batch[0], self.device, self.precision) for batch in loader])
+        self.images_computed += b - a
+        if self._count is not None:
+            self._count(b - a)
+        return out
 
     def iter_shards(self) -> Iterator[tuple[int, torch.Tensor]]:
         for i in range(self.num_shards):

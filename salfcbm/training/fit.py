@@ -19,12 +19,13 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from salfcbm._utils.tensors import accuracy
+from salfcbm._utils.tensors import accuracy, check_precision
 from salfcbm._utils.workers import resolve_num_workers
 from salfcbm.core.images import align_dataset
 from salfcbm.core.model import SALFCBM
@@ -41,6 +42,7 @@ from salfcbm.training.config import BottleneckConfig, BottleneckReport, FitResul
 from salfcbm.training.cutoff import LFCBM_STATISTIC, lfcbm_similarity
 from salfcbm.training.cutoff_stage import cutoff_stage, unprompted_val, warn_needed
 from salfcbm.training.features import (
+    PRECISION_DTYPES,
     OnTheFlyFeatures,
     choose_feature_cache,
     concept_activations,
@@ -75,18 +77,37 @@ class RunState:
     labels: Splits[torch.Tensor] | None = None
     cache: bool = True
     cache_reason: str = ""
+    backbone_images: dict[str, int] = field(default_factory=dict)
+    """Images the backbone ran on, per split (``metrics["backbone_images"]``)."""
 
     @property
     def progress(self) -> bool:
         return bool(self.loader.get("progress", True))
 
+    def count(self, split: str, n: int) -> None:
+        """Record that the backbone ran on ``n`` images of ``split``."""
+        self.backbone_images[split] = self.backbone_images.get(split, 0) + n
+
     def features_of(self, split: str) -> Any:
-        """The feature source of ``split``: a cached `feature_store` or `OnTheFlyFeatures`."""
-        data = getattr(self.data, split)
-        if self.cache:
-            return feature_store(self.model, data, self.run / "features" / split, progress=self.progress,
-                                 desc=f"Backbone features ({split})", inputs=self.inputs, **self.feature_options)
-        return OnTheFlyFeatures(self.model, data, **self.feature_options)
+        """The feature source of ``split``.
+
+        With the cache: a fp16 `feature_store` under ``run/features/<split>``. Without: the
+        training split is computed on the fly every epoch (`OnTheFlyFeatures`), and a held-out
+        split (val, test), read at every validation check and by several stages, is computed once
+        into a store in the run's precision (`PRECISION_DTYPES`) under ``run/features/<split>-<precision>``.
+        """
+        data, opts = getattr(self.data, split), self.feature_options
+        self.backbone_images.setdefault(split, 0)
+        count = partial(self.count, split)
+        if not self.cache and split == "train":
+            return OnTheFlyFeatures(self.model, data, count=count, **opts)
+        root, dtype, desc = self.run / "features" / split, torch.float16, f"Backbone features ({split})"
+        if not self.cache:
+            precision = check_precision(opts.get("precision", "fp32"))
+            root, dtype = self.run / "features" / f"{split}-{precision}", PRECISION_DTYPES[precision]
+            desc = f"Backbone features ({split}, computed once, {precision})"
+        return feature_store(self.model, data, root, progress=self.progress, desc=desc, inputs=self.inputs,
+                             dtype=dtype, count=count, **opts)
 
 
 def _check_same_classes(train: Dataset, others: dict[str, Dataset | None]) -> None:
@@ -315,10 +336,12 @@ def fit(
             (`HeadConfig.for_data`). The settings used are in ``metrics["settings"]``.
         baseline: also fit the "standard, sparse" head on pooled backbone features.
         cache_features: ``True`` caches backbone features in sharded fp16 stores (fast epochs);
-            ``False`` recomputes them on the fly every epoch (`OnTheFlyFeatures`, no disk,
-            prefetched in the background); ``"auto"`` caches unless the cache would exceed
-            ``max_feature_cache_gb``. The choice and its reason are logged and recorded in
-            ``metrics["features"]``.
+            ``False`` recomputes the training features on the fly every epoch (`OnTheFlyFeatures`,
+            prefetched in the background) and computes the validation and test features once, into a
+            store in the run's ``precision`` (never once per validation check); ``"auto"`` caches
+            unless the cache would exceed ``max_feature_cache_gb``. The choice and its reason are
+            logged and recorded in ``metrics["features"]``; the images the backbone ran on, per
+            split, in ``metrics["backbone_images"]``.
         max_feature_cache_gb: the cache size above which ``"auto"`` computes features on the fly
             (ResNet-50's 2048x7x7 fp16 map is about 200 kB per image, 257 GB for ImageNet).
         test_data: optional held-out dataset; both heads are evaluated on it (``test_accuracy``).
@@ -337,7 +360,8 @@ def fit(
         inputs: how the stores key their shards by the images (``"auto"``, ``"files"``, ``"content"``
             for a full pixel hash, ``"fingerprint"``; see `compute_store`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the backbone while computing
-            features (stored as fp16 either way); the bottleneck and head train in fp32.
+            features (cached as fp16; without the cache, the validation and test features are computed once
+            and stored in this precision); the bottleneck and head train in fp32.
         calibrate_presence: choose a presence threshold per concept on the validation split, against
             the targets (label-free; `salfcbm.training.presence`), and store it in the model
             (`SALFCBM.presence_threshold`): explanations then call a concept present when the peak of
@@ -411,6 +435,7 @@ def fit(
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
     metrics["settings"] = {"bottleneck": asdict(bcfg), "head": asdict(hcfg), "num_workers": num_workers}
+    metrics["backbone_images"] = dict(state.backbone_images)
     metrics["degenerate"] = findings = _findings(report, head_fit, z, state.labels, base_fit, base_inputs, name)
     diagnostics.report(findings, stacklevel=3)
 
