@@ -221,8 +221,24 @@ def choose_feature_cache(model: SALFCBM, splits: Sequence[Any], cache_features: 
 
 @torch.no_grad()
 def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 1024) -> torch.Tensor:
-    """Pooled concept activations c*(x) ``(N, M)`` from cached features (before standardisation)."""
-    return map_features(model, features, model.pool, batch)
+    """Pooled concept activations c*(x) ``(N, M)`` from cached features (before standardisation).
+
+    With mean pooling, pooling commutes with the linear 1x1 bottleneck:
+    ``mean_{h,w}(W f[:, :, h, w] + b) = W mean_{h,w}(f) + b``, so the features are pooled first and
+    projected once per image (``Hg * Wg`` times fewer multiply-adds than projecting every cell),
+    and no concept map is built. Other poolings weigh each cell by the concept's own map and take
+    the exact path through every map (`salfcbm.training.batches.map_features`).
+    """
+    if model.config["pooling"] != "mean":
+        return map_features(model, features, model.pool, batch)
+    w, b = model.bottleneck.weight, model.bottleneck.bias
+    weight = w.flatten(1)
+    out = []
+    for _, values in features.iter_shards():
+        for s in range(0, values.shape[0], batch):
+            pooled = values[s : s + batch].to(w.device, torch.float32).mean((2, 3))
+            out.append(torch.nn.functional.linear(pooled, weight, b).cpu())
+    return torch.cat(out) if out else torch.zeros(0, weight.shape[0])
 
 
 @torch.no_grad()

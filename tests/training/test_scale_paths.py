@@ -96,3 +96,56 @@ def test_cached_features_count_each_image_once_and_a_resumed_run_none(scenes, tm
     assert first.metrics["backbone_images"] == {"train": len(train), "val": len(val)}
     again = fit(_model(train), train, val, **kw)
     assert again.metrics["backbone_images"] == {"train": 0, "val": 0}
+
+
+def _store(tmp_path, n=37, c=6, grid=4, seed=0):
+    from salfcbm.supervision.store import ShardedStore
+
+    g = torch.Generator().manual_seed(seed)
+    store = ShardedStore(tmp_path / "f", manifest={"kind": "test"}, item_shape=(c, grid, grid), length=n,
+                         shard_size=16, dtype=torch.float32)
+    feats = torch.randn(n, c, grid, grid, generator=g) * 3 + torch.randn(1, c, 1, 1, generator=g)
+    for i in range(store.num_shards):
+        a, b = store.shard_range(i)
+        store.write_shard(i, feats[a:b])
+    return store
+
+
+def _conv_model(pooling):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
+    model = salfcbm.wrap(net, concepts=[f"c{i}" for i in range(5)], num_classes=2, grid=4, input_size=(8, 8),
+                         pooling=pooling)
+    with torch.no_grad():
+        model.bottleneck.weight.normal_()
+        if model.bottleneck.bias is not None:
+            model.bottleneck.bias.normal_()
+    return model
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "softmax"])
+def test_concept_activations_equal_the_pooled_maps(tmp_path, pooling):
+    """Pool-then-project (mean pooling) equals projecting every cell and pooling the maps; other poolings
+    take the maps' path exactly."""
+    from salfcbm.training.batches import map_features
+    from salfcbm.training.features import concept_activations
+
+    model, store = _conv_model(pooling), _store(tmp_path)
+    fast, exact = concept_activations(model, store, batch=10), map_features(model, store, model.pool, batch=10)
+    assert fast.shape == (37, 5)
+    if pooling == "mean":
+        torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(fast, exact)
+
+
+def test_mean_pooled_activations_cost_one_projection_per_image(tmp_path):
+    """The multiply-adds of the projection: one per image, not one per grid cell (16 cells here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from salfcbm.training.features import concept_activations
+
+    model, store = _conv_model("mean"), _store(tmp_path)
+    with FlopCounterMode(display=False) as counter:
+        concept_activations(model, store)
+    n, m, c = 37, 5, 6
+    assert counter.get_total_flops() == 2 * n * m * c  # the maps' path: 16 times this
