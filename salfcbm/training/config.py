@@ -208,6 +208,7 @@ class BottleneckReport:
     statistic: str = "cell"
     lfcbm_similarity: dict[str, float] = field(default_factory=dict)
     kept_for_head: list[str] = field(default_factory=list)
+    ranks: int = 1  # the torch.distributed ranks that trained the bottleneck together
 
 
 @dataclass
