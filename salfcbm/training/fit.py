@@ -327,8 +327,12 @@ def fit(
     """Train a wrapped model end to end: similarities, features, bottleneck, head (+ baseline).
 
     Every stage writes its artefact under ``run_dir`` (similarity and feature stores,
-    ``bottleneck.safetensors``, ``head.safetensors``) and is skipped when the run is
+    ``bottleneck.safetensors``, the model in ``model/``) and is skipped when the run is
     started again with the same settings, so an interrupted run resumes where it stopped.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` job) call it on every rank with the
+    same arguments: the ranks split the stores' shards and train the bottleneck together
+    (`train_bottleneck`, ``DistributedDataParallel``); rank 0 writes the run's files.
 
     Args:
         model: a `SALFCBM` from `salfcbm.wrap` (its concept list is the candidate list).
