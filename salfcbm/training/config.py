@@ -74,6 +74,9 @@ BOTTLENECK_INITS = ("normal", "lf-cbm")
 class BottleneckConfig:
     """Hyper-parameters of the concept bottleneck stage (paper 3.3).
 
+    The one home of the bottleneck's settings: the demo's and the recipes' configurations nest a
+    `BottleneckConfig` rather than repeating its fields.
+
     Attributes:
         lr: Adam learning rate.
         batch_size: images per step (the cubic cosine is taken across the batch).
