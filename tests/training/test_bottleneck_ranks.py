@@ -115,3 +115,60 @@ def test_two_gloo_ranks_train_one_bottleneck_that_matches_one_rank(tmp_path):
     for c in CONCEPTS[:3]:
         assert r0["cell"][c] == pytest.approx(one.cell_similarity[c], abs=TOLERANCE)
     assert r0["best"] == pytest.approx(one.best_val_similarity, abs=TOLERANCE)
+
+
+def _scenes():
+    from salfcbm.demo.scenes import SyntheticScenes
+
+    return (SyntheticScenes(n=64, split="train", num_classes=2, image_size=32),
+            SyntheticScenes(n=32, split="val", num_classes=2, image_size=32))
+
+
+def _fit(root: Path, run: str):
+    from salfcbm.demo.scenes import GroundTruthScorer, SmallConvNet
+    from salfcbm.training import HeadConfig, fit
+
+    train, val = _scenes()
+    prompts = PromptGrid(grid=(4, 4), radius=5)
+    sims = {s: compute_similarity_store(root / "sims" / s, d, GroundTruthScorer(d), prompts, progress=False,
+                                        shard_size=16) for s, d in (("train", train), ("val", val))}
+    torch.manual_seed(0)
+    model = salfcbm.wrap(SmallConvNet(num_classes=2, width=4).eval(), concepts=train.concepts, num_classes=2, grid=4,
+                         input_size=(32, 32), backbone_weights=None)
+    return fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=root / run,
+               cache_features=False, shard_size=16, progress=False, filter_concepts=False,
+               bottleneck=BottleneckConfig(max_steps=20, val_every=5, batch_size=8, cutoff=-2.0),
+               head=HeadConfig(n_lambdas=3))
+
+
+def _fit_rank(rank: int, world: int, root: str) -> None:
+    from salfcbm.training.rundir import RunDir
+
+    torch.set_num_threads(1)
+    writes: list[str] = []
+    for name in ("write_metrics", "save_bottleneck"):
+        real = getattr(RunDir, name)
+        setattr(RunDir, name, lambda self, *a, _r=real, _n=name: (writes.append(_n), _r(self, *a))[1])
+    torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous-fit", rank=rank,
+                                         world_size=world)
+    try:
+        res = _fit(Path(root), "run2")
+        torch.save({"ranks": res.bottleneck.ranks, "cell": res.bottleneck.cell_similarity, "writes": writes,
+                    "val_accuracy": res.metrics["salfcbm"]["val_accuracy"], "images": res.metrics["backbone_images"],
+                    "head": res.model.head.weight.detach().clone()}, Path(root) / f"fit{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not torch.distributed.is_available(),
+                    reason="needs fork and torch.distributed (gloo)")
+def test_fit_on_two_ranks_trains_together_and_rank_zero_writes(tmp_path):
+    one = _fit(tmp_path, "run1")
+    torch.multiprocessing.start_processes(_fit_rank, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"fit{r}.pt") for r in (0, 1))
+    assert r0["ranks"] == r1["ranks"] == 2 and r0["cell"] == r1["cell"] and torch.equal(r0["head"], r1["head"])
+    assert sorted(r0["writes"]) == ["save_bottleneck", "write_metrics"] and r1["writes"] == []
+    assert (tmp_path / "run2" / "model" / "model.safetensors").exists()
+    assert r0["images"]["val"] + r1["images"]["val"] == 32  # the ranks split the validation store's shards
+    for c, v in one.bottleneck.cell_similarity.items():
+        assert r0["cell"][c] == pytest.approx(v, abs=TOLERANCE)
