@@ -209,13 +209,14 @@ def choose_feature_cache(model: SALFCBM, splits: Sequence[Any], cache_features: 
     size = f"{n} images x {per_image / 1e3:.1f} kB = {gb:.3g} GB"
     if cache_features is True:
         return True, f"cached on disk (cache_features=True; {size})"
+    once = "; validation and test features computed once, stored in the run's precision"
     if cache_features is False:
-        return False, f"computed on the fly every epoch (cache_features=False; a cache would hold {size})"
+        return False, f"computed on the fly every epoch (cache_features=False; a cache would hold {size}){once}"
     if gb <= limit_gb:
         return True, f"cached on disk: {size} is within max_feature_cache_gb={limit_gb:g}"
     return False, (
         f"computed on the fly with prefetch, not cached: {size} exceeds max_feature_cache_gb={limit_gb:g} "
-        "(raise it or pass cache_features=True to cache)"
+        f"(raise it or pass cache_features=True to cache){once}"
     )
 
 

@@ -17,33 +17,12 @@ import salfcbm
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import ShardedStore, SimilarityStore, compute_similarity_store
 from salfcbm.training import BottleneckConfig, train_bottleneck
+from tests.training.problems import Table
 
 CONCEPTS = ["c0", "c1", "c2", "c3"]
 CONFIG = BottleneckConfig(max_steps=60, val_every=20, patience=10, batch_size=64, lr=1e-2, cutoff=-2.0)
 #: The documented tolerance (docs/training.md): per-concept validation similarity, 2 ranks against 1.
 TOLERANCE = 0.02
-
-
-class _Table:
-    """A dataset of indices and a scorer that returns a fixed table of similarities."""
-
-    def __init__(self, table: torch.Tensor):  # (N, Hg, Wg, D)
-        self.table = table
-
-    def __len__(self):
-        return self.table.shape[0]
-
-    def __getitem__(self, i):
-        return torch.zeros(3, 8, 8), 0
-
-    def fingerprint(self):
-        return {"scorer": "table", "sum": float(self.table.sum())}
-
-    def embed(self, images, indices, prompts):
-        return self.table[indices]
-
-    def similarity(self, emb, concepts):
-        return emb[..., [int(c[1:]) for c in concepts]]
 
 
 def _tensors(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,13 +37,13 @@ def _tensors(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _stores(root: Path, n: int, seed: int, *, create: bool):
     feats, table = _tensors(n, seed)
     if not create:  # a rank opens what the parent wrote
-        return ShardedStore.open(root / f"f{seed}"), SimilarityStore.open(root / f"s{seed}", _Table(table))
+        return ShardedStore.open(root / f"f{seed}"), SimilarityStore.open(root / f"s{seed}", Table(table))
     fstore = ShardedStore(root / f"f{seed}", manifest={"k": seed}, item_shape=(6, 3, 3), length=n, shard_size=64,
                           dtype=torch.float32)
     for i in fstore.missing_shards():
         a, b = fstore.shard_range(i)
         fstore.write_shard(i, feats[a:b])
-    sims = compute_similarity_store(root / f"s{seed}", _Table(table), _Table(table), PromptGrid(grid=(3, 3), radius=1),
+    sims = compute_similarity_store(root / f"s{seed}", Table(table), Table(table), PromptGrid(grid=(3, 3), radius=1),
                                     progress=False, dtype=torch.float32)
     return fstore, sims
 

@@ -14,7 +14,7 @@ from salfcbm.supervision.store import ShardedStore, compute_similarity_store
 from salfcbm.training import BottleneckConfig, BottleneckReport, HeadConfig, Splits, train_bottleneck
 from salfcbm.training.cutoff_stage import cutoff_stage, warn_needed
 from salfcbm.training.rundir import RunDir
-from tests.training.test_training import _Table
+from tests.training.problems import Table
 
 
 def _noisy_problem(tmp_path, n, seed):
@@ -29,7 +29,7 @@ def _noisy_problem(tmp_path, n, seed):
     for i in fstore.missing_shards():
         a_, b_ = fstore.shard_range(i)
         fstore.write_shard(i, feats[a_:b_])
-    table = _Table(p.permute(0, 2, 3, 1).contiguous())
+    table = Table(p.permute(0, 2, 3, 1).contiguous())
     sims = compute_similarity_store(tmp_path / f"s{seed}", table, table, PromptGrid(grid=(3, 3), radius=1),
                                     progress=False, dtype=torch.float32)
     return fstore, sims
