@@ -4,17 +4,13 @@ and the feature-cache choice of fit."""
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import salfcbm
 from salfcbm.training.batches import prefetch, project_channels_last
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_training import _linear_problem  # noqa: E402
+from tests.training.problems import linear_problem
 
 CONCEPTS = ["a wing", "a beak", "water"]
 
@@ -43,7 +39,7 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
 
 
 def test_targets_are_contiguous_in_either_layout(tmp_path):
-    _, sims = _linear_problem(tmp_path, 8, 0)
+    _, sims = linear_problem(tmp_path, 8, 0)
     concepts = ["c0", "c1", "c2", "c3"]
     nchw, nhwc = sims.targets(range(5), concepts), sims.targets(range(5), concepts, layout="NHWC")
     assert nchw.shape == (5, 4, 3, 3) and nchw.is_contiguous()
@@ -54,7 +50,7 @@ def test_targets_are_contiguous_in_either_layout(tmp_path):
 def test_shard_batches_are_contiguous_channels_last_and_cover_every_image_once(tmp_path):
     from salfcbm.training.batches import shard_batches
 
-    feats, sims = _linear_problem(tmp_path, 150, 0)  # shards of 64: 64, 64, 22
+    feats, sims = linear_problem(tmp_path, 150, 0)  # shards of 64: 64, 64, 22
     concepts = ["c0", "c1", "c2", "c3"]
     batches = shard_batches(feats, sims, concepts, 32, random.Random(0))
     seen = []
@@ -75,24 +71,24 @@ def test_shard_batches_are_contiguous_channels_last_and_cover_every_image_once(t
 
 
 def test_fit_says_whether_it_caches_features_and_why(caplog):
-    from salfcbm.training.pipeline import _choose_feature_cache
+    from salfcbm.training.features import choose_feature_cache
 
     model = salfcbm.wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 2048, 3, stride=32, padding=1)), concepts=CONCEPTS,
                          num_classes=2, grid=7, input_size=(224, 224), backbone_weights=None)
     imagenet = [range(1_281_167)]
-    cache, why = _choose_feature_cache(model, imagenet, "auto", 64.0)
+    cache, why = choose_feature_cache(model, imagenet, "auto", 64.0)
     assert not cache and "257 GB exceeds max_feature_cache_gb=64" in why and "on the fly" in why
-    cache, why = _choose_feature_cache(model, imagenet, "auto", 300)
+    cache, why = choose_feature_cache(model, imagenet, "auto", 300)
     assert cache and "within" in why
-    assert _choose_feature_cache(model, [range(10)], False, 64.0)[0] is False
+    assert choose_feature_cache(model, [range(10)], False, 64.0)[0] is False
     with pytest.raises(salfcbm.errors.InputError, match="cache_features"):
-        _choose_feature_cache(model, [range(10)], "yes", 64.0)
+        choose_feature_cache(model, [range(10)], "yes", 64.0)
 
 
 def test_repeated_batches_run_epochs_back_to_back(tmp_path):
     from salfcbm.training.batches import shard_batches
 
-    feats, sims = _linear_problem(tmp_path, 100, 0)
+    feats, sims = linear_problem(tmp_path, 100, 0)
     stream = shard_batches(feats, sims, ["c0", "c1"], 32, random.Random(0), repeat=True)
     rows = sum(next(stream)[0].shape[0] for _ in range(10))  # more than three epochs' worth of batches
     stream.close()

@@ -12,14 +12,15 @@ from hypothesis import strategies as st
 
 import salfcbm
 from salfcbm.supervision.prompts import PromptGrid
-from salfcbm.supervision.store import ShardedStore, compute_similarity_store
-from salfcbm.training.pipeline import (
+from salfcbm.supervision.store import compute_similarity_store
+from salfcbm.training import (
     BottleneckConfig,
     HeadConfig,
     bottleneck_loss,
     cubic_cosine_similarity,
     train_bottleneck,
 )
+from tests.training.problems import linear_problem
 
 
 def _lfcbm_single(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -58,51 +59,11 @@ def test_cubic_cosine_rejects_bad_batches():
         cubic_cosine_similarity(torch.randn(4, 2, 2, 2), torch.randn(4, 3, 2, 2))
 
 
-class _Table:
-    """A dataset of indices and a scorer that returns a fixed table of similarities."""
-
-    def __init__(self, table: torch.Tensor):  # (N, Hg, Wg, D)
-        self.table = table
-
-    def __len__(self):
-        return self.table.shape[0]
-
-    def __getitem__(self, i):
-        return torch.zeros(3, 8, 8), 0
-
-    def fingerprint(self):
-        return {"scorer": "table", "sum": float(self.table.sum())}
-
-    def embed(self, images, indices, prompts):
-        return self.table[indices]
-
-    def similarity(self, emb, concepts):
-        return emb[..., [int(c[1:]) for c in concepts]]
-
-
-def _linear_problem(tmp_path, n, seed):
-    """Features F (N, C, 3, 3) and targets P = A F for concepts c0..c2 (one fixed A), plus pure noise for c3."""
-    a = torch.randn(3, 6, generator=torch.Generator().manual_seed(1234))
-    g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(n, 6, 3, 3, generator=g)
-    p = torch.einsum("mc,nchw->nmhw", a, feats)
-    p = torch.cat([p, torch.randn(n, 1, 3, 3, generator=g)], 1)  # c3: unrelated to the features
-    fstore = ShardedStore(tmp_path / f"f{seed}", manifest={"k": seed}, item_shape=(6, 3, 3), length=n,
-                          shard_size=64, dtype=torch.float32)
-    for i in fstore.missing_shards():
-        a_, b_ = fstore.shard_range(i)
-        fstore.write_shard(i, feats[a_:b_])
-    table = _Table(p.permute(0, 2, 3, 1).contiguous())
-    sims = compute_similarity_store(tmp_path / f"s{seed}", table, table, PromptGrid(grid=(3, 3), radius=1),
-                                    progress=False, dtype=torch.float32)
-    return fstore, sims
-
-
 def test_bottleneck_learns_a_linear_target_and_cuts_the_noise_concept(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
     model = salfcbm.wrap(net, concepts=["c0", "c1", "c2", "c3"], num_classes=2, grid=3, input_size=(6, 6))
-    f_train, s_train = _linear_problem(tmp_path, 512, 0)
-    f_val, s_val = _linear_problem(tmp_path, 256, 1)
+    f_train, s_train = linear_problem(tmp_path, 512, 0)
+    f_val, s_val = linear_problem(tmp_path, 256, 1)
     report = train_bottleneck(model, f_train, s_train, f_val, s_val,
                               BottleneckConfig(max_steps=300, val_every=25, batch_size=128, lr=1e-2, cutoff=0.45),
                               progress=False)
@@ -118,7 +79,7 @@ def test_bottleneck_learns_a_linear_target_and_cuts_the_noise_concept(tmp_path):
 def test_grid_mismatch_is_explained(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
     model = salfcbm.wrap(net, concepts=["c0", "c1"], num_classes=2, grid=5, input_size=(12, 12))
-    f, s = _linear_problem(tmp_path, 64, 0)
+    f, s = linear_problem(tmp_path, 64, 0)
     with pytest.raises(salfcbm.errors.InputError, match="grid"):
         train_bottleneck(model, f, s, f, s, progress=False)
 
@@ -214,7 +175,7 @@ def test_cli_explain_writes_a_report(tiny_run, tmp_path, capsys):
 
 def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     from salfcbm.demo.scenes import GroundTruthScorer, SmallConvNet, SyntheticScenes
-    from salfcbm.training.pipeline import OnTheFlyFeatures, feature_store, fit
+    from salfcbm.training import OnTheFlyFeatures, feature_store, fit
 
     train = SyntheticScenes(n=48, split="train", num_classes=2)
     val = SyntheticScenes(n=24, split="val", num_classes=2)
@@ -230,13 +191,14 @@ def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     res = fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=tmp_path / "run",
               cache_features=False, baseline=True, progress=False, filter_concepts=False,
               bottleneck=BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-1.0))
-    assert not (tmp_path / "run" / "features").exists()
+    # no training features on disk; the validation features are stored once, in the run's precision
+    assert sorted(p.name for p in (tmp_path / "run" / "features").iterdir()) == ["val-fp32"]
     assert res.metrics["salfcbm"]["concepts"] == len(train.concepts)
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
 
 
 def test_val_tolerance_picks_the_sparsest_point_near_the_best():
-    from salfcbm.training.pipeline import fit_head
+    from salfcbm.training.head_stage import fit_head
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 30, generator=g)
@@ -258,11 +220,11 @@ def test_a_step_that_raises_stops_the_prefetch_thread(tmp_path, monkeypatch):
     a daemon thread inside torch at interpreter exit aborted the process (exit 134)."""
     import threading
 
-    from salfcbm.training import pipeline
+    from salfcbm.training import bottleneck as pipeline
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
     model = salfcbm.wrap(net, concepts=["c0", "c1", "c2", "c3"], num_classes=2, grid=3, input_size=(6, 6))
-    f, s = _linear_problem(tmp_path, 512, 0)
+    f, s = linear_problem(tmp_path, 512, 0)
     calls = {"n": 0}
     real = pipeline.bottleneck_loss
 
