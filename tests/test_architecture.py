@@ -275,18 +275,17 @@ MECHANISMS = {
     # mechanism: (its home, a regular expression of a copy, {file: copies allowed today})
     "rank / world size / barrier": ("salfcbm/_utils/distributed.py",
                                     r"torch\.distributed\.(get_rank|get_world_size|barrier)\(",
-                                    {"salfcbm/reproduce/cli.py": 2}),
+                                    {}),
     "precision table": ("salfcbm/_utils/tensors.py", r"[\"']bf16[\"']\s*:\s*torch\.bfloat16",
-                        {"salfcbm/supervision/scorers.py": 1, "salfcbm/reproduce/cost.py": 1}),
-    "file SHA-256": ("salfcbm/_utils/io.py", r"for block in iter\(lambda: f\.read", {"salfcbm/cli.py": 1}),
+                        {}),
+    "file SHA-256": ("salfcbm/_utils/io.py", r"for block in iter\(lambda: f\.read", {}),
     "dataset file digest": ("salfcbm/_utils/provenance.py", r"os\.path\.relpath\(path, (self\.)?root\)", {}),
     "top-1 accuracy": ("salfcbm/_utils/tensors.py", r"argmax\((dim=)?1\) == [^\n]*?\)\.float\(\)\.mean\(\)",
-                       {"salfcbm/training/pipeline.py": 1, "salfcbm/evaluation/interventions.py": 1,
-                        "salfcbm/reproduce/run.py": 3, "salfcbm/head/solver.py": 2}),
+                       {"salfcbm/training/pipeline.py": 1, "salfcbm/head/solver.py": 2}),
     "logits check": ("salfcbm/_utils/tensors.py", r"tensor of logits|num_classes\) logits",
-                     {"salfcbm/evaluation/metrics.py": 1, "salfcbm/evaluation/benchmark.py": 1}),
+                     {}),
     "dataloader image collation": ("salfcbm/_utils/shard_compute.py", r"it\[0\] if isinstance\(it, \(tuple, list\)\)",
-                                   {"salfcbm/evaluation/concepts.py": 1}),
+                                   {}),
 }
 
 

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from salfcbm._utils.modes import preserved_modes
+from salfcbm._utils.tensors import accuracy
 from salfcbm.errors import InputError
 from salfcbm.explain.evidence import PRESENCE_THRESHOLD
 
@@ -583,7 +584,7 @@ def intervention_curve(
         for k in ks:
             with torch.no_grad():
                 logits = _edited_logits(model, z, values, (ranks < k) & known, maps, regions)
-            acc[name].append(float((logits.argmax(1) == labels).float().mean()))
+            acc[name].append(accuracy(logits, labels))
             prob[name].append(float(logits.softmax(-1).gather(1, labels[:, None]).mean()))
     auc = {n: {"accuracy": _normalised_auc(ks, acc[n]), "true_class_probability": _normalised_auc(ks, prob[n])}
            for n in policies}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from salfcbm._utils.tensors import check_logits
 from salfcbm.errors import InputError, UnsupportedBaselineError
 from salfcbm.evaluation.deletion import constant_substrate
 
@@ -97,13 +98,7 @@ class BenchmarkMethod:
 
 def logits_of(out: Any) -> torch.Tensor:
     """``(B, num_classes)`` logits of a model output (a tensor, or an output with ``.logits``), or `InputError`."""
-    logits = getattr(out, "logits", out)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise InputError(
-            f"The explained model must return (B, num_classes) logits (or an output with `.logits`), got {got}."
-        )
-    return logits
+    return check_logits(getattr(out, "logits", out), "The explained model", "(Or return an output with `.logits`.)")
 
 
 class MethodPipeline(nn.Module):

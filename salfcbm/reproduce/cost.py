@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from salfcbm._utils.tensors import PRECISIONS, check_precision
 from salfcbm.errors import DiskSpaceError, InputError
 from salfcbm.reproduce.recipes import Recipe
 
@@ -205,7 +206,7 @@ def measure_throughput(scorer: str = "ViT-B-16", *, device: str | None = None, b
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
     x = torch.rand(batch_size, 3, size, size, device=device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = PRECISIONS[check_precision(precision)]
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
         model.encode_image(x)  # warm-up
