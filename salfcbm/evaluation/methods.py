@@ -153,7 +153,7 @@ def build_methods(
         baseline_kwargs: per-method keyword arguments for ``make_baseline``, e.g.
             ``{"integrated_gradients": {"n_steps": 16}}``.
         reference_colour: the "absent" colour in ``[0, 1]`` image space (default: the
-            backbone's normalisation mean, ``model.config["input_mean"]``). Integrated
+            backbone's normalisation mean, ``model.config.input_mean``). Integrated
             gradients integrates from an image of this colour (unless
             ``baseline_kwargs`` sets ``baseline``); use the same colour for the deletion
             substrate (`constant_substrate`).
@@ -192,7 +192,7 @@ def build_methods(
         bpre = backbone_preprocess
     else:
         raise InputError(f"`backbone_preprocess` must be 'model', None or a callable, got {backbone_preprocess!r}.")
-    colour = list(model.config["input_mean"] if reference_colour is None else reference_colour)
+    colour = list(model.config.input_mean if reference_colour is None else reference_colour)
     context = BaselineContext(model.backbone, model.layer if layer is None else layer, bpre, colour)
 
     methods: dict[str, BenchmarkMethod] = {}

@@ -67,10 +67,11 @@ def _backbone_flops(source: str, name: str, layer: str, size: int, grid: int) ->
 
     from types import SimpleNamespace
 
-    from salfcbm.reproduce.run import _build
+    from salfcbm.reproduce.run import build_backbone
 
     with torch.device("meta"):
-        model = _build(SimpleNamespace(backbone={"source": source, "name": name, "weights": None}, name=name), False)
+        model = build_backbone(SimpleNamespace(backbone={"source": source, "name": name, "weights": None}, name=name),
+                               pretrained=False)
     x = torch.empty(1, 3, size, size, device="meta")
     flops = _count(lambda: model(x))
     channels = int(FeatureTap(model, layer)(x).shape[1])
