@@ -275,11 +275,8 @@ TESTS = ROOT / "tests"
 
 #: Test files that import another test module today (the lead empties this after the merge).
 KNOWN_TEST_MODULE_IMPORTS = {
-    "tests/evaluation/test_frozen_backbone.py: tests.evaluation.test_baselines",
     "tests/training/test_cutoff.py: tests.training.test_training",
     "tests/training/test_batches.py: test_training",
-    "tests/core/test_fast_path.py: test_tap",
-    "tests/core/test_output_interop.py: tests.core.test_interop",
 }
 
 
@@ -307,7 +304,7 @@ def test_tests_do_not_import_other_test_modules():
 
 
 #: Tests that rerun a module's doctests, which pytest --doctest-modules (testpaths: salfcbm) already runs.
-KNOWN_DOCTEST_RERUNS = {"tests/supervision/test_scorers.py"}
+KNOWN_DOCTEST_RERUNS: set[str] = set()
 
 
 def test_no_test_reruns_the_doctests():
@@ -325,11 +322,7 @@ def test_no_test_reruns_the_doctests():
 #: Test files named after a tracker item instead of the behaviour they check (their docstring opens with the
 #: item); CONSOLIDATE.md (issue 20) gives each a behaviour name. The lead empties this after the merge.
 KNOWN_TRACKER_NAMED_TESTS = {
-    "tests/core/test_bottleneck_bias.py",
-    "tests/evaluation/test_frozen_backbone.py",
     "tests/head/test_glm_saga_lambda.py",
-    "tests/reproduce/test_lfcbm_cutoff.py",
-    "tests/reproduce/test_recipe_rows.py",
     "tests/training/test_cutoff.py",
     "tests/training/test_fit_faithful.py",
     "tests/training/test_head_selection.py",
