@@ -23,7 +23,7 @@ standardised pooled activation ``c*_norm = (c* - mean) / std`` (see `salfcbm.exp
   region interventions.
 * As **activations** (`targets_from_activations`): the values themselves, in ``c*_norm`` units.
 * **Label-free** (`targets_from_similarities`): the CLIP targets that supervised the bottleneck.
-  The prompted similarity maps ``P[n, m]`` (a `salfcbm.supervision.store.SimilarityStore`) are
+  The prompted similarity maps ``P[n, m]`` (a `salfcbm.supervision.store.PromptedEmbeddingStore`) are
   mean-pooled over the grid and z-scored per concept over the images: the same standardisation the
   model applies to ``c*``, so a target is "as far above its mean as the scorer says".
 
@@ -185,7 +185,7 @@ def targets_from_similarities(similarities: Any, concepts: Sequence[str], indice
     """Label-free targets from the similarity maps that supervised the bottleneck (paper 3.2).
 
     Args:
-        similarities: a `salfcbm.supervision.store.SimilarityStore` of the evaluated images, or the
+        similarities: a `salfcbm.supervision.store.PromptedEmbeddingStore` of the evaluated images, or the
             similarity maps ``P`` as a tensor ``(N, K, Hg, Wg)`` (or pooled ``(N, K)``).
         concepts: the concept names (``model.concepts`` for the model's own concept set).
         indices: the images of the store to use (default: all, in order: one per evaluated image).
