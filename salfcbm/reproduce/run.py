@@ -356,7 +356,7 @@ def run_recipe(
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
     """
-    from salfcbm.supervision.scorers import CLIPScorer
+    from salfcbm.supervision.scorers import scorer_from_name
 
     if recipe.standard_dense not in ("backbone", "refit"):
         raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
@@ -371,7 +371,7 @@ def run_recipe(
     if len(concepts) != recipe.expected_concepts:
         warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
                       stacklevel=2)
-    scorer = scorer or CLIPScorer(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
+    scorer = scorer or scorer_from_name(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
     results = {}
     for sub in recipe.runs():
         sub_dir = run if sub is recipe else run / sub.name
