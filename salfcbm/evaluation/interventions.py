@@ -240,7 +240,7 @@ def _align_targets(model: SALFCBM, targets: ConceptTargets) -> tuple[torch.Tenso
         if all(c < 0 for c in cols):
             raise InputError(f"None of the model's concepts is among the targets' {len(targets.concepts)} concept names "
                              f"(e.g. {targets.concepts[:3]}); name the columns with the model's concepts.")
-    from salfcbm.explain.explanations import mask_to_grid
+    from salfcbm.explain.regions import mask_to_grid
 
     out = torch.full((n, m), float("nan"))
     regions = None if targets.regions is None else torch.zeros((n, m, *model.grid))

@@ -131,7 +131,7 @@ def test_compute_store_only_missing_shards(tmp_path):
         return toy_fn(images, idx)
 
     s = _toy_store(tmp_path / "s")
-    from salfcbm.supervision.provenance import resolve_inputs, shard_digest
+    from salfcbm._utils.provenance import resolve_inputs, shard_digest
 
     digest = shard_digest(data, 4, 8, resolve_inputs(data, "auto"))
     s.write_shard(1, torch.zeros(4, 2, 3), inputs=digest)  # pretend shard 1 was done by an earlier run
