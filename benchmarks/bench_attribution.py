@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot_attribution_examples(result, fig_path, methods=[m for m in args.methods if m in result.examples.get("heatmaps", {})])
     if result.meta.get("interventions"):  # the demo's intervention curves next to the examples
         from salfcbm.viz import plot_intervention_curves
-        from salfcbm.viz.figures import save_figure
+        from salfcbm.viz import save_figure
 
         fig = plot_intervention_curves(result.meta["interventions"])
         print(f"intervention curves: {save_figure(fig, out.with_name('intervention_curves.png'), dpi=90)}")

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from salfcbm.demo.run import DemoConfig, load_demo, run_demo
     from salfcbm.evaluation.interventions import intervention_curve, targets_from_masks
-    from salfcbm.viz.figures import save_figure
+    from salfcbm.viz import save_figure
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo-dir", default="runs/demo")

@@ -92,7 +92,7 @@ def train(root: Path, n: int, epochs: int) -> dict:
     import torch
 
     import salfcbm
-    from salfcbm.supervision.store import ShardedStore, SimilarityStore
+    from salfcbm.supervision.store import PromptedEmbeddingStore, ShardedStore
     from salfcbm.training.pipeline import BottleneckConfig, train_bottleneck
 
     torch.set_num_threads(2)
@@ -104,7 +104,7 @@ def train(root: Path, n: int, epochs: int) -> dict:
     for split in ("train", "val"):
         size = n if split == "train" else VAL_N
         sets[split] = (ShardedStore.open(root / split / "features"),
-                       SimilarityStore.open(root / split / "sims", TableScorer(size)))
+                       PromptedEmbeddingStore.open(root / split / "sims", TableScorer(size)))
     batch = 256
     steps = epochs * (n // batch)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -132,7 +132,7 @@ def _loss_layouts(M: int = 4741, Cf: int = 2048, B: int = 256, rounds: int = 5) 
     x_nchw = torch.randn(B, Cf, GRID, GRID)
     x_nhwc = x_nchw.permute(0, 2, 3, 1).contiguous()
     p_nhwc = torch.randn(B, GRID, GRID, M)
-    p_view = p_nhwc.permute(0, 3, 1, 2)  # what SimilarityStore.targets returned before: M innermost
+    p_view = p_nhwc.permute(0, 3, 1, 2)  # what PromptedEmbeddingStore.targets returned before: M innermost
     w, b = conv.weight.view(M, Cf), conv.bias
 
     def reference():  # hand-written: contiguous operands, one addmm, the loss inline

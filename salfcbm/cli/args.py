@@ -74,7 +74,9 @@ def add_common(q: argparse.ArgumentParser, *, threads: int | None = 1) -> None:
 def add_scorer_args(q: argparse.ArgumentParser) -> None:
     """The concept scorer, prompt and data-loading options of ``similarities`` and ``train``."""
     g = q.add_argument_group("concept scorer (CLIP) and prompts")
-    g.add_argument("--scorer", type=clip_name, default="ViT-B-16", help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH")
+    g.add_argument("--scorer", type=clip_name, default="ViT-B-16",
+                   help="open_clip model name, or hf-hub:ORG/REPO, or local-dir:PATH, or a scorer registered with "
+                        "salfcbm.supervision.scorers.register_scorer (NAME or NAME:SPEC; built with its own options)")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, a local checkpoint file, or 'none' for a random init (seeded by --seed)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["cuda_available", "image_folder", "init_distributed", "make_scorer", "set_threads", "workers",
-           "write_args"]
+__all__ = ["check_pooling", "cuda_available", "image_folder", "init_distributed", "make_scorer", "set_threads",
+           "workers", "write_args"]
 
 
 def set_threads(args) -> None:
@@ -29,15 +29,42 @@ def workers(args) -> int:
 
 
 def make_scorer(args):
-    """The CLIP scorer; a random init (``--pretrained none``) is seeded so a rerun resumes its stores."""
+    """The concept scorer ``--scorer`` names, built by `salfcbm.supervision.scorers.scorer_from_name` from the
+    scorer registry as it is when the command runs (a scorer registered by code that calls `salfcbm.cli.main`
+    counts).
+
+    A registered scorer (``NAME`` or ``NAME:SPEC``) is built with its factory's own options; any other name
+    is CLIP, with ``--pretrained`` (unless ``clip:MODEL/TAG`` names the tag), ``--device`` and
+    ``--precision``. The build is seeded with ``--seed``: a random init (``--pretrained none``, a
+    local-dir: without weights) is the same on a rerun, which then resumes its stores.
+    """
     import torch
 
-    from salfcbm.supervision.scorers import CLIPScorer
+    from salfcbm.supervision.scorer_registry import CLIP_PREFIXES, list_scorers, scorer_from_name
 
-    pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
-    with torch.random.fork_rng(devices=[]):  # a random init (`none`, a local-dir: without weights) is seeded
+    key, _, spec = args.scorer.partition(":")
+    kwargs = {"device": args.device, "precision": args.precision}
+    if key != "clip" and key in list_scorers():
+        kwargs = {}
+    elif not (key == "clip" and "/" in spec and not spec.startswith(tuple(p + ":" for p in CLIP_PREFIXES))):
+        kwargs["pretrained"] = None if args.pretrained in (None, "", "none") else args.pretrained
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        return CLIPScorer(args.scorer, pretrained=pretrained, device=args.device, precision=args.precision)
+        return scorer_from_name(args.scorer, **kwargs)
+
+
+def check_pooling(name: str) -> str:
+    """``--pooling``, checked against the pooling registry as it is when the command runs (a pooling
+    registered by code that calls `salfcbm.cli.main` counts); `BadUsage` lists the registered ones."""
+    from salfcbm.cli.args import BadUsage
+    from salfcbm.cli.choices import poolings
+
+    names = poolings()
+    if name not in names:
+        raise BadUsage("salfcbm train", f"argument --pooling: {name!r} is not a registered pooling (choose from "
+                                        f"{', '.join(names)}, or register it with salfcbm.core.pooling.register_pooling "
+                                        "in the process that calls salfcbm.cli.main)")
+    return name
 
 
 def image_folder(root: str, size: int, skip_corrupt: bool = False):

@@ -54,7 +54,7 @@ def check_images(paths: list[str]) -> None:
 def cmd_explain(args) -> int:
     """Explain ``args.images`` (each checked before the model is loaded) and write the report."""
     from salfcbm.explain.evidence import EVIDENCE_LABELS
-    from salfcbm.viz.figures import write_html_report
+    from salfcbm.viz import write_html_report
 
     set_threads(args)
     check_images(args.images)  # every input, before the model costs anything to load

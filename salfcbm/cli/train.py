@@ -8,7 +8,15 @@ from pathlib import Path
 from salfcbm._utils.argtypes import concepts_file, float_in, in_dir, int_in, out_dir
 from salfcbm.cli.args import LR, SIMILARITY, Formatter, add_common, add_scorer_args
 from salfcbm.cli.choices import BOTTLENECK_DEFAULTS, CUTOFF_GUARDS, CUTOFF_STATISTICS, HEAD_PRESETS, poolings
-from salfcbm.cli.common import image_folder, init_distributed, make_scorer, set_threads, workers, write_args
+from salfcbm.cli.common import (
+    check_pooling,
+    image_folder,
+    init_distributed,
+    make_scorer,
+    set_threads,
+    workers,
+    write_args,
+)
 from salfcbm.cli.models import build_cli_backbone
 
 __all__ = ["add_similarities_parser", "add_train_parser", "cmd_similarities", "cmd_train", "head_config"]
@@ -63,7 +71,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--concepts", type=concepts_file, required=True,
                    help="text file, one concept per line, or lf-cbm:NAME (a published concept set)")
     t.add_argument("--run-dir", type=out_dir, required=True, help="run directory (resumable)")
-    t.add_argument("--pooling", default="mean", choices=poolings(), help="concept-map pooling")
+    t.add_argument("--pooling", default="mean", metavar="NAME",
+                   help=f"concept-map pooling: {', '.join(poolings())}, or a name registered with "
+                        "salfcbm.core.pooling.register_pooling (checked against the registry when the command runs)")
     t.add_argument("--cls-concat", action="store_true", help="concatenate the CLS token to every position (ViTs)")
     t.add_argument("--steps", type=int_in(1, 10**8), default=None,
                    help="maximum bottleneck training steps (default: scaled with the training images, 500 to 5000; "
@@ -111,6 +121,7 @@ def cmd_train(args) -> int:
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.training import BottleneckConfig, fit
 
+    check_pooling(args.pooling)
     set_threads(args)
     torch.manual_seed(args.seed)
     folders = {"train": args.train, "val": args.val, "test": args.test}

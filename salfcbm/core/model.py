@@ -272,8 +272,6 @@ class SALFCBMBase(
         size = tuple(self.config.input_size if input_size is None else input_size)
         return inputs.probe_input(self._require_backbone(), size)
 
-    _probe_input = probe_input  # the name evaluation/sanity.py still calls
-
     @contextmanager
     def _frozen_backbone(self, freeze: bool | None = None):
         """Eval-mode backbone for the duration of a call; the user's train/eval flags are restored."""
@@ -371,8 +369,6 @@ class SALFCBMBase(
         """What ``explain`` and friends accept, checked (`salfcbm.core.inputs.as_input`): backbone-ready
         float tensors (not empty, finite; moved to the model's device and dtype) or raw images (`preprocess`)."""
         return inputs.as_input(self, images, name)
-
-    _as_input = as_input  # the name salfcbm.explain still calls
 
     def forward_features(self, x: torch.Tensor, *, backbone_grad: bool = False) -> torch.Tensor:
         """The tapped backbone map f(x), ``(B, C, h, w)``.

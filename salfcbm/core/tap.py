@@ -39,7 +39,7 @@ from salfcbm.errors import (
     UnsupportedOutputError,
 )
 
-__all__ = ["FeatureTap", "LayerInfo", "probe_layers", "default_layer", "default_input_size"]
+__all__ = ["FeatureTap", "LayerInfo", "probe_layers", "default_layer", "default_input_size", "first_tensor"]
 
 _HEAD_NAMES = {"head", "heads", "fc", "classifier", "last_linear", "aux_logits", "AuxLogits", "fc_norm", "head_drop"}
 _MAX_PREFIX = 16
@@ -158,8 +158,9 @@ def _pick_tensor(out, batch: int | None = None, element: int | None = None) -> t
     )
 
 
-def _first_tensor(out, batch: int | None = None) -> torch.Tensor:
-    """The tensor a module emitted (see `_pick_tensor`)."""
+def first_tensor(out, batch: int | None = None) -> torch.Tensor:
+    """The tensor a module emitted: ``out`` itself, a tensor of a tuple / list, or ``last_hidden_state``
+    (with ``batch``, the first whose leading dimension is ``batch``, else `BatchMismatchError`)."""
     return _pick_tensor(out, batch)[1]
 
 

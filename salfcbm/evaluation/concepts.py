@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from salfcbm._utils.shard_compute import collate_images
 from salfcbm._utils.tensors import upsample_bilinear
 from salfcbm.errors import InputError
 
@@ -257,7 +258,7 @@ def _iter_images(data: Any, n: int, batch_size: int):
             yield idx, data[idx]
         else:
             items = [data[i] for i in idx]
-            yield idx, torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+            yield idx, collate_images(items)
 
 
 def _detection_row(z: torch.Tensor, y: torch.Tensor, present: torch.Tensor) -> dict[str, float]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from salfcbm._utils.tensors import check_logits
 from salfcbm.errors import InputError
 
 __all__ = ["as_heatmaps", "as_masks", "check_images", "model_logits", "normalise_heatmaps", "resolve_target"]
@@ -94,15 +95,11 @@ def resolve_target(target: Any, batch: int, device: torch.device) -> torch.Tenso
 
 
 def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise InputError(
-            f"The model must return a (B, num_classes) tensor of logits, got "
-            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}. "
-            "Wrap it, e.g. `lambda x: model(x).logits`, in an nn.Module that returns the logits "
-            "(for a SALF-CBM: `model.as_classifier()`)."
-        )
-    return out
+    return check_logits(
+        model(x), "The model",
+        "Wrap it, e.g. `lambda x: model(x).logits`, in an nn.Module that returns the logits "
+        "(for a SALF-CBM: `model.as_classifier()`).",
+    )
 
 
 def check_images(images: Any) -> torch.Tensor:

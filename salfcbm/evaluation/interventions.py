@@ -23,7 +23,7 @@ standardised pooled activation ``c*_norm = (c* - mean) / std`` (see `salfcbm.exp
   region interventions.
 * As **activations** (`targets_from_activations`): the values themselves, in ``c*_norm`` units.
 * **Label-free** (`targets_from_similarities`): the CLIP targets that supervised the bottleneck.
-  The prompted similarity maps ``P[n, m]`` (a `salfcbm.supervision.store.SimilarityStore`) are
+  The prompted similarity maps ``P[n, m]`` (a `salfcbm.supervision.store.PromptedEmbeddingStore`) are
   mean-pooled over the grid and z-scored per concept over the images: the same standardisation the
   model applies to ``c*``, so a target is "as far above its mean as the scorer says".
 
@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from salfcbm._utils.modes import preserved_modes
+from salfcbm._utils.tensors import accuracy
 from salfcbm.errors import InputError
 from salfcbm.explain.evidence import PRESENCE_THRESHOLD
 
@@ -184,7 +185,7 @@ def targets_from_similarities(similarities: Any, concepts: Sequence[str], indice
     """Label-free targets from the similarity maps that supervised the bottleneck (paper 3.2).
 
     Args:
-        similarities: a `salfcbm.supervision.store.SimilarityStore` of the evaluated images, or the
+        similarities: a `salfcbm.supervision.store.PromptedEmbeddingStore` of the evaluated images, or the
             similarity maps ``P`` as a tensor ``(N, K, Hg, Wg)`` (or pooled ``(N, K)``).
         concepts: the concept names (``model.concepts`` for the model's own concept set).
         indices: the images of the store to use (default: all, in order: one per evaluated image).
@@ -239,7 +240,7 @@ def _align_targets(model: SALFCBM, targets: ConceptTargets) -> tuple[torch.Tenso
         if all(c < 0 for c in cols):
             raise InputError(f"None of the model's concepts is among the targets' {len(targets.concepts)} concept names "
                              f"(e.g. {targets.concepts[:3]}); name the columns with the model's concepts.")
-    from salfcbm.explain.explanations import mask_to_grid
+    from salfcbm.explain.regions import mask_to_grid
 
     out = torch.full((n, m), float("nan"))
     regions = None if targets.regions is None else torch.zeros((n, m, *model.grid))
@@ -583,7 +584,7 @@ def intervention_curve(
         for k in ks:
             with torch.no_grad():
                 logits = _edited_logits(model, z, values, (ranks < k) & known, maps, regions)
-            acc[name].append(float((logits.argmax(1) == labels).float().mean()))
+            acc[name].append(accuracy(logits, labels))
             prob[name].append(float(logits.softmax(-1).gather(1, labels[:, None]).mean()))
     auc = {n: {"accuracy": _normalised_auc(ks, acc[n]), "true_class_probability": _normalised_auc(ks, prob[n])}
            for n in policies}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from salfcbm._utils.tensors import check_logits
 from salfcbm.errors import InputError, UnsupportedBaselineError
 from salfcbm.evaluation.deletion import constant_substrate
 
@@ -97,13 +98,7 @@ class BenchmarkMethod:
 
 def logits_of(out: Any) -> torch.Tensor:
     """``(B, num_classes)`` logits of a model output (a tensor, or an output with ``.logits``), or `InputError`."""
-    logits = getattr(out, "logits", out)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise InputError(
-            f"The explained model must return (B, num_classes) logits (or an output with `.logits`), got {got}."
-        )
-    return logits
+    return check_logits(getattr(out, "logits", out), "The explained model", "(Or return an output with `.logits`.)")
 
 
 class MethodPipeline(nn.Module):
@@ -158,7 +153,7 @@ def build_methods(
         baseline_kwargs: per-method keyword arguments for ``make_baseline``, e.g.
             ``{"integrated_gradients": {"n_steps": 16}}``.
         reference_colour: the "absent" colour in ``[0, 1]`` image space (default: the
-            backbone's normalisation mean, ``model.config["input_mean"]``). Integrated
+            backbone's normalisation mean, ``model.config.input_mean``). Integrated
             gradients integrates from an image of this colour (unless
             ``baseline_kwargs`` sets ``baseline``); use the same colour for the deletion
             substrate (`constant_substrate`).
@@ -197,7 +192,7 @@ def build_methods(
         bpre = backbone_preprocess
     else:
         raise InputError(f"`backbone_preprocess` must be 'model', None or a callable, got {backbone_preprocess!r}.")
-    colour = list(model.config["input_mean"] if reference_colour is None else reference_colour)
+    colour = list(model.config.input_mean if reference_colour is None else reference_colour)
     context = BaselineContext(model.backbone, model.layer if layer is None else layer, bpre, colour)
 
     methods: dict[str, BenchmarkMethod] = {}

@@ -47,7 +47,7 @@ def plot_attribution_examples(
         >>> len(plot_attribution_examples(ex).axes)
         6
     """
-    from salfcbm.viz.figures import _new_figure, overlay_heatmap, save_figure
+    from salfcbm.viz import new_figure, overlay_heatmap, save_figure
 
     ex = result.examples if isinstance(result, BenchmarkResult) else result
     if not ex or "images" not in ex or "heatmaps" not in ex:
@@ -59,7 +59,7 @@ def plot_attribution_examples(
         raise InputError(f"No heatmaps for {missing}; available: {list(heat)}.")
     n = images.shape[0]
     cols = 1 + (masks is not None) + len(names)
-    fig = _new_figure((1.6 * cols, 1.7 * n + 0.3))
+    fig = new_figure((1.6 * cols, 1.7 * n + 0.3))
     axes = fig.subplots(n, cols, squeeze=False)
     for i in range(n):
         img = images[i].detach().float().cpu().clamp(0, 1)

@@ -182,7 +182,7 @@ def _backbone_steps(model: SALFCBM) -> list[tuple[str, nn.Module, bool]]:
     hooks.append(tap.register_forward_hook(lambda *_: order.append(("tap", None))))
     try:
         with torch.no_grad():
-            backbone(model._probe_input(tuple(model.config["input_size"])))
+            backbone(model.probe_input(tuple(model.config.input_size)))
     finally:
         for h in hooks:
             h.remove()

@@ -36,7 +36,7 @@ def as_batch(images: Any, name: str = "images", model: SALFCBM | None = None) ->
     """``(B, C, H, W)`` images: with ``model``, its input rule (backbone-ready float tensors, checked, or raw
     images, preprocessed); without it, a backbone-ready tensor of 3 or 4 dimensions."""
     if model is not None:  # backbone-ready float tensors (checked) or raw images (preprocessed)
-        return model._as_input(images, name)  # private in core/model.py today: to be `model.as_input` (issue 20.5)
+        return model.as_input(images, name)
     if not isinstance(images, torch.Tensor):
         raise InputError(f"`{name}` must be a torch.Tensor of backbone-ready images, got {type(images).__name__}.")
     if images.dim() == 3:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from salfcbm._utils.tensors import PRECISIONS, check_precision
 from salfcbm.errors import DiskSpaceError, InputError
 from salfcbm.reproduce.recipes import Recipe
 
@@ -66,10 +67,11 @@ def _backbone_flops(source: str, name: str, layer: str, size: int, grid: int) ->
 
     from types import SimpleNamespace
 
-    from salfcbm.reproduce.run import _build
+    from salfcbm.reproduce.run import build_backbone
 
     with torch.device("meta"):
-        model = _build(SimpleNamespace(backbone={"source": source, "name": name, "weights": None}, name=name), False)
+        model = build_backbone(SimpleNamespace(backbone={"source": source, "name": name, "weights": None}, name=name),
+                               pretrained=False)
     x = torch.empty(1, 3, size, size, device="meta")
     flops = _count(lambda: model(x))
     channels = int(FeatureTap(model, layer)(x).shape[1])
@@ -205,7 +207,7 @@ def measure_throughput(scorer: str = "ViT-B-16", *, device: str | None = None, b
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
     x = torch.rand(batch_size, 3, size, size, device=device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = PRECISIONS[check_precision(precision)]
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
         model.encode_image(x)  # warm-up

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from salfcbm._utils.io import atomic_write_bytes
+from salfcbm._utils.tensors import accuracy
 from salfcbm.errors import ConfigError, ConfigMismatchError, DryRunError, InputError, MissingExtraError, RecipeRunError
 from salfcbm.reproduce.recipes import DRY_RUN_SCORERS, Recipe
 from salfcbm.reproduce.tables import format_concepts, format_table
@@ -133,10 +134,10 @@ def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: in
     out = {}
     sparse = fit_head(z[0], y[0], z[1], y[1], num_classes, HeadConfig(lam=recipe.standard_lam, alpha=recipe.alpha),
                       progress=False)
-    out["standard_sparse"] = 100 * float((sparse.logits(z[2]).argmax(1) == y[2]).float().mean())
+    out["standard_sparse"] = 100 * accuracy(sparse.logits(z[2]), y[2])
     if recipe.dense:
         dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=num_classes, progress=False)
-        out["standard_dense"] = 100 * float((dense.logits(z[2]).argmax(1) == y[2]).float().mean())
+        out["standard_dense"] = 100 * accuracy(dense.logits(z[2]), y[2])
     return out
 
 
@@ -179,7 +180,7 @@ def _salf_dense(model, run: Path, train, val, test) -> float:
     y = [labels_of(d) for d in (train, val, test)]
     _, _, z = standardize(*a)
     dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=model.num_classes, progress=False)
-    return 100 * float((dense.logits(z[2]).argmax(1) == y[2]).float().mean())
+    return 100 * accuracy(dense.logits(z[2]), y[2])
 
 
 def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> dict[str, Any]:
@@ -355,7 +356,7 @@ def run_recipe(
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
     """
-    from salfcbm.supervision.scorers import CLIPScorer
+    from salfcbm.supervision.scorers import scorer_from_name
 
     if recipe.standard_dense not in ("backbone", "refit"):
         raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
@@ -370,7 +371,7 @@ def run_recipe(
     if len(concepts) != recipe.expected_concepts:
         warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
                       stacklevel=2)
-    scorer = scorer or CLIPScorer(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
+    scorer = scorer or scorer_from_name(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
     results = {}
     for sub in recipe.runs():
         sub_dir = run if sub is recipe else run / sub.name

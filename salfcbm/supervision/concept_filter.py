@@ -17,6 +17,7 @@ import torch
 from salfcbm._utils.shard_compute import collate_images
 from salfcbm.errors import InputError
 from salfcbm.supervision.concept_lists import bare_concept
+from salfcbm.supervision.scorers import UnpromptedScorer
 
 __all__ = ["ConceptFilterReport", "filter_concepts", "near_duplicates", "unprompted_activity"]
 
@@ -264,7 +265,7 @@ def unprompted_activity(
     """
     from tqdm.auto import tqdm
 
-    if not callable(getattr(scorer, "embed_images", None)):
+    if not isinstance(scorer, UnpromptedScorer):
         raise InputError(f"{type(scorer).__name__} has no embed_images(); it cannot embed unprompted images.")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_images)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from salfcbm._utils.io import sha256_file
+from salfcbm._utils.tensors import PRECISIONS, check_precision
 from salfcbm.errors import AlignmentError, InputError
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.scorer_registry import (
@@ -51,7 +52,6 @@ __all__ = [
     "unregister_scorer",
 ]
 
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @runtime_checkable
@@ -237,8 +237,7 @@ class CLIPScorer:
             raise ImportError("CLIPScorer needs open_clip_torch: pip install open_clip_torch") from e
         if not isinstance(model_name, str) or not model_name:
             raise InputError(f"model_name must be a non-empty string; got {model_name!r}.")
-        if precision not in _PRECISIONS:
-            raise InputError(f"precision must be one of {sorted(_PRECISIONS)}; got {precision!r}.")
+        check_precision(precision)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive int; got {batch_size!r}.")
         self.model_name = model_name
@@ -371,7 +370,7 @@ class CLIPScorer:
     def _autocast(self):
         if self.precision == "fp32":
             return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=_PRECISIONS[self.precision])
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

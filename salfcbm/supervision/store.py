@@ -33,7 +33,7 @@ from salfcbm._utils.shards import (
 )
 from salfcbm.errors import InputError, ScorerDatasetError, StoreMismatchError
 from salfcbm.supervision.prompts import PromptGrid
-from salfcbm.supervision.scorers import ConceptScorer
+from salfcbm.supervision.scorers import ConceptScorer, DatasetBoundScorer
 
 __all__ = [
     "atomic_write_bytes",
@@ -164,13 +164,12 @@ SimilarityStore = PromptedEmbeddingStore
 def bind_scorer(scorer: ConceptScorer, dataset: Any) -> ConceptScorer:
     """The scorer to use on ``dataset``: rebound to it when it reads data by index.
 
-    A scorer with ``for_dataset`` is asked for a copy bound to ``dataset``. A scorer whose
+    A `DatasetBoundScorer` (one with ``for_dataset``) is asked for a copy bound to ``dataset``. A scorer whose
     fingerprint names a dataset (under ``"dataset"``) must then name this one: its
     ``embed`` reads items by index, so another dataset's items would be scored silently.
     """
-    rebind = getattr(scorer, "for_dataset", None)
-    if callable(rebind):
-        scorer = rebind(dataset)
+    if isinstance(scorer, DatasetBoundScorer):
+        scorer = scorer.for_dataset(dataset)
     bound = jsonable(scorer.fingerprint()).get("dataset")
     if bound is None or getattr(scorer, "dataset", None) is dataset:
         return scorer

@@ -33,7 +33,7 @@ def denormalize(
 
     Args:
         images: ``(B, 3, H, W)`` or ``(3, H, W)`` backbone-ready images.
-        model: a SALF-CBM whose ``config["input_mean"]`` / ``config["input_std"]`` are used.
+        model: a SALF-CBM whose ``config.input_mean`` / ``config.input_std`` are used.
         mean: explicit mean (overrides the model's).
         std: explicit std (overrides the model's).
 
@@ -44,8 +44,8 @@ def denormalize(
     if mean is None or std is None:
         if model is None:
             raise InputError("denormalize needs `model=` or both `mean=` and `std=`.")
-        mean = model.config["input_mean"] if mean is None else mean
-        std = model.config["input_std"] if std is None else std
+        mean = model.config.input_mean if mean is None else mean
+        std = model.config.input_std if std is None else std
     x = images.detach().float()
     shape = (1, 3, 1, 1) if x.dim() == 4 else (3, 1, 1)
     if x.dim() not in (3, 4) or x.shape[-3] != 3:

@@ -13,8 +13,8 @@ working. New code imports from `salfcbm.viz` (the package) or from the module th
 * `salfcbm.viz.reports`: `write_html_report`;
 * `salfcbm.viz.sankey`: `sankey_layout`, `sankey_svg`, `save_sankey`.
 
-``_new_figure`` and ``_Scale`` are the old private spellings of `new_figure` and `ColorScale`,
-kept only until the modules outside `viz` that still import them switch to the public names.
+``_Scale`` is the old private spelling of `ColorScale`, kept only until `salfcbm.app.explorer` (and its
+tests) switch to the public name.
 """
 
 from __future__ import annotations
@@ -53,5 +53,4 @@ __all__ = [
     "MIN_STD_SCALE",
 ]
 
-_new_figure = new_figure  # compatibility: evaluation/benchmark.py, viz callers before the split
 _Scale = ColorScale  # compatibility: app/explorer.py and its tests

@@ -66,7 +66,8 @@ def test_pooling_and_precision_choices_are_the_librarys():
     from salfcbm._utils.tensors import PRECISIONS
     from salfcbm.core.config import POOLINGS
 
-    assert tuple(_action("train", "pooling").choices) == tuple(POOLINGS)
+    pooling = _action("train", "pooling")  # no fixed choices: checked against the live registry when train runs
+    assert pooling.choices is None and all(name in pooling.help for name in POOLINGS)
     for command in ("similarities", "train", "reproduce"):
         assert list(_action(command, "precision").choices) == list(PRECISIONS), command
 

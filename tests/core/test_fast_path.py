@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import salfcbm
 from salfcbm.core.outputs import SALFCBMOutput
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_tap import REPRESENTATIVE  # noqa: E402  (the test zoo: CNN, ViT with CLS, registers, Swin, torchvision)
+from tests.core._zoo import REPRESENTATIVE  # the test zoo: CNN, ViT with CLS, registers, Swin, torchvision
 
 CONCEPTS = ["a wing", "a beak", "water", "sky", "grass"]
 # (grid, pooling): a grid coarser than, finer than / non-square, and equal to the tapped map

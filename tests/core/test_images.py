@@ -272,7 +272,7 @@ def test_a_box_lands_in_the_same_cell_for_the_scorer_and_the_backbone(tmp_path, 
     centre square (what the model's eval transform keeps) must be found in cell (i, j) by the
     scorer and by the backbone.
     """
-    from salfcbm.supervision.store import ShardedStore, SimilarityStore
+    from salfcbm.supervision.store import PromptedEmbeddingStore, ShardedStore
     from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
 
     # the backbone is an 8x8 average pool of a 32 px input: feature cell (i, j) is exactly grid cell (i, j)
@@ -290,7 +290,7 @@ def test_a_box_lands_in_the_same_cell_for_the_scorer_and_the_backbone(tmp_path, 
     fit(m, data, data, scorer=scorer, prompts=PromptGrid(grid=4), run_dir=tmp_path, baseline=False,
         bottleneck=BottleneckConfig(max_steps=1, batch_size=2, val_every=1, cutoff=-1.0),
         head=HeadConfig(sparse=False), progress=False)
-    sims = SimilarityStore.open(tmp_path / "similarities" / "train", scorer)
+    sims = PromptedEmbeddingStore.open(tmp_path / "similarities" / "train", scorer)
     feats = ShardedStore.open(tmp_path / "features" / "train")
     scorer_cell = sims.targets(torch.arange(len(data)), ["mark"])[:, 0].flatten(1).argmax(1)
     backbone_cell = feats.read(torch.arange(len(data))).float().amax(1).flatten(1).argmax(1)

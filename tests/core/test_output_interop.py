@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 
 import salfcbm
 from salfcbm.errors import NotATensorError, SalfCBMError
-from tests.core.test_interop import CONCEPTS, model, x  # noqa: F401  (fixtures)
+from tests.core._interop import CONCEPTS, model, x  # noqa: F401  (fixtures)
 
 FIX = "model.as_classifier()"
 

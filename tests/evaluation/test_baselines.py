@@ -18,41 +18,13 @@ from salfcbm.evaluation.baselines import (
     time_attribution,
 )
 from salfcbm.errors import InputError, LayerNotFoundError, MissingExtraError, SalfCBMError
+from tests.evaluation._tiny_cnn import TinyCNN, baseline_kwargs
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def n_hooks(model: nn.Module) -> int:
     return sum(len(getattr(m, d)) for m in model.modules() for d in HOOK_DICTS)
-
-
-class TinyCNN(nn.Module):
-    """Conv-ReLU-Conv-ReLU-pool-linear; flatten is functional so Captum's LRP supports every leaf."""
-
-    def __init__(self, num_classes: int = 3, region: tuple[slice, slice] | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, num_classes)
-        self.region = region  # if set, only this window of the conv2 map reaches the head
-        self.boom: type[Exception] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.relu2(self.conv2(self.relu1(self.conv1(x))))
-        if self.boom is not None:
-            raise self.boom("boom")
-        if self.region is not None:
-            mask = torch.zeros_like(f[:1, :1])
-            mask[..., self.region[0], self.region[1]] = 1.0
-            f = f * mask
-        return self.fc(self.pool(f).flatten(1))
-
-
-def _kwargs(name: str) -> dict:
-    return {"integrated_gradients": {"n_steps": 8}, "scorecam": {"batch_size": 16}}.get(name, {})
 
 
 @pytest.fixture()
@@ -66,7 +38,7 @@ def test_every_baseline_shape_finite_no_hooks(name, cnn):
     x = torch.randn(2, 3, 16, 16)
     cnn.train()
     before = [p.grad for p in cnn.parameters()]
-    a = make_baseline(name, cnn, layer="conv2", **_kwargs(name))
+    a = make_baseline(name, cnn, layer="conv2", **baseline_kwargs(name))
     assert isinstance(a, Attributor) and a.name == name
     h = a.attribute(x, target=[0, 2])
     assert h.shape == (2, 1, 16, 16) and h.dtype == torch.float32
@@ -122,7 +94,7 @@ def test_cam_peaks_where_the_model_looks(name):
         model.fc.weight.abs_()  # class 0 grows with every channel
     x = torch.zeros(2, 3, 16, 16)
     x[..., :6, :6] = torch.rand(2, 3, 6, 6)  # the object is in the top-left corner
-    h = make_baseline(name, model, layer="conv2", **_kwargs(name)).attribute(x, target=0)
+    h = make_baseline(name, model, layer="conv2", **baseline_kwargs(name)).attribute(x, target=0)
     inside = h[..., :6, :6].mean(dim=(1, 2, 3))
     outside = h[..., 8:, :].mean(dim=(1, 2, 3)) + h[..., :8, 8:].mean(dim=(1, 2, 3))
     assert (inside > 3 * outside + 1e-6).all()
@@ -141,7 +113,7 @@ def test_target_none_is_top1(cnn):
 @pytest.mark.parametrize("exc", [RuntimeError, IndexError])
 def test_no_hooks_or_mode_change_after_exception(name, exc, cnn):
     cnn.train()
-    a = make_baseline(name, cnn, layer="conv2", **_kwargs(name))
+    a = make_baseline(name, cnn, layer="conv2", **baseline_kwargs(name))
     cnn.boom = exc  # raised inside forward, after the libraries registered their hooks
     with pytest.raises(exc, match="boom"):  # pytorch-grad-cam's __exit__ would swallow IndexError
         a.attribute(torch.randn(1, 3, 16, 16), target=0)

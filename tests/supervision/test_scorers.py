@@ -186,11 +186,3 @@ def test_bad_inputs(scorer):
     with pytest.raises(InputError, match="single string"):
         scorer.text_embeddings("a cat")
 
-
-def test_docstring_examples_run():
-    import doctest
-
-    import salfcbm.supervision.scorers as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

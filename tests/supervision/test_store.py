@@ -19,7 +19,7 @@ import torch
 from salfcbm.errors import InputError, StoreCorruptError, StoreMismatchError
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.scorers import CLIPScorer
-from salfcbm.supervision.store import ShardedStore, SimilarityStore, compute_similarity_store, compute_store
+from salfcbm.supervision.store import PromptedEmbeddingStore, ShardedStore, compute_similarity_store, compute_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dist_worker import ToyImages, ToyScorer, toy_fn  # noqa: E402
@@ -131,7 +131,7 @@ def test_compute_store_only_missing_shards(tmp_path):
         return toy_fn(images, idx)
 
     s = _toy_store(tmp_path / "s")
-    from salfcbm.supervision.provenance import resolve_inputs, shard_digest
+    from salfcbm._utils.provenance import resolve_inputs, shard_digest
 
     digest = shard_digest(data, 4, 8, resolve_inputs(data, "auto"))
     s.write_shard(1, torch.zeros(4, 2, 3), inputs=digest)  # pretend shard 1 was done by an earlier run
@@ -217,7 +217,7 @@ def test_torchrun_two_ranks_disjoint_shards_identical_store(tmp_path):
     assert json.loads((root / "manifest.json").read_text()) == json.loads((single.store.root / "manifest.json").read_text())
 
 
-# -- SimilarityStore ---------------------------------------------------------------------
+# -- PromptedEmbeddingStore -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clip_scorer():
     torch.manual_seed(0)
@@ -228,7 +228,7 @@ def test_similarity_store_targets_match_scorer(tmp_path, clip_scorer):
     data = ToyImages(5, size=40)
     prompts = PromptGrid(grid=(3, 2), radius=6)
     sims = compute_similarity_store(tmp_path / "sims", data, clip_scorer, prompts, shard_size=2, batch_size=2, progress=False)
-    assert isinstance(sims, SimilarityStore)
+    assert isinstance(sims, PromptedEmbeddingStore)
     assert (sims.grid, sims.length, sims.embedding_dim, sims.prompts) == ((3, 2), 5, 32, prompts)
     concepts = ["striped fur", "blue sky", "a wheel", "grass"]
     images = torch.stack([data[i][0] for i in [4, 1]])
@@ -248,7 +248,7 @@ def test_similarity_store_targets_match_scorer(tmp_path, clip_scorer):
     # reopening and re-running with the same settings are no-ops
     again = compute_similarity_store(tmp_path / "sims", data, clip_scorer, prompts, shard_size=2, batch_size=2, progress=False)
     torch.testing.assert_close(again.targets([0], concepts), sims.targets([0], concepts))
-    assert SimilarityStore.open(tmp_path / "sims", clip_scorer).length == 5
+    assert PromptedEmbeddingStore.open(tmp_path / "sims", clip_scorer).length == 5
 
 
 def test_similarity_store_rejects_other_settings(tmp_path, clip_scorer):
@@ -261,7 +261,7 @@ def test_similarity_store_rejects_other_settings(tmp_path, clip_scorer):
                                       progress=False)
     assert longer.length == 4
     with pytest.raises(StoreMismatchError, match="another scorer"):
-        SimilarityStore.open(tmp_path / "sims", ToyScorer())
+        PromptedEmbeddingStore.open(tmp_path / "sims", ToyScorer())
     generic = _toy_store(tmp_path / "generic")
     with pytest.raises(StoreMismatchError, match="not a similarity store"):
-        SimilarityStore(generic, clip_scorer)
+        PromptedEmbeddingStore(generic, clip_scorer)

@@ -117,9 +117,9 @@ class _GradCAM(LayerMixin, Attributor):
             captured: list[torch.Tensor] = []
 
             def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-                from salfcbm.core.tap import _first_tensor
+                from salfcbm.core.tap import first_tensor
 
-                captured.append(_first_tensor(out))
+                captured.append(first_tensor(out))
 
             handle = self.layer.register_forward_hook(hook)
             try:

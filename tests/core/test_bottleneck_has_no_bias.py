@@ -1,4 +1,4 @@
-"""Issue 15 item 6: the bottleneck has no bias (paper, LF-CBM), old checkpoints with one still load."""
+"""The bottleneck has no bias (paper, LF-CBM), and old checkpoints with one still load (issue 15, item 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 18, items 5 and 6: the rows a recipe reports are the paper's rows.
+"""The rows a recipe reports are the paper's rows (issue 18, items 5 and 6).
 
 * "Standard, non-sparse" is the backbone's own classifier (the paper's 76.13% is torchvision's
   ResNet-50 V1), not a refitted dense head.

@@ -1,4 +1,4 @@
-"""Issue 18 item 1: LF-CBM's interpretability-cutoff statistic, exactly.
+"""salfcbm's interpretability-cutoff statistic is LF-CBM's, exactly (issue 18, item 1).
 
 LF-CBM (``train_cbm.py`` at the pinned commit) keeps a concept when
 ``cos_similarity_cubed_single(val_clip_features, proj_layer(val_target_features)) > 0.45``, where

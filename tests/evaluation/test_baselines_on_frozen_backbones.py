@@ -1,4 +1,5 @@
-"""Issue 15 item 10: every baseline works on a backbone frozen with requires_grad_(False)."""
+"""Every baseline works on a backbone frozen with requires_grad_(False) and leaves its flags as they were
+(issue 15, item 10)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from salfcbm.evaluation.baselines import list_baselines, make_baseline
-from tests.evaluation.test_baselines import TinyCNN, _kwargs
+from tests.evaluation._tiny_cnn import TinyCNN, baseline_kwargs
 
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["all-frozen", "head-trainable"])
@@ -19,7 +20,7 @@ def test_baseline_on_user_frozen_backbone_keeps_flags(name, mixed):
         cnn.fc.weight.requires_grad_(True)  # a mixed state must come back exactly
     flags = [p.requires_grad for p in cnn.parameters()]
     x = torch.randn(2, 3, 16, 16)
-    h = make_baseline(name, cnn, layer="conv2", **_kwargs(name)).attribute(x, target=[0, 2])
+    h = make_baseline(name, cnn, layer="conv2", **baseline_kwargs(name)).attribute(x, target=[0, 2])
     assert h.shape == (2, 1, 16, 16) and torch.isfinite(h).all()
     if name not in ("random", "center"):
         assert h.abs().sum() > 0, "a frozen backbone must not give an all-zero map"

@@ -19,7 +19,7 @@ from salfcbm.reproduce.run import (build_backbone, concept_filter_options, dry_r
                                    run_recipe)
 from salfcbm.supervision.concepts import filter_concepts
 from salfcbm.supervision.prompts import PromptGrid
-from salfcbm.supervision.store import SimilarityStore
+from salfcbm.supervision.store import PromptedEmbeddingStore
 from salfcbm.training import fit
 
 CONCEPTS = ["red fur", "a wheel", "green grass"]
@@ -57,7 +57,7 @@ def _spy(monkeypatch) -> list:
 
     monkeypatch.setattr(pipeline, "unprompted_activity", activity)
     monkeypatch.setattr(pipeline, "_filter", spy)
-    monkeypatch.setattr(SimilarityStore, "concept_activity", prompted)
+    monkeypatch.setattr(PromptedEmbeddingStore, "concept_activity", prompted)
     return calls
 
 
