@@ -54,10 +54,10 @@ _LAZY: dict[str, str] = {
     # data
     "ImageFolderDataset": "salfcbm.datasets.folder",
     # training
-    "fit": "salfcbm.training.pipeline",
-    "BottleneckConfig": "salfcbm.training.pipeline",
-    "HeadConfig": "salfcbm.training.pipeline",
-    "FitResult": "salfcbm.training.pipeline",
+    "fit": "salfcbm.training.fit",
+    "BottleneckConfig": "salfcbm.training.config",
+    "HeadConfig": "salfcbm.training.head_stage",
+    "FitResult": "salfcbm.training.config",
     # explanations
     "Explanation": "salfcbm.explain.results",
     "ExplanationBatch": "salfcbm.explain.results",
@@ -134,5 +134,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from salfcbm.supervision.prompts import PromptGrid
     from salfcbm.supervision.scorers import CLIPScorer, ConceptScorer
     from salfcbm.supervision.store import PromptedEmbeddingStore, SimilarityStore, compute_similarity_store
-    from salfcbm.training.pipeline import BottleneckConfig, FitResult, HeadConfig, fit
+    from salfcbm.training.config import BottleneckConfig, FitResult
+    from salfcbm.training.fit import fit
+    from salfcbm.training.head_stage import HeadConfig
     from salfcbm.viz.video import track_concepts

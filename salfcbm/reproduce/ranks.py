@@ -18,24 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["barrier", "rank_and_world", "run_on_ranks"]
-
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised process group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op outside an initialised process group)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+__all__ = ["run_on_ranks"]
 
 
 def run_on_ranks(recipe: Any, data_root: str | os.PathLike, run_dir: str | os.PathLike,
@@ -48,6 +31,7 @@ def run_on_ranks(recipe: Any, data_root: str | os.PathLike, run_dir: str | os.Pa
     """
     import torch.distributed as dist
 
+    from salfcbm._utils.distributed import rank_and_world
     from salfcbm.reproduce.run import run_recipe
 
     rank, world = rank_and_world()

@@ -519,7 +519,8 @@ def dry_run(
     Raises:
         DryRunError: the resumed run or the reloaded model disagrees.
     """
-    from salfcbm.reproduce.ranks import barrier, rank_and_world, run_on_ranks
+    from salfcbm._utils.distributed import barrier, rank_and_world
+    from salfcbm.reproduce.ranks import run_on_ranks
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = Path(run_dir)

@@ -45,8 +45,6 @@ __all__ = [
     "bind_scorer",
 ]
 
-# kept importable for salfcbm/training/cutoff.py until it imports `collate_images` from salfcbm._utils.shard_compute
-_collate_images = collate_images
 
 
 class PromptedEmbeddingStore:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from salfcbm._utils.distributed import rank_and_world
 from salfcbm._utils.progress import close_bar
 from salfcbm._utils.tensors import to_device
 from salfcbm.core.model import SALFCBM
@@ -30,17 +31,9 @@ from salfcbm.training.config import BottleneckConfig, BottleneckReport
 from salfcbm.training.cutoff import LFCBM_STATISTIC, apply_cutoff
 from salfcbm.training.loss import bottleneck_loss, init_bottleneck
 
-__all__ = ["train_bottleneck", "validation_similarity", "rank_and_world"]
+__all__ = ["train_bottleneck", "validation_similarity"]
 
 logger = logging.getLogger("salfcbm")
-
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised ``torch.distributed`` job; ``(0, 1)`` outside one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _shard_batches(

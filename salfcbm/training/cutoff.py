@@ -90,7 +90,7 @@ def unprompted_similarities(
     """
     from tqdm.auto import tqdm
 
-    from salfcbm.supervision.store import _collate_images
+    from salfcbm._utils.shard_compute import collate_images
 
     if not callable(getattr(scorer, "embed_images", None)):
         raise InputError(
@@ -99,7 +99,7 @@ def unprompted_similarities(
             "GroundTruthScorer), or BottleneckConfig(cutoff_statistic='cell')."
         )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=_collate_images)
+                                         collate_fn=collate_images)
     out, start = [], 0
     for images in tqdm(loader, desc="Unprompted embeddings (val, cutoff)", disable=not progress, leave=False):
         idx = torch.arange(start, start + images.shape[0])

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from salfcbm._utils.tensors import autocast, check_precision, to_device
+from salfcbm._utils.tensors import PRECISIONS, autocast, check_precision, to_device
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
 from salfcbm.core.model import SALFCBM
@@ -67,7 +67,7 @@ def _int_labels(values) -> torch.Tensor:
 
 #: The storage dtype of features stored "in the precision of the run" (`fit`'s held-out splits when
 #: features are not cached): what the backbone computes under that precision, stored without loss.
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = {k: v or torch.float32 for k, v in PRECISIONS.items()}  # the storage dtype of each precision
 
 
 def feature_store(

@@ -37,7 +37,8 @@ from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
 from salfcbm.supervision.store import SimilarityStore, compute_similarity_store
 from salfcbm.training import diagnostics, presence
-from salfcbm.training.bottleneck import rank_and_world, train_bottleneck
+from salfcbm._utils.distributed import barrier, rank_and_world
+from salfcbm.training.bottleneck import train_bottleneck
 from salfcbm.training.config import BottleneckConfig, BottleneckReport, FitResult, Splits
 from salfcbm.training.cutoff import LFCBM_STATISTIC, lfcbm_similarity
 from salfcbm.training.cutoff_stage import cutoff_stage, unprompted_val, warn_needed
@@ -281,7 +282,7 @@ def _on_rank_zero(fn, *args) -> None:
     if rank == 0:
         fn(*args)
     if world > 1:
-        torch.distributed.barrier()
+        barrier()
 
 
 def _save(model: SALFCBM, run: RunDir, metrics: dict[str, Any]) -> None:
