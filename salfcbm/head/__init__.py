@@ -9,6 +9,7 @@
 * `elastic_net_objective`, `kkt_violation`, `lambda_max` (`salfcbm.head.objective`): the certificate.
 """
 
+from salfcbm.head.chunks import ArrayChunks, StoreChunks
 from salfcbm.head.config import PAPER_LAMBDAS, HeadConfig
 from salfcbm.head.dense import fit_dense_head
 from salfcbm.head.objective import elastic_net_objective, kkt_violation, lambda_max
@@ -16,8 +17,10 @@ from salfcbm.head.path import fit_sparse_head
 from salfcbm.head.results import HeadFit, PathPoint
 from salfcbm.head.selection import SELECT, lam_for_solver, select_point
 from salfcbm.head.solver import fit_fixed_lambda, fit_head
+from salfcbm.head.streaming import fit_sparse_head_streaming
 
 __all__ = [
+    "ArrayChunks",
     "HeadConfig",
     "PAPER_LAMBDAS",
     "HeadFit",
@@ -31,5 +34,7 @@ __all__ = [
     "kkt_violation",
     "lam_for_solver",
     "lambda_max",
+    "StoreChunks",
+    "fit_sparse_head_streaming",
     "select_point",
 ]
