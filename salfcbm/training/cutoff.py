@@ -15,18 +15,29 @@ pooling and a bias-free 1x1 conv this is exactly LF-CBM's linear projection of t
 `lfcbm_similarity` is ``cos_similarity_cubed_single`` line for line (a column that is constant
 across the images divides 0 by 0 and gives NaN, which LF-CBM's ``>`` then drops, as here);
 `unprompted_similarities` computes ``val_clip_features`` with the scorer's ``embed_images``.
+
+`apply_cutoff` applies the cutoff (any of the statistics) to a trained bottleneck.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from salfcbm.errors import InputError
+from salfcbm.errors import AllConceptsCutError, InputError
 
-__all__ = ["lfcbm_similarity", "unprompted_similarities", "LFCBM_STATISTIC"]
+if TYPE_CHECKING:
+    from salfcbm.core.model import SALFCBM
+    from salfcbm.training.config import BottleneckConfig, BottleneckReport
+
+__all__ = ["lfcbm_similarity", "unprompted_similarities", "LFCBM_STATISTIC", "apply_cutoff", "cutoff_similarities",
+           "passes_cutoff"]
+
+logger = logging.getLogger("salfcbm")
 
 #: The name of LF-CBM's statistic in `BottleneckConfig.cutoff_statistic`.
 LFCBM_STATISTIC = "lfcbm"
@@ -97,3 +108,59 @@ def unprompted_similarities(
     if not out:
         raise InputError("The validation set is empty: LF-CBM's cutoff statistic needs validation images.")
     return torch.cat(out)
+
+
+def cutoff_similarities(report: BottleneckReport, statistic: str) -> dict[str, float]:
+    """The per-concept validation statistic the cutoff compares with (``cell``, ``pooled`` or ``lfcbm``)."""
+    if statistic == LFCBM_STATISTIC:
+        if not report.lfcbm_similarity:
+            raise InputError(
+                "cutoff_statistic='lfcbm' needs the unprompted similarities of the validation images, which "
+                "train_bottleneck does not have: use salfcbm.fit (it computes them with the scorer's embed_images), "
+                "or set report.lfcbm_similarity from salfcbm.training.cutoff.lfcbm_similarity first."
+            )
+        return dict(report.lfcbm_similarity)
+    return dict(report.pooled_similarity if statistic == "pooled" else report.cell_similarity)
+
+
+def passes_cutoff(sim: float, config: BottleneckConfig) -> bool:
+    """Whether a concept with validation similarity ``sim`` passes ``config``'s cutoff."""
+    # LF-CBM keeps ``sim > cutoff`` (a NaN similarity fails); salfcbm's own statistics keep ``>=``.
+    # Similarities lie in [-1, 1]: a cutoff below -1 is no cutoff, and keeps every concept (NaN too).
+    if config.cutoff < -1:
+        return True
+    return sim > config.cutoff if config.cutoff_statistic == LFCBM_STATISTIC else sim >= config.cutoff
+
+
+def apply_cutoff(model: SALFCBM, report: BottleneckReport, config: BottleneckConfig, *, prune: bool = True,
+                 keep_also: Sequence[str] = ()) -> BottleneckReport:
+    """The interpretability cutoff (LF-CBM's, 0.45 by default) on a trained bottleneck.
+
+    Concepts whose validation similarity (``config.cutoff_statistic``: per cell, pooled, or
+    LF-CBM's) is below ``config.cutoff`` are listed in ``report.dropped`` and, with ``prune``,
+    removed from ``model`` (bottleneck rows, head columns, statistics). Concepts in
+    ``keep_also`` stay whatever their similarity (``report.kept_for_head``). The model must
+    still hold every concept of ``report.cell_similarity``.
+    """
+    stat = config.cutoff_statistic
+    sims = cutoff_similarities(report, stat)
+    concepts = [c for c in model.concepts if c in sims]
+    extra = set(keep_also)
+    keep = [c for c in concepts if passes_cutoff(sims[c], config) or c in extra]
+    dropped = [(c, sims[c]) for c in concepts if not (passes_cutoff(sims[c], config) or c in extra)]
+    kept_for_head = [c for c in concepts if c in extra and not passes_cutoff(sims[c], config)]
+    if prune:
+        if not keep:
+            best = max((v for v in sims.values() if v == v), default=float("nan"))
+            raise AllConceptsCutError(
+                f"Every concept fell below the interpretability cutoff {config.cutoff} ({stat} validation similarity, "
+                f"best {best:.3f}). Lower `cutoff`, use another cutoff_statistic, train longer, or check that the "
+                "similarities match the images.",
+                sims,
+            )
+        if dropped:
+            model.select_concepts(keep)
+            logger.info("Interpretability cutoff removed %d concepts: %s", len(dropped), [d[0] for d in dropped])
+    return replace(report, concept_similarity=sims, statistic=stat, kept=keep if prune else concepts,
+                   dropped=dropped if prune else [], kept_for_head=kept_for_head if prune else [])
+

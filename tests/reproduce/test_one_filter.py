@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-import salfcbm.training.pipeline as pipeline
+import salfcbm.training.filters as pipeline  # fit's concept-filter stage
 from salfcbm.core.model import wrap
 from salfcbm.datasets.paper import write_fake_layout
 from salfcbm.reproduce import get_recipe

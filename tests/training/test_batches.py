@@ -75,18 +75,18 @@ def test_shard_batches_are_contiguous_channels_last_and_cover_every_image_once(t
 
 
 def test_fit_says_whether_it_caches_features_and_why(caplog):
-    from salfcbm.training.pipeline import _choose_feature_cache
+    from salfcbm.training.features import choose_feature_cache
 
     model = salfcbm.wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 2048, 3, stride=32, padding=1)), concepts=CONCEPTS,
                          num_classes=2, grid=7, input_size=(224, 224), backbone_weights=None)
     imagenet = [range(1_281_167)]
-    cache, why = _choose_feature_cache(model, imagenet, "auto", 64.0)
+    cache, why = choose_feature_cache(model, imagenet, "auto", 64.0)
     assert not cache and "257 GB exceeds max_feature_cache_gb=64" in why and "on the fly" in why
-    cache, why = _choose_feature_cache(model, imagenet, "auto", 300)
+    cache, why = choose_feature_cache(model, imagenet, "auto", 300)
     assert cache and "within" in why
-    assert _choose_feature_cache(model, [range(10)], False, 64.0)[0] is False
+    assert choose_feature_cache(model, [range(10)], False, 64.0)[0] is False
     with pytest.raises(salfcbm.errors.InputError, match="cache_features"):
-        _choose_feature_cache(model, [range(10)], "yes", 64.0)
+        choose_feature_cache(model, [range(10)], "yes", 64.0)
 
 
 def test_repeated_batches_run_epochs_back_to_back(tmp_path):

@@ -11,15 +11,9 @@ import torch
 import salfcbm
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import ShardedStore, compute_similarity_store
-from salfcbm.training.pipeline import (
-    BottleneckConfig,
-    BottleneckReport,
-    HeadConfig,
-    _cutoff_stage,
-    _RunDir,
-    _warn_needed,
-    train_bottleneck,
-)
+from salfcbm.training import BottleneckConfig, BottleneckReport, HeadConfig, Splits, train_bottleneck
+from salfcbm.training.cutoff_stage import cutoff_stage, warn_needed
+from salfcbm.training.rundir import RunDir
 from tests.training.test_training import _Table
 
 
@@ -71,44 +65,44 @@ def _needed_problem():
                               cell_similarity={"c0": .8, "c1": .8, "c2": .3})
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
     model = salfcbm.wrap(net, concepts=["c0", "c1", "c2"], num_classes=2, grid=3, input_size=(6, 6))
-    return model, report, (acts[:300], y[:300]), (acts[300:], y[300:])
+    return model, report, Splits(acts[:300], acts[300:]), Splits(y[:300], y[300:])
 
 
 def test_cutting_a_concept_the_head_needs_warns(tmp_path):
     """cutoff_guard='warn' (the recipes', LF-CBM's behaviour): removed, listed, and a warning."""
-    model, report, train, val = _needed_problem()
+    model, report, acts, labels = _needed_problem()
     hcfg = HeadConfig(select="fixed", lam=1e-3)
-    report, out = _cutoff_stage(model, _RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45, cutoff_guard="warn"),
-                                ["c0", "c1", "c2"], train, val, hcfg, progress=False)
+    report, out = cutoff_stage(model, RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45, cutoff_guard="warn"),
+                               ["c0", "c1", "c2"], acts, labels, hcfg, progress=False)
     assert model.concepts == ["c0", "c1"] and out["dropped"] == ["c2"] and out["kept_for_head"] == []
     assert out["needed_by_head"][0][0] == "c2" and out["val_accuracy_without_cutoff"] > 0.9
     with pytest.warns(salfcbm.errors.DegenerateResultWarning, match="c2"):
-        _warn_needed(out, 0.5)
+        warn_needed(out, 0.5)
 
 
 def test_the_default_keeps_a_concept_the_head_needs_and_says_so(tmp_path):
     """The default cutoff_guard='keep': the concept stays, and the result lists it."""
-    model, report, train, val = _needed_problem()
+    model, report, acts, labels = _needed_problem()
     assert BottleneckConfig().cutoff_guard == "keep"
-    report, out = _cutoff_stage(model, _RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"],
-                                train, val, HeadConfig(select="fixed", lam=1e-3), progress=False)
+    report, out = cutoff_stage(model, RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"],
+                               acts, labels, HeadConfig(select="fixed", lam=1e-3), progress=False)
     assert model.concepts == ["c0", "c1", "c2"] and report.kept_for_head == ["c2"]
     assert out["kept_for_head"] == ["c2"] and out["dropped"] == [] and out["kept"] == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_needed(out, 0.5)  # kept: nothing removed the head needs, nothing to warn about
+        warn_needed(out, 0.5)  # kept: nothing removed the head needs, nothing to warn about
 
 
 def test_a_concept_the_head_can_do_without_is_cut_and_not_called_needed(tmp_path):
     """The head on the survivors is as good: the cut concept is removed, with no warning, even with 'keep'."""
-    model, report, train, val = _needed_problem()
+    model, report, given, _ = _needed_problem()
     g = torch.Generator().manual_seed(1)
-    acts = torch.cat([train[0], val[0]])
+    acts = torch.cat([given.train, given.val])
     y = (acts[:, 0] > 0).long()  # a concept that passes the cutoff predicts the class
     acts[:, 2] = acts[:, 0] + 0.3 * torch.randn(len(acts), generator=g)  # the cut one is a noisy copy
-    report, out = _cutoff_stage(model, _RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"],
-                                (acts[:300], y[:300]), (acts[300:], y[300:]), HeadConfig(select="fixed", lam=1e-3),
-                                progress=False)
+    report, out = cutoff_stage(model, RunDir(tmp_path), report, BottleneckConfig(cutoff=0.45), ["c0", "c1", "c2"],
+                               Splits(acts[:300], acts[300:]), Splits(y[:300], y[300:]),
+                               HeadConfig(select="fixed", lam=1e-3), progress=False)
     assert out["val_accuracy_with_cutoff"] >= out["val_accuracy_without_cutoff"]
     assert model.concepts == ["c0", "c1"] and out["needed_by_head"] == [] and out["kept_for_head"] == []
 

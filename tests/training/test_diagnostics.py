@@ -13,7 +13,7 @@ from salfcbm.training.diagnostics import chance_level, head_findings
 from salfcbm.errors import AllConceptsCutError, DegenerateResultWarning
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import compute_similarity_store
-from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
+from salfcbm.training import BottleneckConfig, HeadConfig, fit
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _model(train):
 def test_degenerate_fit_warns_logs_records_and_closes_the_bar(scenes, tmp_path, capsys, caplog, monkeypatch):
     from dataclasses import replace
 
-    import salfcbm.training.pipeline as training
+    import salfcbm.training.head_stage as training  # where fit's head stage looks up fit_head
 
     train, val, sims = scenes
     solver = training.fit_head

@@ -10,7 +10,7 @@ import torch
 
 import salfcbm
 from salfcbm.supervision.prompts import PromptGrid
-from salfcbm.training.pipeline import BottleneckConfig, HeadConfig, fit
+from salfcbm.training import BottleneckConfig, HeadConfig, fit
 
 
 def _data():

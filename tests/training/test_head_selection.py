@@ -7,7 +7,7 @@ import torch
 
 import salfcbm
 from salfcbm.head.solver import fit_sparse_head
-from salfcbm.training.pipeline import PAPER_LAMBDAS, HeadConfig, fit_head
+from salfcbm.training.head_stage import PAPER_LAMBDAS, HeadConfig, fit_head
 
 
 def _problem(seed=0, n=500, m=20):

@@ -19,7 +19,7 @@ from PIL import Image
 from salfcbm._utils.workers import available_cpus, resolve_num_workers
 from salfcbm.cli import build_parser, main
 from salfcbm.errors import InputError
-from salfcbm.training.pipeline import BottleneckConfig, HeadConfig
+from salfcbm.training import BottleneckConfig, HeadConfig
 
 open_clip.factory._MODEL_CONFIGS.setdefault("salf-defaults-tiny", {
     "embed_dim": 16,

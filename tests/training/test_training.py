@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import salfcbm
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.store import ShardedStore, compute_similarity_store
-from salfcbm.training.pipeline import (
+from salfcbm.training import (
     BottleneckConfig,
     HeadConfig,
     bottleneck_loss,
@@ -214,7 +214,7 @@ def test_cli_explain_writes_a_report(tiny_run, tmp_path, capsys):
 
 def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     from salfcbm.demo.scenes import GroundTruthScorer, SmallConvNet, SyntheticScenes
-    from salfcbm.training.pipeline import OnTheFlyFeatures, feature_store, fit
+    from salfcbm.training import OnTheFlyFeatures, feature_store, fit
 
     train = SyntheticScenes(n=48, split="train", num_classes=2)
     val = SyntheticScenes(n=24, split="val", num_classes=2)
@@ -236,7 +236,7 @@ def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
 
 
 def test_val_tolerance_picks_the_sparsest_point_near_the_best():
-    from salfcbm.training.pipeline import fit_head
+    from salfcbm.training.head_stage import fit_head
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 30, generator=g)
@@ -258,7 +258,7 @@ def test_a_step_that_raises_stops_the_prefetch_thread(tmp_path, monkeypatch):
     a daemon thread inside torch at interpreter exit aborted the process (exit 134)."""
     import threading
 
-    from salfcbm.training import pipeline
+    from salfcbm.training import bottleneck as pipeline
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
     model = salfcbm.wrap(net, concepts=["c0", "c1", "c2", "c3"], num_classes=2, grid=3, input_size=(6, 6))
