@@ -55,7 +55,7 @@ _LAZY: dict[str, str] = {
     # training
     "fit": "salfcbm.training.pipeline",
     "BottleneckConfig": "salfcbm.training.pipeline",
-    "HeadConfig": "salfcbm.training.pipeline",
+    "HeadConfig": "salfcbm.head",
     "FitResult": "salfcbm.training.pipeline",
     # explanations
     "Explanation": "salfcbm.explain.explanations",

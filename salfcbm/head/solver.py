@@ -23,6 +23,7 @@ from salfcbm.head.selection import fixed_lambda_path, lam_for_solver
 __all__ = [
     "fit_head",
     "fit_fixed_lambda",
+    "fit_head_at_nec",
     "HeadFit",
     "PathPoint",
     "fit_sparse_head",
@@ -90,4 +91,21 @@ def fit_fixed_lambda(
     return fit_sparse_head(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, lambdas=lams, select="fixed",
         max_iter=cfg.max_iter, progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
+    )
+
+
+def fit_head_at_nec(
+    x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, num_classes: int, cfg: HeadConfig,
+    target_nec: float, *, progress: bool = True, desc: str = "Sparse head path (at a target NEC)",
+) -> HeadFit:
+    """The sparse head re-selected at a given sparsity: the densest path point with ``nec <= target_nec``.
+
+    Used to compare two heads at the same number of non-zero weights per class (`salfcbm.fit`'s
+    matched-NEC row): the path is `HeadConfig.matched_points` points long (finer than the head's) and
+    reaches at least ``1e-3 * lam_max``.
+    """
+    return fit_sparse_head(
+        x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.matched_points(),
+        lambda_min_ratio=min(cfg.lambda_min_ratio, 1e-3), select="nec", target_nec=target_nec,
+        max_iter=cfg.max_iter, progress=progress, desc=desc,
     )

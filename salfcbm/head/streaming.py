@@ -425,7 +425,8 @@ def fit_sparse_head_streaming(
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> x = torch.randn(300, 20); y = x[:, :3].argmax(1)
-        >>> fit = fit_sparse_head_streaming(x, y_train=y, chunk_rows=64, select="last", n_lambdas=10, progress=False)
+        >>> fit = fit_sparse_head_streaming(x, y_train=y, chunk_rows=64, select="last", n_lambdas=5,
+        ...                                 lambda_min_ratio=0.1, progress=False)
         >>> fit.info["kkt_ok"], (fit.weight[:, 3:] == 0).float().mean() > 0.8
         (True, tensor(True))
     """
