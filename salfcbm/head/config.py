@@ -66,6 +66,11 @@ class HeadConfig:
             ``HeadConfig(lam=...)`` alone means ``select="fixed"``.
         baseline_lam: ``lam`` of the standard-sparse baseline with ``select="fixed"``
             (LF-CBM fits it with its own value); ``None`` = ``lam``.
+        out_of_core: fit the sparse head with `salfcbm.head.fit_sparse_head_streaming` (``True``), with
+            the in-memory `salfcbm.head.fit_sparse_head` (``False``), or (``"auto"``) out of core only when
+            the ``(N, M)`` float32 features exceed ``max_memory_gb``.
+        max_memory_gb: the feature size above which ``out_of_core="auto"`` streams.
+        chunk_rows: rows per chunk out of core.
 
     Examples:
         >>> HeadConfig.paper("imagenet").lam
@@ -84,6 +89,9 @@ class HeadConfig:
     val_tolerance: float = 0.0
     lam: float | None = None
     baseline_lam: float | None = None
+    out_of_core: bool | str = "auto"
+    max_memory_gb: float = 16.0
+    chunk_rows: int = 65536
 
     def __post_init__(self):
         if self.lam is not None and self.select == "val_acc":
@@ -105,6 +113,13 @@ class HeadConfig:
                 raise InputError(f"HeadConfig.{k} must be a positive number, got {v!r}.")
         if self.lam is not None and self.select != "fixed":
             raise InputError(f"HeadConfig.lam={self.lam!r} is only used with select='fixed'; got select={self.select!r}.")
+        if self.out_of_core not in (True, False, "auto"):
+            raise InputError(f"HeadConfig.out_of_core must be True, False or 'auto', got {self.out_of_core!r}.")
+        if isinstance(self.chunk_rows, bool) or not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
+            raise InputError(f"HeadConfig.chunk_rows must be a positive int, got {self.chunk_rows!r}.")
+        if isinstance(self.max_memory_gb, bool) or not isinstance(self.max_memory_gb, (int, float)) \
+                or not self.max_memory_gb > 0:
+            raise InputError(f"HeadConfig.max_memory_gb must be a positive number, got {self.max_memory_gb!r}.")
         v = self.n_lambdas
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise InputError(f"HeadConfig.n_lambdas must be a positive int or None (scaled with the data), got {v!r}.")
@@ -164,3 +179,14 @@ class HeadConfig:
         """
         n = self.n_lambdas or 40
         return max(n, min(100, math.ceil(2.5 * n)))
+
+    def streams(self, n_rows: int, n_features: int) -> bool:
+        """Whether the sparse head of ``n_rows x n_features`` features is fitted out of core.
+
+        Examples:
+            >>> HeadConfig().streams(1000, 100), HeadConfig().streams(1_281_167, 4741), HeadConfig(out_of_core=True).streams(10, 2)
+            (False, True, True)
+        """
+        if self.out_of_core == "auto":
+            return 4.0 * n_rows * n_features > self.max_memory_gb * 2**30
+        return bool(self.out_of_core)

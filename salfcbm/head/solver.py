@@ -13,12 +13,14 @@ import warnings
 from torch import Tensor
 
 from salfcbm.errors import DegenerateResultWarning
+from salfcbm.head.chunks import ArrayChunks
 from salfcbm.head.config import HeadConfig
 from salfcbm.head.dense import fit_dense_head
 from salfcbm.head.objective import elastic_net_objective, kkt_violation, lambda_max
 from salfcbm.head.path import fit_sparse_head
 from salfcbm.head.results import HeadFit, PathPoint
 from salfcbm.head.selection import fixed_lambda_path, lam_for_solver
+from salfcbm.head.streaming import fit_sparse_head_streaming
 
 __all__ = [
     "fit_head",
@@ -66,6 +68,12 @@ def fit_head(
         return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
     if cfg.select == "fixed":
         return fit_fixed_lambda(x_train, y_train, x_val, y_val, num_classes, cfg, progress=progress, desc=desc)
+    if cfg.streams(*x_train.shape):
+        return fit_sparse_head_streaming(
+            ArrayChunks(x_train, y_train, cfg.chunk_rows), _val_pair(x_val, y_val, cfg), num_classes=num_classes,
+            alpha=cfg.alpha, n_lambdas=cfg.n_lambdas, lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select,
+            target_nec=cfg.target_nec, val_tolerance=cfg.val_tolerance, progress=progress, desc=desc,
+        )
     return fit_sparse_head(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, n_lambdas=cfg.n_lambdas,
         lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select, target_nec=cfg.target_nec,
@@ -88,6 +96,11 @@ def fit_fixed_lambda(
             DegenerateResultWarning, stacklevel=stacklevel,
         )
     lams = fixed_lambda_path(lam_top, lam, cfg.n_lambdas or 40)
+    if cfg.streams(*x_train.shape):
+        return fit_sparse_head_streaming(
+            ArrayChunks(x_train, y_train, cfg.chunk_rows), _val_pair(x_val, y_val, cfg), num_classes=num_classes,
+            alpha=cfg.alpha, lambdas=lams, select="fixed", progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
+        )
     return fit_sparse_head(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, lambdas=lams, select="fixed",
         max_iter=cfg.max_iter, progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
@@ -109,3 +122,7 @@ def fit_head_at_nec(
         lambda_min_ratio=min(cfg.lambda_min_ratio, 1e-3), select="nec", target_nec=target_nec,
         max_iter=cfg.max_iter, progress=progress, desc=desc,
     )
+
+
+def _val_pair(x_val: Tensor | None, y_val: Tensor | None, cfg: HeadConfig) -> ArrayChunks | None:
+    return None if x_val is None else ArrayChunks(x_val, y_val, cfg.chunk_rows)

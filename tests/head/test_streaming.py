@@ -216,3 +216,20 @@ def test_two_gloo_ranks_share_the_chunks_and_agree_with_one(tmp_path):
     assert r0["reads"] > 0 and r1["reads"] > 0 and r0["reads"] + r1["reads"] == src.reads
     assert torch.equal(r0["w"], r1["w"])  # the ranks agree exactly (same all-reduced sums)
     assert torch.allclose(r0["w"], one.weight, atol=1e-4) and torch.allclose(r0["b"], one.bias, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg_kw", [{"n_lambdas": 6, "lambda_min_ratio": 0.05}, {"lam": 5e-3, "n_lambdas": 6}])
+def test_fit_head_streams_when_the_config_says_so(problem, cfg_kw):
+    from salfcbm.head import HeadConfig, fit_head
+
+    xt, yt, xv, yv = problem
+    mem = fit_head(xt, yt, xv, yv, 4, HeadConfig(**cfg_kw), progress=False)
+    assert "solver" not in mem.info  # "auto": these features are far below max_memory_gb, in memory as before
+    ooc = fit_head(xt, yt, xv, yv, 4, HeadConfig(out_of_core=True, chunk_rows=300, **cfg_kw), progress=False)
+    assert ooc.info["solver"].startswith("out-of-core") and ooc.criterion == mem.criterion
+    assert [p.lam for p in ooc.path] == pytest.approx([p.lam for p in mem.path], rel=1e-5)
+    om = elastic_net_objective(mem.weight, mem.bias, xt, yt, mem.lam)
+    oo = elastic_net_objective(ooc.weight, ooc.bias, xt, yt, ooc.lam)
+    assert abs(oo - om) <= 1e-4 * om
+    auto = HeadConfig(max_memory_gb=1e-6, chunk_rows=300, **cfg_kw)  # 1 kB: these features count as too big
+    assert auto.streams(*xt.shape) and fit_head(xt, yt, xv, yv, 4, auto, progress=False).info["passes"] > 0
