@@ -151,8 +151,10 @@ def _raw_chunks(source: Any, ranks: Ranks) -> Iterator[tuple[int, Any]]:
 
 
 def iter_chunks(source: Any, ranks: Ranks, *, device: torch.device, mean: Tensor | None = None,
-                std: Tensor | None = None, what: str = "train") -> Iterator[tuple[Tensor, Tensor]]:
-    """This rank's chunks of ``source`` as float32 ``(x, y)`` on ``device``, standardised with ``mean``/``std``."""
+                std: Tensor | None = None, what: str = "train", check_finite: bool = True
+                ) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's chunks of ``source`` as float32 ``(x, y)`` on ``device``, standardised with ``mean``/``std``
+    (``check_finite``: refuse NaN or infinite features; the solver checks on its first pass only)."""
     for i, item in _raw_chunks(source, ranks):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise InputError(f"Chunk {i} of the {what} data is {type(item).__name__}; expected a tuple (x, y) or (x, y, index).")
@@ -167,7 +169,7 @@ def iter_chunks(source: Any, ranks: Ranks, *, device: torch.device, mean: Tensor
             raise InputError(f"Chunk {i} of y_{what} holds non-integer labels; expected integer class indices.")
         if mean is not None:
             x = (x - mean) / std
-        if not bool(torch.isfinite(x).all()):
+        if check_finite and not bool(torch.isfinite(x).all()):
             raise InputError(
                 f"Chunk {i} of x_{what} contains NaN or infinite values. Drop those rows or check the "
                 "standardisation (a concept with zero training std divides by zero)."

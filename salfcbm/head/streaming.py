@@ -51,6 +51,7 @@ _STEPS = (1.0, 0.5, 0.25, 0.1, 0.025)  # line-search step sizes, all evaluated i
 _GRAD_STEPS = 1  # the gradient is accumulated at the full Newton step
 _ARMIJO = 1e-4
 _FLOAT_NOISE = 1e-7
+_STALL = 3  # Newton steps in a row without a decrease above float noise end the solve
 _MARGIN = 0.5  # the active-set solve aims below this fraction of the KKT tolerance, so the full check passes
 
 
@@ -66,9 +67,10 @@ class _Data:
     what: str = "train"
     passes: int = 0
 
-    def chunks(self):
+    def chunks(self, check: bool = False):
         self.passes += 1
-        return iter_chunks(self.source, self.ranks, device=self.device, mean=self.mean, std=self.std, what=self.what)
+        return iter_chunks(self.source, self.ranks, device=self.device, mean=self.mean, std=self.std, what=self.what,
+                           check_finite=check)
 
 
 @dataclass
@@ -103,7 +105,7 @@ def _grow(t: Tensor, rows: int) -> Tensor:
 def _stats_pass(data: _Data, num_classes: int | None) -> _Stats:
     """One pass: row count, class counts, class sums ``Y^T X`` and the Gram matrix, summed over the ranks."""
     n, m, counts, cs, gram, hi, lo = 0, None, None, None, None, -1, 0
-    for x, y in data.chunks():
+    for x, y in data.chunks(check=True):
         if m is None:
             m = x.shape[1]
             counts = torch.zeros(1, dtype=torch.float64, device=x.device)
@@ -181,7 +183,7 @@ def _active_pass(data: _Data, cols: Tensor, wa: Tensor, b: Tensor, n: int, dw: T
     acc = [[wa.new_zeros(L, a), wa.new_zeros(L), wa.new_zeros(L, L), wa.new_zeros((), dtype=torch.float64)]
            for _ in range(n_grad)]
     for x, y in data.chunks():
-        xa = x.index_select(1, cols)
+        xa = x if cols.numel() == x.shape[1] else x.index_select(1, cols)
         z0 = torch.addmm(b, xa, wa.T)
         dz = torch.addmm(db, xa, dw.T) if dw is not None else None
         for k, t in enumerate(steps):
@@ -244,7 +246,7 @@ def _newton(data: _Data, st: _State, cols: Tensor, stats: _Stats, lam: float, al
     s_max = float(torch.linalg.eigvalsh(s_act.double()).max())
     a_cls = st.d
     wa, b, ga, gb = st.w.index_select(1, cols), st.b, st.g.index_select(1, cols), st.gb
-    loss, correct, it = st.loss, st.correct, 0
+    loss, correct, it, stall = st.loss, st.correct, 0, 0
     converged = False
     while it < max_iter:
         kkt = kkt_max(wa, ga + l2 * wa, gb, l1)
@@ -265,6 +267,9 @@ def _newton(data: _Data, st: _State, cols: Tensor, stats: _Stats, lam: float, al
             break  # no decrease along the direction: at the solution to float precision
         k = ok[0]
         t = _STEPS[k]
+        stall = stall + 1 if objs[k] > f0 - slack else 0
+        if stall >= _STALL:
+            break  # the objective no longer moves above float noise: as close as float32 data allows
         wa, b, loss = wa + t * dw, b + t * db, losses[k]
         if k < len(at):
             ga, gb, a_cls, correct = at[k]
