@@ -12,12 +12,13 @@ and a few ``(L, M)`` parameter-sized buffers.
 The method, per path point (warm-started, as in memory):
 
 1. The sequential strong rule picks the active features (and the non-zeros of the warm start).
-2. A proximal Newton method on the active set: the Hessian of the cross-entropy is approximated
-   per class by ``d_c * S`` with ``S = [X_A, 1]^T [X_A, 1] / N`` (the features' Gram matrix, exact
-   for their correlation) and ``d_c`` the mean ``p_c (1 - p_c)``; the quadratic subproblem is
-   solved in memory (accelerated proximal gradient, per-class steps), then one pass over the data
-   evaluates a backtracking line search at several step sizes at once and the gradient at the
-   full step. Feature correlation, the cause of slow first-order convergence, sits in ``S``.
+2. An accelerated variable-metric proximal gradient method on the active set, one pass over the
+   data per iteration: the metric is a Kronecker model of the cross-entropy's Hessian,
+   ``A (x) S``, with ``A = mean(diag(p) - p p^T)`` over the rows (the classes' coupling, measured in
+   each pass) and ``S = [X_A, 1]^T [X_A, 1] / N`` the features' Gram matrix (their correlation,
+   the cause of slow first-order convergence, computed once in the first pass). Each step solves
+   the small ``L x (|A| + 1)`` model problem in memory; Nesterov momentum with adaptive restart
+   on top, the step undone and the metric stiffened when the objective rises.
 3. One pass computes the gradient on *all* features: the exact KKT violation (the certificate
    recorded in `PathPoint.kkt`) and the features that violate it, which are added before re-solving.
 """
@@ -47,12 +48,8 @@ from salfcbm.head.selection import criterion_name, select_point
 
 __all__ = ["fit_sparse_head_streaming"]
 
-_STEPS = (1.0, 0.5, 0.25, 0.1, 0.025)  # line-search step sizes, all evaluated in one pass
-_GRAD_STEPS = 1  # the gradient is accumulated at the full Newton step
-_ARMIJO = 1e-4
-_FLOAT_NOISE = 1e-7
-_STALL = 3  # Newton steps in a row without a decrease above float noise end the solve
-_MARGIN = 0.5  # the active-set solve aims below this fraction of the KKT tolerance, so the full check passes
+_FLOAT_NOISE = 1e-7  # losses are float32 logits summed in float64: relative changes below this are noise
+_ROUNDS = 8  # active-set rounds per path point at most (a round adds violators, or re-solves a point the full check refused)
 
 
 @dataclass
@@ -171,39 +168,6 @@ def _full_pass(data: _Data, st: _State, n: int) -> None:
     st.loss, st.g, st.gb, st.d, st.correct = float(loss) / n, g / n, gb / n, d / n, int(correct)
 
 
-def _active_pass(data: _Data, cols: Tensor, wa: Tensor, b: Tensor, n: int, dw: Tensor | None = None,
-                 db: Tensor | None = None) -> tuple[list[float], list[tuple[Tensor, Tensor, Tensor, int]]]:
-    """On the active columns: the mean loss at ``(wa, b) + t (dw, db)`` for every line-search step ``t`` of
-    `_STEPS` (or at ``(wa, b)`` alone), and at the first `_GRAD_STEPS` of them the gradient, the class
-    curvature ``mean(diag(p) - p p^T)`` and the correct count."""
-    steps = _STEPS if dw is not None else (0.0,)
-    n_grad = _GRAD_STEPS if dw is not None else 1
-    losses = wa.new_zeros(len(steps), dtype=torch.float64)
-    L, a = wa.shape
-    acc = [[wa.new_zeros(L, a), wa.new_zeros(L), wa.new_zeros(L, L), wa.new_zeros((), dtype=torch.float64)]
-           for _ in range(n_grad)]
-    for x, y in data.chunks():
-        xa = x if cols.numel() == x.shape[1] else x.index_select(1, cols)
-        z0 = torch.addmm(b, xa, wa.T)
-        dz = torch.addmm(db, xa, dw.T) if dw is not None else None
-        for k, t in enumerate(steps):
-            z = z0 if dz is None else z0 + t * dz
-            if k < n_grad:
-                ls, r, p = _ce_sums(z, y)
-                g, gb, h, correct = acc[k]
-                g.addmm_(r.T, xa)
-                gb += r.sum(0)
-                h.diagonal().add_(p.sum(0))
-                h.addmm_(p.T, p, alpha=-1.0)
-                correct += (z.argmax(1) == y).sum()
-            else:
-                ls = (torch.logsumexp(z, 1) - z.gather(1, y[:, None]).squeeze(1)).sum(dtype=torch.float64)
-            losses[k] += ls
-    flat = data.ranks.sum([losses] + [v for grp in acc for v in grp])
-    at = [(flat[1 + 4 * k] / n, flat[2 + 4 * k] / n, flat[3 + 4 * k] / n, int(flat[4 + 4 * k])) for k in range(n_grad)]
-    return [float(v_) / n for v_ in flat[0]], at
-
-
 def _penalty(w: Tensor, l1: float, l2: float) -> float:
     return 0.5 * l2 * float(w.pow(2).sum()) + l1 * float(w.abs().sum())
 
@@ -233,57 +197,82 @@ def _subproblem(w: Tensor, b: Tensor, gw: Tensor, gb: Tensor, a_cls: Tensor, s: 
     return v[:, :a].contiguous(), v[:, a].contiguous()
 
 
-def _newton(data: _Data, st: _State, cols: Tensor, stats: _Stats, lam: float, alpha: float, tol_abs: float,
-            max_iter: int, max_inner: int) -> tuple[int, bool]:
-    """Proximal Newton on the active columns ``cols`` from ``st`` (whose gradient is current on ``cols``).
+def _accel_pass(data: _Data, cols: Tensor, w: Tensor, b: Tensor, w_prev: Tensor, b_prev: Tensor, beta: float,
+                n: int) -> tuple[float, float, Tensor, Tensor, Tensor, int]:
+    """One pass on the active columns: the mean loss at ``(w, b)``, and at the extrapolated point
+    ``y = (w, b) + beta ((w, b) - (w_prev, b_prev))`` its loss, gradient and class curvature (logits of ``y``
+    are the same combination of the two points' logits). Also the correct count at ``(w, b)``."""
+    L, a = w.shape
+    loss_w, loss_y = w.new_zeros((), dtype=torch.float64), w.new_zeros((), dtype=torch.float64)
+    g, gb, h, correct = w.new_zeros(L, a), w.new_zeros(L), w.new_zeros(L, L), w.new_zeros((), dtype=torch.float64)
+    for x, y in data.chunks():
+        xa = x if cols.numel() == x.shape[1] else x.index_select(1, cols)
+        z = torch.addmm(b, xa, w.T)
+        correct += (z.argmax(1) == y).sum()
+        if beta:
+            loss_w += (torch.logsumexp(z, 1) - z.gather(1, y[:, None]).squeeze(1)).sum(dtype=torch.float64)
+            z = z.mul_(1.0 + beta).sub_(torch.addmm(b_prev, xa, w_prev.T), alpha=beta)
+        ls, r, p = _ce_sums(z, y)
+        loss_y += ls
+        if not beta:
+            loss_w += ls
+        g.addmm_(r.T, xa)
+        gb += r.sum(0)
+        h.diagonal().add_(p.sum(0))
+        h.addmm_(p.T, p, alpha=-1.0)
+    loss_w, loss_y, g, gb, h, correct = data.ranks.sum([loss_w, loss_y, g, gb, h, correct])
+    return float(loss_w) / n, float(loss_y) / n, g / n, gb / n, h / n, int(correct)
 
-    The curvature model of class ``c`` is ``v_c * H``: at the start ``H`` is the Gram matrix of the active
-    columns (and the bias) and ``v_c`` the mean ``p_c (1 - p_c)``; after each pass ``H`` is the Gram matrix
-    weighted by each row's total ``sum_c p_c (1 - p_c)`` (measured in the same pass)."""
+
+def _accelerated(data: _Data, st: _State, cols: Tensor, stats: _Stats, lam: float, alpha: float, tol_abs: float,
+                 max_iter: int, max_inner: int) -> tuple[int, bool]:
+    """Accelerated variable-metric proximal gradient on the active columns, one pass per iteration.
+
+    The metric of the step from the extrapolated point ``y`` is the Kronecker model of the Hessian at ``y``,
+    ``A_y (x) S`` (class curvature ``mean(diag(p) - p p^T)`` times the features' Gram matrix ``S``, which holds
+    their correlation), scaled by ``mu``; Nesterov momentum with adaptive restart (O'Donoghue & Candes)
+    on top. When the objective rises, the step is undone, ``mu`` doubles and momentum restarts."""
     n, l1, l2 = stats.n, lam * alpha, lam * (1.0 - alpha)
     idx = torch.cat([cols, torch.tensor([stats.m], device=cols.device)])
     s_act = (stats.gram.index_select(0, idx).index_select(1, idx) / n).to(st.w.dtype)
     s_max = float(torch.linalg.eigvalsh(s_act.double()).max())
-    a_cls = st.d
-    wa, b, ga, gb = st.w.index_select(1, cols), st.b, st.g.index_select(1, cols), st.gb
-    loss, correct, it, stall = st.loss, st.correct, 0, 0
-    converged = False
+    w, b = st.w.index_select(1, cols), st.b
+    gy, gby, hy, f_w = st.g.index_select(1, cols), st.gb, st.d, st.loss + _penalty(st.w, l1, l2)
+    w_prev, b_prev, t, mu, it, conv = w, b, 1.0, 1.0, 0, False
     while it < max_iter:
-        kkt = kkt_max(wa, ga + l2 * wa, gb, l1)
-        if kkt <= _MARGIN * tol_abs:
-            converged = True
+        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        beta = (t - 1.0) / t_next
+        yw, yb = (w + beta * (w - w_prev), b + beta * (b - b_prev)) if beta else (w, b)
+        kkt = kkt_max(yw, gy + l2 * yw, gby, l1)
+        if kkt <= tol_abs and not beta:
+            conv = True
             break
         it += 1
-        lip = float(torch.linalg.eigvalsh(a_cls.double()).max()) * s_max
-        vw, vb = _subproblem(wa, b, ga, gb, a_cls, s_act, lip, l1, l2, 0.1 * kkt, max_inner)
-        dw, db = vw - wa, vb - b
-        delta = float((ga * dw).sum() + (gb * db).sum()) + _penalty(vw, l1, l2) - _penalty(wa, l1, l2)
-        f0 = loss + _penalty(wa, l1, l2)
-        losses, at = _active_pass(data, cols, wa, b, n, dw, db)
-        objs = [losses[k] + _penalty(wa + t * dw, l1, l2) for k, t in enumerate(_STEPS)]
-        slack = _FLOAT_NOISE * abs(f0)  # losses are float32 logits summed in float64: changes below this are noise
-        ok = [k for k, t in enumerate(_STEPS) if objs[k] <= f0 + _ARMIJO * t * min(delta, 0.0) + slack]
-        if not ok:
-            break  # no decrease along the direction: at the solution to float precision
-        k = ok[0]
-        t = _STEPS[k]
-        stall = stall + 1 if objs[k] > f0 - slack else 0
-        if stall >= _STALL:
-            break  # the objective no longer moves above float noise: as close as float32 data allows
-        wa, b, loss = wa + t * dw, b + t * db, losses[k]
-        if k < len(at):
-            ga, gb, a_cls, correct = at[k]
-        else:
-            _, ((ga, gb, a_cls, correct),) = _active_pass(data, cols, wa, b, n)
-    st.w = torch.zeros_like(st.w).index_copy_(1, cols, wa)
+        lip = mu * float(torch.linalg.eigvalsh(hy.double()).max()) * s_max
+        nw, nb = _subproblem(yw, yb, gy, gby, mu * hy, s_act, lip, l1, l2, 0.1 * kkt, max_inner)
+        uphill = float(((yw - nw) * (nw - w)).sum() + ((yb - nb) * (nb - b)).sum()) > 0
+        t_after = 1.0 if uphill else t_next
+        b_after = (t_after - 1.0) / (0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_after * t_after)))
+        loss_n, _, gy, gby, hy, st.correct = _accel_pass(data, cols, nw, nb, w, b, b_after, n)
+        f_n = loss_n + _penalty(nw, l1, l2)
+        if f_n > f_w + _FLOAT_NOISE * abs(f_w):  # went up: undo, stiffen the metric, restart momentum
+            mu, t = 2.0 * mu, 1.0
+            _, _, gy, gby, hy, st.correct = _accel_pass(data, cols, w, b, w, b, 0.0, n)
+            w_prev, b_prev = w, b
+            continue
+        w_prev, b_prev, w, b, f_w, t = w, b, nw, nb, f_n, t_after
+        st.loss = loss_n
+        if not b_after:  # the pass's gradient is at w itself: a plain step
+            mu = max(1.0, 0.8 * mu)
+    st.w = torch.zeros_like(st.w).index_copy_(1, cols, w)
     st.b = b
-    return it, converged
+    return it, conv
 
 
 def _solve_point(data: _Data, st: _State, stats: _Stats, lam: float, alpha: float, tol_abs: float, max_iter: int,
                  max_inner: int) -> tuple[int, int, bool]:
-    """One path point: strong-rule active set, proximal Newton on it, full-gradient KKT check, re-solve with the
-    violators. Returns (Newton iterations, rounds, converged); ``st`` holds the full gradient at the answer."""
+    """One path point: strong-rule active set, the accelerated solve on it, full-gradient KKT check, re-solve with
+    the violators. Returns (iterations, rounds, converged); ``st`` holds the full gradient at the answer."""
     l1 = lam * alpha
     active = (st.w != 0).any(0) | (st.g.abs() >= alpha * (2 * lam - st.lam_prev)).any(0)
     iters, rounds, conv = 0, 0, False
@@ -291,15 +280,15 @@ def _solve_point(data: _Data, st: _State, stats: _Stats, lam: float, alpha: floa
         rounds += 1
         cols = active.nonzero().squeeze(1)
         if cols.numel():
-            k, conv = _newton(data, st, cols, stats, lam, alpha, tol_abs, max_iter - iters, max_inner)
+            k, conv = _accelerated(data, st, cols, stats, lam, alpha, tol_abs, max_iter - iters, max_inner)
             iters += k
         _full_pass(data, st, stats.n)
         viol = (~active) & ((st.g.abs() - l1) > tol_abs).any(0)
-        if not bool(viol.any()) or iters >= max_iter:
-            if not cols.numel():
-                conv = True
+        full_ok = kkt_max(st.w, st.g + lam * (1 - alpha) * st.w, st.gb, l1) <= tol_abs
+        if full_ok or iters >= max_iter or rounds >= _ROUNDS or not (bool(viol.any()) or conv):
+            conv = conv or not cols.numel()
             break
-        active |= viol
+        active |= viol  # add the violators; without any, re-solve from here (the full gradient is exact)
     return iters, rounds, conv
 
 
@@ -412,8 +401,8 @@ def fit_sparse_head_streaming(
         target_nec: The NEC target of ``select="nec"``.
         patience: Stop after this many points without a better validation accuracy.
         val_tolerance: With ``select="val_acc"``, the sparsest point this close to the best.
-        max_iter: Proximal Newton iterations per path point (each one pass over the data).
-        max_inner: Iterations of the in-memory subproblem solver per Newton step.
+        max_iter: Iterations per path point (each one pass over the data).
+        max_inner: Iterations of the in-memory model-problem solver per iteration.
         tol: Relative KKT tolerance: a point is certified when its largest KKT violation on all
             features is at most ``tol * lam_max * alpha``.
         device: Where to compute (chunks are moved there one at a time; default: CPU).
@@ -457,7 +446,7 @@ def fit_sparse_head_streaming(
         criterion=criterion_name(select, val_tolerance), lam_max=gmax0 / alpha, alpha=float(alpha),
         info={"num_classes": st.w.shape[0], "num_features": stats.m, "num_train": stats.n, "tol_abs": tol_abs,
               "kkt_ok": all(q.kkt <= tol_abs for q in path), "kkt_max": max(q.kkt for q in path),
-              "passes": data.passes, "ranks": ranks.world, "solver": "out-of-core proximal Newton"},
+              "passes": data.passes, "ranks": ranks.world, "solver": "out-of-core accelerated variable-metric proximal gradient"},
     )
 
 

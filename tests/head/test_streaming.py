@@ -198,6 +198,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         src = CountingChunks(x, y, 100)
         fit = fit_sparse_head_streaming(src, n_lambdas=6, lambda_min_ratio=0.05, select="last", progress=False)
         torch.save({"w": fit.weight, "b": fit.bias, "reads": src.reads, "ranks": fit.info["ranks"],
+                    "passes": fit.info["passes"],
                     "n": fit.info["num_train"]}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -212,8 +213,10 @@ def test_two_gloo_ranks_share_the_chunks_and_agree_with_one(tmp_path):
     src = CountingChunks(x, y, 100)
     one = fit_sparse_head_streaming(src, n_lambdas=6, lambda_min_ratio=0.05, select="last", progress=False)
     assert r0["ranks"] == r1["ranks"] == 2 and r0["n"] == r1["n"] == 1000  # every row counted once
-    # each rank read only its own half of the chunks: both worked, neither read everything
-    assert r0["reads"] > 0 and r1["reads"] > 0 and r0["reads"] + r1["reads"] == src.reads
+    # each rank read only its own half of the 10 chunks in every pass: both worked, neither read everything
+    assert r0["passes"] == r1["passes"] > 10
+    assert r0["reads"] == r1["reads"] == 5 * r0["passes"]
+    assert src.reads == 10 * one.info["passes"]
     assert torch.equal(r0["w"], r1["w"])  # the ranks agree exactly (same all-reduced sums)
     assert torch.allclose(r0["w"], one.weight, atol=1e-4) and torch.allclose(r0["b"], one.bias, atol=1e-4)
 
