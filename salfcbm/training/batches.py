@@ -81,16 +81,21 @@ def shard_tensors(features: Any, targets: Any, concepts: Sequence[str], shard: i
 
 
 def _shards(features, targets, concepts, batch_size: int, rng: random.Random,
-            repeat: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            repeat: bool = False, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled shards, trimmed to whole batches; the remainder of a shard goes into the next one.
 
     With ``repeat`` the epochs follow each other without end (a new shuffle each time), so the
-    first shard of an epoch is prepared while the last one of the previous epoch trains.
+    first shard of an epoch is prepared while the last one of the previous epoch trains. With
+    ``world > 1`` (ranks of a distributed job, each with the same ``rng`` seed), rank ``r`` reads
+    the shards at positions ``k`` of the common shuffled sequence with ``k % world == r``.
     """
     carry: tuple[torch.Tensor, torch.Tensor] | None = None
-    for s in _shard_order(features.num_shards, rng, repeat):
+    for k, s in enumerate(_shard_order(features.num_shards, rng, repeat)):
+        seed = rng.randrange(2**31)  # drawn on every rank, so the ranks' sequences stay the same
+        if k % world != rank:
+            continue
         a, b = features.shard_range(s)
-        perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+        perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(seed))
         x, p = shard_tensors(features, targets, concepts, s, perm)
         if carry is not None:
             x, p = torch.cat([carry[0], x]), torch.cat([carry[1], p])
@@ -113,16 +118,17 @@ def _shard_order(n: int, rng: random.Random, repeat: bool) -> Iterator[int]:
 
 
 def shard_batches(features, targets, concepts: Sequence[str], batch_size: int, rng: random.Random,
-                  *, background: bool = True, repeat: bool = False) -> Prefetched:
+                  *, background: bool = True, repeat: bool = False, rank: int = 0, world: int = 1) -> Prefetched:
     """Shuffled channels-last ``(x, p)`` batches, one shard ahead in a background thread.
 
     Shards are visited in random order and read whole; rows are shuffled within a shard, and the
     remainder of a shard is carried into the next one, so every image is used once per epoch
     (``repeat=True``: epoch after epoch, until the consumer stops). A batch is a contiguous slice of
     a prepared shard (no copy). The returned iterator's ``wait_seconds`` is the time the consumer
-    spent waiting for data; close it when done.
+    spent waiting for data; close it when done. With ``world > 1`` this rank reads only its share of
+    the shards (every ``world``-th of the common shuffled sequence, from position ``rank``).
     """
-    shards = _shards(features, targets, concepts, batch_size, rng, repeat)
+    shards = _shards(features, targets, concepts, batch_size, rng, repeat, rank, world)
     source = prefetch(shards, depth=1) if background else Prefetched(shards)
 
     def batches():

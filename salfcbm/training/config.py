@@ -74,6 +74,9 @@ BOTTLENECK_INITS = ("normal", "lf-cbm")
 class BottleneckConfig:
     """Hyper-parameters of the concept bottleneck stage (paper 3.3).
 
+    The one home of the bottleneck's settings: the demo's and the recipes' configurations nest a
+    `BottleneckConfig` rather than repeating its fields.
+
     Attributes:
         lr: Adam learning rate.
         batch_size: images per step (the cubic cosine is taken across the batch).
@@ -208,6 +211,7 @@ class BottleneckReport:
     statistic: str = "cell"
     lfcbm_similarity: dict[str, float] = field(default_factory=dict)
     kept_for_head: list[str] = field(default_factory=list)
+    ranks: int = 1  # the torch.distributed ranks that trained the bottleneck together
 
 
 @dataclass

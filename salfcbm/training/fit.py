@@ -37,7 +37,7 @@ from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
 from salfcbm.supervision.store import SimilarityStore, compute_similarity_store
 from salfcbm.training import diagnostics, presence
-from salfcbm.training.bottleneck import train_bottleneck
+from salfcbm.training.bottleneck import rank_and_world, train_bottleneck
 from salfcbm.training.config import BottleneckConfig, BottleneckReport, FitResult, Splits
 from salfcbm.training.cutoff import LFCBM_STATISTIC, lfcbm_similarity
 from salfcbm.training.cutoff_stage import cutoff_stage, unprompted_val, warn_needed
@@ -204,8 +204,8 @@ def _bottleneck_stage(state: RunState, bcfg: BottleneckConfig
     report = run.load_bottleneck(model, key)
     if report is None:
         report = train_bottleneck(model, f.train, s.train, f.val, s.val, replace(bcfg, cutoff_statistic="cell"),
-                                  progress=state.progress, prune=False)
-        run.save_bottleneck(model, key, report)
+                                  progress=state.progress, prune=False)  # every rank trains (DDP under torchrun)
+        _on_rank_zero(run.save_bottleneck, model, key, report)
     activations = Splits(concept_activations(model, f.train), concept_activations(model, f.val))
     if bcfg.cutoff_statistic == LFCBM_STATISTIC:
         clip = unprompted_val(run, s.val, state.data.val, candidates, **state.loader)
@@ -275,14 +275,27 @@ def _findings(report: BottleneckReport, head_fit: HeadFit, z: Splits[torch.Tenso
     return findings
 
 
+def _on_rank_zero(fn, *args) -> None:
+    """Run ``fn(*args)`` on rank 0 only (every process outside ``torch.distributed``); the ranks then meet."""
+    rank, world = rank_and_world()
+    if rank == 0:
+        fn(*args)
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _save(model: SALFCBM, run: RunDir, metrics: dict[str, Any]) -> None:
+    model.save_pretrained(run / "model")
+    run.write_metrics(metrics)
+
+
 def _save_stage(model: SALFCBM, run: RunDir, metrics: dict[str, Any]) -> None:
-    """Record the head's summary stats, save the model to ``run/model`` and write ``metrics.json``."""
+    """Record the head's summary stats, save the model to ``run/model`` and write ``metrics.json`` (rank 0)."""
     model.set_head_stats({
         "val_accuracy": round(metrics["salfcbm"]["val_accuracy"], 4),
         "nec": round(metrics["salfcbm"]["nec"], 2),
     })
-    model.save_pretrained(run / "model")
-    run.write_metrics(metrics)
+    _on_rank_zero(_save, model, run, metrics)
 
 
 def fit(
@@ -314,8 +327,12 @@ def fit(
     """Train a wrapped model end to end: similarities, features, bottleneck, head (+ baseline).
 
     Every stage writes its artefact under ``run_dir`` (similarity and feature stores,
-    ``bottleneck.safetensors``, ``head.safetensors``) and is skipped when the run is
+    ``bottleneck.safetensors``, the model in ``model/``) and is skipped when the run is
     started again with the same settings, so an interrupted run resumes where it stopped.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` job) call it on every rank with the
+    same arguments: the ranks split the stores' shards and train the bottleneck together
+    (`train_bottleneck`, ``DistributedDataParallel``); rank 0 writes the run's files.
 
     Args:
         model: a `SALFCBM` from `salfcbm.wrap` (its concept list is the candidate list).

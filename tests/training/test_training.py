@@ -230,7 +230,8 @@ def test_features_on_the_fly_match_the_cache_and_fit_without_disk(tmp_path):
     res = fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=tmp_path / "run",
               cache_features=False, baseline=True, progress=False, filter_concepts=False,
               bottleneck=BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-1.0))
-    assert not (tmp_path / "run" / "features").exists()
+    # no training features on disk; the validation features are stored once, in the run's precision
+    assert sorted(p.name for p in (tmp_path / "run" / "features").iterdir()) == ["val-fp32"]
     assert res.metrics["salfcbm"]["concepts"] == len(train.concepts)
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
 
