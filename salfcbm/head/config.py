@@ -67,8 +67,9 @@ class HeadConfig:
         baseline_lam: ``lam`` of the standard-sparse baseline with ``select="fixed"``
             (LF-CBM fits it with its own value); ``None`` = ``lam``.
         out_of_core: fit the sparse head with `salfcbm.head.fit_sparse_head_streaming` (``True``), with
-            the in-memory `salfcbm.head.fit_sparse_head` (``False``), or (``"auto"``) out of core only when
-            the ``(N, M)`` float32 features exceed ``max_memory_gb``.
+            the in-memory `salfcbm.head.fit_sparse_head` (``False``), or (``"auto"``) out of core when
+            the ``(N, M)`` float32 features exceed ``max_memory_gb`` or when ``torch.distributed`` runs
+            several ranks (each rank then fits its share of the chunks).
         max_memory_gb: the feature size above which ``out_of_core="auto"`` streams.
         chunk_rows: rows per chunk out of core.
 

@@ -13,7 +13,7 @@ import warnings
 from torch import Tensor
 
 from salfcbm.errors import DegenerateResultWarning
-from salfcbm.head.chunks import ArrayChunks
+from salfcbm.head.chunks import ArrayChunks, Ranks
 from salfcbm.head.config import HeadConfig
 from salfcbm.head.dense import fit_dense_head
 from salfcbm.head.objective import elastic_net_objective, kkt_violation, lambda_max
@@ -68,7 +68,7 @@ def fit_head(
         return fit_dense_head(x_train, y_train, x_val, y_val, num_classes=num_classes)
     if cfg.select == "fixed":
         return fit_fixed_lambda(x_train, y_train, x_val, y_val, num_classes, cfg, progress=progress, desc=desc)
-    if cfg.streams(*x_train.shape):
+    if _streams(cfg, x_train):
         return fit_sparse_head_streaming(
             ArrayChunks(x_train, y_train, cfg.chunk_rows), _val_pair(x_val, y_val, cfg), num_classes=num_classes,
             alpha=cfg.alpha, n_lambdas=cfg.n_lambdas, lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select,
@@ -96,7 +96,7 @@ def fit_fixed_lambda(
             DegenerateResultWarning, stacklevel=stacklevel,
         )
     lams = fixed_lambda_path(lam_top, lam, cfg.n_lambdas or 40)
-    if cfg.streams(*x_train.shape):
+    if _streams(cfg, x_train):
         return fit_sparse_head_streaming(
             ArrayChunks(x_train, y_train, cfg.chunk_rows), _val_pair(x_val, y_val, cfg), num_classes=num_classes,
             alpha=cfg.alpha, lambdas=lams, select="fixed", progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
@@ -126,3 +126,9 @@ def fit_head_at_nec(
 
 def _val_pair(x_val: Tensor | None, y_val: Tensor | None, cfg: HeadConfig) -> ArrayChunks | None:
     return None if x_val is None else ArrayChunks(x_val, y_val, cfg.chunk_rows)
+
+
+def _streams(cfg: HeadConfig, x_train: Tensor) -> bool:
+    """Out of core when the config says so, or (``"auto"``) under ``torch.distributed`` with several ranks:
+    then every rank fits its share of the chunks instead of each fitting the whole head."""
+    return cfg.streams(*x_train.shape) or (cfg.out_of_core == "auto" and Ranks().world > 1)

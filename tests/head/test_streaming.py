@@ -197,7 +197,12 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         x, y = clusters(1000, 25, 4, 4, seed=3, corr=1.5)
         src = CountingChunks(x, y, 100)
         fit = fit_sparse_head_streaming(src, n_lambdas=6, lambda_min_ratio=0.05, select="last", progress=False)
+        from salfcbm.head import HeadConfig, fit_head
+
+        auto = fit_head(x[:800], y[:800], x[800:], y[800:], 4, HeadConfig(n_lambdas=6, lambda_min_ratio=0.05),
+                        progress=False)  # "auto" under 2 ranks: each rank fits its share of the chunks
         torch.save({"w": fit.weight, "b": fit.bias, "reads": src.reads, "ranks": fit.info["ranks"],
+                    "auto_w": auto.weight, "auto_b": auto.bias, "auto_lam": auto.lam, "auto_solver": auto.info.get("solver", "in memory"),
                     "passes": fit.info["passes"],
                     "n": fit.info["num_train"]}, f"{out}/rank{rank}.pt")
     finally:
@@ -219,6 +224,17 @@ def test_two_gloo_ranks_share_the_chunks_and_agree_with_one(tmp_path):
     assert src.reads == 10 * one.info["passes"]
     assert torch.equal(r0["w"], r1["w"])  # the ranks agree exactly (same all-reduced sums)
     assert torch.allclose(r0["w"], one.weight, atol=1e-4) and torch.allclose(r0["b"], one.bias, atol=1e-4)
+    # fit_head under two ranks streams by itself and agrees with the in-memory head of one process
+    from salfcbm.head import HeadConfig, fit_head
+
+    mem = fit_head(x[:800], y[:800], x[800:], y[800:], 4, HeadConfig(n_lambdas=6, lambda_min_ratio=0.05),
+                   progress=False)
+    assert r0["auto_solver"].startswith("out-of-core") and "solver" not in mem.info
+    assert torch.equal(r0["auto_w"], r1["auto_w"])
+    assert r0["auto_lam"] == pytest.approx(mem.lam, rel=1e-5)
+    om = elastic_net_objective(mem.weight, mem.bias, x[:800], y[:800], mem.lam)
+    oo = elastic_net_objective(r0["auto_w"], r0["auto_b"], x[:800], y[:800], mem.lam)
+    assert abs(oo - om) <= 1e-4 * om
 
 
 @pytest.mark.parametrize("cfg_kw", [{"n_lambdas": 6, "lambda_min_ratio": 0.05}, {"lam": 5e-3, "n_lambdas": 6}])
