@@ -244,8 +244,8 @@ def _accelerated(data: _Data, st: _State, cols: Tensor, stats: _Stats, lam: floa
         beta = (t - 1.0) / t_next
         yw, yb = (w + beta * (w - w_prev), b + beta * (b - b_prev)) if beta else (w, b)
         kkt = kkt_max(yw, gy + l2 * yw, gby, l1)
-        if kkt <= tol_abs and not beta:
-            conv = True
+        if kkt <= tol_abs:  # the extrapolated point is certified on the active set: the answer
+            w, b, conv = yw, yb, True
             break
         it += 1
         lip = mu * float(torch.linalg.eigvalsh(hy.double()).max()) * s_max
