@@ -244,6 +244,9 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk of the out-of-core solver")
     ap.add_argument("--cond", type=float, default=1e5, help="condition number of the correlated features")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=None, help="training rows (overrides the size)")
+    ap.add_argument("--m", type=int, default=None, help="features (overrides the size)")
+    ap.add_argument("--classes", type=int, default=None, help="classes (overrides the size)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -251,8 +254,9 @@ def main() -> None:
     else:
         cfg = dict(n_train=20000, n_val=4000, m=1000, n_cls=100, k=10, k_lams=5, nepochs=60, chunk_rows=4000)
     cfg.update(epsilon=1e-2, glm_tol=1e-4, tol=1e-4, threads=args.threads, seed=args.seed, quick=args.quick)
-    if args.chunk_rows:
-        cfg["chunk_rows"] = args.chunk_rows
+    for key, v in (("chunk_rows", args.chunk_rows), ("n_train", args.n), ("m", args.m), ("n_cls", args.classes)):
+        if v:
+            cfg[key] = v
     torch.set_num_threads(args.threads)
     cases = [run_case("isotropic", 1.0, cfg), run_case("correlated", args.cond, cfg)]
     print(f"\nN={cfg['n_train']} M={cfg['m']} L={cfg['n_cls']} lams={cfg['k_lams']} (glm_saga's grid, epsilon "
