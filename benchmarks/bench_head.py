@@ -21,8 +21,11 @@ time). Every solution is scored by the same float64 evaluator: objective, KKT vi
 
 Run::
 
-    python benchmarks/bench_head.py --quick   # N=4000, M=200, L=20
-    python benchmarks/bench_head.py           # N=20000, M=1000, L=100
+    python benchmarks/bench_head.py --quick   # N=4000, M=200, L=20: about 1 minute of CPU
+    python benchmarks/bench_head.py --n 10000 --m 500 --classes 50 --chunk-rows 2500 \
+        --out benchmarks/results/head_mid.json   # several minutes, most of it glm_saga
+    python benchmarks/bench_head.py           # N=20000, M=1000, L=100: glm_saga alone takes more than
+                                              # 10 CPU minutes per feature kind (it runs all 60 epochs)
 
 Results go to ``benchmarks/results/head.json`` (``head_quick.json`` with ``--quick``).
 """
