@@ -56,7 +56,7 @@ _LAZY: dict[str, str] = {
     # training
     "fit": "salfcbm.training.fit",
     "BottleneckConfig": "salfcbm.training.config",
-    "HeadConfig": "salfcbm.training.head_stage",
+    "HeadConfig": "salfcbm.head.config",
     "FitResult": "salfcbm.training.config",
     # explanations
     "Explanation": "salfcbm.explain.results",
@@ -136,5 +136,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from salfcbm.supervision.store import PromptedEmbeddingStore, SimilarityStore, compute_similarity_store
     from salfcbm.training.config import BottleneckConfig, FitResult
     from salfcbm.training.fit import fit
-    from salfcbm.training.head_stage import HeadConfig
+    from salfcbm.head.config import HeadConfig
     from salfcbm.viz.video import track_concepts

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from salfcbm.errors import InputError, SalfCBMError
-from salfcbm.head.solver import (
+from salfcbm.head import (
     HeadFit,
     PathPoint,
-    _select,
+    select_point,
     elastic_net_objective,
     fit_dense_head,
     fit_sparse_head,
@@ -183,9 +183,9 @@ def test_select_val_acc_prefers_sparser_on_ties():
         return PathPoint(lam, torch.zeros(2, 2), torch.zeros(2), 0.0, acc, acc, nnz, nnz / 2)
 
     path = [pt(1.0, 0.5, 0), pt(0.5, 0.9, 1), pt(0.2, 0.9, 3), pt(0.1, 0.8, 4)]
-    assert _select(path, "val_acc", None) == 1
-    assert _select(path, "nec", 1.5) == 2
-    assert _select(path, "last", None) == 3
+    assert select_point(path, "val_acc", None) == 1
+    assert select_point(path, "nec", 1.5) == 2
+    assert select_point(path, "last", None) == 3
 
 
 def test_selected_is_best_val_acc(path_fit):
