@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salfcbm._utils.tensors import accuracy as tensor_accuracy
 from salfcbm.errors import InputError
 from salfcbm.head.inputs import check_positive, prepare_data
 from salfcbm.head.objective import accuracy, ce_loss_grad, prior_bias
@@ -106,7 +108,7 @@ def fit_dense_head(
                     weight=wd_w.cpu().clone(),
                     bias=wd_b.cpu().clone(),
                     train_loss=train_loss,
-                    train_acc=float((z.argmax(1) == yt).float().mean()),
+                    train_acc=tensor_accuracy(z, yt),
                     val_acc=val_acc,
                     nnz=nnz,
                     nec=nnz / n_cls,

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salfcbm._utils.tensors import accuracy as tensor_accuracy
 from salfcbm._utils.progress import close_bar
 from salfcbm.errors import InputError
 from salfcbm.head.inputs import check_positive, prepare_data
@@ -368,7 +370,7 @@ def _path_point(
         weight=w.detach().cpu().clone(),
         bias=b.detach().cpu().clone(),
         train_loss=train_loss,
-        train_acc=float((z.argmax(1) == yt).float().mean()),
+        train_acc=tensor_accuracy(z, yt),
         val_acc=accuracy(w, b, xv, yv) if xv is not None else None,
         nnz=nnz,
         nec=nnz / n_cls,

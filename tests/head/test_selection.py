@@ -1,4 +1,4 @@
-"""Issue 20.2: one head package owns its config and its selection, with one vocabulary."""
+"""One head package owns its config and its selection, with one vocabulary (issue 20.2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Issue 15 in fit(): the paper's head selection with test accuracy and matched NEC; scorer splits;
-concept filtering in the pipeline."""
+"""fit() selects the head as the paper does (test accuracy, matched NEC), keeps the scorer's splits and
+filters concepts in the pipeline (issue 15)."""
 
 from __future__ import annotations
 

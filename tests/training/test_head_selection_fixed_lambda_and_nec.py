@@ -1,4 +1,4 @@
-"""Issue 15 item 3: the paper's head selection (LF-CBM's fixed lambda), test accuracy, matched NEC."""
+"""The paper's head selection (LF-CBM's fixed lambda), test accuracy, matched NEC (issue 15, item 3)."""
 
 from __future__ import annotations
 

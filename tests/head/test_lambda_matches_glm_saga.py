@@ -1,4 +1,4 @@
-"""Issue 18 item 7: LF-CBM's ``--lam`` means what GLM-SAGA makes of it.
+"""LF-CBM's ``--lam`` means what GLM-SAGA makes of it (issue 18, item 7).
 
 LF-CBM (``train_cbm.py``) sets ``metadata['max_reg']['nongrouped'] = args.lam`` and calls
 ``glm_saga(linear, loader, 0.1, n_iters, 0.99, epsilon=1, k=1, do_zero=False, metadata=metadata)``.

@@ -1,5 +1,5 @@
-"""Issue 15 item 6: the interpretability cutoff's statistic (per cell vs LF-CBM's pooled) and a warning
-when the cutoff removes a concept that the head needs."""
+"""The interpretability cutoff's statistic (per cell vs LF-CBM's pooled) and a warning when the cutoff
+removes a concept that the head needs (issue 15, item 6)."""
 
 from __future__ import annotations
 
