@@ -21,7 +21,7 @@ import os
 import resource
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from salfcbm.errors import ConfigError, ConfigMismatchError, DryRunError, InputE
 from salfcbm.reproduce.recipes import DRY_RUN_SCORERS, Recipe
 from salfcbm.reproduce.tables import format_concepts, format_table
 
-__all__ = ["DryRunError", "RecipeRunError", "backbone_head_accuracy", "bottleneck_config", "build_backbone",
-           "concept_filter_options", "dry_run", "load_datasets",
-           "recipe_concepts", "run_recipe"]
+__all__ = ["DryRunError", "RecipeRunError", "TrainedRecipe", "TrainedRun", "backbone_head_accuracy",
+           "bottleneck_config", "build_backbone", "concept_filter_options", "dry_run", "finish_recipe", "load_datasets",
+           "recipe_concepts", "run_recipe", "train_recipe"]
 
 
 def build_backbone(recipe: Recipe, pretrained: bool = True) -> torch.nn.Module:
@@ -246,10 +246,23 @@ def _interpretability_cutoff(recipe: Recipe) -> float:
     return -2.0 if recipe.interpretability_cutoff is None else float(recipe.interpretability_cutoff)
 
 
-def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
-                device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool,
-                stores_only: bool = False, shard_size: int | None = None) -> dict[str, Any]:
-    """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
+@dataclass
+class TrainedRun:
+    """One training run of a recipe (one point of a sweep) after `salfcbm.fit`: what its reports need."""
+
+    recipe: Recipe
+    run: Path
+    backbone: torch.nn.Module
+    data: tuple
+    """``(train, val, test)`` aligned to the model's view of an image."""
+    num_concepts: int
+    result: Any = None
+    """`salfcbm.fit`'s `FitResult` (``None`` after ``stores_only``)."""
+
+
+def _train_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
+                  device, progress: bool, stores_only: bool = False, shard_size: int | None = None) -> TrainedRun:
+    """The stores and `salfcbm.fit` of one training run (under torchrun: on every rank, together)."""
     from salfcbm.core.images import align_dataset
     from salfcbm import wrap  # the model class with its explanation methods
     from salfcbm.supervision.prompts import PromptGrid
@@ -268,27 +281,39 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
     kw = dict(batch_size=recipe.batch_size, progress=progress, **({"shard_size": shard_size} if shard_size else {}))
     s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
     s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
-    if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
+    out = TrainedRun(recipe, run, backbone, (train, val, test), len(concepts))
+    if stores_only:  # every rank computes its shards of the stores; a later call trains from them
         for split, d in (("train", train), ("val", val), ("test", test)):
             feature_store(model, d, run / "features" / split, batch_size=recipe.batch_size, progress=progress)
-        return {}
-    res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
-              bottleneck=bottleneck_config(recipe, len(train)),
-              head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
-              device=device, progress=progress, filter_concepts=concept_filter_options(recipe))
+        return out
+    # under torchrun every rank runs fit: the ranks split the stores' shards and train the bottleneck with DDP
+    out.result = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run,
+                     test_data=test, bottleneck=bottleneck_config(recipe, len(train)),
+                     head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
+                     device=device, progress=progress, filter_concepts=concept_filter_options(recipe))
+    return out
+
+
+def _report_single(trained: TrainedRun, class_names: list[str], *, device, seg_file, seg_steps: int,
+                   seg_max_images: int | None) -> dict[str, Any]:
+    """The numbers of one trained run (%): its heads, the baselines, the checks and Table 2 (rank 0 alone)."""
+    recipe, run, res = trained.recipe, trained.run, trained.result
+    train, val, test = trained.data
     n_inactive = res.metrics.get("concept_filter", {}).get("dropped", 0)
     out: dict[str, Any] = {"salfcbm_sparse": 100 * res.metrics["salfcbm"]["test_accuracy"],
-                           "concepts": {"initial": len(concepts), "inactive": n_inactive,
-                                        "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts,
+                           "concepts": {"initial": trained.num_concepts, "inactive": n_inactive,
+                                        "uninterpretable": len(res.bottleneck.dropped),
+                                        "final": res.model.num_concepts,
                                         "kept_for_head": list(res.bottleneck.kept_for_head)},
-                           "nec": res.metrics["salfcbm"]["nec"]}
+                           "nec": res.metrics["salfcbm"]["nec"],
+                           "bottleneck_ranks": res.bottleneck.ranks}
     out.update(_standard_heads(recipe, run, train, val, test, len(class_names)))
     if recipe.dense and recipe.standard_dense == "backbone":  # the paper's row: the backbone's own classifier
         out["standard_dense_refit"] = out.pop("standard_dense")
-        out["standard_dense"] = backbone_head_accuracy(model, test, batch_size=recipe.batch_size, device=device)
+        out["standard_dense"] = backbone_head_accuracy(res.model, test, batch_size=recipe.batch_size, device=device)
     if recipe.dense:
         out["salfcbm_dense"] = _salf_dense(res.model, run, train, val, test)
-    out["checks"] = _check_reload_and_explain(res.model, backbone, run, test)
+    out["checks"] = _check_reload_and_explain(res.model, trained.backbone, run, test)
     if recipe.segmentation and seg_file is not None:
         out["table2"] = _segmentation(recipe, res.model, seg_file, run, n_steps=seg_steps,
                                       max_images=seg_max_images, device=device)
@@ -296,7 +321,10 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
 
 
 def _claim_run_dir(run: Path, recipe: Recipe, force: bool) -> None:
-    """Write ``recipe.json``; refuse a directory made by another recipe or version."""
+    """Write ``recipe.json`` (rank 0; the other torchrun ranks only check it); refuse a directory made by
+    another recipe or version (every rank alike, so no rank waits for one that stopped)."""
+    from salfcbm._utils.distributed import rank_and_world
+
     run.mkdir(parents=True, exist_ok=True)
     f = run / "recipe.json"
     if f.exists():
@@ -304,7 +332,8 @@ def _claim_run_dir(run: Path, recipe: Recipe, force: bool) -> None:
         if old != recipe.key and not force:
             raise ConfigMismatchError(f"{run} holds a run of {old}, not {recipe.key}; use another --run-dir "
                                       "(or force=True / --force to reuse its stores at your own risk).")
-    atomic_write_bytes(f, json.dumps(recipe.to_dict(), indent=2, default=str).encode(), fsync=False)
+    if rank_and_world()[0] == 0:
+        atomic_write_bytes(f, json.dumps(recipe.to_dict(), indent=2, default=str).encode(), fsync=False)
 
 
 def _measured_table(recipe: Recipe, results: dict[str, Any]) -> dict:
@@ -312,6 +341,89 @@ def _measured_table(recipe: Recipe, results: dict[str, Any]) -> dict:
         return {(r.grid, r.radius): results[r.name]["salfcbm_sparse"] for r in recipe.runs()}
     one = results[recipe.runs()[0].name]
     return one.get("table2", {}) if recipe.table == "table2" else one
+
+
+@dataclass
+class TrainedRecipe:
+    """`train_recipe`'s result: every training run of a recipe after `salfcbm.fit`, and the settings of
+    its reports (`finish_recipe`)."""
+
+    recipe: Recipe
+    run: Path
+    class_names: list[str]
+    runs: dict[str, TrainedRun] = field(default_factory=dict)
+    report_options: dict[str, Any] = field(default_factory=dict)
+    """``device``, ``seg_file``, ``seg_steps`` and ``seg_max_images``."""
+
+
+def train_recipe(
+    recipe: Recipe,
+    data_root: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    scorer: Any = None,
+    concepts: list[str] | None = None,
+    pretrained: bool = True,
+    seg_file: str | os.PathLike | None = None,
+    seg_steps: int = 20,
+    seg_max_images: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    force: bool = False,
+    progress: bool = True,
+    stores_only: bool = False,
+    shard_size: int | None = None,
+) -> TrainedRecipe:
+    """The training part of `run_recipe` (same arguments): the stores and `salfcbm.fit` of every run.
+
+    Under torchrun call it on every rank: the ranks split the stores' shards and train each
+    bottleneck together (``DistributedDataParallel``); rank 0 writes the run's files. Nothing here
+    waits at a collective for work that only one rank does. `finish_recipe` writes the reports.
+    """
+    from salfcbm.supervision.scorers import scorer_from_name
+
+    if recipe.standard_dense not in ("backbone", "refit"):
+        raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
+    if recipe.segmentation and seg_file is None:
+        raise InputError(f"{recipe.name} needs the ImageNet-segmentation file: pass seg_file= / --seg-file "
+                         "path/to/gtsegs_ijcv.mat.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = Path(run_dir)
+    _claim_run_dir(run, recipe, force)
+    data = load_datasets(recipe, data_root)
+    concepts = list(concepts) if concepts is not None else recipe_concepts(recipe, data[3])
+    if len(concepts) != recipe.expected_concepts:
+        warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
+                      stacklevel=2)
+    scorer = scorer or scorer_from_name(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
+    out = TrainedRecipe(recipe, run, list(data[3]), report_options=dict(
+        device=device, seg_file=seg_file, seg_steps=seg_steps, seg_max_images=seg_max_images))
+    for sub in recipe.runs():
+        out.runs[sub.name] = _train_single(sub, data, concepts, run if sub is recipe else run / sub.name,
+                                           scorer=scorer, pretrained=pretrained, device=device, progress=progress,
+                                           stores_only=stores_only, shard_size=shard_size)
+    return out
+
+
+def finish_recipe(trained: TrainedRecipe) -> dict[str, Any]:
+    """The reports of a trained recipe (one process: rank 0 under torchrun, after the process group is closed):
+    the baselines and non-sparse rows, the reload-and-explain checks, Table 2, ``results.json`` and ``table.md``.
+
+    Returns:
+        ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
+    """
+    recipe, run = trained.recipe, trained.run
+    results = {name: _report_single(t, trained.class_names, **trained.report_options)
+               for name, t in trained.runs.items()}
+    table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
+                         title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
+    concepts_md = format_concepts(recipe.dataset, results, paper=None if recipe.table != "table2" else
+                                  recipe.expected_concepts, statistic=recipe.cutoff_statistic)
+    table += f"\n### Concepts kept\n\n{concepts_md}" if concepts_md else ""
+    out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
+    atomic_write_bytes(run / "results.json", json.dumps(out, indent=2, default=str).encode(), fsync=False)
+    atomic_write_bytes(run / "table.md", table.encode(), fsync=False)
+    return out
 
 
 def run_recipe(
@@ -333,6 +445,9 @@ def run_recipe(
     shard_size: int | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
+
+    In one process: `train_recipe`, then `finish_recipe`. Under torchrun call
+    `salfcbm.reproduce.ranks.run_on_ranks` on every rank instead (every rank trains, rank 0 reports).
 
     Args:
         recipe: a `Recipe`.
@@ -356,40 +471,13 @@ def run_recipe(
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
     """
-    from salfcbm.supervision.scorers import scorer_from_name
-
-    if recipe.standard_dense not in ("backbone", "refit"):
-        raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
-    if recipe.segmentation and seg_file is None:
-        raise InputError(f"{recipe.name} needs the ImageNet-segmentation file: pass seg_file= / --seg-file "
-                         "path/to/gtsegs_ijcv.mat.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    run = Path(run_dir)
-    _claim_run_dir(run, recipe, force)
-    data = load_datasets(recipe, data_root)
-    concepts = list(concepts) if concepts is not None else recipe_concepts(recipe, data[3])
-    if len(concepts) != recipe.expected_concepts:
-        warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
-                      stacklevel=2)
-    scorer = scorer or scorer_from_name(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
-    results = {}
-    for sub in recipe.runs():
-        sub_dir = run if sub is recipe else run / sub.name
-        results[sub.name] = _run_single(sub, data, concepts, sub_dir, scorer=scorer, pretrained=pretrained,
-                                        device=device, seg_file=seg_file, seg_steps=seg_steps,
-                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only,
-                                        shard_size=shard_size)
+    trained = train_recipe(recipe, data_root, run_dir, scorer=scorer, concepts=concepts, pretrained=pretrained,
+                           seg_file=seg_file, seg_steps=seg_steps, seg_max_images=seg_max_images, device=device,
+                           precision=precision, force=force, progress=progress, stores_only=stores_only,
+                           shard_size=shard_size)
     if stores_only:
-        return {"recipe": recipe.to_dict(), "runs": results, "table": ""}
-    table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
-                         title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
-    concepts_md = format_concepts(recipe.dataset, results, paper=None if recipe.table != "table2" else
-                                  recipe.expected_concepts, statistic=recipe.cutoff_statistic)
-    table += f"\n### Concepts kept\n\n{concepts_md}" if concepts_md else ""
-    out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
-    atomic_write_bytes(run / "results.json", json.dumps(out, indent=2, default=str).encode(), fsync=False)
-    atomic_write_bytes(run / "table.md", table.encode(), fsync=False)
-    return out
+        return {"recipe": recipe.to_dict(), "runs": {name: {} for name in trained.runs}, "table": ""}
+    return finish_recipe(trained)
 
 
 #: A tiny open_clip model at the real 224 px input, for dry runs on a CPU (``scorer="tiny"``).
