@@ -597,8 +597,9 @@ def dry_run(
         device: where to run.
         progress: progress bars.
 
-    Under torchrun the first run is `run_on_ranks`' (every rank computes its shards of the stores,
-    rank 0 trains) and the resumed run is rank 0's.
+    Under torchrun the first run is `run_on_ranks`' (every rank computes its shards of the stores and
+    trains the bottleneck with the others, rank 0 writes the reports) and the resumed run is rank 0's,
+    after the process group is closed.
 
     Returns:
         ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``
@@ -623,8 +624,8 @@ def dry_run(
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: degenerate-result warnings are expected
-        first = run_on_ranks(small, root, run / "run", **kw)  # torchrun: the ranks share the stores, rank 0 trains
-        if first is None:  # another rank than 0: its shards are done
+        first = run_on_ranks(small, root, run / "run", **kw)  # torchrun: every rank trains, rank 0 reports
+        if first is None:  # another rank than 0: its shards and its share of the training are done
             return None
         seconds = time.perf_counter() - t
         t = time.perf_counter()
