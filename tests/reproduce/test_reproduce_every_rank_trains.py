@@ -35,6 +35,7 @@ def _recipe():
 def _worker(rank: int, world: int, tmp: str, interrupt: bool) -> None:
     import importlib
 
+    import salfcbm.reproduce.reports as reports_mod
     import salfcbm.reproduce.run as run_mod
     from salfcbm.reproduce.ranks import run_on_ranks
     from salfcbm.supervision.store import ShardedStore
@@ -62,7 +63,7 @@ def _worker(rank: int, world: int, tmp: str, interrupt: bool) -> None:
 
     fit_mod.train_bottleneck, ShardedStore.write_shard, run_mod.atomic_write_bytes = trained, shard, file
     if interrupt:
-        run_mod._check_reload_and_explain = stop
+        reports_mod._check_reload_and_explain = stop
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous-{int(interrupt)}", rank=rank,
                                          world_size=world)
     recipe = _recipe()
