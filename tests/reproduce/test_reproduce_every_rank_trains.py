@@ -1,9 +1,10 @@
 """``salfcbm reproduce`` under torchrun (issue 21.3): every rank trains the bottleneck, rank 0 alone reports.
 
-Two gloo CPU ranks (forked) run `run_on_ranks` on a tiny recipe (random ResNet-18 at 64 px, a tiny
-CLIP, 2 classes, 4 concepts, a 2x2 prompt grid, a few images). The first run is interrupted on rank 0
-in its reports, after training; the rerun resumes on both ranks: the stores and the bottleneck are
-not computed again, and rank 0 writes the results.
+Two gloo CPU ranks (forked) run `run_on_ranks` on a tiny sweep recipe (two training runs: random
+ResNet-18 at 64 px, a tiny CLIP, 2 classes, 4 concepts, a 2x2 prompt grid, a few images). Both ranks
+train both bottlenecks before rank 0 writes any report. The first run is interrupted on rank 0 in its
+reports; the rerun resumes on both ranks: the stores and the bottlenecks are not computed again, and
+rank 0 writes the results.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore"),
 
 def _recipe():
     r = get_recipe("table1-cub")
-    return replace(r, name="tiny-every-rank", backbone={"source": "torchvision", "name": "resnet18", "weights": None},
+    return replace(r, name="tiny-every-rank", table="table3", sweep=((2, 20), (2, 30)), backbone={"source": "torchvision", "name": "resnet18", "weights": None},
                    layer="layer4", grid=2, scorer=("ViT-B-16", "none"), num_classes=2, expected_concepts=4, dense=False,
                    standard_dense="refit", batch_size=4, image_size=64, resize=64, activation_cutoff=0.0,
                    interpretability_cutoff=-1.0, concept_filters="none", val_fraction=0.25,
@@ -92,14 +93,16 @@ def test_every_rank_trains_rank_zero_reports_and_a_rerun_resumes_on_every_rank(t
     write_fake_layout("cub", tmp_path / "data", num_classes=2, image_size=(64, 80), per_split={"train": 8, "test": 4})
     first = _spawn(tmp_path, interrupt=True)
     assert first[0]["out"] == "interrupted" and first[1]["out"] is None
-    # both ranks trained the one bottleneck together: the same steps, each report saying 2 ranks
-    assert first[0]["trained"] == first[1]["trained"] == [[4, 2]]
+    # both ranks trained both bottlenecks together, before rank 0's first report: each report says 2 ranks
+    assert first[0]["trained"] == first[1]["trained"] == [[4, 2], [4, 2]]
     assert first[0]["shards"] and first[1]["shards"]  # both ranks computed shards of the stores
     assert not first[0]["group_open"] and not first[1]["group_open"]  # closed before rank 0's reports
     assert first[1]["files"] == []  # rank 1 writes no file of the run (only its shards)
-    run = tmp_path / "run"
-    assert (run / "bottleneck.safetensors").is_file() and not (run / "results.json").exists()
-    assert json.loads((run / "bottleneck.json").read_text())["report"]["ranks"] == 2
+    run, names = tmp_path / "run", ["tiny-every-rank-g2-r20", "tiny-every-rank-g2-r30"]
+    assert not (run / "results.json").exists()
+    for name in names:
+        assert (run / name / "bottleneck.safetensors").is_file()
+        assert json.loads((run / name / "bottleneck.json").read_text())["report"]["ranks"] == 2
 
     second = _spawn(tmp_path, interrupt=False)
     assert second[1]["out"] is None and second[0]["out"]["table"]
@@ -107,5 +110,5 @@ def test_every_rank_trains_rank_zero_reports_and_a_rerun_resumes_on_every_rank(t
     assert not [s for s in second[0]["shards"] + second[1]["shards"] if s.startswith("similarities/")]
     assert second[1]["files"] == [] and {"results.json", "table.md"} <= set(second[0]["files"])
     results = json.loads((run / "results.json").read_text())
-    assert results["runs"]["tiny-every-rank"]["bottleneck_ranks"] == 2
+    assert [results["runs"][name]["bottleneck_ranks"] for name in names] == [2, 2]
     assert results == json.loads(json.dumps(second[0]["out"], default=str))
