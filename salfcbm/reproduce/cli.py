@@ -78,7 +78,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise InputError("--data-root is required (or use --dry-run).")
     if not args.dry_run:
         check_disk(cost, args.run_dir, force=args.force)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks share the stores, rank 0 trains
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank trains, rank 0 reports
         import torch
 
         from salfcbm._utils.distributed import init_distributed
@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace, recipe) -> int:
 
 
 def _close_group() -> None:
-    """Close the process group if a failure left it open (a clean run closed it after the stores)."""
+    """Close the process group if a failure left it open (a clean run closed it after training)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 

@@ -8,7 +8,9 @@ the fixed-lambda sparse head; then the run fits the
 checks that the saved model reloads to the same logits, explains a few test images, draws
 the top test images of five random concept neurons (appendix C, ``neurons.png``), runs
 the ImageNet-segmentation benchmark for Table 2, and writes ``results.json`` and
-``table.md``. Every stage resumes from its artefact in the run directory.
+``table.md``. Every stage resumes from its artefact in the run directory. The training part is
+`train_recipe` (under torchrun: every rank), the reports `finish_recipe` (one process; the measurements
+themselves in `salfcbm.reproduce.reports`).
 
 `dry_run` does all of it with random weights at the real shapes on a few generated
 images in the real layout, twice (the second run must resume to the same numbers).
@@ -21,21 +23,22 @@ import os
 import resource
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from salfcbm._utils.io import atomic_write_bytes
-from salfcbm._utils.tensors import accuracy
-from salfcbm.errors import ConfigError, ConfigMismatchError, DryRunError, InputError, MissingExtraError, RecipeRunError
+from salfcbm.errors import ConfigMismatchError, DryRunError, InputError, MissingExtraError, RecipeRunError
 from salfcbm.reproduce.recipes import DRY_RUN_SCORERS, Recipe
+from salfcbm.reproduce.reports import TrainedRun, backbone_head_accuracy, report_run
+from salfcbm.reproduce.reports import segmentation_rows as _segmentation  # its earlier name here
 from salfcbm.reproduce.tables import format_concepts, format_table
 
-__all__ = ["DryRunError", "RecipeRunError", "backbone_head_accuracy", "bottleneck_config", "build_backbone",
-           "concept_filter_options", "dry_run", "load_datasets",
-           "recipe_concepts", "run_recipe"]
+__all__ = ["DryRunError", "RecipeRunError", "TrainedRecipe", "TrainedRun", "backbone_head_accuracy",
+           "bottleneck_config", "build_backbone", "concept_filter_options", "dry_run", "finish_recipe", "load_datasets",
+           "recipe_concepts", "run_recipe", "train_recipe"]
 
 
 def build_backbone(recipe: Recipe, pretrained: bool = True) -> torch.nn.Module:
@@ -122,134 +125,14 @@ def _cutoff_settings(recipe: Recipe) -> dict[str, Any]:
             "cutoff_guard": recipe.cutoff_guard}
 
 
-def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: int) -> dict[str, float]:
-    """The standard model's heads on pooled backbone features (sparse with ``standard_lam``; dense)."""
-    from salfcbm.head import fit_dense_head
-    from salfcbm.supervision.store import ShardedStore
-    from salfcbm.training.pipeline import HeadConfig, fit_head, labels_of, pooled_features, standardize
-
-    g = [pooled_features(ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
-    y = [labels_of(d) for d in (train, val, test)]
-    _, _, z = standardize(*g)
-    out = {}
-    sparse = fit_head(z[0], y[0], z[1], y[1], num_classes, HeadConfig(lam=recipe.standard_lam, alpha=recipe.alpha),
-                      progress=False)
-    out["standard_sparse"] = 100 * accuracy(sparse.logits(z[2]), y[2])
-    if recipe.dense:
-        dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=num_classes, progress=False)
-        out["standard_dense"] = 100 * accuracy(dense.logits(z[2]), y[2])
-    return out
-
-
-@torch.no_grad()
-def backbone_head_accuracy(model, dataset, *, batch_size: int = 256, device=None) -> float:
-    """Accuracy (%) of the backbone's own classifier on ``dataset``: the paper's "standard, non-sparse" row.
-
-    The backbone of ``model`` runs whole, with its published head, on the model's own view of
-    every image (`SALFCBM.image_transform`, normalised as for the concept maps). Its modes are
-    restored afterwards.
-
-    Raises:
-        ConfigError: the backbone's output is not one logit per class of ``model``.
-    """
-    from salfcbm._utils.modes import preserved_modes
-    from salfcbm.core.images import align_dataset
-
-    device = torch.device(device) if device is not None else next(model.bottleneck.parameters()).device
-    loader = torch.utils.data.DataLoader(align_dataset(dataset, model.image_transform), batch_size=batch_size)
-    correct = seen = 0
-    with preserved_modes(model.backbone, mode=False):
-        for x, y in loader:
-            out = model.backbone(model.image_transform.normalize(x.to(device)))
-            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != model.num_classes:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ConfigError(f"The backbone's own classifier gives {got} per batch, expected (B, "
-                                  f"{model.num_classes}) logits in the dataset's label order. Use the recipe "
-                                  "setting standard_dense='refit' (a dense head fitted on its features) instead.")
-            correct += int((out.argmax(1).cpu() == torch.as_tensor(y)).sum())
-            seen += len(y)
-    return 100 * correct / max(seen, 1)
-
-
-def _salf_dense(model, run: Path, train, val, test) -> float:
-    from salfcbm.head import fit_dense_head
-    from salfcbm.supervision.store import ShardedStore
-    from salfcbm.training.pipeline import concept_activations, labels_of, standardize
-
-    a = [concept_activations(model, ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
-    y = [labels_of(d) for d in (train, val, test)]
-    _, _, z = standardize(*a)
-    dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=model.num_classes, progress=False)
-    return 100 * accuracy(dense.logits(z[2]), y[2])
-
-
-def _check_reload_and_explain(model, backbone, run: Path, test, n: int = 2) -> dict[str, Any]:
-    """Reload the saved model, compare logits, explain ``n`` test images into an HTML report."""
-    from salfcbm import SALFCBM  # with its explanation methods
-    from salfcbm.viz import write_html_report
-
-    paths = [p for p, _ in test.samples[: min(n, len(test))]]
-    x = model.image_transform.view(paths)  # what the model sees, [0, 1]
-    model.eval()
-    reloaded = SALFCBM.from_pretrained(str(run / "model"), backbone=backbone).eval()
-    with torch.no_grad():
-        a, b = model(model.preprocess(paths)).logits, reloaded(reloaded.preprocess(paths)).logits.to(model.head.weight.device)
-    if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
-        raise DryRunError(f"The reloaded model's logits differ from the trained one's by {(a - b).abs().max():.3g}.")
-    expl = model.explain(model.preprocess(paths), top_k=5)
-    if not (run / "explanations.html").exists():  # pictures are a resumable stage too
-        write_html_report(run / "explanations.html", x.cpu(), expl, model=model)
-    return {"reload_max_abs_diff": float((a - b).abs().max()), "explained": int(x.shape[0]),
-            "neurons": _neuron_figure(model, test, run / "neurons.png")}
-
-
-def _neuron_figure(model, test, path: Path, n: int = 5, k: int = 3) -> list[str]:
-    """Appendix C / Figure 9: the top-``k`` test images of ``n`` randomly chosen concept neurons."""
-    from salfcbm.explain.neurons import top_activating_images
-    from salfcbm.viz.neurons import plot_top_images
-
-    g = torch.Generator().manual_seed(0)
-    chosen = torch.randperm(model.num_concepts, generator=g)[:n].tolist()
-    tops = top_activating_images(model, test, chosen, k=min(k, len(test)))
-    if not path.exists():
-        plot_top_images(tops).savefig(path, dpi=80)
-    return [t.concept for t in tops]
-
-
-def _segmentation(recipe: Recipe, model, seg_file: str | os.PathLike, run: Path, *, n_steps: int,
-                  max_images: int | None, device) -> dict[str, dict[str, float]]:
-    """Table 2: SALF-CBM and the baselines on ImageNet-segmentation."""
-    from salfcbm.evaluation.benchmark import build_methods, run_attribution_benchmark
-    from salfcbm.datasets.imagenet_seg import ImagenetSegmentation
-
-    seg = ImagenetSegmentation(seg_file, size=recipe.image_size)
-    methods, skipped = build_methods(model, ["salfcbm", *recipe.baselines], on_error="record")
-    loader = torch.utils.data.DataLoader(seg, batch_size=min(16, recipe.batch_size))
-    res = run_attribution_benchmark(methods, loader, n_steps=n_steps, max_images=max_images, device=device,
-                                    timing_batch=0, reference=None, progress=False, on_error="record")
-    res.save(run / "segmentation.json", run / "segmentation.md")
-    failed = skipped.get("salfcbm") or res.rows.get("salfcbm", {}).get("error")
-    if failed:  # the baselines may be recorded and skipped; the recipe's own row may not
-        why = str(failed).rstrip(".")
-        raise RecipeRunError(f"Table 2: the recipe's own method, SALF-CBM, failed on ImageNet-segmentation: {why}. "
-                             f"The baselines' rows are in {run / 'segmentation.json'}; no table was written. Check "
-                             "that the model kept one class concept per class (recipe interpretability_cutoff=None).")
-    out = {k: {m: 100 * float(v[m]) for m in ("pixel_accuracy", "miou", "map") if v.get(m) is not None}
-           for k, v in res.rows.items()}
-    for name, why in skipped.items():
-        warnings.warn(f"Table 2: {name} was left out: {why}", stacklevel=2)
-    return out
-
-
 def _interpretability_cutoff(recipe: Recipe) -> float:
     """The bottleneck cutoff of ``recipe``; ``None`` (no cutoff) is below every similarity (they lie in [-1, 1])."""
     return -2.0 if recipe.interpretability_cutoff is None else float(recipe.interpretability_cutoff)
 
 
-def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
-                device, seg_file, seg_steps: int, seg_max_images: int | None, progress: bool,
-                stores_only: bool = False, shard_size: int | None = None) -> dict[str, Any]:
-    """One training run of a recipe (one point of a sweep): returns the measured numbers (%)."""
+def _train_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, scorer, pretrained: bool,
+                  device, progress: bool, stores_only: bool = False, shard_size: int | None = None) -> TrainedRun:
+    """The stores and `salfcbm.fit` of one training run (under torchrun: on every rank, together)."""
     from salfcbm.core.images import align_dataset
     from salfcbm import wrap  # the model class with its explanation methods
     from salfcbm.supervision.prompts import PromptGrid
@@ -268,35 +151,24 @@ def _run_single(recipe: Recipe, data: tuple, concepts: list[str], run: Path, *, 
     kw = dict(batch_size=recipe.batch_size, progress=progress, **({"shard_size": shard_size} if shard_size else {}))
     s_train = compute_similarity_store(run / "similarities" / "train", train, scorer, prompts, **kw)
     s_val = compute_similarity_store(run / "similarities" / "val", val, scorer, prompts, **kw)
-    if stores_only:  # torchrun: every rank computes its shards of the stores; rank 0 trains afterwards
+    out = TrainedRun(recipe, run, backbone, (train, val, test), len(concepts))
+    if stores_only:  # every rank computes its shards of the stores; a later call trains from them
         for split, d in (("train", train), ("val", val), ("test", test)):
             feature_store(model, d, run / "features" / split, batch_size=recipe.batch_size, progress=progress)
-        return {}
-    res = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run, test_data=test,
-              bottleneck=bottleneck_config(recipe, len(train)),
-              head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
-              device=device, progress=progress, filter_concepts=concept_filter_options(recipe))
-    n_inactive = res.metrics.get("concept_filter", {}).get("dropped", 0)
-    out: dict[str, Any] = {"salfcbm_sparse": 100 * res.metrics["salfcbm"]["test_accuracy"],
-                           "concepts": {"initial": len(concepts), "inactive": n_inactive,
-                                        "uninterpretable": len(res.bottleneck.dropped), "final": model.num_concepts,
-                                        "kept_for_head": list(res.bottleneck.kept_for_head)},
-                           "nec": res.metrics["salfcbm"]["nec"]}
-    out.update(_standard_heads(recipe, run, train, val, test, len(class_names)))
-    if recipe.dense and recipe.standard_dense == "backbone":  # the paper's row: the backbone's own classifier
-        out["standard_dense_refit"] = out.pop("standard_dense")
-        out["standard_dense"] = backbone_head_accuracy(model, test, batch_size=recipe.batch_size, device=device)
-    if recipe.dense:
-        out["salfcbm_dense"] = _salf_dense(res.model, run, train, val, test)
-    out["checks"] = _check_reload_and_explain(res.model, backbone, run, test)
-    if recipe.segmentation and seg_file is not None:
-        out["table2"] = _segmentation(recipe, res.model, seg_file, run, n_steps=seg_steps,
-                                      max_images=seg_max_images, device=device)
+        return out
+    # under torchrun every rank runs fit: the ranks split the stores' shards and train the bottleneck with DDP
+    out.result = fit(model, train, val, train_similarities=s_train, val_similarities=s_val, run_dir=run,
+                     test_data=test, bottleneck=bottleneck_config(recipe, len(train)),
+                     head=HeadConfig(lam=recipe.lam, alpha=recipe.alpha), baseline=False, batch_size=recipe.batch_size,
+                     device=device, progress=progress, filter_concepts=concept_filter_options(recipe))
     return out
 
 
 def _claim_run_dir(run: Path, recipe: Recipe, force: bool) -> None:
-    """Write ``recipe.json``; refuse a directory made by another recipe or version."""
+    """Write ``recipe.json`` (rank 0; the other torchrun ranks only check it); refuse a directory made by
+    another recipe or version (every rank alike, so no rank waits for one that stopped)."""
+    from salfcbm._utils.distributed import rank_and_world
+
     run.mkdir(parents=True, exist_ok=True)
     f = run / "recipe.json"
     if f.exists():
@@ -304,7 +176,8 @@ def _claim_run_dir(run: Path, recipe: Recipe, force: bool) -> None:
         if old != recipe.key and not force:
             raise ConfigMismatchError(f"{run} holds a run of {old}, not {recipe.key}; use another --run-dir "
                                       "(or force=True / --force to reuse its stores at your own risk).")
-    atomic_write_bytes(f, json.dumps(recipe.to_dict(), indent=2, default=str).encode(), fsync=False)
+    if rank_and_world()[0] == 0:
+        atomic_write_bytes(f, json.dumps(recipe.to_dict(), indent=2, default=str).encode(), fsync=False)
 
 
 def _measured_table(recipe: Recipe, results: dict[str, Any]) -> dict:
@@ -312,6 +185,89 @@ def _measured_table(recipe: Recipe, results: dict[str, Any]) -> dict:
         return {(r.grid, r.radius): results[r.name]["salfcbm_sparse"] for r in recipe.runs()}
     one = results[recipe.runs()[0].name]
     return one.get("table2", {}) if recipe.table == "table2" else one
+
+
+@dataclass
+class TrainedRecipe:
+    """`train_recipe`'s result: every training run of a recipe after `salfcbm.fit`, and the settings of
+    its reports (`finish_recipe`)."""
+
+    recipe: Recipe
+    run: Path
+    class_names: list[str]
+    runs: dict[str, TrainedRun] = field(default_factory=dict)
+    report_options: dict[str, Any] = field(default_factory=dict)
+    """``device``, ``seg_file``, ``seg_steps`` and ``seg_max_images``."""
+
+
+def train_recipe(
+    recipe: Recipe,
+    data_root: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    scorer: Any = None,
+    concepts: list[str] | None = None,
+    pretrained: bool = True,
+    seg_file: str | os.PathLike | None = None,
+    seg_steps: int = 20,
+    seg_max_images: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    force: bool = False,
+    progress: bool = True,
+    stores_only: bool = False,
+    shard_size: int | None = None,
+) -> TrainedRecipe:
+    """The training part of `run_recipe` (same arguments): the stores and `salfcbm.fit` of every run.
+
+    Under torchrun call it on every rank: the ranks split the stores' shards and train each
+    bottleneck together (``DistributedDataParallel``); rank 0 writes the run's files. Nothing here
+    waits at a collective for work that only one rank does. `finish_recipe` writes the reports.
+    """
+    from salfcbm.supervision.scorers import scorer_from_name
+
+    if recipe.standard_dense not in ("backbone", "refit"):
+        raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
+    if recipe.segmentation and seg_file is None:
+        raise InputError(f"{recipe.name} needs the ImageNet-segmentation file: pass seg_file= / --seg-file "
+                         "path/to/gtsegs_ijcv.mat.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = Path(run_dir)
+    _claim_run_dir(run, recipe, force)
+    data = load_datasets(recipe, data_root)
+    concepts = list(concepts) if concepts is not None else recipe_concepts(recipe, data[3])
+    if len(concepts) != recipe.expected_concepts:
+        warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
+                      stacklevel=2)
+    scorer = scorer or scorer_from_name(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
+    out = TrainedRecipe(recipe, run, list(data[3]), report_options=dict(
+        device=device, seg_file=seg_file, seg_steps=seg_steps, seg_max_images=seg_max_images))
+    for sub in recipe.runs():
+        out.runs[sub.name] = _train_single(sub, data, concepts, run if sub is recipe else run / sub.name,
+                                           scorer=scorer, pretrained=pretrained, device=device, progress=progress,
+                                           stores_only=stores_only, shard_size=shard_size)
+    return out
+
+
+def finish_recipe(trained: TrainedRecipe) -> dict[str, Any]:
+    """The reports of a trained recipe (one process: rank 0 under torchrun, after the process group is closed):
+    the baselines and non-sparse rows, the reload-and-explain checks, Table 2, ``results.json`` and ``table.md``.
+
+    Returns:
+        ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
+    """
+    recipe, run = trained.recipe, trained.run
+    results = {name: report_run(t, trained.class_names, **trained.report_options)
+               for name, t in trained.runs.items()}
+    table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
+                         title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
+    concepts_md = format_concepts(recipe.dataset, results, paper=None if recipe.table != "table2" else
+                                  recipe.expected_concepts, statistic=recipe.cutoff_statistic)
+    table += f"\n### Concepts kept\n\n{concepts_md}" if concepts_md else ""
+    out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
+    atomic_write_bytes(run / "results.json", json.dumps(out, indent=2, default=str).encode(), fsync=False)
+    atomic_write_bytes(run / "table.md", table.encode(), fsync=False)
+    return out
 
 
 def run_recipe(
@@ -333,6 +289,9 @@ def run_recipe(
     shard_size: int | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the dataset under ``data_root``; write ``results.json`` and ``table.md`` in ``run_dir``.
+
+    In one process: `train_recipe`, then `finish_recipe`. Under torchrun call
+    `salfcbm.reproduce.ranks.run_on_ranks` on every rank instead (every rank trains, rank 0 reports).
 
     Args:
         recipe: a `Recipe`.
@@ -356,40 +315,13 @@ def run_recipe(
     Returns:
         ``{"recipe", "runs": {run name: numbers}, "table": markdown}``.
     """
-    from salfcbm.supervision.scorers import scorer_from_name
-
-    if recipe.standard_dense not in ("backbone", "refit"):
-        raise InputError(f"Recipe.standard_dense must be 'backbone' or 'refit', got {recipe.standard_dense!r}.")
-    if recipe.segmentation and seg_file is None:
-        raise InputError(f"{recipe.name} needs the ImageNet-segmentation file: pass seg_file= / --seg-file "
-                         "path/to/gtsegs_ijcv.mat.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    run = Path(run_dir)
-    _claim_run_dir(run, recipe, force)
-    data = load_datasets(recipe, data_root)
-    concepts = list(concepts) if concepts is not None else recipe_concepts(recipe, data[3])
-    if len(concepts) != recipe.expected_concepts:
-        warnings.warn(f"{len(concepts)} concepts, the {recipe.name} recipe expects {recipe.expected_concepts}.",
-                      stacklevel=2)
-    scorer = scorer or scorer_from_name(recipe.scorer[0], pretrained=recipe.scorer[1], device=device, precision=precision)
-    results = {}
-    for sub in recipe.runs():
-        sub_dir = run if sub is recipe else run / sub.name
-        results[sub.name] = _run_single(sub, data, concepts, sub_dir, scorer=scorer, pretrained=pretrained,
-                                        device=device, seg_file=seg_file, seg_steps=seg_steps,
-                                        seg_max_images=seg_max_images, progress=progress, stores_only=stores_only,
-                                        shard_size=shard_size)
+    trained = train_recipe(recipe, data_root, run_dir, scorer=scorer, concepts=concepts, pretrained=pretrained,
+                           seg_file=seg_file, seg_steps=seg_steps, seg_max_images=seg_max_images, device=device,
+                           precision=precision, force=force, progress=progress, stores_only=stores_only,
+                           shard_size=shard_size)
     if stores_only:
-        return {"recipe": recipe.to_dict(), "runs": results, "table": ""}
-    table = format_table(recipe.table, recipe.dataset, _measured_table(recipe, results),
-                         title=f"{recipe.key}: {recipe.table}, {recipe.dataset}")
-    concepts_md = format_concepts(recipe.dataset, results, paper=None if recipe.table != "table2" else
-                                  recipe.expected_concepts, statistic=recipe.cutoff_statistic)
-    table += f"\n### Concepts kept\n\n{concepts_md}" if concepts_md else ""
-    out = {"recipe": recipe.to_dict(), "runs": results, "table": table}
-    atomic_write_bytes(run / "results.json", json.dumps(out, indent=2, default=str).encode(), fsync=False)
-    atomic_write_bytes(run / "table.md", table.encode(), fsync=False)
-    return out
+        return {"recipe": recipe.to_dict(), "runs": {name: {} for name in trained.runs}, "table": ""}
+    return finish_recipe(trained)
 
 
 #: A tiny open_clip model at the real 224 px input, for dry runs on a CPU (``scorer="tiny"``).
@@ -509,8 +441,9 @@ def dry_run(
         device: where to run.
         progress: progress bars.
 
-    Under torchrun the first run is `run_on_ranks`' (every rank computes its shards of the stores,
-    rank 0 trains) and the resumed run is rank 0's.
+    Under torchrun the first run is `run_on_ranks`' (every rank computes its shards of the stores and
+    trains the bottleneck with the others, rank 0 writes the reports) and the resumed run is rank 0's,
+    after the process group is closed.
 
     Returns:
         ``run_recipe``'s result plus ``"dry_run": {seconds, resume_seconds, peak memory, settings}``
@@ -535,8 +468,8 @@ def dry_run(
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: degenerate-result warnings are expected
-        first = run_on_ranks(small, root, run / "run", **kw)  # torchrun: the ranks share the stores, rank 0 trains
-        if first is None:  # another rank than 0: its shards are done
+        first = run_on_ranks(small, root, run / "run", **kw)  # torchrun: every rank trains, rank 0 reports
+        if first is None:  # another rank than 0: its shards and its share of the training are done
             return None
         seconds = time.perf_counter() - t
         t = time.perf_counter()
