@@ -1,9 +1,9 @@
 """Filling a `ShardedStore`: `compute_store`, resumable and split across ``torchrun`` ranks.
 
 Only the missing shards are computed (a run killed at any point resumes from the last complete
-shard); rank ``r`` of ``world`` computes the shards ``i`` with ``i % world == r``; each shard records
-a digest of its input images (`salfcbm._utils.provenance`), so a shard whose images changed is
-recomputed. Public as ``salfcbm.compute_store`` and ``salfcbm.supervision.compute_store``.
+shard); the missing shards are dealt round the ranks (rank ``r`` of ``world`` takes every
+``world``-th one from the ``r``-th); each shard records a digest of its input images
+(`salfcbm._utils.provenance`), so a shard whose images changed is recomputed. Public as ``salfcbm.compute_store`` and ``salfcbm.supervision.compute_store``.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def compute_store(
     Only missing shards are computed, so a run killed at any point (even
     ``kill -9``) resumes from the last complete shard; a half-written shard is a
     temporary file that is never read and is cleaned up here. Under
-    ``torch.distributed`` (``torchrun``), rank ``r`` of ``world`` computes the
-    missing shards ``i`` with ``i % world == r`` and all ranks meet at a barrier
+    ``torch.distributed`` (``torchrun``), the ranks list the missing shards, meet,
+    and rank ``r`` of ``world`` computes every ``world``-th of them from the ``r``-th
+    (so a rerun after one rank died is balanced too); all ranks meet at a barrier
     at the end, so every rank returns a complete store. Shard files are written
     by a background thread while the next batches are computed.
 
@@ -128,8 +129,9 @@ def compute_store(
     if rank == 0:
         store.clean_tmp()
     barrier()
-    mine = [i for i in store.missing_shards(lambda i: shard_digest(dataset, *store.shard_range(i), mode))
-            if i % world == rank]
+    missing = store.missing_shards(lambda i: shard_digest(dataset, *store.shard_range(i), mode))
+    barrier()  # every rank has listed the same missing shards before any rank writes one
+    mine = missing[rank::world]  # the missing shards dealt round the ranks: a rerun is balanced too
     todo = sum(store.shard_range(i)[1] - store.shard_range(i)[0] for i in mine)
     if mine:
         if pin_memory is None:

@@ -3,8 +3,8 @@
 A tiny recipe (random ResNet-18, a tiny CLIP, 2 classes, 4 concepts, a 2x2 prompt grid, one image per
 similarity shard). The first run computes the similarity stores on both ranks (each its shards) and is
 interrupted in training (`fit`, on both ranks); one shard is then deleted, as if a rank had died while computing it.
-The rerun recomputes exactly that shard, on the rank that owns it, rewrites no other shard, both ranks
-train and rank 0 finishes the recipe; a third run on one process resumes to the same numbers.
+The rerun recomputes exactly that shard (the missing shards are dealt round the ranks: the first to rank 0),
+rewrites no other shard, both ranks train and rank 0 finishes the recipe; a third run on one process resumes to the same numbers.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def test_an_interrupted_torchrun_reproduce_resumes_every_stage_on_every_rank(tmp
     lost.unlink()  # rank 1 died while writing it
     second = _spawn(tmp_path, interrupt=False)
     redone = _written(tmp_path)
-    assert [w for w in redone[1] if w.startswith("similarities/")] == ["similarities/train/3"]
-    assert not [w for w in redone[0] if w.startswith("similarities/")]  # nothing else recomputed
+    assert [w for w in redone[0] if w.startswith("similarities/")] == ["similarities/train/3"]  # dealt to rank 0
+    assert not [w for w in redone[1] if w.startswith("similarities/")]  # nothing else recomputed
     assert second[1] is None and second[0]["table"] and (tmp_path / "run" / "results.json").is_file()
 
     again = _run(tmp_path / "run", tmp_path / "data")  # one process: everything resumes, same numbers
