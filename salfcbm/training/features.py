@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from salfcbm._utils.distributed import barrier, rank_and_world
 from salfcbm._utils.tensors import PRECISIONS, autocast, check_precision, to_device
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
@@ -28,6 +29,8 @@ __all__ = [
     "OnTheFlyFeatures",
     "choose_feature_cache",
     "concept_activations",
+    "pool_concepts",
+    "activation_store",
     "pooled_features",
     "standardize",
 ]
@@ -240,6 +243,67 @@ def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 102
             pooled = values[s : s + batch].to(w.device, torch.float32).mean((2, 3))
             out.append(torch.nn.functional.linear(pooled, weight, b).cpu())
     return torch.cat(out) if out else torch.zeros(0, weight.shape[0])
+
+
+@torch.no_grad()
+def pool_concepts(model: SALFCBM, values: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Pooled concept activations ``(n, M)`` of one shard's features ``(n, C, Hg, Wg)``, float32 on the CPU:
+    the rows `concept_activations` gives for them (pool-then-project with mean pooling, else every map)."""
+    w, b = model.bottleneck.weight, model.bottleneck.bias
+    out = []
+    for s in range(0, values.shape[0], batch):
+        v = values[s : s + batch].to(w.device, torch.float32)
+        if model.config["pooling"] == "mean":
+            out.append(torch.nn.functional.linear(v.mean((2, 3)), w.flatten(1), b).cpu())
+        else:
+            out.append(model.pool(model.bottleneck(v)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, w.shape[0])
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def activation_store(model: SALFCBM, features: Any, root: str | os.PathLike, *, rows: int,
+                     features_key: str) -> ShardedStore:
+    """The pooled, unstandardised concept activations of every row of ``features``, in a float32 store on disk.
+
+    Out-of-core `fit` (``HeadConfig.streams``) writes them instead of holding the ``(N, M)`` matrix:
+    ``rows`` rows per shard (the head's chunks, ``HeadConfig.chunk_rows``), computed from the feature
+    source one feature shard at a time (memory: one feature shard and its pooled rows). The store
+    lives in ``root/<key>``, the key a digest of ``features_key`` (what the features hold), the
+    bottleneck's weights, the pooling and ``rows``: a run started again with the same bottleneck
+    reads it back (only missing or corrupt shards are computed); a retrained bottleneck writes a
+    new one. Under ``torch.distributed`` the ranks split the missing shards.
+    """
+    from salfcbm.training.rundir import stage_key
+
+    n, fs, m = int(features.length), int(features.shard_size), model.bottleneck.weight.shape[0]
+    spec = {"kind": "concept_activations", "features": features_key, "bottleneck": _weights_digest(model.bottleneck),
+            "pooling": model.config["pooling"], "rows": int(rows)}
+    store = ShardedStore(os.path.join(root, stage_key(spec)), manifest=spec, item_shape=(m,), length=n,
+                         shard_size=int(rows), dtype=torch.float32)
+    rank, world = rank_and_world()
+    cached: tuple[int, torch.Tensor | None] = (-1, None)
+    for i in (i for i in store.missing_shards() if i % world == rank):
+        a, b = store.shard_range(i)
+        parts = []
+        for j in range(a // fs, (b - 1) // fs + 1):
+            if cached[0] != j:  # consecutive activation shards share a feature shard: pool it once
+                cached = (j, pool_concepts(model, features.read_shard(j)))
+            fa = features.shard_range(j)[0]
+            parts.append(cached[1][max(a, fa) - fa : b - fa])
+        store.write_shard(i, torch.cat(parts))
+    if world > 1:
+        barrier()
+    return store
 
 
 @torch.no_grad()
