@@ -41,7 +41,7 @@ def scenes(tmp_path_factory):
     return train, val, sims
 
 
-def _fit(scenes, run_dir, head, **kw):
+def _fit(scenes, run_dir, head, bottleneck=None, **kw):
     from salfcbm.demo.scenes import SmallConvNet
 
     train, val, sims = scenes
@@ -50,7 +50,7 @@ def _fit(scenes, run_dir, head, **kw):
                          grid=4, input_size=(32, 32), backbone_weights=None)
     return fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=run_dir,
                shard_size=48, progress=False, filter_concepts=False, baseline=False, head=head,
-               bottleneck=BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-2.0), **kw)
+               bottleneck=bottleneck or BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-2.0), **kw)
 
 
 class _Spy:
@@ -164,3 +164,20 @@ def test_auto_streams_above_max_memory_gb(scenes, tmp_path):
     tiny = 1e-9  # GB: any training matrix is larger
     res = _fit(scenes, tmp_path / "run", HeadConfig(lam=1e-3, max_memory_gb=tiny, chunk_rows=64))
     assert res.metrics["head_inputs"]["out_of_core"] is True
+
+
+def test_out_of_core_cutoff_check_streams_and_agrees(scenes, tmp_path, monkeypatch):
+    """The cutoff check (a head on every candidate and one on the survivors) streams too, with the same result."""
+    run = tmp_path / "run"
+    first = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=False))
+    sims = sorted(first.bottleneck.concept_similarity.values())
+    cutoff = (sims[len(sims) // 2 - 1] + sims[len(sims) // 2]) / 2  # drops about half of the concepts
+    b = BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=cutoff)
+    mem = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=False), bottleneck=b)
+    spy = _Spy(monkeypatch)
+    ooc = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=True, chunk_rows=CHUNK), bottleneck=b)
+    assert all(n != N_TRAIN for _, n in spy.rows), spy.rows
+    assert mem.cutoff["dropped"] and ooc.cutoff["dropped"] == mem.cutoff["dropped"]
+    for k in ("val_accuracy_without_cutoff", "val_accuracy_with_cutoff", "needed_by_head", "kept_for_head"):
+        assert ooc.cutoff[k] == mem.cutoff[k], k
+    assert ooc.model.concepts == mem.model.concepts
