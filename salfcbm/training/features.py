@@ -288,9 +288,15 @@ def activation_store(model: SALFCBM, features: Any, root: str | os.PathLike, *, 
     n, fs, m = int(features.length), int(features.shard_size), model.bottleneck.weight.shape[0]
     spec = {"kind": "concept_activations", "features": features_key, "bottleneck": _weights_digest(model.bottleneck),
             "pooling": model.config["pooling"], "rows": int(rows)}
-    store = ShardedStore(os.path.join(root, stage_key(spec)), manifest=spec, item_shape=(m,), length=n,
+    key, rank, world = stage_key(spec), *rank_and_world()
+    if rank == 0 and os.path.isdir(root):  # a stale bottleneck's store (24 GB at ImageNet size) is not kept
+        import shutil
+
+        for d in os.scandir(root):
+            if d.is_dir() and d.name != key and os.path.isfile(os.path.join(d.path, "manifest.json")):
+                shutil.rmtree(d.path, ignore_errors=True)
+    store = ShardedStore(os.path.join(root, key), manifest=spec, item_shape=(m,), length=n,
                          shard_size=int(rows), dtype=torch.float32)
-    rank, world = rank_and_world()
     cached: tuple[int, torch.Tensor | None] = (-1, None)
     for i in (i for i in store.missing_shards() if i % world == rank):
         a, b = store.shard_range(i)

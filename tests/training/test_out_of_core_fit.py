@@ -162,8 +162,33 @@ def test_out_of_core_selection_and_resume(scenes, tmp_path, monkeypatch):
 def test_auto_streams_above_max_memory_gb(scenes, tmp_path):
     """``out_of_core="auto"`` streams when the (N, M) float32 matrix exceeds max_memory_gb."""
     tiny = 1e-9  # GB: any training matrix is larger
-    res = _fit(scenes, tmp_path / "run", HeadConfig(lam=1e-3, max_memory_gb=tiny, chunk_rows=64))
+    res = _fit(scenes, tmp_path / "run", HeadConfig(lam=1e-3, max_memory_gb=tiny, chunk_rows=64),
+               cache_features=False)  # training features on the fly: the store is computed from them
     assert res.metrics["head_inputs"]["out_of_core"] is True
+    assert res.metrics["features"]["cached"] is False
+    assert features_mod.ShardedStore.open(res.metrics["head_inputs"]["stores"]["train"]).is_complete
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "softmax"])
+def test_activation_store_holds_the_in_memory_pooled_activations(scenes, tmp_path, pooling):
+    """Shard by shard, across feature shards that do not line up with the chunks, the rows are concept_activations'."""
+    from salfcbm.demo.scenes import SmallConvNet
+    from salfcbm.training.features import activation_store, concept_activations, feature_store
+
+    train = scenes[0]
+    torch.manual_seed(0)
+    model = salfcbm.wrap(SmallConvNet(num_classes=2, width=4).eval(), concepts=train.concepts, num_classes=2,
+                         grid=4, input_size=(32, 32), backbone_weights=None, pooling=pooling)
+    feats = feature_store(model, train, tmp_path / "f", shard_size=48, progress=False, dtype=torch.float32)
+    store = activation_store(model, feats, tmp_path / "a", rows=CHUNK, features_key="k")
+    got = torch.cat([v for _, v in store.iter_shards()])
+    torch.testing.assert_close(got, concept_activations(model, feats), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        model.bottleneck.weight.mul_(2)  # another bottleneck: another store, never the stale one
+    other = activation_store(model, feats, tmp_path / "a", rows=CHUNK, features_key="k")
+    assert other.root != store.root and not store.root.exists()  # the stale store is removed
+    torch.testing.assert_close(torch.cat([v for _, v in other.iter_shards()]), concept_activations(model, feats),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_out_of_core_cutoff_check_streams_and_agrees(scenes, tmp_path, monkeypatch):
