@@ -31,6 +31,7 @@ __all__ = [
     "concept_activations",
     "pool_concepts",
     "activation_store",
+    "pooled_feature_store",
     "pooled_features",
     "standardize",
 ]
@@ -281,13 +282,27 @@ def activation_store(model: SALFCBM, features: Any, root: str | os.PathLike, *, 
     lives in ``root/<key>``, the key a digest of ``features_key`` (what the features hold), the
     bottleneck's weights, the pooling and ``rows``: a run started again with the same bottleneck
     reads it back (only missing or corrupt shards are computed); a retrained bottleneck writes a
-    new one. Under ``torch.distributed`` the ranks split the missing shards.
+    new one and the stale one is deleted. Under ``torch.distributed`` the ranks split the missing shards.
     """
-    from salfcbm.training.rundir import stage_key
-
-    n, fs, m = int(features.length), int(features.shard_size), model.bottleneck.weight.shape[0]
     spec = {"kind": "concept_activations", "features": features_key, "bottleneck": _weights_digest(model.bottleneck),
             "pooling": model.config["pooling"], "rows": int(rows)}
+    return _pooled_store(features, root, spec, model.bottleneck.weight.shape[0], lambda v: pool_concepts(model, v))
+
+
+@torch.no_grad()
+def pooled_feature_store(features: Any, root: str | os.PathLike, *, rows: int, features_key: str) -> ShardedStore:
+    """`pooled_features` of every row of ``features`` in a float32 store of ``rows`` rows per shard (the
+    out-of-core input of the standard baseline; keyed and resumable as `activation_store`)."""
+    spec = {"kind": "pooled_features", "features": features_key, "rows": int(rows)}
+    return _pooled_store(features, root, spec, int(features.item_shape[0]), lambda v: v.float().mean((2, 3)))
+
+
+def _pooled_store(features: Any, root: str | os.PathLike, spec: dict[str, Any], width: int,
+                  pool: Callable[[torch.Tensor], torch.Tensor]) -> ShardedStore:
+    """``pool`` of every feature shard, re-cut into shards of ``spec["rows"]`` rows, in ``root/<key of spec>``."""
+    from salfcbm.training.rundir import stage_key
+
+    n, fs, rows = int(features.length), int(features.shard_size), int(spec["rows"])
     key, rank, world = stage_key(spec), *rank_and_world()
     if rank == 0 and os.path.isdir(root):  # a stale bottleneck's store (24 GB at ImageNet size) is not kept
         import shutil
@@ -295,15 +310,15 @@ def activation_store(model: SALFCBM, features: Any, root: str | os.PathLike, *, 
         for d in os.scandir(root):
             if d.is_dir() and d.name != key and os.path.isfile(os.path.join(d.path, "manifest.json")):
                 shutil.rmtree(d.path, ignore_errors=True)
-    store = ShardedStore(os.path.join(root, key), manifest=spec, item_shape=(m,), length=n,
-                         shard_size=int(rows), dtype=torch.float32)
+    store = ShardedStore(os.path.join(root, key), manifest=spec, item_shape=(width,), length=n, shard_size=rows,
+                         dtype=torch.float32)
     cached: tuple[int, torch.Tensor | None] = (-1, None)
     for i in (i for i in store.missing_shards() if i % world == rank):
         a, b = store.shard_range(i)
         parts = []
         for j in range(a // fs, (b - 1) // fs + 1):
-            if cached[0] != j:  # consecutive activation shards share a feature shard: pool it once
-                cached = (j, pool_concepts(model, features.read_shard(j)))
+            if cached[0] != j:  # consecutive shards of the store share a feature shard: pool it once
+                cached = (j, pool(features.read_shard(j)))
             fa = features.shard_range(j)[0]
             parts.append(cached[1][max(a, fa) - fa : b - fa])
         store.write_shard(i, torch.cat(parts))
