@@ -476,7 +476,8 @@ def fit(
     if baseline:
         with timed(timings, "baseline"):
             base_fit, name, base_inputs = baseline_stage(model, metrics, state.features, state.labels, hcfg,
-                                                         progress=progress)
+                                                         progress=progress, store_root=run / "pooled_features",
+                                                         features_key=content_key(state.features.train))
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
     metrics["settings"] = {"bottleneck": asdict(bcfg), "head": asdict(hcfg), "num_workers": num_workers}

@@ -21,7 +21,7 @@ from salfcbm.head import (PAPER_LAMBDAS, HeadConfig, HeadFit, StoreChunks, fit_h
                           fit_sparse_head_streaming, lam_for_solver)
 from salfcbm.head.selection import fixed_lambda_path
 from salfcbm.training.config import Splits
-from salfcbm.training.features import pooled_features, standardize
+from salfcbm.training.features import pooled_feature_store, pooled_features, standardize
 
 if TYPE_CHECKING:
     from salfcbm.core.model import SALFCBM
@@ -47,8 +47,17 @@ def _matched_nec(
         warnings.warn("SALF-CBM's head has no non-zero weight: no matched-sparsity comparison.", DegenerateResultWarning,
                       stacklevel=stacklevel)
         return out
-    fit_ = fit_head_at_nec(inputs.train, labels.train, inputs.val, labels.val, num_classes, cfg, target,
-                           progress=progress, desc="Sparse head path (standard baseline at SALF-CBM's NEC)")
+    desc = "Sparse head path (standard baseline at SALF-CBM's NEC)"
+    if isinstance(inputs.train, StandardisedColumns):  # out of core: the same path over the store's chunks
+        act = inputs.train.source
+        mean, std = act.standardisation()
+        fit_ = fit_sparse_head_streaming(
+            act.chunks(), (inputs.val * std + mean, labels.val), num_classes=num_classes, mean=mean, std=std,
+            alpha=cfg.alpha, n_lambdas=cfg.matched_points(), lambda_min_ratio=min(cfg.lambda_min_ratio, 1e-3),
+            select="nec", target_nec=target, progress=progress, desc=f"{desc} (out of core)")
+    else:
+        fit_ = fit_head_at_nec(inputs.train, labels.train, inputs.val, labels.val, num_classes, cfg, target,
+                               progress=progress, desc=desc)
     row = {"nec": float(fit_.point.nec), "lambda": fit_.lam,
            "val_accuracy": accuracy(fit_.logits(inputs.val), labels.val)}
     if inputs.test is not None:
@@ -207,23 +216,39 @@ def head_stage(model: SALFCBM, candidates: list[str], activations: Splits[torch.
 
 
 def baseline_stage(model: SALFCBM, metrics: dict[str, Any], features: Splits[Any], labels: Splits[torch.Tensor],
-                   hcfg: HeadConfig, *, progress: bool) -> tuple[HeadFit, str, Splits[torch.Tensor]]:
+                   hcfg: HeadConfig, *, progress: bool, store_root: Any = None,
+                   features_key: str = "") -> tuple[HeadFit, str, Splits[Any]]:
     """Fit the standard head on pooled backbone features and add its metrics (and matched NEC) to ``metrics``.
 
     Returns the fit, its name in ``metrics`` and the standardised pooled features of every split.
+    Out of core (a sparse head, ``hcfg.streams(N, C)`` and a ``store_root``) the training split's
+    pooled features go to a store under ``store_root`` (`pooled_feature_store`, keyed by
+    ``features_key``) and both paths stream over it; validation and test stay in memory.
     """
-    g_train, g_val = pooled_features(features.train), pooled_features(features.val)
-    g_mean, g_std, (s_train, s_val) = standardize(g_train, g_val)
-    base_fit = fit_head(s_train, labels.train, s_val, labels.val, model.num_classes, hcfg.for_baseline(),
-                        progress=progress, desc="Sparse head path (standard baseline)")
+    n, width = int(features.train.length), int(features.train.item_shape[0])
+    if hcfg.sparse and store_root is not None and hcfg.streams(n, width):
+        store = pooled_feature_store(features.train, store_root, rows=hcfg.chunk_rows, features_key=features_key)
+        act = StreamedActivations.measure(store, labels.train, model.num_classes)
+        g_mean, g_std = act.standardisation()
+        g_val = pooled_features(features.val)
+        base_fit = _fit_streamed(act, g_val, labels.val, None, model.num_classes, hcfg.for_baseline(),
+                                 progress=progress, desc="Sparse head path (standard baseline, out of core)")
+        s_train, s_val = StandardisedColumns(act, None), (g_val - g_mean) / g_std
+        train_acc = s_train.accuracy(base_fit)
+    else:
+        g_train, g_val = pooled_features(features.train), pooled_features(features.val)
+        g_mean, g_std, (s_train, s_val) = standardize(g_train, g_val)
+        base_fit = fit_head(s_train, labels.train, s_val, labels.val, model.num_classes, hcfg.for_baseline(),
+                            progress=progress, desc="Sparse head path (standard baseline)")
+        train_acc = accuracy(base_fit.logits(s_train), labels.train)
     name = "standard_sparse" if hcfg.sparse else "standard_dense"
     metrics[name] = {
-        "train_accuracy": accuracy(base_fit.logits(s_train), labels.train),
+        "train_accuracy": train_acc,
         "val_accuracy": accuracy(base_fit.logits(s_val), labels.val),
         "nnz": int((base_fit.weight != 0).sum()),
         "nec": float((base_fit.weight != 0).sum() / base_fit.weight.shape[0]),
         "lambda": base_fit.lam,
-        "features": int(g_train.shape[1]),
+        "features": width,
     }
     s_test = (pooled_features(features.test) - g_mean) / g_std if features.test is not None else None
     if s_test is not None:

@@ -41,15 +41,15 @@ def scenes(tmp_path_factory):
     return train, val, sims
 
 
-def _fit(scenes, run_dir, head, bottleneck=None, **kw):
+def _fit(scenes, run_dir, head, bottleneck=None, baseline=False, **kw):
     from salfcbm.demo.scenes import SmallConvNet
 
     train, val, sims = scenes
     torch.manual_seed(0)
     model = salfcbm.wrap(SmallConvNet(num_classes=2, width=4).eval(), concepts=train.concepts, num_classes=2,
                          grid=4, input_size=(32, 32), backbone_weights=None)
-    return fit(model, train, val, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=run_dir,
-               shard_size=48, progress=False, filter_concepts=False, baseline=False, head=head,
+    return fit(model, train, val, baseline=baseline, train_similarities=sims["train"], val_similarities=sims["val"], run_dir=run_dir,
+               shard_size=48, progress=False, filter_concepts=False, head=head,
                bottleneck=bottleneck or BottleneckConfig(max_steps=20, val_every=10, batch_size=16, cutoff=-2.0), **kw)
 
 
@@ -206,3 +206,34 @@ def test_out_of_core_cutoff_check_streams_and_agrees(scenes, tmp_path, monkeypat
     for k in ("val_accuracy_without_cutoff", "val_accuracy_with_cutoff", "needed_by_head", "kept_for_head"):
         assert ooc.cutoff[k] == mem.cutoff[k], k
     assert ooc.model.concepts == mem.model.concepts
+
+
+def test_out_of_core_baseline_matches_in_memory(scenes, tmp_path, monkeypatch):
+    """The standard baseline (and its matched-NEC row) streams over a store of pooled backbone features."""
+    run = tmp_path / "run"
+    mem = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=False), baseline=True)
+    assert not (run / "pooled_features").exists()
+    calls = []
+    pf = features_mod.pooled_features
+
+    def pooled(features):
+        out = pf(features)
+        calls.append(int(out.shape[0]))
+        return out
+
+    monkeypatch.setattr(head_mod, "pooled_features", pooled)
+    spy = _Spy(monkeypatch)
+    ooc = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=True, chunk_rows=CHUNK), baseline=True)
+    assert N_TRAIN not in calls and calls  # validation pooled in memory, the training split never
+    assert all(n != N_TRAIN for _, n in spy.rows), spy.rows
+    store = features_mod.ShardedStore.open(next((run / "pooled_features").iterdir()))
+    assert store.is_complete and len(store) == N_TRAIN and store.num_shards == -(-N_TRAIN // CHUNK)
+    a, b = mem.metrics["standard_sparse"], ooc.metrics["standard_sparse"]
+    assert b["lambda"] == pytest.approx(a["lambda"], rel=1e-6)
+    assert (b["val_accuracy"], b["features"]) == (a["val_accuracy"], a["features"])
+    assert b["train_accuracy"] == pytest.approx(a["train_accuracy"], abs=1e-6)  # counted exactly vs a float32 mean
+    torch.testing.assert_close(ooc.baseline.weight, mem.baseline.weight, rtol=0, atol=5e-3)
+    m_mem, m_ooc = mem.metrics["matched_nec"]["standard_sparse"], ooc.metrics["matched_nec"]["standard_sparse"]
+    assert m_ooc["nec"] <= ooc.metrics["matched_nec"]["nec"]
+    assert (m_ooc["nec"], m_ooc["val_accuracy"]) == (m_mem["nec"], m_mem["val_accuracy"])
+    assert m_ooc["lambda"] == pytest.approx(m_mem["lambda"], rel=1e-4)
