@@ -237,3 +237,34 @@ def test_out_of_core_baseline_matches_in_memory(scenes, tmp_path, monkeypatch):
     assert m_ooc["nec"] <= ooc.metrics["matched_nec"]["nec"]
     assert (m_ooc["nec"], m_ooc["val_accuracy"]) == (m_mem["nec"], m_mem["val_accuracy"])
     assert m_ooc["lambda"] == pytest.approx(m_mem["lambda"], rel=1e-4)
+
+
+def _rank(rank: int, world: int, root: str) -> None:
+    from salfcbm.demo.scenes import GroundTruthScorer, SyntheticScenes
+
+    torch.set_num_threads(1)
+    train = SyntheticScenes(n=64, split="train", num_classes=2, image_size=32)
+    val = SyntheticScenes(n=32, split="val", num_classes=2, image_size=32)
+    prompts = PromptGrid(grid=(4, 4), radius=5)
+    sims = {s: compute_similarity_store(f"{root}/sims/{s}", d, GroundTruthScorer(d), prompts, progress=False)
+            for s, d in (("train", train), ("val", val))}
+    torch.distributed.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank,
+                                         world_size=world)
+    try:
+        res = _fit((train, val, sims), f"{root}/run", HeadConfig(lam=1e-2, out_of_core=True, chunk_rows=16))
+        torch.save({"head": res.model.head.weight.detach().clone(), "info": res.head.info,
+                    "stores": res.metrics["head_inputs"]["stores"]}, f"{root}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork") or not torch.distributed.is_available(),
+                    reason="needs fork and torch.distributed (gloo)")
+def test_out_of_core_fit_on_two_ranks(tmp_path):
+    """Under torch.distributed the ranks split the store's shards and the head's chunks, and agree on the head."""
+    torch.multiprocessing.start_processes(_rank, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["info"]["ranks"] == r1["info"]["ranks"] == 2 and r0["info"]["kkt_ok"]
+    assert torch.equal(r0["head"], r1["head"]) and r0["stores"] == r1["stores"]
+    store = features_mod.ShardedStore.open(r0["stores"]["train"])
+    assert store.is_complete and store.num_shards == 4
