@@ -18,7 +18,7 @@ from salfcbm.supervision.store import SimilarityStore
 from salfcbm.training.config import BottleneckConfig, BottleneckReport, Splits
 from salfcbm.training.cutoff import apply_cutoff, passes_cutoff, unprompted_similarities
 from salfcbm.training.features import standardize
-from salfcbm.training.head_stage import HeadConfig, fit_head
+from salfcbm.training.head_stage import HeadConfig, StreamedActivations, fit_columns, fit_head
 from salfcbm.training.rundir import RunDir, content_key, record_all_cut, stage_key
 
 __all__ = ["cutoff_stage", "unprompted_val", "warn_needed"]
@@ -60,7 +60,8 @@ def cutoff_stage(model: SALFCBM, run: RunDir, report: BottleneckReport, bcfg: Bo
     ``cutoff_guard="keep"`` such concepts are kept; with ``"warn"`` they are removed (and `fit`
     warns). Either way the returned check lists them with both validation accuracies. When no
     concept passes the cutoff nothing is rescued: `AllConceptsCutError`. ``activations`` are the
-    pooled activations of every candidate (columns in ``candidates`` order).
+    pooled activations of every candidate (columns in ``candidates`` order); out of core the training
+    split's are a `StreamedActivations` and both heads stream (`fit_columns`).
     """
     trial = apply_cutoff(model, report, bcfg, prune=False)
     dropped = [c for c in trial.kept if not passes_cutoff(trial.concept_similarity[c], bcfg)]
@@ -68,15 +69,22 @@ def cutoff_stage(model: SALFCBM, run: RunDir, report: BottleneckReport, bcfg: Bo
                              "candidates": len(candidates), "dropped": [], "needed_by_head": [], "kept_for_head": []}
     needed: list[str] = []
     if dropped and len(dropped) < len(candidates):  # every concept cut: AllConceptsCutError, no rescue
-        y_train, y_val = labels.train, labels.val
-        _, _, (z_train, z_val) = standardize(activations.train, activations.val)
-        full = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
-                        desc="Sparse head path (all concepts, cutoff check)")
-        check["val_accuracy_without_cutoff"] = acc_all = accuracy(full.logits(z_val), y_val)
         cols = [i for i, c in enumerate(candidates) if c not in set(dropped)]
-        cut = fit_head(z_train[:, cols], y_train, z_val[:, cols], y_val, model.num_classes, hcfg,
-                       progress=progress, desc="Sparse head path (cutoff check)")
-        check["val_accuracy_with_cutoff"] = acc_cut = accuracy(cut.logits(z_val[:, cols]), y_val)
+        if isinstance(activations.train, StreamedActivations):  # out of core: both heads over the store's chunks
+            full, acc_all = fit_columns(activations, labels, None, model.num_classes, hcfg, progress=progress,
+                                        desc="Sparse head path (all concepts, cutoff check, out of core)")
+            cut, acc_cut = fit_columns(activations, labels, cols, model.num_classes, hcfg, progress=progress,
+                                       desc="Sparse head path (cutoff check, out of core)")
+        else:
+            y_train, y_val = labels.train, labels.val
+            _, _, (z_train, z_val) = standardize(activations.train, activations.val)
+            full = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
+                            desc="Sparse head path (all concepts, cutoff check)")
+            acc_all = accuracy(full.logits(z_val), y_val)
+            cut = fit_head(z_train[:, cols], y_train, z_val[:, cols], y_val, model.num_classes, hcfg,
+                           progress=progress, desc="Sparse head path (cutoff check)")
+            acc_cut = accuracy(cut.logits(z_val[:, cols]), y_val)
+        check["val_accuracy_without_cutoff"], check["val_accuracy_with_cutoff"] = acc_all, acc_cut
         used = (full.weight != 0).any(0)
         if acc_all > acc_cut:
             needed = [c for c in dropped if used[candidates.index(c)]]

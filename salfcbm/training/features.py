@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from salfcbm._utils.distributed import barrier, rank_and_world
 from salfcbm._utils.tensors import PRECISIONS, autocast, check_precision, to_device
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
@@ -28,6 +29,9 @@ __all__ = [
     "OnTheFlyFeatures",
     "choose_feature_cache",
     "concept_activations",
+    "pool_concepts",
+    "activation_store",
+    "pooled_feature_store",
     "pooled_features",
     "standardize",
 ]
@@ -240,6 +244,87 @@ def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 102
             pooled = values[s : s + batch].to(w.device, torch.float32).mean((2, 3))
             out.append(torch.nn.functional.linear(pooled, weight, b).cpu())
     return torch.cat(out) if out else torch.zeros(0, weight.shape[0])
+
+
+@torch.no_grad()
+def pool_concepts(model: SALFCBM, values: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Pooled concept activations ``(n, M)`` of one shard's features ``(n, C, Hg, Wg)``, float32 on the CPU:
+    the rows `concept_activations` gives for them (pool-then-project with mean pooling, else every map)."""
+    w, b = model.bottleneck.weight, model.bottleneck.bias
+    out = []
+    for s in range(0, values.shape[0], batch):
+        v = values[s : s + batch].to(w.device, torch.float32)
+        if model.config["pooling"] == "mean":
+            out.append(torch.nn.functional.linear(v.mean((2, 3)), w.flatten(1), b).cpu())
+        else:
+            out.append(model.pool(model.bottleneck(v)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, w.shape[0])
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def activation_store(model: SALFCBM, features: Any, root: str | os.PathLike, *, rows: int,
+                     features_key: str) -> ShardedStore:
+    """The pooled, unstandardised concept activations of every row of ``features``, in a float32 store on disk.
+
+    Out-of-core `fit` (``HeadConfig.streams``) writes them instead of holding the ``(N, M)`` matrix:
+    ``rows`` rows per shard (the head's chunks, ``HeadConfig.chunk_rows``), computed from the feature
+    source one feature shard at a time (memory: one feature shard and its pooled rows). The store
+    lives in ``root/<key>``, the key a digest of ``features_key`` (what the features hold), the
+    bottleneck's weights, the pooling and ``rows``: a run started again with the same bottleneck
+    reads it back (only missing or corrupt shards are computed); a retrained bottleneck writes a
+    new one and the stale one is deleted. Under ``torch.distributed`` the ranks split the missing shards.
+    """
+    spec = {"kind": "concept_activations", "features": features_key, "bottleneck": _weights_digest(model.bottleneck),
+            "pooling": model.config["pooling"], "rows": int(rows)}
+    return _pooled_store(features, root, spec, model.bottleneck.weight.shape[0], lambda v: pool_concepts(model, v))
+
+
+@torch.no_grad()
+def pooled_feature_store(features: Any, root: str | os.PathLike, *, rows: int, features_key: str) -> ShardedStore:
+    """`pooled_features` of every row of ``features`` in a float32 store of ``rows`` rows per shard (the
+    out-of-core input of the standard baseline; keyed and resumable as `activation_store`)."""
+    spec = {"kind": "pooled_features", "features": features_key, "rows": int(rows)}
+    return _pooled_store(features, root, spec, int(features.item_shape[0]), lambda v: v.float().mean((2, 3)))
+
+
+def _pooled_store(features: Any, root: str | os.PathLike, spec: dict[str, Any], width: int,
+                  pool: Callable[[torch.Tensor], torch.Tensor]) -> ShardedStore:
+    """``pool`` of every feature shard, re-cut into shards of ``spec["rows"]`` rows, in ``root/<key of spec>``."""
+    from salfcbm.training.rundir import stage_key
+
+    n, fs, rows = int(features.length), int(features.shard_size), int(spec["rows"])
+    key, rank, world = stage_key(spec), *rank_and_world()
+    if rank == 0 and os.path.isdir(root):  # a stale bottleneck's store (24 GB at ImageNet size) is not kept
+        import shutil
+
+        for d in os.scandir(root):
+            if d.is_dir() and d.name != key and os.path.isfile(os.path.join(d.path, "manifest.json")):
+                shutil.rmtree(d.path, ignore_errors=True)
+    store = ShardedStore(os.path.join(root, key), manifest=spec, item_shape=(width,), length=n, shard_size=rows,
+                         dtype=torch.float32)
+    cached: tuple[int, torch.Tensor | None] = (-1, None)
+    for i in (i for i in store.missing_shards() if i % world == rank):
+        a, b = store.shard_range(i)
+        parts = []
+        for j in range(a // fs, (b - 1) // fs + 1):
+            if cached[0] != j:  # consecutive shards of the store share a feature shard: pool it once
+                cached = (j, pool(features.read_shard(j)))
+            fa = features.shard_range(j)[0]
+            parts.append(cached[1][max(a, fa) - fa : b - fa])
+        store.write_shard(i, torch.cat(parts))
+    if world > 1:
+        barrier()
+    return store
 
 
 @torch.no_grad()

@@ -45,13 +45,14 @@ from salfcbm.training.cutoff_stage import cutoff_stage, unprompted_val, warn_nee
 from salfcbm.training.features import (
     PRECISION_DTYPES,
     OnTheFlyFeatures,
+    activation_store,
     choose_feature_cache,
     concept_activations,
     feature_store,
     labels_of,
 )
 from salfcbm.training.filters import filter_stage
-from salfcbm.training.head_stage import HeadConfig, baseline_stage, head_stage
+from salfcbm.training.head_stage import HeadConfig, StreamedActivations, baseline_stage, head_stage
 from salfcbm.training.rundir import RunDir, content_key, stage_key, timed
 
 __all__ = ["fit", "RunState"]
@@ -80,6 +81,8 @@ class RunState:
     cache_reason: str = ""
     backbone_images: dict[str, int] = field(default_factory=dict)
     """Images the backbone ran on, per split (``metrics["backbone_images"]``)."""
+    activation_stores: dict[str, str] = field(default_factory=dict)
+    """Where the out-of-core head's pooled activations are, per split (empty in memory)."""
 
     @property
     def progress(self) -> bool:
@@ -189,12 +192,34 @@ def _feature_stage(state: RunState, cache_features: bool | str, max_gb: float) -
     return Splits(state.features_of("train"), state.features_of("val"))
 
 
-def _bottleneck_stage(state: RunState, bcfg: BottleneckConfig
-                      ) -> tuple[BottleneckReport, list[str], Splits[torch.Tensor]]:
+def _activation_stage(state: RunState, hcfg: HeadConfig) -> Splits[Any]:
+    """The pooled, unstandardised activations of every candidate concept, train and val.
+
+    In memory by default. When the head is fitted out of core (a sparse head and
+    ``HeadConfig.streams(n_train, M)``), the ``(N, M)`` training matrix is never built: both splits are
+    written to stores under ``run/activations/<split>`` (`activation_store`; resumable, keyed by the
+    features and the bottleneck), the training split is measured in one streaming pass
+    (`StreamedActivations`: the standardisation and the moments ``lambda_max`` needs) and stays on
+    disk; the validation split, read at every path point, is read back into memory (``(N_val, M)``).
+    """
+    model, f = state.model, state.features
+    if not (hcfg.sparse and hcfg.streams(int(f.train.length), model.num_concepts)):
+        return Splits(concept_activations(model, f.train), concept_activations(model, f.val))
+    stores = {s: activation_store(model, getattr(f, s), state.run / "activations" / s, rows=hcfg.chunk_rows,
+                                  features_key=content_key(getattr(f, s))) for s in ("train", "val")}
+    state.activation_stores = {s: str(v.root) for s, v in stores.items()}
+    train = StreamedActivations.measure(stores["train"], state.labels.train, model.num_classes)
+    val = torch.cat([v for _, v in stores["val"].iter_shards()]) if len(stores["val"]) else \
+        torch.zeros(0, model.num_concepts)
+    return Splits(train, val)
+
+
+def _bottleneck_stage(state: RunState, bcfg: BottleneckConfig, hcfg: HeadConfig
+                      ) -> tuple[BottleneckReport, list[str], Splits[Any]]:
     """Train (or resume) the bottleneck on every candidate (stage 3); the cutoff is `cutoff_stage`'s.
 
     Returns the report (with LF-CBM's statistic when ``bcfg`` asks for it), the candidate concepts and
-    their train/val pooled activations.
+    their train/val pooled activations (`_activation_stage`: out of core, the training split's stay on disk).
     """
     model, run, f, s = state.model, state.run, state.features, state.similarities
     candidates = list(model.concepts)
@@ -207,7 +232,7 @@ def _bottleneck_stage(state: RunState, bcfg: BottleneckConfig
         report = train_bottleneck(model, f.train, s.train, f.val, s.val, replace(bcfg, cutoff_statistic="cell"),
                                   progress=state.progress, prune=False)  # every rank trains (DDP under torchrun)
         _on_rank_zero(run.save_bottleneck, model, key, report)
-    activations = Splits(concept_activations(model, f.train), concept_activations(model, f.val))
+    activations = _activation_stage(state, hcfg)
     if bcfg.cutoff_statistic == LFCBM_STATISTIC:
         clip = unprompted_val(run, s.val, state.data.val, candidates, **state.loader)
         report = replace(report, lfcbm_similarity={c: float(v) for c, v in
@@ -229,7 +254,8 @@ def _fit_metrics(state: RunState, head_fit: HeadFit, report: BottleneckReport, z
     model, y = state.model, state.labels
     metrics: dict[str, Any] = {
         "salfcbm": {
-            "train_accuracy": accuracy(head_fit.logits(z.train), y.train),
+            "train_accuracy": (z.train.accuracy(head_fit) if hasattr(z.train, "accuracy")  # out of core: streamed
+                               else accuracy(head_fit.logits(z.train), y.train)),
             "val_accuracy": accuracy(head_fit.logits(z.val), y.val),
             "nnz": int((head_fit.weight != 0).sum()),
             "nec": float((head_fit.weight != 0).sum() / head_fit.weight.shape[0]),
@@ -248,6 +274,7 @@ def _fit_metrics(state: RunState, head_fit: HeadFit, report: BottleneckReport, z
         },
         "path": head_fit.summary(),
         "features": {"cached": state.cache, "reason": state.cache_reason},
+        "head_inputs": {"out_of_core": bool(state.activation_stores), "stores": dict(state.activation_stores)},
     }
     if freport is not None:
         metrics["concept_filter"] = {"kept": len(freport.kept), "dropped": len(freport.dropped),
@@ -421,9 +448,9 @@ def fit(
         state.features = _feature_stage(state, cache_features, max_feature_cache_gb)
 
     # 3. bottleneck (resumable; the cutoff is applied after, so changing it does not retrain)
-    with timed(timings, "bottleneck"):
-        report, candidates, activations = _bottleneck_stage(state, bcfg)
     state.labels = Splits(labels_of(data.train), labels_of(data.val))
+    with timed(timings, "bottleneck"):
+        report, candidates, activations = _bottleneck_stage(state, bcfg, hcfg)
     with timed(timings, "cutoff"):
         report, cut = cutoff_stage(model, run, report, bcfg, candidates, activations, state.labels, hcfg,
                                    progress=progress)
@@ -449,7 +476,8 @@ def fit(
     if baseline:
         with timed(timings, "baseline"):
             base_fit, name, base_inputs = baseline_stage(model, metrics, state.features, state.labels, hcfg,
-                                                         progress=progress)
+                                                         progress=progress, store_root=run / "pooled_features",
+                                                         features_key=content_key(state.features.train))
     timings["total"] = time.perf_counter() - t_start
     metrics["seconds"] = timings
     metrics["settings"] = {"bottleneck": asdict(bcfg), "head": asdict(hcfg), "num_workers": num_workers}
