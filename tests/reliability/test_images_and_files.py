@@ -430,7 +430,7 @@ def _cli_concepts(path: Path, tmp_path: Path, monkeypatch, capsys) -> list[str]:
         raise _Stop("stopped after reading the concepts")
 
     root = _folder(tmp_path / "cli-data")
-    monkeypatch.setattr("salfcbm.core.model.wrap", wrap)
+    monkeypatch.setattr(salfcbm, "wrap", wrap)  # what `salfcbm train` calls
     monkeypatch.setattr(salfcbm.cli.train, "build_cli_backbone", lambda *a: (M.backbone(), None))
     rc = salfcbm.cli.main(["train", "--backbone", "x", "--train", str(root), "--val", str(root), "--concepts",
                            str(path), "--run-dir", str(tmp_path / "run"), "--image-size", "32", "--quiet"])
