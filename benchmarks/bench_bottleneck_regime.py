@@ -79,8 +79,9 @@ def _world(out: Path, quick: bool, progress: bool):
 
 
 def _one(model, data, sims, feats, regime, seed: int) -> dict:
-    from salfcbm.training.pipeline import (BottleneckConfig, HeadConfig, concept_activations, fit_head, labels_of,
-                                           standardize, train_bottleneck)
+    from salfcbm.head import HeadConfig, fit_head
+    from salfcbm.training import BottleneckConfig, train_bottleneck
+    from salfcbm.training.features import fit_standardization, labels_of, store_concept_activations
 
     name, batch, steps, patience, init = regime
     m = copy.deepcopy(model)
@@ -91,9 +92,9 @@ def _one(model, data, sims, feats, regime, seed: int) -> dict:
     rep = train_bottleneck(m, feats["train"], sims["train"], feats["val"], sims["val"], cfg, progress=False,
                            prune=False)
     seconds = time.perf_counter() - t
-    a = [concept_activations(m, feats[s]) for s in ("train", "val", "test")]
+    a = [store_concept_activations(m, feats[s]) for s in ("train", "val", "test")]
     y = [labels_of(data[s]) for s in ("train", "val", "test")]
-    _, _, z = standardize(*a)
+    _, _, z = fit_standardization(*a)
     head = fit_head(z[0], y[0], z[1], y[1], m.num_classes, HeadConfig.paper("default"), progress=False)
     acc = float((head.logits(z[2]).argmax(1) == y[2]).float().mean())
     return {"regime": name, "batch": batch or n_train, "max_steps": steps, "patience": patience, "init": init,

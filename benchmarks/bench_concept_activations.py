@@ -1,6 +1,6 @@
 """fit's pooled concept activations: pool-then-project against building every concept map (issue 21.4).
 
-With mean pooling, ``mean_{h,w}(W f + b) = W mean_{h,w}(f) + b``: `concept_activations` pools the
+With mean pooling, ``mean_{h,w}(W f + b) = W mean_{h,w}(f) + b``: `store_concept_activations` pools the
 cached features first and projects once per image; before, it projected every grid cell (all
 ``M x Hg x Wg`` maps) and pooled them. At ResNet-50's shapes (C = 2048, M = 4,741 concepts, 7x7
 grid) on N images this records the FLOPs of both paths (``torch.utils.flop_counter``), their CPU
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salfcbm._utils.io import atomic_write_text  # noqa: E402
 from salfcbm.training.batches import map_features  # noqa: E402
-from salfcbm.training.features import concept_activations  # noqa: E402
+from salfcbm.training.features import store_concept_activations  # noqa: E402
 
 C, M, GRID = 2048, 4741, 7
 
@@ -64,7 +64,7 @@ def main() -> None:
     n = 64 if args.quick else 256
     with tempfile.TemporaryDirectory() as tmp:
         model, store = _setup(n, Path(tmp))
-        paths = {"pool_then_project": lambda: concept_activations(model, store),
+        paths = {"pool_then_project": lambda: store_concept_activations(model, store),
                  "every_map": lambda: map_features(model, store, model.pool)}
         flops = {k: _flops(f) for k, f in paths.items()}
         times: dict[str, list[float]] = {k: [] for k in paths}

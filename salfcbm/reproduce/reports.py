@@ -28,11 +28,12 @@ def _standard_heads(recipe: Recipe, run: Path, train, val, test, num_classes: in
     """The standard model's heads on pooled backbone features (sparse with ``standard_lam``; dense)."""
     from salfcbm.head import fit_dense_head
     from salfcbm.supervision.store import ShardedStore
-    from salfcbm.training.pipeline import HeadConfig, fit_head, labels_of, pooled_features, standardize
+    from salfcbm.head import HeadConfig, fit_head
+    from salfcbm.training.features import fit_standardization, labels_of, store_pooled_features
 
-    g = [pooled_features(ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
+    g = [store_pooled_features(ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
     y = [labels_of(d) for d in (train, val, test)]
-    _, _, z = standardize(*g)
+    _, _, z = fit_standardization(*g)
     out = {}
     sparse = fit_head(z[0], y[0], z[1], y[1], num_classes, HeadConfig(lam=recipe.standard_lam, alpha=recipe.alpha),
                       progress=False)
@@ -76,11 +77,11 @@ def backbone_head_accuracy(model, dataset, *, batch_size: int = 256, device=None
 def _salf_dense(model, run: Path, train, val, test) -> float:
     from salfcbm.head import fit_dense_head
     from salfcbm.supervision.store import ShardedStore
-    from salfcbm.training.pipeline import concept_activations, labels_of, standardize
+    from salfcbm.training.features import fit_standardization, labels_of, store_concept_activations
 
-    a = [concept_activations(model, ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
+    a = [store_concept_activations(model, ShardedStore.open(run / "features" / s)) for s in ("train", "val", "test")]
     y = [labels_of(d) for d in (train, val, test)]
-    _, _, z = standardize(*a)
+    _, _, z = fit_standardization(*a)
     dense = fit_dense_head(z[0], y[0], z[1], y[1], num_classes=model.num_classes, progress=False)
     return 100 * accuracy(dense.logits(z[2]), y[2])
 

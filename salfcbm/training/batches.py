@@ -3,7 +3,7 @@
 The loss compares predictions and targets cell by cell, so it does not care about the layout, only
 that both tensors share it. Channels-last is the layout that costs nothing:
 
-* the scorer's similarities are ``(B, Hg, Wg, M)`` already (`SimilarityStore.targets` with
+* the scorer's similarities are ``(B, Hg, Wg, M)`` already (`PromptedEmbeddingStore.targets` with
   ``layout="NHWC"`` is one matmul, no permutation);
 * the 1x1 bottleneck on channels-last features ``(B, Hg, Wg, C)`` is one ``addmm``
   (`project_channels_last`), faster than ``nn.Conv2d`` on NCHW;

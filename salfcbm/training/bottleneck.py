@@ -25,7 +25,7 @@ from salfcbm._utils.progress import close_bar
 from salfcbm._utils.tensors import to_device
 from salfcbm.core.model import SALFCBM
 from salfcbm.errors import InputError
-from salfcbm.supervision.store import ShardedStore, SimilarityStore
+from salfcbm.supervision.store import ShardedStore, PromptedEmbeddingStore
 from salfcbm.training.batches import Prefetched, project_channels_last, shard_batches, shard_tensors
 from salfcbm.training.config import BottleneckConfig, BottleneckReport
 from salfcbm.training.cutoff import LFCBM_STATISTIC, apply_cutoff
@@ -37,7 +37,7 @@ logger = logging.getLogger("salfcbm")
 
 
 def _shard_batches(
-    features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str], batch_size: int, rng: random.Random
+    features: ShardedStore, targets: PromptedEmbeddingStore, concepts: Sequence[str], batch_size: int, rng: random.Random
 ) -> Prefetched:
     """Shuffled channels-last ``(features, targets)`` batches, epoch after epoch, prepared one shard
     ahead in a background thread (`salfcbm.training.batches.shard_batches`); this rank's share."""
@@ -53,7 +53,7 @@ def _summed(t: torch.Tensor | float | None, shape: tuple[int, ...], device: torc
 
 
 def validation_similarity(
-    model: SALFCBM, features: ShardedStore, targets: SimilarityStore, concepts: Sequence[str],
+    model: SALFCBM, features: ShardedStore, targets: PromptedEmbeddingStore, concepts: Sequence[str],
     cache: list | None = None, pooled: bool = False,
 ) -> torch.Tensor:
     """Cubic cosine similarity over the whole validation set, streamed in two passes: ``(M, Hg, Wg)``.
@@ -215,9 +215,9 @@ def _optimise(model: SALFCBM, cfg: BottleneckConfig, batches, val: _Validation, 
 def train_bottleneck(
     model: SALFCBM,
     train_features: ShardedStore,
-    train_targets: SimilarityStore,
+    train_targets: PromptedEmbeddingStore,
     val_features: ShardedStore,
-    val_targets: SimilarityStore,
+    val_targets: PromptedEmbeddingStore,
     config: BottleneckConfig | None = None,
     *,
     progress: bool = True,

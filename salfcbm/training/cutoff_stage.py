@@ -14,10 +14,10 @@ from salfcbm._utils.io import atomic_write_bytes, checked_safetensors, read_chec
 from salfcbm._utils.tensors import accuracy
 from salfcbm.core.model import SALFCBM
 from salfcbm.errors import AllConceptsCutError, DegenerateResultWarning, InputError
-from salfcbm.supervision.store import SimilarityStore
+from salfcbm.supervision.store import PromptedEmbeddingStore
 from salfcbm.training.config import BottleneckConfig, BottleneckReport, Splits
 from salfcbm.training.cutoff import apply_cutoff, passes_cutoff, unprompted_similarities
-from salfcbm.training.features import standardize
+from salfcbm.training.features import fit_standardization
 from salfcbm.training.head_stage import HeadConfig, StreamedActivations, fit_columns, fit_head
 from salfcbm.training.rundir import RunDir, content_key, record_all_cut, stage_key
 
@@ -26,7 +26,7 @@ __all__ = ["cutoff_stage", "unprompted_val", "warn_needed"]
 logger = logging.getLogger("salfcbm")
 
 
-def unprompted_val(run: RunDir, val_similarities: SimilarityStore, val_data, concepts: list[str], *,
+def unprompted_val(run: RunDir, val_similarities: PromptedEmbeddingStore, val_data, concepts: list[str], *,
                    batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> torch.Tensor:
     """LF-CBM's ``val_clip_features`` ``(N, M)`` of the validation images (cached in the run directory)."""
     from safetensors.torch import load_file
@@ -77,7 +77,7 @@ def cutoff_stage(model: SALFCBM, run: RunDir, report: BottleneckReport, bcfg: Bo
                                        desc="Sparse head path (cutoff check, out of core)")
         else:
             y_train, y_val = labels.train, labels.val
-            _, _, (z_train, z_val) = standardize(activations.train, activations.val)
+            _, _, (z_train, z_val) = fit_standardization(activations.train, activations.val)
             full = fit_head(z_train, y_train, z_val, y_val, model.num_classes, hcfg, progress=progress,
                             desc="Sparse head path (all concepts, cutoff check)")
             acc_all = accuracy(full.logits(z_val), y_val)

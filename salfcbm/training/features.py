@@ -28,12 +28,12 @@ __all__ = [
     "feature_store",
     "OnTheFlyFeatures",
     "choose_feature_cache",
-    "concept_activations",
+    "store_concept_activations",
     "pool_concepts",
     "activation_store",
     "pooled_feature_store",
-    "pooled_features",
-    "standardize",
+    "store_pooled_features",
+    "fit_standardization",
 ]
 
 
@@ -225,7 +225,7 @@ def choose_feature_cache(model: SALFCBM, splits: Sequence[Any], cache_features: 
 
 
 @torch.no_grad()
-def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 1024) -> torch.Tensor:
+def store_concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 1024) -> torch.Tensor:
     """Pooled concept activations c*(x) ``(N, M)`` from cached features (before standardisation).
 
     With mean pooling, pooling commutes with the linear 1x1 bottleneck:
@@ -249,7 +249,7 @@ def concept_activations(model: SALFCBM, features: ShardedStore, batch: int = 102
 @torch.no_grad()
 def pool_concepts(model: SALFCBM, values: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     """Pooled concept activations ``(n, M)`` of one shard's features ``(n, C, Hg, Wg)``, float32 on the CPU:
-    the rows `concept_activations` gives for them (pool-then-project with mean pooling, else every map)."""
+    the rows `store_concept_activations` gives for them (pool-then-project with mean pooling, else every map)."""
     w, b = model.bottleneck.weight, model.bottleneck.bias
     out = []
     for s in range(0, values.shape[0], batch):
@@ -291,7 +291,7 @@ def activation_store(model: SALFCBM, features: Any, root: str | os.PathLike, *, 
 
 @torch.no_grad()
 def pooled_feature_store(features: Any, root: str | os.PathLike, *, rows: int, features_key: str) -> ShardedStore:
-    """`pooled_features` of every row of ``features`` in a float32 store of ``rows`` rows per shard (the
+    """`store_pooled_features` of every row of ``features`` in a float32 store of ``rows`` rows per shard (the
     out-of-core input of the standard baseline; keyed and resumable as `activation_store`)."""
     spec = {"kind": "pooled_features", "features": features_key, "rows": int(rows)}
     return _pooled_store(features, root, spec, int(features.item_shape[0]), lambda v: v.float().mean((2, 3)))
@@ -328,12 +328,12 @@ def _pooled_store(features: Any, root: str | os.PathLike, spec: dict[str, Any], 
 
 
 @torch.no_grad()
-def pooled_features(features: ShardedStore) -> torch.Tensor:
+def store_pooled_features(features: ShardedStore) -> torch.Tensor:
     """Spatially averaged backbone features ``(N, C)``: the "standard" model's input."""
     return torch.cat([v.float().mean((2, 3)) for _, v in features.iter_shards()])
 
 
-def standardize(train: torch.Tensor, *others: torch.Tensor):
+def fit_standardization(train: torch.Tensor, *others: torch.Tensor):
     """Standardise ``train`` and ``others`` with ``train``'s per-column mean and std: ``(mean, std, [z, ...])``."""
     mean = train.mean(0)
     std = train.std(0).clamp_min(1e-6)

@@ -14,7 +14,7 @@ from salfcbm.core.model import SALFCBM
 from salfcbm.errors import InputError, SalfCBMError
 from salfcbm.supervision.concepts import ConceptFilterReport, unprompted_activity
 from salfcbm.supervision.concepts import filter_concepts as _filter
-from salfcbm.supervision.store import SimilarityStore
+from salfcbm.supervision.store import PromptedEmbeddingStore
 from salfcbm.training.rundir import stage_key, write_json
 
 __all__ = ["filter_stage"]
@@ -22,7 +22,7 @@ __all__ = ["filter_stage"]
 logger = logging.getLogger("salfcbm")
 
 
-def filter_stage(model: SALFCBM, train_data: Dataset, sims: SimilarityStore, options: bool | dict[str, Any],
+def filter_stage(model: SALFCBM, train_data: Dataset, sims: PromptedEmbeddingStore, options: bool | dict[str, Any],
                  run: Path, *, batch_size: int, num_workers: int, progress: bool) -> ConceptFilterReport:
     """LF-CBM's concept filters on the model's concepts (resumable); the model keeps the survivors."""
     if not isinstance(options, (bool, dict)):

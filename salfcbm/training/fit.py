@@ -35,7 +35,7 @@ from salfcbm.supervision.concepts import ConceptFilterReport
 from salfcbm.supervision.prompts import PromptGrid
 from salfcbm.supervision.provenance import dataset_identity, resolve_inputs
 from salfcbm.supervision.scorers import ConceptScorer
-from salfcbm.supervision.store import SimilarityStore, compute_similarity_store
+from salfcbm.supervision.store import PromptedEmbeddingStore, compute_similarity_store
 from salfcbm.training import diagnostics, presence
 from salfcbm._utils.distributed import barrier, rank_and_world
 from salfcbm.training.bottleneck import train_bottleneck
@@ -47,7 +47,7 @@ from salfcbm.training.features import (
     OnTheFlyFeatures,
     activation_store,
     choose_feature_cache,
-    concept_activations,
+    store_concept_activations,
     feature_store,
     labels_of,
 )
@@ -74,7 +74,7 @@ class RunState:
     feature_options: dict[str, Any] = field(default_factory=dict)
     """``batch_size``, ``shard_size``, ``num_workers`` and ``precision`` of the feature sources."""
     timings: dict[str, float] = field(default_factory=dict)
-    similarities: Splits[SimilarityStore] | None = None
+    similarities: Splits[PromptedEmbeddingStore] | None = None
     features: Splits[Any] | None = None
     labels: Splits[torch.Tensor] | None = None
     cache: bool = True
@@ -131,7 +131,7 @@ def _check_same_classes(train: Dataset, others: dict[str, Dataset | None]) -> No
 
 
 
-def _check_store_alignment(store: SimilarityStore | None, data, split: str, inputs: str) -> None:
+def _check_store_alignment(store: PromptedEmbeddingStore | None, data, split: str, inputs: str) -> None:
     """A similarity store passed in must have been computed on the model's views of ``data``
     (the same dataset type, settings and geometry as `align_dataset` gives)."""
     meta = store.store.meta.get("dataset") if store is not None else None
@@ -151,7 +151,7 @@ def _check_store_alignment(store: SimilarityStore | None, data, split: str, inpu
 
 
 def _prepare_inputs(model: SALFCBM, prompts: PromptGrid | None, data: Splits[Dataset],
-                    given: Splits[SimilarityStore | None], *, inputs: str, device) -> tuple[PromptGrid, Splits]:
+                    given: Splits[PromptedEmbeddingStore | None], *, inputs: str, device) -> tuple[PromptGrid, Splits]:
     """Move the model, check the prompt grid and align every split to the model's view of an image."""
     if device is not None:
         model.to(device)
@@ -167,7 +167,7 @@ def _prepare_inputs(model: SALFCBM, prompts: PromptGrid | None, data: Splits[Dat
 
 
 def _similarity_stage(state: RunState, scorer: ConceptScorer | None, prompts: PromptGrid,
-                      given: Splits[SimilarityStore | None]) -> Splits[SimilarityStore]:
+                      given: Splits[PromptedEmbeddingStore | None]) -> Splits[PromptedEmbeddingStore]:
     """Compute the missing train/val similarity stores (stage 1)."""
     train_similarities, val_similarities = given.train, given.val
     if train_similarities is None or val_similarities is None:
@@ -204,7 +204,7 @@ def _activation_stage(state: RunState, hcfg: HeadConfig) -> Splits[Any]:
     """
     model, f = state.model, state.features
     if not (hcfg.sparse and hcfg.streams(int(f.train.length), model.num_concepts)):
-        return Splits(concept_activations(model, f.train), concept_activations(model, f.val))
+        return Splits(store_concept_activations(model, f.train), store_concept_activations(model, f.val))
     stores = {s: activation_store(model, getattr(f, s), state.run / "activations" / s, rows=hcfg.chunk_rows,
                                   features_key=content_key(getattr(f, s))) for s in ("train", "val")}
     state.activation_stores = {s: str(v.root) for s, v in stores.items()}
@@ -240,7 +240,7 @@ def _bottleneck_stage(state: RunState, bcfg: BottleneckConfig, hcfg: HeadConfig
     return report, candidates, activations
 
 
-def _presence_stage(model: SALFCBM, f_val: Any, val_similarities: SimilarityStore) -> dict[str, Any]:
+def _presence_stage(model: SALFCBM, f_val: Any, val_similarities: PromptedEmbeddingStore) -> dict[str, Any]:
     """Calibrate presence on the validation split (label-free; `salfcbm.training.presence`) and store it."""
     peaks = presence.concept_peaks(model, f_val)
     thresholds, report = presence.calibrate_presence(peaks, presence.target_peaks(val_similarities, model.concepts))
@@ -286,7 +286,7 @@ def _test_stage(state: RunState, head_fit: HeadFit, metrics: dict[str, Any]) -> 
     """The test split's features and labels, and SALF-CBM's test accuracy."""
     state.features = replace(state.features, test=state.features_of("test"))
     state.labels = replace(state.labels, test=labels_of(state.data.test))
-    z_test = state.model.standardize(concept_activations(state.model, state.features.test))
+    z_test = state.model.standardize(store_concept_activations(state.model, state.features.test))
     metrics["salfcbm"]["test_accuracy"] = accuracy(head_fit.logits(z_test), state.labels.test)
 
 
@@ -333,8 +333,8 @@ def fit(
     *,
     scorer: ConceptScorer | None = None,
     prompts: PromptGrid | None = None,
-    train_similarities: SimilarityStore | None = None,
-    val_similarities: SimilarityStore | None = None,
+    train_similarities: PromptedEmbeddingStore | None = None,
+    val_similarities: PromptedEmbeddingStore | None = None,
     run_dir: str | os.PathLike | None = None,
     bottleneck: BottleneckConfig | None = None,
     head: HeadConfig | None = None,

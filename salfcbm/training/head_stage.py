@@ -21,7 +21,7 @@ from salfcbm.head import (PAPER_LAMBDAS, HeadConfig, HeadFit, StoreChunks, fit_h
                           fit_sparse_head_streaming, lam_for_solver)
 from salfcbm.head.selection import fixed_lambda_path
 from salfcbm.training.config import Splits
-from salfcbm.training.features import pooled_feature_store, pooled_features, standardize
+from salfcbm.training.features import pooled_feature_store, store_pooled_features, fit_standardization
 
 if TYPE_CHECKING:
     from salfcbm.core.model import SALFCBM
@@ -85,7 +85,7 @@ class StreamedActivations:
     """The training split's pooled activations of every candidate, out of core: a store on disk, its labels and
     the per-column moments of one streaming pass (count, mean, sum of squared deviations, class sums).
 
-    ``std`` is the in-memory `standardize`'s (``ddof=1``, clamped at 1e-6), merged over the chunks in
+    ``std`` is the in-memory `fit_standardization`'s (``ddof=1``, clamped at 1e-6), merged over the chunks in
     float64 (Chan et al.), so it matches the in-memory value to float32 rounding.
     """
 
@@ -118,7 +118,7 @@ class StreamedActivations:
         return cls(store, labels, n, mean, m2, counts, cs)
 
     def standardisation(self, cols: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, std)`` float32 of the columns ``cols`` (all when ``None``), as `standardize` computes them."""
+        """``(mean, std)`` float32 of the columns ``cols`` (all when ``None``), as `fit_standardization` computes them."""
         idx = slice(None) if cols is None else torch.as_tensor(cols, dtype=torch.long)
         std = (self.m2 / max(self.n - 1, 1)).sqrt() if self.n > 1 else torch.full_like(self.m2, math.nan)
         return self.mean[idx].float(), std[idx].float().clamp_min(1e-6)
@@ -204,7 +204,7 @@ def head_stage(model: SALFCBM, candidates: list[str], activations: Splits[torch.
                                  progress=progress, desc="Sparse head path (SALF-CBM, out of core)")
         z_train, z_val = StandardisedColumns(activations.train, cols), (activations.val[:, cols] - mean) / std
     else:
-        mean, std, (z_train, z_val) = standardize(activations.train[:, cols], activations.val[:, cols])
+        mean, std, (z_train, z_val) = fit_standardization(activations.train[:, cols], activations.val[:, cols])
         head_fit = fit_head(z_train, labels.train, z_val, labels.val, model.num_classes, hcfg, progress=progress,
                             desc="Sparse head path (SALF-CBM)")
     with torch.no_grad():
@@ -230,14 +230,14 @@ def baseline_stage(model: SALFCBM, metrics: dict[str, Any], features: Splits[Any
         store = pooled_feature_store(features.train, store_root, rows=hcfg.chunk_rows, features_key=features_key)
         act = StreamedActivations.measure(store, labels.train, model.num_classes)
         g_mean, g_std = act.standardisation()
-        g_val = pooled_features(features.val)
+        g_val = store_pooled_features(features.val)
         base_fit = _fit_streamed(act, g_val, labels.val, None, model.num_classes, hcfg.for_baseline(),
                                  progress=progress, desc="Sparse head path (standard baseline, out of core)")
         s_train, s_val = StandardisedColumns(act, None), (g_val - g_mean) / g_std
         train_acc = s_train.accuracy(base_fit)
     else:
-        g_train, g_val = pooled_features(features.train), pooled_features(features.val)
-        g_mean, g_std, (s_train, s_val) = standardize(g_train, g_val)
+        g_train, g_val = store_pooled_features(features.train), store_pooled_features(features.val)
+        g_mean, g_std, (s_train, s_val) = fit_standardization(g_train, g_val)
         base_fit = fit_head(s_train, labels.train, s_val, labels.val, model.num_classes, hcfg.for_baseline(),
                             progress=progress, desc="Sparse head path (standard baseline)")
         train_acc = accuracy(base_fit.logits(s_train), labels.train)
@@ -250,7 +250,7 @@ def baseline_stage(model: SALFCBM, metrics: dict[str, Any], features: Splits[Any
         "lambda": base_fit.lam,
         "features": width,
     }
-    s_test = (pooled_features(features.test) - g_mean) / g_std if features.test is not None else None
+    s_test = (store_pooled_features(features.test) - g_mean) / g_std if features.test is not None else None
     if s_test is not None:
         metrics[name]["test_accuracy"] = accuracy(base_fit.logits(s_test), labels.test)
     inputs = Splits(s_train, s_val, s_test)

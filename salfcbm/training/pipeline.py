@@ -20,11 +20,11 @@ from salfcbm.training.config import (
 from salfcbm.training.cutoff import apply_cutoff, cutoff_similarities
 from salfcbm.training.features import (
     OnTheFlyFeatures,
-    concept_activations,
     feature_store,
+    fit_standardization,
     labels_of,
-    pooled_features,
-    standardize,
+    store_concept_activations,
+    store_pooled_features,
 )
 from salfcbm.training.fit import fit
 from salfcbm.training.head_stage import PAPER_LAMBDAS, HeadConfig, fit_head, lam_for_solver
@@ -53,6 +53,14 @@ __all__ = [
     "concept_activations",
     "pooled_features",
     "standardize",
+    "store_concept_activations",
+    "store_pooled_features",
+    "fit_standardization",
     "fit_head",
     "fit",
 ]
+
+# the former single module's names for these (they read like the model's own methods, which take tensors)
+concept_activations = store_concept_activations
+pooled_features = store_pooled_features
+standardize = fit_standardization

@@ -61,9 +61,9 @@ class _Spy:
         self.chunk_rows: list[int] = []
         self.pooled = 0
         for mod in (fit_mod,):
-            self._wrap_out(monkeypatch, mod, "concept_activations")
+            self._wrap_out(monkeypatch, mod, "store_concept_activations")
         for mod in (head_mod, cutoff_mod):
-            self._wrap_in(monkeypatch, mod, "standardize")
+            self._wrap_in(monkeypatch, mod, "fit_standardization")
         get = chunks_mod.StoreChunks.__getitem__
 
         def getitem(store_chunks, i):
@@ -171,9 +171,9 @@ def test_auto_streams_above_max_memory_gb(scenes, tmp_path):
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "softmax"])
 def test_activation_store_holds_the_in_memory_pooled_activations(scenes, tmp_path, pooling):
-    """Shard by shard, across feature shards that do not line up with the chunks, the rows are concept_activations'."""
+    """Shard by shard, across feature shards that do not line up with the chunks, the rows are store_concept_activations'."""
     from salfcbm.demo.scenes import SmallConvNet
-    from salfcbm.training.features import activation_store, concept_activations, feature_store
+    from salfcbm.training.features import activation_store, store_concept_activations, feature_store
 
     train = scenes[0]
     torch.manual_seed(0)
@@ -182,12 +182,12 @@ def test_activation_store_holds_the_in_memory_pooled_activations(scenes, tmp_pat
     feats = feature_store(model, train, tmp_path / "f", shard_size=48, progress=False, dtype=torch.float32)
     store = activation_store(model, feats, tmp_path / "a", rows=CHUNK, features_key="k")
     got = torch.cat([v for _, v in store.iter_shards()])
-    torch.testing.assert_close(got, concept_activations(model, feats), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, store_concept_activations(model, feats), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         model.bottleneck.weight.mul_(2)  # another bottleneck: another store, never the stale one
     other = activation_store(model, feats, tmp_path / "a", rows=CHUNK, features_key="k")
     assert other.root != store.root and not store.root.exists()  # the stale store is removed
-    torch.testing.assert_close(torch.cat([v for _, v in other.iter_shards()]), concept_activations(model, feats),
+    torch.testing.assert_close(torch.cat([v for _, v in other.iter_shards()]), store_concept_activations(model, feats),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -214,14 +214,14 @@ def test_out_of_core_baseline_matches_in_memory(scenes, tmp_path, monkeypatch):
     mem = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=False), baseline=True)
     assert not (run / "pooled_features").exists()
     calls = []
-    pf = features_mod.pooled_features
+    pf = features_mod.store_pooled_features
 
     def pooled(features):
         out = pf(features)
         calls.append(int(out.shape[0]))
         return out
 
-    monkeypatch.setattr(head_mod, "pooled_features", pooled)
+    monkeypatch.setattr(head_mod, "store_pooled_features", pooled)
     spy = _Spy(monkeypatch)
     ooc = _fit(scenes, run, HeadConfig(lam=1e-2, out_of_core=True, chunk_rows=CHUNK), baseline=True)
     assert N_TRAIN not in calls and calls  # validation pooled in memory, the training split never

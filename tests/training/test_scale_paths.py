@@ -127,10 +127,10 @@ def test_concept_activations_equal_the_pooled_maps(tmp_path, pooling):
     """Pool-then-project (mean pooling) equals projecting every cell and pooling the maps; other poolings
     take the maps' path exactly."""
     from salfcbm.training.batches import map_features
-    from salfcbm.training.features import concept_activations
+    from salfcbm.training.features import store_concept_activations
 
     model, store = _conv_model(pooling), _store(tmp_path)
-    fast, exact = concept_activations(model, store, batch=10), map_features(model, store, model.pool, batch=10)
+    fast, exact = store_concept_activations(model, store, batch=10), map_features(model, store, model.pool, batch=10)
     assert fast.shape == (37, 5)
     if pooling == "mean":
         torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
@@ -142,10 +142,10 @@ def test_mean_pooled_activations_cost_one_projection_per_image(tmp_path):
     """The multiply-adds of the projection: one per image, not one per grid cell (16 cells here)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from salfcbm.training.features import concept_activations
+    from salfcbm.training.features import store_concept_activations
 
     model, store = _conv_model("mean"), _store(tmp_path)
     with FlopCounterMode(display=False) as counter:
-        concept_activations(model, store)
+        store_concept_activations(model, store)
     n, m, c = 37, 5, 6
     assert counter.get_total_flops() == 2 * n * m * c  # the maps' path: 16 times this
