@@ -20,6 +20,7 @@ features are computed once, never per check).
     python benchmarks/bench_scale.py                # ImageNet shapes, N = 2k, 8k, 32k (a GPU box)
     python benchmarks/bench_scale.py --cpu          # scaled shapes for a CPU: resnet18 at 64 px, N = 512, 1k, 2k
     python benchmarks/bench_scale.py --quick        # smallest: N = 128, 256, 512 (a smoke run)
+    python benchmarks/bench_scale.py --summarize benchmarks/results/scale_cpu.json   # the tables again
 """
 
 from __future__ import annotations
@@ -203,15 +204,20 @@ def fit_power(ns: list[int], ys: list[float]) -> tuple[float, float]:
 
 
 def cost_model(records: list[dict]) -> dict:
-    """Per stage and quantity: exponent, the fit's worst relative error at the points, ImageNet's extrapolation."""
+    """Per stage and quantity: exponent, the fit's worst relative error at the points, ImageNet's extrapolation.
+
+    ``seconds_per_image`` (seconds / training images the stage read) separates a stage's cost per image
+    from how many images it reads: the bottleneck reads as many as its steps ask for (``max_steps`` x
+    batch, cut short by early stopping), which is a setting, not a function of N.
+    """
     ns = [r["n"] for r in records]
     model = {}
     for s in STAGES:
         if not all(s in r["stages"] for r in records):
             continue
         model[s] = {}
-        for q in ("seconds", "train_images", "val_images", "peak_rss_gb"):
-            ys = [r["stages"][s][q] for r in records]
+        for q in ("seconds", "train_images", "val_images", "peak_rss_gb", "seconds_per_image"):
+            ys = [_quantity(r["stages"][s], q) for r in records]
             a, b = fit_power(ns, ys)
             err = max((abs(a * n ** b - y) / y for n, y in zip(ns, ys) if y > 0), default=0.0)
             model[s][q] = {"exponent": round(b, 3), "max_rel_error": round(err, 3),
@@ -219,11 +225,50 @@ def cost_model(records: list[dict]) -> dict:
     return model
 
 
+def _quantity(stage: dict, q: str) -> float:
+    if q == "seconds_per_image":
+        return stage["seconds"] / stage["train_images"] if stage["train_images"] else 0.0
+    return stage[q]
+
+
+def report(records: list[dict], profile: str) -> bool:
+    """Print the per-stage table, the exponents and the validation check; save the JSON. True when the
+    backbone ran on each validation image once."""
+    p = PROFILES[profile]
+    print(f"\nfit at growing N ({profile}: {p['backbone']} {p['size']} px, {p['concepts']} concepts, "
+          f"{p['classes']} classes, validation {p['val']} images, features on the fly)")
+    print(f"{'N':>7} {'stage':<14} {'seconds':>9} {'train imgs':>11} {'ms/img':>7} {'val imgs':>9} {'peak RSS GB':>12}")
+    for r in records:
+        for s, v in r["stages"].items():
+            per = f"{1e3 * _quantity(v, 'seconds_per_image'):7.2f}" if v["train_images"] else f"{'-':>7}"
+            print(f"{r['n']:>7} {s:<14} {v['seconds']:>9.2f} {v['train_images']:>11} {per} {v['val_images']:>9} "
+                  f"{v['peak_rss_gb']:>12.2f}")
+    model = cost_model(records)
+    print(f"\ngrowth exponents (cost ~ N^b) and extrapolation to N = {IMAGENET_N:,} (same shapes)")
+    print(f"{'stage':<14} {'b(seconds)':>10} {'fit err':>8} {'s @ ImageNet':>13} {'b(s/img)':>9} {'b(val imgs)':>11} "
+          f"{'b(RSS)':>7}")
+    for s, m in model.items():
+        print(f"{s:<14} {m['seconds']['exponent']:>10.2f} {m['seconds']['max_rel_error']:>8.2f} "
+              f"{m['seconds']['imagenet']:>13.0f} {m['seconds_per_image']['exponent']:>9.2f} "
+              f"{m['val_images']['exponent']:>11.2f} {m['peak_rss_gb']['exponent']:>7.2f}")
+    val_ok = all(r["backbone_images"]["val"] == r["val_n"] for r in records)
+    print("\nbackbone images per split (fit's own count): "
+          + "; ".join(f"N={r['n']}: {r['backbone_images']}" for r in records))
+    print(f"validation backbone images == validation set size at every N: {val_ok}")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"scale_{profile}.json"
+    path.write_text(json.dumps({"profile": profile, "shapes": p, "records": records, "cost_model": model,
+                                "validation_computed_once": val_ok}, indent=1, default=str))
+    print(f"saved {path}")
+    return val_ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu", action="store_true", help="scaled shapes for a CPU (resnet18 at 64 px)")
     ap.add_argument("--quick", action="store_true", help="the smallest shapes (a smoke run)")
     ap.add_argument("--ns", type=int, nargs="+", help="training sizes (default: the profile's three)")
+    ap.add_argument("--summarize", type=Path, help="print the tables of a saved results JSON again (no run)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--profile", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -231,38 +276,19 @@ def main() -> None:
     profile = args.profile or ("quick" if args.quick else "cpu" if args.cpu else "imagenet")
     if args.child is not None:
         return child(args.child, profile, args.out)
-    ns = args.ns or PROFILES[profile]["ns"]
-    records = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in ns:
-            out = Path(tmp) / f"{n}.json"
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
-            subprocess.run([sys.executable, __file__, "--child", str(n), "--profile", profile, "--out", str(out)],
-                           check=True, env=env)
-            records.append(json.loads(out.read_text()))
-    p = PROFILES[profile]
-    print(f"\nfit at growing N ({profile}: {p['backbone']} {p['size']} px, {p['concepts']} concepts, "
-          f"{p['classes']} classes, validation {p['val']} images, features on the fly)")
-    print(f"{'N':>7} {'stage':<14} {'seconds':>9} {'train imgs':>11} {'val imgs':>9} {'peak RSS GB':>12}")
-    for r in records:
-        for s, v in r["stages"].items():
-            print(f"{r['n']:>7} {s:<14} {v['seconds']:>9.2f} {v['train_images']:>11} {v['val_images']:>9} "
-                  f"{v['peak_rss_gb']:>12.2f}")
-    model = cost_model(records)
-    print(f"\ngrowth exponents (cost ~ N^b) and extrapolation to N = {IMAGENET_N:,} (same shapes)")
-    print(f"{'stage':<14} {'b(seconds)':>10} {'fit err':>8} {'s @ ImageNet':>13} {'b(val imgs)':>11} {'b(RSS)':>7}")
-    for s, m in model.items():
-        print(f"{s:<14} {m['seconds']['exponent']:>10.2f} {m['seconds']['max_rel_error']:>8.2f} "
-              f"{m['seconds']['imagenet']:>13.0f} {m['val_images']['exponent']:>11.2f} {m['peak_rss_gb']['exponent']:>7.2f}")
-    val_ok = all(r["backbone_images"]["val"] == r["val_n"] for r in records)
-    print("\nbackbone images per split (fit's own count): " + "; ".join(f"N={r['n']}: {r['backbone_images']}" for r in records))
-    print(f"validation backbone images == validation set size at every N: {val_ok}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"scale_{profile}.json"
-    path.write_text(json.dumps({"profile": profile, "shapes": p, "records": records, "cost_model": model,
-                                "validation_computed_once": val_ok}, indent=1, default=str))
-    print(f"saved {path}")
-    if not val_ok:
+    if args.summarize is not None:
+        saved = json.loads(args.summarize.read_text())
+        records, profile = saved["records"], saved["profile"]
+    else:
+        records = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.ns or PROFILES[profile]["ns"]:
+                out = Path(tmp) / f"{n}.json"
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
+                subprocess.run([sys.executable, __file__, "--child", str(n), "--profile", profile, "--out", str(out)],
+                               check=True, env=env)
+                records.append(json.loads(out.read_text()))
+    if not report(records, profile):
         sys.exit("validation features were recomputed: the backbone ran on more validation images than exist")
 
 
