@@ -16,7 +16,7 @@ from salfcbm.head.objective import elastic_net_objective, kkt_violation, lambda_
 from salfcbm.head.path import fit_sparse_head
 from salfcbm.head.results import HeadFit, PathPoint
 from salfcbm.head.selection import SELECT, lam_for_solver, select_point
-from salfcbm.head.solver import fit_fixed_lambda, fit_head, fit_head_at_nec
+from salfcbm.head.solver import fit_fixed_lambda, fit_head, fit_head_at_nec, fit_head_from_chunks
 from salfcbm.head.streaming import fit_sparse_head_streaming
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "fit_fixed_lambda",
     "fit_head",
     "fit_head_at_nec",
+    "fit_head_from_chunks",
     "fit_sparse_head",
     "kkt_violation",
     "lam_for_solver",

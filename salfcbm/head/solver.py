@@ -9,6 +9,8 @@ This module also re-exports the names ``salfcbm.head.solver`` always offered.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -25,6 +27,7 @@ from salfcbm.head.streaming import fit_sparse_head_streaming
 __all__ = [
     "fit_head",
     "fit_fixed_lambda",
+    "fit_head_from_chunks",
     "fit_head_at_nec",
     "HeadFit",
     "PathPoint",
@@ -105,6 +108,28 @@ def fit_fixed_lambda(
         x_train, y_train, x_val, y_val, num_classes=num_classes, alpha=cfg.alpha, lambdas=lams, select="fixed",
         max_iter=cfg.max_iter, progress=progress, desc=f"{desc} (fixed lambda {lam:g})",
     )
+
+
+def fit_head_from_chunks(
+    chunks: Any, val: tuple[Tensor, Tensor] | None, num_classes: int, cfg: HeadConfig, *, mean: Tensor,
+    std: Tensor, lambda_max_fn: Callable[[], float], progress: bool = True, desc: str = "Sparse head path",
+) -> HeadFit:
+    """`fit_head` out of core: the sparse head over ``chunks`` of unstandardised features (standardised on the
+    fly with ``mean`` / ``std``), selected by ``cfg`` as `fit_head` selects (``lambda_max_fn()`` gives the
+    path's top for the fixed lambda; called only then). ``val``: the validation pair in memory, or ``None``."""
+    kw = {"num_classes": num_classes, "mean": mean, "std": std, "alpha": cfg.alpha, "progress": progress}
+    if cfg.select != "fixed":
+        return fit_sparse_head_streaming(
+            chunks, val, n_lambdas=cfg.n_lambdas, lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select,
+            target_nec=cfg.target_nec, val_tolerance=cfg.val_tolerance, desc=desc, **kw)
+    lam_top, lam = lambda_max_fn(), lam_for_solver(cfg.lam, cfg.alpha)
+    if lam >= lam_top:
+        warnings.warn(
+            f"The fixed lam={cfg.lam:g} (solved at lam/alpha={lam:.4g}, as GLM-SAGA does) is at or above "
+            f"lam_max={lam_top:.4g} for these features: the head has no non-zero weight and predicts the majority "
+            "class. Lower lam (LF-CBM's default is 7e-4).", DegenerateResultWarning, stacklevel=4)
+    return fit_sparse_head_streaming(chunks, val, lambdas=fixed_lambda_path(lam_top, lam, cfg.n_lambdas or 40),
+                                     select="fixed", desc=f"{desc} (fixed lambda {lam:g})", **kw)
 
 
 def fit_head_at_nec(

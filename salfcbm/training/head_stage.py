@@ -18,8 +18,7 @@ import torch
 from salfcbm._utils.tensors import accuracy
 from salfcbm.errors import DegenerateResultWarning
 from salfcbm.head import (PAPER_LAMBDAS, HeadConfig, HeadFit, StoreChunks, fit_head, fit_head_at_nec,
-                          fit_sparse_head_streaming, lam_for_solver)
-from salfcbm.head.selection import fixed_lambda_path
+                          fit_head_from_chunks, fit_sparse_head_streaming, lam_for_solver)
 from salfcbm.training.config import Splits
 from salfcbm.training.features import pooled_feature_store, store_pooled_features, fit_standardization
 
@@ -160,19 +159,8 @@ def _fit_streamed(act: StreamedActivations, x_val: torch.Tensor, y_val: torch.Te
     """`fit_head`'s sparse head over ``act``'s chunks (standardised on the fly); the validation split in memory."""
     mean, std = act.standardisation(cols)
     val = None if x_val is None else (x_val if cols is None else x_val[:, cols], y_val)
-    kw = {"num_classes": num_classes, "mean": mean, "std": std, "alpha": cfg.alpha, "progress": progress}
-    if cfg.select != "fixed":
-        return fit_sparse_head_streaming(
-            act.chunks(cols), val, n_lambdas=cfg.n_lambdas, lambda_min_ratio=cfg.lambda_min_ratio, select=cfg.select,
-            target_nec=cfg.target_nec, val_tolerance=cfg.val_tolerance, desc=desc, **kw)
-    lam_top, lam = act.lambda_max(cols, cfg.alpha), lam_for_solver(cfg.lam, cfg.alpha)
-    if lam >= lam_top:
-        warnings.warn(
-            f"The fixed lam={cfg.lam:g} (solved at lam/alpha={lam:.4g}, as GLM-SAGA does) is at or above "
-            f"lam_max={lam_top:.4g} for these features: the head has no non-zero weight and predicts the majority "
-            "class. Lower lam (LF-CBM's default is 7e-4).", DegenerateResultWarning, stacklevel=4)
-    return fit_sparse_head_streaming(act.chunks(cols), val, lambdas=fixed_lambda_path(lam_top, lam, cfg.n_lambdas or 40),
-                                     select="fixed", desc=f"{desc} (fixed lambda {lam:g})", **kw)
+    return fit_head_from_chunks(act.chunks(cols), val, num_classes, cfg, mean=mean, std=std,
+                                lambda_max_fn=lambda: act.lambda_max(cols, cfg.alpha), progress=progress, desc=desc)
 
 
 def fit_columns(activations: Splits[Any], labels: Splits[torch.Tensor], cols: list[int] | None, num_classes: int,
