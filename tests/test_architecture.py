@@ -176,7 +176,7 @@ def test_the_generic_store_lives_below_supervision_and_keeps_its_public_names():
 
 # -- one home per mechanism (issue 20.5) ---------------------------------------------------------------------
 #: Private names imported across modules today; each is to be made public in its module (or the code moved).
-#: The lead empties this list after the merge of issue 20; a new entry fails the test below.
+#: Private names imported across modules (none); a new entry fails the test below.
 KNOWN_PRIVATE_IMPORTS: set[str] = set()
 
 
@@ -233,8 +233,7 @@ def test_the_private_import_rule_catches_what_it_should():
                     "salfcbm.evaluation.metrics._logits"]
 
 
-#: How many times a mechanism's code may appear outside its one home, today (the lead lowers them to 0
-#: after merging CONSOLIDATE.md); a new copy fails the test.
+#: Each mechanism, its one home and the copies allowed outside it (none); a new copy fails the test.
 MECHANISMS = {
     # mechanism: (its home, a regular expression of a copy, {file: copies allowed today})
     "rank / world size / barrier": ("salfcbm/_utils/distributed.py",
@@ -269,7 +268,7 @@ def test_each_mechanism_has_one_home(mechanism):
 # -- tests that say what they test (issue 20.8) --------------------------------------------------------------
 TESTS = ROOT / "tests"
 
-#: Test files that import another test module today (the lead empties this after the merge).
+#: Test files that import another test module (none); a new one fails the test.
 KNOWN_TEST_MODULE_IMPORTS: set[str] = set()
 
 
@@ -313,7 +312,7 @@ def test_no_test_reruns_the_doctests():
 
 
 #: Test files named after a tracker item instead of the behaviour they check (their docstring opens with the
-#: item); CONSOLIDATE.md (issue 20) gives each a behaviour name. The lead empties this after the merge.
+#: item) (none); a new one fails the test.
 KNOWN_TRACKER_NAMED_TESTS: set[str] = set()
 
 
@@ -328,7 +327,7 @@ def test_test_files_say_what_behaviour_they_check():
     assert sorted(KNOWN_TRACKER_NAMED_TESTS - named_for_items) == [], "renamed: remove it from the list"
 
 
-#: Modules over 600 lines today, being split in issue 20 (the lead empties this after the merge).
+#: Modules over 600 lines (none); a new one fails the test.
 KNOWN_LONG_MODULES: set[str] = set()
 
 

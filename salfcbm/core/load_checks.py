@@ -62,6 +62,9 @@ def check_concept_count(state: dict[str, torch.Tensor], config: ModelConfig, mod
     if w is None or "head.weight" not in state:
         raise ConfigMismatchError(f"{model_id!r}: the weights file lacks the bottleneck or head; it was not saved "
                                   "by salfcbm.")
+    if w.dim() != 4:
+        raise ConfigMismatchError(f"{model_id!r}: bottleneck.weight has shape {tuple(w.shape)}; the bottleneck is a 1x1 "
+                                  "convolution, (concepts, channels, 1, 1). The file was not saved by salfcbm.")
     if w.shape[0] != len(config.concepts):
         raise ConfigMismatchError(
             f"{model_id!r}: config.json lists {len(config.concepts)} concepts but the bottleneck has {w.shape[0]} rows. "
@@ -124,12 +127,12 @@ def check_backbone_source(spec: dict | None, model_id: str, *, trusted: bool) ->
 
 
 def probe_features(model: Any) -> torch.Tensor:
-    """The tapped map of the probe batch: two images at the model's input size (seeded noise and a white
-    image), normalised as the model expects; the model's train/eval flags are restored afterwards."""
+    """The tapped map of the probe batch: one image of seeded noise at the model's input size, normalised as
+    the model expects; the model's train/eval flags are restored afterwards."""
     cfg = model.config
     g = torch.Generator().manual_seed(0)
     h, w = cfg.input_size
-    x = torch.stack([torch.rand(3, h, w, generator=g), torch.ones(3, h, w)])
+    x = torch.rand(1, 3, h, w, generator=g)
     x = (x - torch.tensor(cfg.input_mean).view(1, 3, 1, 1)) / torch.tensor(cfg.input_std).view(1, 3, 1, 1)
     with torch.no_grad(), preserved_modes(model, mode=False):
         return model.forward_features(x.to(module_device_dtype(model.backbone)[0]))  # the backbone's device

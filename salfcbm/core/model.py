@@ -23,6 +23,7 @@ from torch import nn
 from salfcbm._utils.modes import preserved_modes
 from salfcbm.core.backbones import build_backbone, infer_spec, normalize_spec, parse_backbone_name
 from salfcbm.core.activations import pooled_activations
+from salfcbm.core.adapter_init import new_adapter_layer
 from salfcbm.core.config import ModelConfig, repeated
 from salfcbm.core.images import ImageTransform, resolve_transform
 from salfcbm._utils.tensors import grid_mean_weights
@@ -189,8 +190,8 @@ class SALFCBMBase(
         except ConfigError as e:
             raise InputError(str(e).replace("Fix config.json (or the argument)", "Fix the argument")) from None
         self._backbone_weights = backbone_weights  # recorded by the lazily inferred spec (backbone_spec)
-        self.bottleneck = nn.Conv2d(channels, len(concepts), kernel_size=1, bias=bool(bottleneck_bias))
-        self.head = nn.Linear(len(concepts), num_classes)
+        self.bottleneck = new_adapter_layer(nn.Conv2d, channels, len(concepts), kernel_size=1, bias=bool(bottleneck_bias))
+        self.head = new_adapter_layer(nn.Linear, len(concepts), num_classes)
         self.register_buffer("concept_mean", torch.zeros(len(concepts)))
         self.register_buffer("concept_std", torch.ones(len(concepts)))
 

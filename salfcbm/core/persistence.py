@@ -44,6 +44,7 @@ from salfcbm.errors import (
     ModelNotFoundError,
     WeightsFormatError,
 )
+from salfcbm.core.adapter_init import adapter_init_skipped
 from salfcbm.core.config import ModelConfig
 from salfcbm.core.load_checks import (check_backbone, check_backbone_source, check_concept_count,
                                       check_outputs_finite, check_state_matches, check_tensors, probe_features)
@@ -432,7 +433,8 @@ def load_model(cls: type, model_id: str | os.PathLike, *, backbone: nn.Module | 
     kwargs = _constructor_kwargs(config, backbone, overrides)
     if kwargs.get("bottleneck_bias") is None:  # saved before the field existed: the weights decide
         kwargs["bottleneck_bias"] = "bottleneck.bias" in state
-    model = cls(**kwargs)
+    with adapter_init_skipped():  # every adapter value is loaded below (check_state_matches)
+        model = cls(**kwargs)
     fmap = probe_features(model)  # one probe forward: the channels check here and the finite-outputs check below
     check_backbone(model, config, config.feature_channels, verify_backbone=verify_backbone, channels=fmap.shape[1])
     check_state_matches(model, state, str(model_id))
