@@ -20,7 +20,7 @@ from salfcbm._utils.provenance import batch_digest, resolve_inputs, shard_digest
 from salfcbm._utils.shards import ShardedStore
 from salfcbm.errors import InputError
 
-__all__ = ["ShardBatches", "collate_images", "compute_store"]
+__all__ = ["ShardBatches", "collate_images", "compute_store", "missing_shards_of_this_rank"]
 
 
 def collate_images(items: list[Any]) -> torch.Tensor:
@@ -129,9 +129,7 @@ def compute_store(
     if rank == 0:
         store.clean_tmp()
     barrier()
-    missing = store.missing_shards(lambda i: shard_digest(dataset, *store.shard_range(i), mode))
-    barrier()  # every rank has listed the same missing shards before any rank writes one
-    mine = missing[rank::world]  # the missing shards dealt round the ranks: a rerun is balanced too
+    mine = missing_shards_of_this_rank(store, lambda i: shard_digest(dataset, *store.shard_range(i), mode))
     todo = sum(store.shard_range(i)[1] - store.shard_range(i)[0] for i in mine)
     if mine:
         if pin_memory is None:
@@ -162,6 +160,17 @@ def compute_store(
             bar.close()
     barrier()
     return store
+
+
+def missing_shards_of_this_rank(store: ShardedStore, inputs: Callable[[int], str] | None = None) -> list[int]:
+    """The missing shards of ``store`` (`ShardedStore.missing_shards`) that this ``torchrun`` rank computes:
+    every rank lists them, the ranks meet (so no rank lists a shard another has just written), and rank
+    ``r`` of ``world`` takes every ``world``-th one from the ``r``-th, so a rerun after one rank died is
+    balanced too. Outside a process group: all of them."""
+    rank, world = rank_and_world()
+    missing = store.missing_shards(inputs)
+    barrier()
+    return missing[rank::world]
 
 
 def _compute_shard(store: ShardedStore, i: int, batches: Iterator, fn: Callable, bar: Any, dataset: Any,

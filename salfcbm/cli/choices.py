@@ -2,9 +2,8 @@
 
 The parser is built without importing torch, timm or the training code, so ``salfcbm --help``
 and every ``salfcbm COMMAND --help`` start in a blink. Choices the library lists in a torch-free
-module are taken from there (the poolings: `salfcbm.core.config.POOLINGS`, or the pooling
-registry `salfcbm.core.pooling.POOLINGS` once it exists; the precisions:
-`salfcbm.core.config.PRECISIONS`; the reproduce datasets: the recipes). The few settings whose
+module are taken from there (the poolings: the pooling registry `salfcbm.core.pooling.POOLINGS`;
+the precisions: `salfcbm.core.config.PRECISIONS`; the reproduce datasets: the recipes). The few settings whose
 home imports torch (`salfcbm.training.BottleneckConfig`'s defaults, its cutoff statistics, the
 head presets) are copied here; ``tests/cli/test_parser.py``
 checks every copy against its library source, and the command validates its values against the
@@ -13,7 +12,6 @@ live library after importing it (a `BottleneckConfig`, `HeadConfig.paper`, a sco
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -33,11 +31,7 @@ HEAD_PRESETS = ("imagenet", "places365", "cub", "cifar10", "cifar100", "default"
 
 
 def poolings() -> tuple[str, ...]:
-    """The pooling names a model takes: the pooling registry's when it exists, else `salfcbm.core.config.POOLINGS`."""
-    if importlib.util.find_spec("salfcbm.core.pooling") is not None:
-        from salfcbm.core import pooling
-
-        return tuple(pooling.POOLINGS)
-    from salfcbm.core.config import POOLINGS
+    """The pooling names a model takes: the pooling registry's (`salfcbm.core.pooling.POOLINGS`, torch-free)."""
+    from salfcbm.core.pooling import POOLINGS
 
     return tuple(POOLINGS)

@@ -5,9 +5,10 @@ The stages and what a rerun after an interruption (of any rank) does on each ran
 
 1. ``recipe.json``: rank 0 writes it, every rank checks that the run directory holds this recipe's
    run (each refuses another version alike, so no rank waits for one that stopped);
-2. the similarity and feature stores: rank ``r`` of ``w`` computes the missing shards ``i`` with
-   ``i % w == r`` (a rerun: only the shards that an interrupted rank had not finished; a shard is
-   written atomically, so a half-written one does not exist), and the ranks meet at a barrier;
+2. the similarity and feature stores: the ranks deal the missing shards round
+   (`salfcbm._utils.shard_compute.missing_shards_of_this_rank`; a rerun: only the shards that an
+   interrupted rank had not finished, balanced over the ranks; a shard is written atomically, so a
+   half-written one does not exist), and the ranks meet at a barrier;
 3. `salfcbm.fit` on every rank, for every run of the recipe (every point of a Table 3 sweep): the
    ranks train each bottleneck together with ``DistributedDataParallel`` (each on its share of the
    shards, gradients averaged), rank 0 writes the bottleneck, the model and ``metrics.json``; a

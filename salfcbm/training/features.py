@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from salfcbm._utils.distributed import barrier, rank_and_world
+from salfcbm._utils.shard_compute import missing_shards_of_this_rank
 from salfcbm._utils.tensors import PRECISIONS, autocast, check_precision, to_device
 from salfcbm.core.backbones import backbone_fingerprint
 from salfcbm.core.images import align_dataset
@@ -313,7 +314,7 @@ def _pooled_store(features: Any, root: str | os.PathLike, spec: dict[str, Any], 
     store = ShardedStore(os.path.join(root, key), manifest=spec, item_shape=(width,), length=n, shard_size=rows,
                          dtype=torch.float32)
     cached: tuple[int, torch.Tensor | None] = (-1, None)
-    for i in (i for i in store.missing_shards() if i % world == rank):
+    for i in missing_shards_of_this_rank(store):
         a, b = store.shard_range(i)
         parts = []
         for j in range(a // fs, (b - 1) // fs + 1):
